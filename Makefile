@@ -1,0 +1,26 @@
+# collab_perception: `make demo` runs the swarm, `make test` runs the tests. Both run `make setup` first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+ENV := source scripts/env.sh
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: help setup demo test clean
+
+help:
+	@echo "make demo    run 3 drones through ROS 2 (embedded launcher) and print bytes per frame"
+	@echo "make test    run the test suite (real rclpy + Fast DDS, localhost only)"
+	@echo "make setup   .venv with pinned wheels + colcon build of this package (idempotent)"
+	@echo "make clean   remove build/, install/, log/, .ws/ (keeps .venv)"
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@$(ENV) && collab-perception swarm --frames 20 --quiet $(DEMO_ARGS)
+
+test: setup
+	@$(ENV) && python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf build install log .ws

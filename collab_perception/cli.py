@@ -1,0 +1,225 @@
+"""`collab-perception`: one command line for the project.
+
+    collab-perception swarm     run the swarm of config/swarm.yaml through ROS 2 (embedded launcher)
+    collab-perception monitor   measure the bytes on the swarm's comm topics of a running swarm
+
+Each subcommand has its own --help.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+from .config import ConfigError, load_swarm_config, parse_override
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--config', metavar='PATH', default=None,
+                   help='swarm configuration (default: config/swarm.yaml of the package)')
+    p.add_argument('--set', metavar='KEY=VALUE', action='append', default=[], dest='overrides',
+                   help='override a config value, e.g. --set swarm.rate_hz=10 --set drone_defaults.deadline_ms=200 '
+                        '(repeatable; VALUE is parsed as YAML)')
+
+
+def _load_config(args):
+    overrides = [parse_override(o) for o in args.overrides]
+    if getattr(args, 'frames', None) is not None:
+        overrides.append(('swarm.frames', args.frames))
+    if getattr(args, 'layout', None):
+        overrides.append(('swarm.process_layout', args.layout))
+    cfg = load_swarm_config(args.config, overrides)
+    drones = getattr(args, 'drones', None)
+    if drones is not None:
+        if not 1 <= drones <= len(cfg.drones):
+            raise ConfigError('--drones', f'{drones} is not in 1..{len(cfg.drones)} (drones in {cfg.source})')
+        cfg.drones = cfg.drones[:drones]
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------- swarm
+def format_monitor_table(monitor: dict) -> str:
+    frames = monitor.get('frames', 0)
+    lines = [f'Bytes per frame on the wire ({frames} frames; serialized CDR as measured by the monitor):',
+             f'  {"sender":<10} {"topic":<24} {"messages":>8} {"bytes/frame":>12}']
+    for row in monitor.get('per_sender_topic', []):
+        lines.append(f'  {row["sender"]:<10} {row["topic"]:<24} {row["messages"]:>8} {row["bytes_per_frame"]:>12.1f}')
+    lines.append(f'  {"all":<10} {"all comm topics":<24} {monitor["total"]["messages"]:>8} '
+                 f'{monitor.get("bytes_per_frame", 0.0):>12.1f}')
+    kinds = ', '.join(f'{k} {v["bytes_per_frame"]:.1f}' for k, v in monitor.get('per_kind', {}).items())
+    if kinds:
+        lines.append(f'  per kind (bytes/frame): {kinds}')
+    senders = ', '.join(f'{k} {v["bytes_per_frame"]:.1f}' for k, v in monitor.get('per_sender', {}).items())
+    if senders:
+        lines.append(f'  per sender (bytes/frame): {senders}')
+    if monitor.get('rejected'):
+        lines.append(f'  unparseable messages: {sum(monitor["rejected"].values())}')
+    return '\n'.join(lines)
+
+
+def build_swarm_summary(cfg, monitor: Optional[dict], result) -> dict:
+    monitor = monitor or {}
+    return {
+        'frames': monitor.get('frames', 0),
+        'drones': cfg.names,
+        'requesters': [d.name for d in cfg.drones if d.role != 'supporter'],
+        'process_layout': cfg.swarm['process_layout'],
+        'duration_s': round(result.duration_s, 3),
+        'returncode': result.returncode,
+        'end_reason': result.reason,
+        'overall': {
+            'comm_bytes_per_frame': monitor.get('bytes_per_frame'),
+            'comm_messages': monitor.get('total', {}).get('messages'),
+        },
+        'per_kind_bytes_per_frame': {k: v['bytes_per_frame'] for k, v in monitor.get('per_kind', {}).items()},
+        'per_sender_bytes_per_frame': {k: v['bytes_per_frame'] for k, v in monitor.get('per_sender', {}).items()},
+        'per_topic_bytes_per_frame': {k: v['bytes_per_frame'] for k, v in monitor.get('per_topic', {}).items()},
+        'process_exits': result.exits,
+        'monitor': monitor,
+    }
+
+
+def cmd_swarm(args) -> int:
+    from .launch.embedded import EmbeddedLauncher
+    from .launch.plan import build_process_plan
+    from .rosenv import safe_ros_env
+
+    cfg = _load_config(args)
+    run_dir = os.path.abspath(args.run_dir or os.path.join('runs', time.strftime('swarm-%Y%m%d-%H%M%S')))
+    os.makedirs(run_dir, exist_ok=True)
+    processes = build_process_plan(cfg, run_dir)
+    env = safe_ros_env(domain_id=args.domain_id, ros_home=os.path.join(run_dir, 'ros_home'))
+    print(f'[launch] {len(cfg.drones)} drones ({", ".join(cfg.names)}), {len(processes)} processes, layout '
+          f'{cfg.swarm["process_layout"]}, ROS_DOMAIN_ID {env["ROS_DOMAIN_ID"]} on localhost; run dir {run_dir}',
+          flush=True)
+    quiet = args.quiet
+
+    def keep(label: str, line: str) -> bool:
+        return not quiet or any(w in line for w in ('WARN', 'ERROR', 'FATAL', 'Traceback', 'Error'))
+
+    launcher = EmbeddedLauncher(processes, run_dir, env, line_filter=keep)
+    result = launcher.run(timeout_s=args.timeout)
+    monitor_path = os.path.join(run_dir, 'monitor', 'summary.json')
+    monitor = None
+    if os.path.exists(monitor_path):
+        with open(monitor_path, encoding='utf-8') as f:
+            monitor = json.load(f)
+    summary = build_swarm_summary(cfg, monitor, result)
+    summary_path = args.summary or os.path.join(run_dir, 'summary.json')
+    with open(summary_path, 'w', encoding='utf-8') as f:
+        json.dump(summary, f, indent=2)
+        f.write('\n')
+    print()
+    print(f'Swarm run: {len(cfg.drones)} drones, {summary["frames"]} frames, {result.duration_s:.1f} s, '
+          f'{"OK" if result.returncode == 0 else "FAILED: " + result.reason}')
+    if monitor:
+        print(format_monitor_table(monitor))
+    else:
+        print('No monitor summary was written (monitor disabled or it did not stop cleanly).')
+    print(f'Summary: {summary_path}')
+    return result.returncode
+
+
+# ---------------------------------------------------------------------------------------------- monitor
+def cmd_monitor(args) -> int:
+    from .launch.plan import build_node_plan, write_params_file, ProcessSpec
+    from .rosenv import apply_safe_ros_env
+
+    cfg = _load_config(args)
+    for extra in args.extra_topic:
+        topic, _, type_name = extra.partition(':')
+        cfg.swarm['monitor']['extra_topics'].append({'topic': topic, 'type': type_name})
+    out_dir = os.path.abspath(args.out or os.path.join('runs', time.strftime('monitor-%Y%m%d-%H%M%S')))
+    spec = next(n for n in build_node_plan(cfg, out_dir) if n.executable == 'monitor')
+    spec.parameters['output_dir'] = out_dir
+    spec.parameters['extra_topics'] = ','.join(f"{e['topic']}:{e['type']}" for e in cfg.swarm['monitor']['extra_topics'])
+    if not args.inherit_ros_env:
+        apply_safe_ros_env(domain_id=args.domain_id)
+    params = write_params_file(ProcessSpec('swarm/monitor', 'monitor', spec.namespace, [spec]), out_dir)
+
+    import rclpy
+    from .nodes.common import spin_nodes
+    from .nodes.monitor_node import MonitorNode
+
+    def make():
+        node = MonitorNode()
+        if args.duration:
+            def done():
+                node.finished = True
+            node.create_timer(args.duration, done)
+        return node
+
+    code = spin_nodes([make], ['collab-perception-monitor', '--ros-args', '-r', f'__ns:={spec.namespace}',
+                                '--params-file', params])
+    del rclpy
+    summary_path = os.path.join(out_dir, 'summary.json')
+    if os.path.exists(summary_path):
+        with open(summary_path, encoding='utf-8') as f:
+            print(format_monitor_table(json.load(f)))
+        print(f'Summary: {summary_path}  CSV: {os.path.join(out_dir, "frames.csv")}')
+    return code
+
+
+# ---------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='collab-perception',
+        description='Bandwidth-limited collaborative perception for drone swarms (ROS 2). '
+                    'Every ROS process it starts keeps DDS on this machine (localhost discovery, a Fast DDS '
+                    'profile with shared memory and 127.0.0.1 only).',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+
+    p = sub.add_parser('swarm', help='run the swarm of a config through ROS 2, without launch_ros',
+                       description='Start every node of config/swarm.yaml as child processes (the same node plan '
+                                   'as launch/swarm.launch.py), forward their output with [drone/node] prefixes, '
+                                   'and print the bytes per frame that the monitor measured. Ctrl-C stops all '
+                                   'children; a child that dies stops the swarm with a non-zero exit code.')
+    _add_config_args(p)
+    p.add_argument('--frames', type=int, default=None, help='stop after N camera snapshots (default: the config\'s '
+                   'swarm.frames; 0 runs until Ctrl-C)')
+    p.add_argument('--drones', type=int, default=None, help='use only the first N drones of the config')
+    p.add_argument('--layout', choices=('per_node', 'per_drone'), default=None,
+                   help='one process per node, or one per drone (default: the config\'s)')
+    p.add_argument('--run-dir', default=None, help='where params files, logs, the monitor output and the summary '
+                   'go (default: runs/swarm-<time>)')
+    p.add_argument('--summary', metavar='PATH', default=None, help='write the JSON summary here too '
+                   '(default: <run-dir>/summary.json)')
+    p.add_argument('--timeout', type=float, default=None, help='fail if the run takes longer than this (s)')
+    p.add_argument('--domain-id', type=int, default=None, help='ROS_DOMAIN_ID (default: a random one in 1..100)')
+    p.add_argument('--quiet', action='store_true', help='forward only warnings and errors of the nodes')
+    p.set_defaults(func=cmd_swarm)
+
+    p = sub.add_parser('monitor', help='measure the comm bytes of a running swarm',
+                       description='Run the monitor node alone: raw subscriptions to every comm topic of the '
+                                   'config\'s drones (and --extra-topic ones), bytes grouped by frame stamp, '
+                                   'sender and topic; BandwidthStats on /swarm/bandwidth for rqt_plot; '
+                                   'summary.json and frames.csv on exit (Ctrl-C or --duration).')
+    _add_config_args(p)
+    p.add_argument('--duration', type=float, default=None, help='stop after this many seconds (default: Ctrl-C)')
+    p.add_argument('--out', default=None, help='output directory (default: runs/monitor-<time>)')
+    p.add_argument('--extra-topic', action='append', default=[], metavar='TOPIC:TYPE',
+                   help='also measure this topic, e.g. /drone1/camera/image_raw:sensor_msgs/msg/Image')
+    p.add_argument('--domain-id', type=int, default=None, help='ROS_DOMAIN_ID (default: the environment\'s)')
+    p.add_argument('--inherit-ros-env', action='store_true',
+                   help='use the shell\'s ROS environment as it is (to watch real drones on a network) instead '
+                        'of forcing localhost-only DDS')
+    p.set_defaults(func=cmd_monitor)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f'collab-perception {args.command}: configuration error: {e}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,334 @@
+"""config/swarm.yaml: the one list of drones and settings that the launch file, the embedded launcher,
+the benchmarks and the tests all read.
+
+Loading validates every field against the schema below and fails at start-up with the YAML path of
+the first bad field (`drones[1].deadline_ms: expected an integer >= 1, got -5`). Unknown keys are errors
+too, with the valid keys listed, so that a typo never silently falls back to a default (navigation2 warns
+about the same class of mistake in its parameter files). No ROS imports: this module sits under the
+runtime and launch layers.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import yaml
+
+# The source checkout (realpath: under `colcon build --symlink-install` this file is a symlink into it).
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+BROADCAST_ID = 255  # msg/Request.msg BROADCAST
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used. `path` is the YAML path, e.g. 'drones[1].role'."""
+
+    def __init__(self, path: str, message: str, source: str = ''):
+        where = f'{source}: ' if source else ''
+        super().__init__(f'{where}{path}: {message}')
+        self.path = path
+        self.source = source
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: type | tuple            # bool, int, float, str, list, dict
+    default: Any = None
+    choices: Optional[Sequence[Any]] = None
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    items: Optional[type] = None  # element type for lists
+    check: Optional[Callable[[Any], Optional[str]]] = None  # returns an error message or None
+    help: str = ''
+
+
+_NAME_RE = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
+
+
+def _ros_name(value: str) -> Optional[str]:
+    if not _NAME_RE.match(value):
+        return 'must be a valid ROS name (a letter, then letters, digits or _)'
+    return None
+
+
+def _topic_name(value: str) -> Optional[str]:
+    if not re.match(r'^/?[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$', value):
+        return 'must be a valid ROS topic name'
+    return None
+
+
+QOS_SCHEMA = {
+    'reliability': Field(str, 'reliable', choices=('reliable', 'best_effort')),
+    'depth': Field(int, 10, minimum=1, maximum=1000),
+    'durability': Field(str, 'volatile', choices=('volatile', 'transient_local')),
+}
+
+SOURCE_SCHEMA = {
+    'type': Field(str, 'synthetic', choices=('synthetic',),
+                  help='camera source: synthetic test pattern (the embedded world and AirSim come next)'),
+    'image_width': Field(int, 128, minimum=16, maximum=4096),
+    'image_height': Field(int, 128, minimum=16, maximum=4096),
+    'seed': Field(int, 0, minimum=0),
+}
+
+CODEC_SCHEMA = {
+    'query_dtype': Field(str, 'float32', choices=('float32', 'float16', 'int8', 'uint8')),
+    'score_dtype': Field(str, 'float32', choices=('float32', 'float16', 'int8', 'uint8')),
+    'feature_dtype': Field(str, 'float16', choices=('float32', 'float16', 'int8', 'uint8')),
+    'local_dtype': Field(str, 'float32', choices=('float32', 'float16'),
+                         help='dtype of the perception -> matcher/fusion topic inside one drone'),
+    'max_elements': Field(int, 1 << 20, minimum=1, maximum=1 << 28),
+    'max_rank': Field(int, 4, minimum=1, maximum=8),
+    'max_dim': Field(int, 4096, minimum=1, maximum=1 << 20),
+}
+
+MONITOR_SCHEMA = {
+    'enabled': Field(bool, True),
+    'period_s': Field(float, 1.0, minimum=0.05, maximum=3600.0, help='BandwidthStats publishing period'),
+    'window_s': Field(float, 5.0, minimum=0.1, maximum=3600.0, help='window of the published rates'),
+    'frame_horizon_s': Field(float, 5.0, minimum=0.5, maximum=3600.0,
+                             help='frames older than this (receive time) are folded into the totals'),
+    'extra_topics': Field(list, [], items=dict,
+                          help='more topics to measure: [{topic: /drone1/camera/image_raw, type: '
+                               'sensor_msgs/msg/Image}]'),
+}
+
+SWARM_SCHEMA = {
+    'process_layout': Field(str, 'per_node', choices=('per_node', 'per_drone'),
+                            help='one process per node, or one process per drone running its nodes in '
+                                 'one executor (like a component container)'),
+    'rate_hz': Field(float, 5.0, minimum=0.1, maximum=200.0, help='camera snapshots per second'),
+    'frames': Field(int, 0, minimum=0, help='0: run until stopped; N: the source stops after N snapshots'),
+    'startup_timeout_s': Field(float, 30.0, minimum=0.0, maximum=600.0,
+                               help='the source waits at most this long for every drone to subscribe'),
+    'settle_s': Field(float, 1.0, minimum=0.0, maximum=60.0,
+                      help='then this long for the rest of discovery, before frame 1'),
+    'drain_s': Field(float, 1.5, minimum=0.0, maximum=120.0,
+                     help='after the last snapshot, time for the last frames to finish before exit'),
+    'source': SOURCE_SCHEMA,
+    'codec': CODEC_SCHEMA,
+    'qos': {
+        'comm': QOS_SCHEMA,
+        'sensor': QOS_SCHEMA,
+        'local': QOS_SCHEMA,
+    },
+    'monitor': MONITOR_SCHEMA,
+}
+
+DRONE_SCHEMA = {
+    'name': Field(str, None, check=_ros_name, help='namespace of the drone, e.g. drone1'),
+    'id': Field(int, None, minimum=0, maximum=BROADCAST_ID - 1, help='agent id on the wire (uint8)'),
+    'role': Field(str, 'supporter', choices=('requester', 'supporter', 'auto'),
+                  help='requester: asks for help every frame; supporter: only answers; auto: a learned '
+                       'gate decides per frame (When2com)'),
+    'method': Field(str, 'placeholder', help='a name from the method registry (runtime/methods.py)'),
+    'deadline_ms': Field(int, 300, minimum=1, maximum=60000,
+                         help='camera stamp -> the requester publishes, with or without help'),
+    'reply_timeout_ms': Field(int, 120, minimum=1, maximum=60000,
+                              help='camera stamp -> stop waiting for replies and select'),
+    'select': Field(str, 'argmax', choices=('argmax', 'top_n', 'threshold'),
+                    help='how the requester picks partners from the scores (Who2com Eq. 6, top-n, '
+                         'When2com threshold)'),
+    'top_n': Field(int, 1, minimum=1, maximum=16),
+    'score_threshold': Field(float, 0.0, help='used by select: threshold'),
+    'cache_frames': Field(int, 16, minimum=1, maximum=1000, help='per-stamp ring buffer length'),
+    'models': Field(dict, {}, help='role -> model path, e.g. {encoder: models/x.onnx}'),
+    'providers': Field(list, ['CPUExecutionProvider'], items=str,
+                       check=lambda v: None if v else 'must name at least one provider',
+                       help='ONNX Runtime execution providers in order of preference'),
+}
+
+CONFIG_SCHEMA = {
+    'swarm': SWARM_SCHEMA,
+    'drone_defaults': {k: v for k, v in DRONE_SCHEMA.items() if k not in ('name', 'id')},
+    'drones': Field(list, None, items=dict, help='the drones of the swarm'),
+}
+
+
+def _type_name(kind) -> str:
+    names = {bool: 'a boolean', int: 'an integer', float: 'a number', str: 'a string', list: 'a list',
+             dict: 'a mapping'}
+    return names.get(kind, str(kind))
+
+
+def _check_value(spec: Field, value: Any, path: str, source: str) -> Any:
+    kind = spec.kind
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(path, f'expected {_type_name(kind)}, got {value!r}', source)
+    if spec.choices is not None and value not in spec.choices:
+        raise ConfigError(path, f'{value!r} is not one of: {", ".join(map(str, spec.choices))}', source)
+    if spec.minimum is not None and value < spec.minimum:
+        raise ConfigError(path, f'expected {_type_name(kind)} >= {spec.minimum}, got {value!r}', source)
+    if spec.maximum is not None and value > spec.maximum:
+        raise ConfigError(path, f'expected {_type_name(kind)} <= {spec.maximum}, got {value!r}', source)
+    if kind is list and spec.items is not None:
+        for i, item in enumerate(value):
+            if not isinstance(item, spec.items):
+                raise ConfigError(f'{path}[{i}]', f'expected {_type_name(spec.items)}, got {item!r}', source)
+    if spec.check is not None:
+        problem = spec.check(value)
+        if problem:
+            raise ConfigError(path, f'{value!r} {problem}', source)
+    return copy.deepcopy(value)
+
+
+def validate_section(schema: Mapping[str, Any], data: Any, path: str, source: str = '',
+                     require: Sequence[str] = ()) -> dict:
+    """Fill defaults and check `data` against `schema` (a dict of Field or nested dicts)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(path or '<root>', f'expected a mapping, got {data!r}', source)
+    unknown = sorted(set(data) - set(schema))
+    if unknown:
+        prefix = f'{path}.' if path else ''
+        raise ConfigError(f'{prefix}{unknown[0]}', f'unknown key; valid keys: {", ".join(schema)}', source)
+    out = {}
+    for key, spec in schema.items():
+        sub = f'{path}.{key}' if path else key
+        if isinstance(spec, Mapping):
+            out[key] = validate_section(spec, data.get(key), sub, source)
+            continue
+        if key not in data or data[key] is None:
+            if key in require or spec.default is None:
+                raise ConfigError(sub, 'is required', source)
+            out[key] = copy.deepcopy(spec.default)
+            continue
+        out[key] = _check_value(spec, data[key], sub, source)
+    return out
+
+
+@dataclass
+class DroneConfig:
+    name: str
+    id: int
+    role: str
+    method: str
+    deadline_ms: int
+    reply_timeout_ms: int
+    select: str
+    top_n: int
+    score_threshold: float
+    cache_frames: int
+    models: dict
+    providers: list
+
+    @property
+    def namespace(self) -> str:
+        return '/' + self.name
+
+
+@dataclass
+class SwarmConfig:
+    swarm: dict
+    drones: list[DroneConfig]
+    source: str = ''
+    raw: dict = field(default_factory=dict)
+
+    def drone(self, name: str) -> DroneConfig:
+        for d in self.drones:
+            if d.name == name:
+                return d
+        raise KeyError(f'no drone named {name!r}; drones: {", ".join(d.name for d in self.drones)}')
+
+    @property
+    def names(self) -> list[str]:
+        return [d.name for d in self.drones]
+
+    @property
+    def ids(self) -> list[int]:
+        return [d.id for d in self.drones]
+
+
+def resource_path(*parts: str) -> str:
+    """A data file of the package (config/, models/, launch/): from the source checkout, or from the
+    installed share directory (a plain `colcon build` copies them to share/collab_perception/)."""
+    candidate = os.path.join(PACKAGE_ROOT, *parts)
+    if os.path.exists(candidate):
+        return candidate
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        shared = os.path.join(get_package_share_directory('collab_perception'), *parts)
+        if os.path.exists(shared):
+            return shared
+    except Exception:  # noqa: BLE001 - no ament index: report the source-tree path
+        pass
+    return candidate
+
+
+def default_config_path() -> str:
+    return resource_path('config', 'swarm.yaml')
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split('.')
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(dotted, 'cannot override inside a non-mapping value')
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'swarm.frames=20' -> ('swarm.frames', 20) (the value is parsed as YAML)."""
+    if '=' not in text:
+        raise ConfigError(text, 'an override must look like section.key=value')
+    key, value = text.split('=', 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def build_config(data: Mapping[str, Any], source: str = '<dict>',
+                 overrides: Sequence[tuple[str, Any]] = ()) -> SwarmConfig:
+    data = copy.deepcopy(dict(data or {}))
+    for dotted, value in overrides:
+        _set_dotted(data, dotted, value)
+    top = validate_section({k: v for k, v in CONFIG_SCHEMA.items() if k != 'drones'},
+                           {k: v for k, v in data.items() if k != 'drones'}, '', source)
+    unknown = sorted(set(data) - set(CONFIG_SCHEMA))
+    if unknown:
+        raise ConfigError(unknown[0], f'unknown key; valid keys: {", ".join(CONFIG_SCHEMA)}', source)
+    drones_raw = data.get('drones')
+    if not isinstance(drones_raw, list) or not drones_raw:
+        raise ConfigError('drones', 'expected a non-empty list of drones', source)
+    drones = []
+    for i, raw in enumerate(drones_raw):
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f'drones[{i}]', f'expected a mapping, got {raw!r}', source)
+        merged = {**top['drone_defaults'], **raw}
+        values = validate_section(DRONE_SCHEMA, merged, f'drones[{i}]', source, require=('name', 'id'))
+        drones.append(DroneConfig(**values))
+    seen_names, seen_ids = {}, {}
+    for i, d in enumerate(drones):
+        if d.name in seen_names:
+            raise ConfigError(f'drones[{i}].name', f'{d.name!r} is also drones[{seen_names[d.name]}]', source)
+        if d.id in seen_ids:
+            raise ConfigError(f'drones[{i}].id', f'{d.id} is also drones[{seen_ids[d.id]}].id', source)
+        if d.name == 'swarm':
+            raise ConfigError(f'drones[{i}].name', "'swarm' is reserved for swarm-wide topics", source)
+        if d.reply_timeout_ms >= d.deadline_ms:
+            raise ConfigError(f'drones[{i}].reply_timeout_ms',
+                              f'{d.reply_timeout_ms} must be below deadline_ms ({d.deadline_ms})', source)
+        seen_names[d.name] = i
+        seen_ids[d.id] = i
+    for i, extra in enumerate(top['swarm']['monitor']['extra_topics']):
+        path = f'swarm.monitor.extra_topics[{i}]'
+        validate_section({'topic': Field(str, None, check=_topic_name), 'type': Field(str, None)},
+                         extra, path, source, require=('topic', 'type'))
+    return SwarmConfig(swarm=top['swarm'], drones=drones, source=source, raw=data)
+
+
+def load_swarm_config(path: Optional[str] = None, overrides: Sequence[tuple[str, Any]] = ()) -> SwarmConfig:
+    path = path or default_config_path()
+    try:
+        with open(path, encoding='utf-8') as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError('<file>', f'cannot read: {e.strerror}', path) from None
+    except yaml.YAMLError as e:
+        raise ConfigError('<file>', f'not valid YAML: {e}', path) from None
+    return build_config(data, source=path, overrides=overrides)

@@ -1,0 +1,220 @@
+"""The embedded launcher: runs a process plan as child processes where launch_ros is not available.
+
+It does what `ros2 launch` does for this package and no more:
+  - each child gets `--ros-args` from the plan (namespace, node name, a params file, remappings);
+  - its stdout and stderr are forwarded line by line with a `[drone/node]` prefix;
+  - Ctrl-C / SIGTERM stop every child (SIGINT, then SIGTERM, then SIGKILL after grace periods) and wait;
+  - a child that exits on its own is reported loudly and stops the swarm with a non-zero exit code,
+    unless it is the plan's end-of-run process (the camera source after its last frame) exiting with 0;
+  - children die with the launcher even if it is killed (PR_SET_PDEATHSIG), and run in their own process
+    groups so that a terminal's Ctrl-C reaches only the launcher, which then shuts them down in order.
+Every child runs under rosenv.safe_ros_env(): DDS stays on the loopback.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, TextIO
+
+from .plan import PACKAGE, NODE_EXECUTABLES, ProcessSpec, write_params_file
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL('libc.so.6', use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def executable_command(executable: str) -> list[str]:
+    """The installed node wrapper (lib/collab_perception/<exe>, what ros2 run would start), or
+    `python -m <module>` when the package is not colcon-installed."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+        try:
+            path = os.path.join(get_package_prefix(PACKAGE), 'lib', PACKAGE, executable)
+            if os.access(path, os.X_OK):
+                return [path]
+        except PackageNotFoundError:
+            pass
+    except ImportError:
+        pass
+    return [sys.executable, '-m', NODE_EXECUTABLES[executable]]
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f'signal {signal.Signals(-code).name}'
+        except ValueError:
+            return f'signal {-code}'
+    return f'code {code}'
+
+
+@dataclass
+class Child:
+    spec: ProcessSpec
+    argv: list[str]
+    popen: subprocess.Popen
+    reader: threading.Thread
+    returncode: Optional[int] = None
+    stopping: bool = False
+
+
+@dataclass
+class LaunchResult:
+    returncode: int
+    reason: str
+    exits: dict[str, int] = field(default_factory=dict)   # label -> exit code
+    duration_s: float = 0.0
+
+
+class EmbeddedLauncher:
+    def __init__(self, processes: list[ProcessSpec], run_dir: str, env: dict[str, str],
+                 out: TextIO = sys.stdout, grace_s: float = 10.0, log_to_files: bool = True,
+                 line_filter: Optional[Callable[[str, str], bool]] = None):
+        self.processes = processes
+        self.run_dir = run_dir
+        self.env = env
+        self.out = out
+        self.grace_s = grace_s
+        self.log_to_files = log_to_files
+        self.line_filter = line_filter
+        self.children: list[Child] = []
+        self._lock = threading.Lock()
+        self._stop_requested: Optional[str] = None
+
+    # ------------------------------------------------------------------ output
+    def say(self, text: str) -> None:
+        with self._lock:
+            self.out.write(text + '\n')
+            self.out.flush()
+
+    def _forward(self, label: str, stream, log_path: Optional[str]) -> None:
+        log = open(log_path, 'w', encoding='utf-8') if log_path else None
+        try:
+            for raw in iter(stream.readline, b''):
+                line = raw.decode('utf-8', errors='replace').rstrip('\n')
+                if log:
+                    log.write(line + '\n')
+                    log.flush()
+                if self.line_filter is None or self.line_filter(label, line):
+                    self.say(f'[{label}] {line}')
+        finally:
+            stream.close()
+            if log:
+                log.close()
+
+    # ------------------------------------------------------------------ lifecycle
+    def commands(self) -> list[tuple[ProcessSpec, list[str]]]:
+        """The exact command line of every child (writes the params files)."""
+        params_dir = os.path.join(self.run_dir, 'params')
+        return [(p, executable_command(p.executable) + p.arguments() + p.ros_args(write_params_file(p, params_dir)))
+                for p in self.processes]
+
+    def start(self) -> None:
+        os.makedirs(os.path.join(self.run_dir, 'logs'), exist_ok=True)
+        for spec, argv in self.commands():
+            popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=self.env, start_new_session=True, preexec_fn=_die_with_parent)
+            log_path = (os.path.join(self.run_dir, 'logs', spec.label.replace('/', '__') + '.log')
+                        if self.log_to_files else None)
+            reader = threading.Thread(target=self._forward, args=(spec.label, popen.stdout, log_path), daemon=True)
+            reader.start()
+            self.children.append(Child(spec, argv, popen, reader))
+            self.say(f'[launch] started {spec.label} (pid {popen.pid})')
+
+    def request_stop(self, why: str) -> None:
+        if self._stop_requested is None:
+            self._stop_requested = why
+
+    def _signal_all(self, sig: int) -> None:
+        for child in self.children:
+            if child.popen.poll() is None:
+                child.stopping = True
+                try:
+                    child.popen.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+
+    def _wait_all(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        for child in self.children:
+            remaining = end - time.monotonic()
+            try:
+                child.popen.wait(timeout=max(remaining, 0.0))
+            except subprocess.TimeoutExpired:
+                return False
+        return True
+
+    def stop(self) -> None:
+        """SIGINT everyone, then SIGTERM, then SIGKILL; returns when every child has exited."""
+        self._signal_all(signal.SIGINT)
+        if not self._wait_all(self.grace_s):
+            stuck = [c.spec.label for c in self.children if c.popen.poll() is None]
+            self.say(f'[launch] still running after {self.grace_s:g} s, sending SIGTERM: {", ".join(stuck)}')
+            self._signal_all(signal.SIGTERM)
+            if not self._wait_all(5.0):
+                stuck = [c.spec.label for c in self.children if c.popen.poll() is None]
+                self.say(f'[launch] killing: {", ".join(stuck)}')
+                self._signal_all(signal.SIGKILL)
+                self._wait_all(5.0)
+        for child in self.children:
+            child.returncode = child.popen.wait()
+            child.reader.join(timeout=5.0)
+
+    def run(self, timeout_s: Optional[float] = None) -> LaunchResult:
+        """Start everything and supervise until the run ends. Installs SIGINT/SIGTERM handlers while
+        running (main thread only)."""
+        t0 = time.monotonic()
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda s, f: self.request_stop(f'received {signal.Signals(s).name}'))
+        returncode, reason = 0, ''
+        try:
+            self.start()
+            while True:
+                if self._stop_requested:
+                    reason = self._stop_requested
+                    self.say(f'[launch] {reason}: stopping {len(self.children)} processes')
+                    break
+                if timeout_s is not None and time.monotonic() - t0 > timeout_s:
+                    returncode, reason = 1, f'timed out after {timeout_s:g} s'
+                    self.say(f'[launch] ERROR: {reason}; stopping the swarm')
+                    break
+                exited = [c for c in self.children if c.popen.poll() is not None]
+                if exited:
+                    child = exited[0]
+                    code = child.popen.returncode
+                    if child.spec.ends_swarm and code == 0:
+                        reason = f'{child.spec.label} finished'
+                        self.say(f'[launch] {reason}; stopping the other processes')
+                    else:
+                        returncode = 1
+                        reason = f'{child.spec.label} exited unexpectedly with {describe_exit(code)}'
+                        self.say(f'[launch] ERROR: process {child.spec.label} (pid {child.popen.pid}) exited '
+                                 f'unexpectedly with {describe_exit(code)}; stopping the swarm')
+                    break
+                time.sleep(0.05)
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        exits = {c.spec.label: c.returncode for c in self.children}
+        # A child that fails while being stopped (other than by our signals) makes the run fail too.
+        clean = {0, -signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT}
+        failed = [label for label, code in exits.items() if code not in clean]
+        if failed and returncode == 0:
+            returncode = 1
+            reason = f'{", ".join(failed)} failed while stopping'
+            self.say(f'[launch] ERROR: {reason}: ' + ', '.join(f'{l}: {describe_exit(exits[l])}' for l in failed))
+        return LaunchResult(returncode, reason, exits, time.monotonic() - t0)

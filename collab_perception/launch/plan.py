@@ -1,0 +1,199 @@
+"""The node plan: config/swarm.yaml -> the nodes and processes of a swarm.
+
+This is the single source of truth for what runs. launch/swarm.launch.py turns it into launch_ros
+actions (one namespaced group per drone); the embedded launcher (`collab-perception swarm`) turns the
+very same plan into child processes on machines without launch_ros. A test checks that both give the
+same node set. No rclpy and no launch imports here.
+
+Process layouts (config `swarm.process_layout`):
+  per_node   one process per node (the usual ros2 launch layout)
+  per_drone  one process per drone running its perception, matcher and fusion nodes in one executor
+             (the `drone_container` executable, like a ROS 2 component container)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+from ..config import SwarmConfig
+from ..runtime import topics
+
+PACKAGE = 'collab_perception'
+
+# executable -> module with main(); CMakeLists.txt installs one wrapper per entry (a test checks it).
+NODE_EXECUTABLES = {
+    'sim_bridge': 'collab_perception.nodes.sim_bridge_node',
+    'perception': 'collab_perception.nodes.perception_node',
+    'matcher': 'collab_perception.nodes.matcher_node',
+    'fusion': 'collab_perception.nodes.fusion_node',
+    'monitor': 'collab_perception.nodes.monitor_node',
+    'drone_container': 'collab_perception.nodes.drone_container',
+}
+DRONE_NODES = ('perception', 'matcher', 'fusion')
+SWARM_NAMESPACE = '/swarm'
+
+
+@dataclass
+class NodeSpec:
+    executable: str
+    name: str
+    namespace: str
+    parameters: dict[str, Any]
+    remappings: list[tuple[str, str]] = field(default_factory=list)
+    drone: str = ''                     # '' for swarm-wide nodes
+    package: str = PACKAGE
+
+    @property
+    def fqn(self) -> str:
+        return f'{self.namespace.rstrip("/")}/{self.name}'
+
+    @property
+    def module(self) -> str:
+        return NODE_EXECUTABLES[self.executable]
+
+
+@dataclass
+class ProcessSpec:
+    """One OS process: a single node, or a drone's nodes in a drone_container."""
+
+    label: str                          # '[label]' prefixes its output, e.g. 'drone1/perception'
+    executable: str
+    namespace: str
+    nodes: list[NodeSpec]
+    ends_swarm: bool = False            # its normal exit (code 0) ends the run (a source with frames > 0)
+
+    @property
+    def node_name(self) -> Optional[str]:
+        """The node name to remap (__node:=) for single-node processes; containers keep their names."""
+        return self.nodes[0].name if self.executable != 'drone_container' else None
+
+    def arguments(self) -> list[str]:
+        """Arguments before --ros-args."""
+        if self.executable == 'drone_container':
+            return ['--nodes', ','.join(n.executable for n in self.nodes)]
+        return []
+
+    def params_document(self) -> dict:
+        """The ROS parameter file content: one entry per fully qualified node name."""
+        return {n.fqn: {'ros__parameters': n.parameters} for n in self.nodes}
+
+    def remappings(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for n in self.nodes:
+            out.extend(n.remappings)
+        return out
+
+    def ros_args(self, params_file: str) -> list[str]:
+        args = ['--ros-args', '-r', f'__ns:={self.namespace}']
+        if self.node_name:
+            args += ['-r', f'__node:={self.node_name}']
+        args += ['--params-file', params_file]
+        for src, dst in self.remappings():
+            args += ['-r', f'{src}:={dst}']
+        return args
+
+
+def _qos_params(cfg: SwarmConfig, *names: str) -> dict[str, Any]:
+    out = {}
+    for name in names:
+        for key, value in cfg.swarm['qos'][name].items():
+            out[f'qos.{name}.{key}'] = value
+    return out
+
+
+def _swarm_params(cfg: SwarmConfig) -> dict[str, Any]:
+    return {'drone_names': cfg.names, 'drone_ids': cfg.ids}
+
+
+def _codec_params(cfg: SwarmConfig) -> dict[str, Any]:
+    return {f'codec.{k}': v for k, v in cfg.swarm['codec'].items()}
+
+
+def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[NodeSpec]:
+    """Every node of the swarm with its namespace and parameters, swarm-wide nodes first."""
+    sw = cfg.swarm
+    nodes: list[NodeSpec] = []
+    source = sw['source']
+    nodes.append(NodeSpec(
+        executable='sim_bridge', name='sim_bridge', namespace=SWARM_NAMESPACE,
+        parameters={
+            **_swarm_params(cfg),
+            'source': source['type'],
+            'image_width': source['image_width'],
+            'image_height': source['image_height'],
+            'seed': source['seed'],
+            'rate_hz': sw['rate_hz'],
+            'frames': sw['frames'],
+            'startup_timeout_s': sw['startup_timeout_s'],
+            'settle_s': sw['settle_s'],
+            'drain_s': sw['drain_s'],
+            **_qos_params(cfg, 'sensor'),
+        }))
+    mon = sw['monitor']
+    if mon['enabled']:
+        out_dir = os.path.join(run_dir, 'monitor') if run_dir else ''
+        nodes.append(NodeSpec(
+            executable='monitor', name='monitor', namespace=SWARM_NAMESPACE,
+            parameters={
+                **_swarm_params(cfg),
+                'period_s': mon['period_s'],
+                'window_s': mon['window_s'],
+                'frame_horizon_s': mon['frame_horizon_s'],
+                'frame_topic': topics.FRAME,
+                # one string (ROS parameter files cannot hold empty lists): 'topic:type,topic:type'
+                'extra_topics': ','.join(f"{e['topic']}:{e['type']}" for e in mon['extra_topics']),
+                'output_dir': out_dir,
+                **_qos_params(cfg, 'comm'),
+            }))
+    for d in cfg.drones:
+        common = {
+            **_swarm_params(cfg),
+            'drone_name': d.name,
+            'drone_id': d.id,
+            'method': d.method,
+            **{f'model.{role}': path for role, path in sorted(d.models.items())},
+            'providers': d.providers,
+        }
+        nodes.append(NodeSpec('perception', 'perception', d.namespace, {
+            **common, 'role': d.role, 'deadline_ms': d.deadline_ms,
+            **_codec_params(cfg), **_qos_params(cfg, 'sensor', 'comm', 'local')}, drone=d.name))
+        nodes.append(NodeSpec('matcher', 'matcher', d.namespace, {
+            **common, 'cache_frames': d.cache_frames,
+            **_codec_params(cfg), **_qos_params(cfg, 'comm', 'local')}, drone=d.name))
+        nodes.append(NodeSpec('fusion', 'fusion', d.namespace, {
+            **common, 'deadline_ms': d.deadline_ms, 'reply_timeout_ms': d.reply_timeout_ms,
+            'select': d.select, 'top_n': d.top_n, 'score_threshold': d.score_threshold,
+            'cache_frames': d.cache_frames,
+            **_codec_params(cfg), **_qos_params(cfg, 'comm', 'local')}, drone=d.name))
+    return nodes
+
+
+def build_process_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[ProcessSpec]:
+    """Group the node plan into processes according to swarm.process_layout."""
+    nodes = build_node_plan(cfg, run_dir)
+    ends = cfg.swarm['frames'] > 0
+    processes: list[ProcessSpec] = []
+    for n in nodes:
+        if n.drone:
+            continue
+        processes.append(ProcessSpec(f'swarm/{n.name}', n.executable, n.namespace, [n],
+                                     ends_swarm=ends and n.executable == 'sim_bridge'))
+    for d in cfg.drones:
+        mine = [n for n in nodes if n.drone == d.name]
+        if cfg.swarm['process_layout'] == 'per_drone':
+            processes.append(ProcessSpec(f'{d.name}/container', 'drone_container', d.namespace, mine))
+        else:
+            processes.extend(ProcessSpec(f'{d.name}/{n.name}', n.executable, n.namespace, [n]) for n in mine)
+    return processes
+
+
+def write_params_file(process: ProcessSpec, directory: str) -> str:
+    """Write the process's ROS parameter file and return its path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, process.label.replace('/', '__') + '.params.yaml')
+    with open(path, 'w', encoding='utf-8') as f:
+        yaml.safe_dump(process.params_document(), f, sort_keys=True)
+    return path

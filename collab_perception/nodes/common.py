@@ -1,0 +1,208 @@
+"""What every node of the package shares: parameters with validation, named QoS profiles, image and
+stamp conversions, rejected-message accounting, and the main() wrapper of ros2/demos.
+
+Only this layer (and launch) imports rclpy.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+from collections import Counter
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from ..runtime.codec import TensorLimits
+
+
+class ParameterError(ValueError):
+    """A parameter value the node cannot start with; the message names the parameter."""
+
+
+def declare(node: Node, name: str, default: Any, description: str, choices: Optional[Sequence] = None,
+            minimum: Optional[float] = None, maximum: Optional[float] = None) -> Any:
+    """Declare a parameter with a descriptor and return its validated value."""
+    value = node.declare_parameter(name, default, ParameterDescriptor(description=description)).value
+    if choices is not None and value not in choices:
+        raise ParameterError(f'parameter {name!r}: {value!r} is not one of {", ".join(map(str, choices))}')
+    if minimum is not None and value < minimum:
+        raise ParameterError(f'parameter {name!r}: {value!r} is below the minimum {minimum}')
+    if maximum is not None and value > maximum:
+        raise ParameterError(f'parameter {name!r}: {value!r} is above the maximum {maximum}')
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParameterError(f'parameter {name!r}: {value!r} is not finite')
+    return value
+
+
+def declare_swarm(node: Node) -> tuple[list[str], list[int]]:
+    """The drone list every node of a swarm gets from the plan: names and their wire ids."""
+    names = list(declare(node, 'drone_names', ['drone1'], 'namespaces of every drone of the swarm'))
+    ids = [int(i) for i in declare(node, 'drone_ids', [1], 'wire id of each drone, same order')]
+    if len(names) != len(ids) or not names:
+        raise ParameterError(f"parameters 'drone_names' and 'drone_ids' must be non-empty and of equal "
+                             f'length (got {len(names)} and {len(ids)})')
+    if len(set(ids)) != len(ids) or any(not 0 <= i < 255 for i in ids):
+        raise ParameterError(f"parameter 'drone_ids': ids must be distinct and in 0..254, got {ids}")
+    return names, ids
+
+
+def declare_qos(node: Node, name: str, reliability: str = 'reliable', depth: int = 10,
+                durability: str = 'volatile') -> QoSProfile:
+    """A named QoS profile (`qos.<name>.*`): comm topics reliable with small depth, sensors as configured."""
+    rel = declare(node, f'qos.{name}.reliability', reliability, f'{name} topics: reliable or best_effort',
+                  choices=('reliable', 'best_effort'))
+    dep = declare(node, f'qos.{name}.depth', depth, f'{name} topics: keep-last depth', minimum=1, maximum=1000)
+    dur = declare(node, f'qos.{name}.durability', durability, f'{name} topics: volatile or transient_local',
+                  choices=('volatile', 'transient_local'))
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=dep,
+        reliability=ReliabilityPolicy.RELIABLE if rel == 'reliable' else ReliabilityPolicy.BEST_EFFORT,
+        durability=DurabilityPolicy.VOLATILE if dur == 'volatile' else DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def declare_codec(node: Node) -> tuple[dict[str, str], TensorLimits]:
+    dtypes = {}
+    for key, default in (('query_dtype', 'float32'), ('score_dtype', 'float32'), ('feature_dtype', 'float16'),
+                         ('local_dtype', 'float32')):
+        dtypes[key] = declare(node, f'codec.{key}', default, f'wire dtype of {key[:-6]} tensors',
+                              choices=('float32', 'float16', 'int8', 'uint8'))
+    limits = TensorLimits(
+        max_elements=declare(node, 'codec.max_elements', 1 << 20, 'largest tensor accepted', minimum=1),
+        max_rank=declare(node, 'codec.max_rank', 4, 'largest rank accepted', minimum=1),
+        max_dim=declare(node, 'codec.max_dim', 4096, 'largest dimension accepted', minimum=1))
+    return dtypes, limits
+
+
+# ---------------------------------------------------------------------------------------------- stamps
+def stamp_to_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int, stamp) -> Any:
+    stamp.sec, stamp.nanosec = divmod(int(ns), 1_000_000_000)
+    return stamp
+
+
+def stamp_label(ns: int) -> str:
+    """A short frame name for logs: seconds.milliseconds of the stamp."""
+    return f'{ns // 1_000_000_000}.{(ns // 1_000_000) % 1000:03d}'
+
+
+# ---------------------------------------------------------------------------------------------- images
+_CHANNELS = {'rgb8': (3, np.uint8), 'bgr8': (3, np.uint8), 'mono8': (1, np.uint8), '32FC1': (1, np.float32)}
+
+
+def image_to_array(msg: Image, expect: Sequence[str] = ('rgb8',)) -> np.ndarray:
+    """sensor_msgs/Image -> numpy (H, W, C) or (H, W), validated; raises ValueError naming the field."""
+    if msg.encoding not in expect or msg.encoding not in _CHANNELS:
+        raise ValueError(f'image.encoding: {msg.encoding!r}, expected one of {", ".join(expect)}')
+    channels, dtype = _CHANNELS[msg.encoding]
+    row = msg.width * channels * np.dtype(dtype).itemsize
+    if msg.height == 0 or msg.width == 0:
+        raise ValueError(f'image: empty {msg.width}x{msg.height}')
+    if msg.step < row:
+        raise ValueError(f'image.step: {msg.step} < {row} bytes per row')
+    if len(msg.data) != msg.step * msg.height:
+        raise ValueError(f'image.data: {len(msg.data)} bytes, expected step*height = {msg.step * msg.height}')
+    if msg.is_bigendian and np.dtype(dtype).itemsize > 1:
+        raise ValueError('image.is_bigendian: big-endian images are not supported')
+    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)[:, :row]
+    arr = np.ascontiguousarray(rows).view(dtype).reshape(msg.height, msg.width, channels)
+    if msg.encoding == 'bgr8':
+        arr = arr[:, :, ::-1]
+    return arr[:, :, 0] if channels == 1 else arr
+
+
+def array_to_image(arr: np.ndarray, encoding: str, header=None) -> Image:
+    channels, dtype = _CHANNELS[encoding]
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = msg.width * channels * np.dtype(dtype).itemsize
+    import array as _array
+    msg.data = _array.array('B', arr.tobytes())
+    return msg
+
+
+# ---------------------------------------------------------------------------------------------- rejects
+class RejectCounter:
+    """Counts rejected input by reason and logs the first few of each (then every 100th)."""
+
+    def __init__(self, logger, prefix: str):
+        self.logger = logger
+        self.prefix = prefix
+        self.counts: Counter[str] = Counter()
+
+    def __call__(self, reason: str, detail: str) -> None:
+        self.counts[reason] += 1
+        n = self.counts[reason]
+        if n <= 3 or n % 100 == 0:
+            self.logger.warning(f'{self.prefix}rejected ({reason}, #{n}): {detail}')
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+# ---------------------------------------------------------------------------------------------- main
+def spin_nodes(factories: Sequence[Callable[[], Node]], args: Optional[list[str]] = None,
+               threads: Optional[int] = None) -> int:
+    """Create the nodes, spin them in one executor until shutdown, clean up. Returns the exit code.
+
+    A node that cannot start (bad parameter, missing model) logs why and the process exits with 2, so
+    the launcher reports it by name. SIGINT / SIGTERM end the spin; the nodes' `close()` then runs while
+    the context is still valid (the monitor writes its summary and can still log), and only then is rclpy
+    shut down. A node whose `finished` attribute becomes True (the camera source after its last frame)
+    ends the spin with exit code 0. An exception escaping a callback is a bug: it propagates (traceback,
+    non-zero exit), and the launcher reports the process.
+    """
+    rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    stop = {'signal': None}
+
+    def on_signal(signum, _frame):
+        stop['signal'] = signum
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    nodes: list[Node] = []
+    try:
+        try:
+            for factory in factories:
+                nodes.append(factory())
+        except (ParameterError, ValueError, FileNotFoundError) as e:
+            rclpy.logging.get_logger('collab_perception').fatal(f'cannot start: {e}')
+            return 2
+        executor = MultiThreadedExecutor(num_threads=threads or max(2, 2 * len(nodes)))
+        for n in nodes:
+            executor.add_node(n)
+        try:
+            while (rclpy.ok() and stop['signal'] is None
+                   and not any(getattr(n, 'finished', False) for n in nodes)):
+                executor.spin_once(timeout_sec=0.1)
+        except ExternalShutdownException:
+            pass
+        executor.shutdown(timeout_sec=2.0)
+        return 0
+    finally:
+        for n in reversed(nodes):
+            close = getattr(n, 'close', None)
+            if close is not None:
+                try:
+                    close()
+                except Exception as e:  # noqa: BLE001 - report, keep shutting down the others
+                    n.get_logger().error(f'error while closing: {e}')
+            n.destroy_node()
+        rclpy.try_shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,207 @@
+"""Fusion, on every drone: the requester's side of the handshake and the drone's published output.
+
+For a frame on which this drone asked for help (perception published a Request), it collects replies on
+comm/reply until all expected ones are in or `reply_timeout_ms` after the camera stamp, selects partners
+(argmax / top-n / threshold gate), sends them a Connect, collects their FeatureMaps on comm/feature until
+`deadline_ms`, and fuses. With nothing usable in time it publishes its own prediction, flagged as
+fallback. Frames on which it did not ask are published at once from its own prediction.
+
+Outputs: `segmentation` (mono8 class ids), `segmentation/color` (rgb8 class colours) and `fusion/info`
+(who was asked, who answered, scores, selection, deadline met, bytes in and out, latency), exactly one of
+each per camera frame whose perception output arrived.
+"""
+from __future__ import annotations
+
+import math
+
+from rclpy.node import Node
+from rclpy.serialization import deserialize_message, serialize_message
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from collab_perception.msg import Connect, FeatureMap, FusionInfo, PerceptionOutput, Reply
+
+from ..classes import load_classes
+from ..runtime import topics
+from ..runtime.codec import CodecError, decode_tensor
+from ..runtime.handshake import (SELECTORS, AddressError, Connect as ConnectAction, FrameOutcome,
+                                 RequesterTracker, StampRing, check_addressing)
+from ..runtime.methods import EncoderOutput, create_method, method_names
+from .common import (RejectCounter, array_to_image, declare, declare_codec, declare_qos, declare_swarm,
+                     stamp_label, stamp_to_ns)
+
+
+class FusionNode(Node):
+    def __init__(self):
+        super().__init__('fusion')
+        self.names, self.ids = declare_swarm(self)
+        self.drone = declare(self, 'drone_name', 'drone1', 'this drone (its namespace)')
+        self.drone_id = declare(self, 'drone_id', 1, 'this drone on the wire', minimum=0, maximum=254)
+        method = declare(self, 'method', 'placeholder', 'method from the registry', choices=method_names())
+        deadline_ms = declare(self, 'deadline_ms', 300, 'camera stamp -> publish, with or without help',
+                              minimum=1, maximum=60000)
+        reply_ms = declare(self, 'reply_timeout_ms', 120, 'camera stamp -> stop waiting for replies',
+                           minimum=1, maximum=60000)
+        if reply_ms >= deadline_ms:
+            raise ValueError(f"parameter 'reply_timeout_ms' ({reply_ms}) must be below 'deadline_ms' "
+                             f'({deadline_ms})')
+        select = declare(self, 'select', 'argmax', 'partner selection', choices=tuple(SELECTORS))
+        top_n = declare(self, 'top_n', 1, 'partners for select: top_n', minimum=1, maximum=16)
+        threshold = declare(self, 'score_threshold', 0.0, 'gate threshold for select: threshold')
+        cache_frames = declare(self, 'cache_frames', 16, 'open frames kept', minimum=1, maximum=1000)
+        self.dtypes, self.limits = declare_codec(self)
+        comm_qos = declare_qos(self, 'comm', 'reliable', 10)
+        local_qos = declare_qos(self, 'local', 'reliable', 10)
+        self.method = create_method(method)
+        self.method_name = method
+        self.classes = load_classes()
+        self.name_of = dict(zip(self.ids, self.names))
+
+        self.log_prefix = f'[{self.drone}] '
+        self.reject = RejectCounter(self.get_logger(), self.log_prefix)
+        self.tracker = RequesterTracker(self.drone_id, self.ids, deadline_ms * 1_000_000, reply_ms * 1_000_000,
+                                        select=select, top_n=top_n, threshold=threshold, capacity=cache_frames)
+        self.bytes: StampRing[list[int]] = StampRing(4 * cache_frames)   # stamp -> [out, in]
+        self.connect_pubs = {i: self.create_publisher(Connect, topics.connect_topic(n), comm_qos)
+                             for i, n in zip(self.ids, self.names) if i != self.drone_id}
+        self.seg_pub = self.create_publisher(Image, topics.SEGMENTATION, local_qos)
+        self.color_pub = self.create_publisher(Image, topics.SEGMENTATION_COLOR, local_qos)
+        self.info_pub = self.create_publisher(FusionInfo, topics.FUSION_INFO, local_qos)
+        self.create_subscription(PerceptionOutput, topics.PERCEPTION, self.on_own, local_qos)
+        self.create_subscription(Reply, topics.reply_topic(self.drone), self.on_reply, comm_qos, raw=True)
+        self.create_subscription(FeatureMap, topics.feature_topic(self.drone), self.on_features, comm_qos,
+                                 raw=True)
+        self.wake_timer = self.create_timer(1.0, self.on_wake, autostart=False)
+        self.published = 0
+        self.get_logger().info(f'{self.log_prefix}fusion ready: method {self.method.describe()}, '
+                               f'deadline {deadline_ms} ms, replies {reply_ms} ms, select {select}')
+
+    # ------------------------------------------------------------------ helpers
+    def now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _count(self, stamp_ns: int, out: int = 0, inc: int = 0) -> None:
+        entry = self.bytes.get(stamp_ns)
+        if entry is None:
+            entry = [0, 0]
+            self.bytes.put(stamp_ns, entry)
+        entry[0] += out
+        entry[1] += inc
+
+    def _deserialize(self, data: bytes, msg_type, what: str):
+        try:
+            return deserialize_message(data, msg_type)
+        except Exception as e:  # noqa: BLE001 - any undecodable payload is a rejected message
+            self.reject('undecodable', f'{what}: {len(data)} bytes do not decode as {msg_type.__name__}: {e}')
+            return None
+
+    def _rearm(self) -> None:
+        wake = self.tracker.next_wakeup()
+        if wake is None:
+            self.wake_timer.cancel()
+            return
+        self.wake_timer.timer_period_ns = max(wake - self.now_ns(), 1_000_000)
+        self.wake_timer.reset()
+
+    def _run(self, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, ConnectAction):
+                self.send_connect(action)
+            elif isinstance(action, FrameOutcome):
+                self.publish_outcome(action)
+        self._rearm()
+
+    # ------------------------------------------------------------------ input
+    def on_own(self, msg: PerceptionOutput):
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        try:
+            own = EncoderOutput(
+                features=decode_tensor(msg.features, self.limits, 'perception.features'),
+                key=None, query=None,
+                own_classes=decode_tensor(msg.own_classes, self.limits, 'perception.own_classes',
+                                          out_dtype='uint8'))
+        except CodecError as e:
+            self.reject(e.reason, f'own output of frame {stamp_label(stamp_ns)}: {e}')
+            return
+        if msg.requested:
+            self._count(stamp_ns, out=msg.request_bytes)
+        self_score = None if math.isnan(msg.self_score) else float(msg.self_score)
+        self._run(self.tracker.on_own(stamp_ns, own, msg.requested, self_score, self.now_ns()))
+
+    def on_reply(self, data: bytes):
+        msg = self._deserialize(data, Reply, 'reply')
+        if msg is None:
+            return
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        try:
+            check_addressing(msg.sender, msg.receiver, self.drone_id, self.ids, allow_broadcast=False)
+            score = decode_tensor(msg.score, self.limits, 'reply.score')
+            if score.size < 1:
+                raise CodecError('reply.score.shape', 'bad_shape', 'empty score')
+        except (AddressError, CodecError) as e:
+            self.reject(e.reason, f'reply from {msg.sender} for frame {stamp_label(stamp_ns)}: {e}')
+            return
+        self._count(stamp_ns, inc=len(data))
+        self._run(self.tracker.on_reply(stamp_ns, msg.sender, float(score.reshape(-1)[0]), self.now_ns()))
+
+    def on_features(self, data: bytes):
+        msg = self._deserialize(data, FeatureMap, 'features')
+        if msg is None:
+            return
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        try:
+            check_addressing(msg.sender, msg.receiver, self.drone_id, self.ids, allow_broadcast=False)
+            features = decode_tensor(msg.features, self.limits, 'feature.features',
+                                     expect_shape=self.method.feature_shape())
+        except (AddressError, CodecError) as e:
+            self.reject(e.reason, f'features from {msg.sender} for frame {stamp_label(stamp_ns)}: {e}')
+            return
+        self._count(stamp_ns, inc=len(data))
+        self._run(self.tracker.on_features(stamp_ns, msg.sender, features, self.now_ns()))
+
+    def on_wake(self):
+        self._run(self.tracker.on_time(self.now_ns()))
+
+    # ------------------------------------------------------------------ output
+    def send_connect(self, action: ConnectAction) -> None:
+        for receiver in action.receivers:
+            msg = Connect(header=Header(), sender=self.drone_id, receiver=receiver)
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(action.stamp_ns, 1_000_000_000)
+            payload = serialize_message(msg)
+            self.connect_pubs[receiver].publish(payload)
+            self._count(action.stamp_ns, out=len(payload))
+
+    def publish_outcome(self, outcome: FrameOutcome) -> None:
+        own: EncoderOutput = outcome.own
+        classes = self.method.fuse(own, outcome.received) if outcome.received else own.own_classes
+        header = Header(frame_id=f'{self.drone}/camera')
+        header.stamp.sec, header.stamp.nanosec = divmod(outcome.stamp_ns, 1_000_000_000)
+        self.seg_pub.publish(array_to_image(classes, 'mono8', header))
+        self.color_pub.publish(array_to_image(self.classes.colorize(classes), 'rgb8', header))
+        out_bytes, in_bytes = self.bytes.pop(outcome.stamp_ns, [0, 0])
+        latency_ms = (self.now_ns() - outcome.stamp_ns) / 1e6
+        answered = sorted(outcome.scores)
+        info = FusionInfo(header=header, drone=self.drone_id, method=self.method_name,
+                          requested=outcome.requested, asked=outcome.asked, answered=answered,
+                          scores=[outcome.scores[i] for i in answered], selected=outcome.selected,
+                          received=sorted(outcome.received), deadline_met=outcome.deadline_met,
+                          fallback=outcome.fallback, bytes_out=out_bytes, bytes_in=in_bytes,
+                          latency_ms=latency_ms)
+        self.info_pub.publish(info)
+        self.published += 1
+        if outcome.requested:
+            chosen = ','.join(self.name_of.get(i, str(i)) for i in outcome.selected) or 'none'
+            self.get_logger().info(
+                f'{self.log_prefix}frame {stamp_label(outcome.stamp_ns)}: {len(answered)}/{len(outcome.asked)} '
+                f'replies, selected {chosen}, {outcome.reason}'
+                f'{" (FALLBACK)" if outcome.fallback else ""}, {latency_ms:.1f} ms, '
+                f'{out_bytes} B out / {in_bytes} B in')
+
+
+def main(args=None) -> int:
+    from .common import spin_nodes
+    return spin_nodes([FusionNode], args)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""Monitor: the bytes that cross DDS, per frame, sender and topic.
+
+Subscribes raw (as `ros2 topic bw` does: no deserialization, the callback gets the serialized CDR
+payload) to every comm topic of the swarm and to any configured extra topic. Each message is attributed
+to its frame by the header stamp and to its sender by the message's sender id (comm topics) or the
+topic's namespace (extra topics), read from the first bytes of the payload (runtime/cdr.py).
+
+Sizes: between processes Fast DDS pads every payload to a multiple of 4 bytes, so `len(raw)` can exceed
+the message's serialized size by up to 3 bytes. The monitor reports the exact serialized size (what
+`serialize_message` gives, and what the rest of the project accounts), found by re-serializing the
+message when the payload length could hold padding, and the delivered size as `wire_payload_bytes`.
+
+Publishes BandwidthStats on /swarm/bandwidth every `period_s` (plain numeric fields for rqt_plot); on
+exit writes `summary.json` and `frames.csv` (one row per frame, sender and topic) into `output_dir`.
+"""
+from __future__ import annotations
+
+import os
+import time
+from importlib import import_module
+
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from rclpy.serialization import deserialize_message, serialize_message
+from std_msgs.msg import Header
+
+from collab_perception.msg import BandwidthStats, Connect, FeatureMap, PatchSegments, Reply, Request
+
+from ..runtime import topics
+from ..runtime.bandwidth import BandwidthLedger, CsvFrameWriter, write_json
+from ..runtime.cdr import CdrError, read_comm_prefix, read_header
+from .common import declare, declare_qos, declare_swarm, ns_to_stamp
+
+COMM_TYPES = {'request': Request, 'reply': Reply, 'connect': Connect, 'feature': FeatureMap,
+              'patches': PatchSegments}
+
+
+def resolve_type(name: str):
+    """'sensor_msgs/msg/Image' (or 'sensor_msgs/Image') -> the message class."""
+    parts = name.split('/')
+    if len(parts) == 2:
+        parts = [parts[0], 'msg', parts[1]]
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f'message type {name!r}: expected package/msg/Type')
+    try:
+        return getattr(import_module(f'{parts[0]}.{parts[1]}'), parts[2])
+    except (ImportError, AttributeError):
+        raise ValueError(f'message type {name!r} cannot be imported') from None
+
+
+def parse_extra_topics(text: str) -> list[tuple[str, str]]:
+    out = []
+    for item in filter(None, (t.strip() for t in text.split(','))):
+        topic, sep, type_name = item.partition(':')
+        if not sep or not topic or not type_name:
+            raise ValueError(f"parameter 'extra_topics': {item!r} is not 'topic:package/msg/Type'")
+        out.append((topic, type_name))
+    return out
+
+
+class MonitorNode(Node):
+    def __init__(self):
+        super().__init__('monitor')
+        self.names, self.ids = declare_swarm(self)
+        period = declare(self, 'period_s', 1.0, 'BandwidthStats period', minimum=0.05)
+        window = declare(self, 'window_s', 5.0, 'window of the published rates', minimum=0.1)
+        horizon = declare(self, 'frame_horizon_s', 5.0, 'fold frames older than this into the totals',
+                          minimum=0.5)
+        frame_topic = declare(self, 'frame_topic', topics.FRAME, 'std_msgs/Header per camera snapshot')
+        extra = parse_extra_topics(declare(self, 'extra_topics', '', "more topics: 'topic:pkg/msg/Type,...'"))
+        self.output_dir = declare(self, 'output_dir', '', 'where summary.json and frames.csv go '
+                                  '(default: $ROS_HOME/collab_perception/monitor-<time>)')
+        comm_qos = declare_qos(self, 'comm', 'reliable', 10)
+        # Same reliability as the publishers (a reliable reader would not match best-effort writers),
+        # a deeper queue so that bursts are counted, not dropped.
+        qos = QoSProfile(depth=200, reliability=comm_qos.reliability, durability=comm_qos.durability,
+                         history=comm_qos.history)
+
+        self.name_of = {i: n for i, n in zip(self.ids, self.names)}
+        self.ledger = BandwidthLedger(int(horizon * 1e9), int(window * 1e9))
+        if not self.output_dir:
+            base = os.environ.get('ROS_HOME') or os.path.expanduser('~/.ros')
+            self.output_dir = os.path.join(base, 'collab_perception', time.strftime('monitor-%Y%m%d-%H%M%S'))
+        os.makedirs(self.output_dir, exist_ok=True)
+        self.csv = CsvFrameWriter(os.path.join(self.output_dir, 'frames.csv'))
+        self.topics = topics.comm_topics(self.names)
+        for topic, kind in self.topics.items():
+            self.create_subscription(COMM_TYPES[kind], topic, self._comm_callback(topic, COMM_TYPES[kind]), qos, raw=True)
+        for topic, type_name in extra:
+            msg_type = resolve_type(type_name)
+            fields = list(msg_type.get_fields_and_field_types().items())
+            if not fields or fields[0] != ('header', 'std_msgs/Header'):
+                raise ValueError(f"extra topic {topic}: {type_name} has no std_msgs/Header first; its bytes "
+                                 'cannot be attributed to a frame')
+            self.create_subscription(msg_type, topic, self._extra_callback(topic, msg_type), qos, raw=True)
+            self.topics[topic] = 'other'
+        self.create_subscription(Header, frame_topic, self.on_frame, 10)
+        self.stats_pub = self.create_publisher(BandwidthStats, topics.BANDWIDTH, 10)
+        self.create_timer(period, self.publish_stats)
+        self.get_logger().info(f'measuring {len(self.topics)} topics for {", ".join(self.names)}; '
+                               f'summary -> {self.output_dir}')
+
+    def now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _serialized_size(self, data: bytes, msg_type, topic: str) -> int:
+        """The message's serialized size without the transport's alignment padding."""
+        if len(data) % 4:
+            return len(data)  # a padded payload is a multiple of 4: this one carries no padding
+        try:
+            return len(serialize_message(deserialize_message(data, msg_type)))
+        except Exception:  # noqa: BLE001 - undecodable: count what arrived
+            self.ledger.reject(topic, 'undecodable payload (counted at its delivered size)')
+            return len(data)
+
+    def _comm_callback(self, topic: str, msg_type):
+        def callback(data: bytes):
+            try:
+                prefix = read_comm_prefix(data)
+            except CdrError as e:
+                self.ledger.reject(topic, str(e))
+                return
+            sender = self.name_of.get(prefix.sender, f'id{prefix.sender}')
+            self.ledger.record(topic, sender, prefix.stamp_ns, self._serialized_size(data, msg_type, topic),
+                               self.now_ns(), wire_nbytes=len(data))
+        return callback
+
+    def _extra_callback(self, topic: str, msg_type):
+        owner = topics.topic_owner(topic) or 'swarm'
+
+        def callback(data: bytes):
+            try:
+                header = read_header(data)
+            except CdrError as e:
+                self.ledger.reject(topic, str(e))
+                return
+            self.ledger.record(topic, owner, header.stamp_ns, self._serialized_size(data, msg_type, topic),
+                               self.now_ns(), wire_nbytes=len(data))
+        return callback
+
+    def on_frame(self, msg: Header):
+        self.ledger.add_frame(msg.stamp.sec * 1_000_000_000 + msg.stamp.nanosec, self.now_ns())
+
+    def publish_stats(self):
+        now = self.now_ns()
+        self.csv.write(self.ledger.fold(now))
+        stats = self.ledger.window_stats(now)
+        msg = BandwidthStats()
+        ns_to_stamp(now, msg.header.stamp)
+        for key, value in stats.items():
+            setattr(msg, key, value)
+        self.stats_pub.publish(msg)
+
+    def close(self):
+        """Write the summary (called once on shutdown)."""
+        self.csv.write(self.ledger.fold(None))
+        self.csv.close()
+        summary = {'drones': self.names, 'topics': self.topics, **self.ledger.summary(),
+                   'csv': self.csv.path, 'csv_rows': self.csv.rows}
+        path = os.path.join(self.output_dir, 'summary.json')
+        write_json(path, summary)
+        self.get_logger().info(f'{summary["frames"]} frames, {summary["bytes_per_frame"]:.0f} B/frame; '
+                               f'summary written to {path}')
+
+
+def main(args=None) -> int:
+    from .common import spin_nodes
+    return spin_nodes([MonitorNode], args)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Perception, on every drone: camera image -> the method's encoder (Who2com §III-B, Eq. 1-2).
+
+Publishes the drone's features, key and own prediction on the local `perception/output` topic for its
+matcher and fusion nodes. When the drone asks for help on this frame (role `requester`, or role `auto`
+and the method's gate says so) it broadcasts a Request with its compact query on /swarm/request.
+"""
+from __future__ import annotations
+
+import math
+
+from rclpy.node import Node
+from rclpy.serialization import serialize_message
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from collab_perception.msg import PerceptionOutput, Request
+
+from ..config import BROADCAST_ID
+from ..runtime import topics
+from ..runtime.codec import CodecError, encode_tensor
+from ..runtime.methods import create_method, method_names
+from .common import (RejectCounter, declare, declare_codec, declare_qos, declare_swarm, image_to_array,
+                     stamp_label, stamp_to_ns)
+
+
+class PerceptionNode(Node):
+    def __init__(self):
+        super().__init__('perception')
+        self.names, self.ids = declare_swarm(self)
+        self.drone = declare(self, 'drone_name', 'drone1', 'this drone (its namespace)')
+        self.drone_id = declare(self, 'drone_id', 1, 'this drone on the wire', minimum=0, maximum=254)
+        self.role = declare(self, 'role', 'supporter', 'requester: asks every frame; supporter: never; '
+                            'auto: when the method gate says so', choices=('requester', 'supporter', 'auto'))
+        method = declare(self, 'method', 'placeholder', 'method from the registry', choices=method_names())
+        self.deadline_ms = declare(self, 'deadline_ms', 300, 'how long the requester waits (sent along)',
+                                   minimum=1, maximum=65535)
+        self.dtypes, _ = declare_codec(self)
+        sensor_qos = declare_qos(self, 'sensor', 'reliable', 5)
+        comm_qos = declare_qos(self, 'comm', 'reliable', 10)
+        local_qos = declare_qos(self, 'local', 'reliable', 10)
+        self.method = create_method(method)
+
+        self.log_prefix = f'[{self.drone}] '
+        self.reject = RejectCounter(self.get_logger(), self.log_prefix)
+        self.request_pub = self.create_publisher(Request, topics.REQUEST, comm_qos)
+        self.output_pub = self.create_publisher(PerceptionOutput, topics.PERCEPTION, local_qos)
+        self.create_subscription(Image, topics.IMAGE, self.on_image, sensor_qos)
+        self.frames = 0
+        self.requests = 0
+        self.get_logger().info(f'{self.log_prefix}perception ready: method {self.method.describe()}, '
+                               f'role {self.role}')
+
+    def on_image(self, msg: Image):
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        try:
+            image = image_to_array(msg, expect=('rgb8', 'bgr8'))
+        except ValueError as e:
+            self.reject('bad_image', f'frame {stamp_label(stamp_ns)}: {e}')
+            return
+        out = self.method.encode(image)
+        requested = self.role == 'requester' or (self.role == 'auto' and bool(out.needs_help))
+        request_bytes = 0
+        if requested:
+            request = Request(header=Header(stamp=msg.header.stamp), sender=self.drone_id, receiver=BROADCAST_ID,
+                              deadline_ms=self.deadline_ms)
+            try:
+                encode_tensor(out.query, self.dtypes['query_dtype'], request.query, 'request.query')
+            except CodecError as e:
+                self.get_logger().error(f'{self.log_prefix}frame {stamp_label(stamp_ns)}: query not sent: {e}')
+                requested = False
+            else:
+                payload = serialize_message(request)
+                request_bytes = len(payload)
+                self.request_pub.publish(payload)
+                self.requests += 1
+        local = PerceptionOutput(header=Header(stamp=msg.header.stamp, frame_id=self.drone), drone=self.drone_id, requested=requested,
+                                 request_bytes=request_bytes,
+                                 self_score=math.nan if out.self_score is None else float(out.self_score))
+        encode_tensor(out.features, self.dtypes['local_dtype'], local.features, 'features')
+        encode_tensor(out.key, self.dtypes['local_dtype'], local.key, 'key')
+        encode_tensor(out.own_classes, 'uint8', local.own_classes, 'own_classes')
+        self.output_pub.publish(local)
+        self.frames += 1
+
+
+def main(args=None) -> int:
+    from .common import spin_nodes
+    return spin_nodes([PerceptionNode], args)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,122 @@
+"""Collaborative-perception methods, found by name (config/swarm.yaml `method:`).
+
+A method splits its network by role, so that each drone runs only its part (Who2com §III-B):
+
+    encode(image)            perception, every drone: features (kept), key (kept), query (sent when asking),
+                             the drone's own class map, and optionally a self-score for a When2com gate
+    match(query, key)        matcher, every other drone: the matching score sent back (Eq. 2-3)
+    fuse(own, received)      fusion, the requester: its final class map from its own output and the
+                             features of the drones it connected to (Eq. 4)
+
+Methods are registered with `@register_method('name')` and created with `create_method(name, **args)`;
+an unknown name raises an error that lists the valid ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+
+@dataclass
+class EncoderOutput:
+    features: np.ndarray              # [C, Hf, Wf] float32, sent to a requester that connects
+    key: np.ndarray                   # [k] float32, stays on the drone
+    query: np.ndarray                 # [m] float32, broadcast in a Request when the drone asks for help
+    own_classes: np.ndarray           # [H, W] uint8, the drone's own prediction
+    self_score: Optional[float] = None  # When2com's self-attention score, if the method has a gate
+    needs_help: Optional[bool] = None   # the method's own decision to ask (role: auto)
+
+
+class Method:
+    """Base class of every method. Subclasses set `name` and implement the three roles."""
+
+    name = 'base'
+    num_classes = 0
+
+    def encode(self, image: np.ndarray) -> EncoderOutput:
+        raise NotImplementedError
+
+    def match(self, query: np.ndarray, key: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def fuse(self, own: EncoderOutput, received: dict[int, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def feature_shape(self) -> Optional[tuple]:
+        """The shape every FeatureMap must have (None: any); used to validate received features."""
+        return None
+
+    def query_shape(self) -> Optional[tuple]:
+        return None
+
+    def describe(self) -> str:
+        return self.name
+
+
+_REGISTRY: dict[str, Callable[..., Method]] = {}
+
+
+def register_method(name: str):
+    def wrap(factory):
+        if name in _REGISTRY:
+            raise ValueError(f'method {name!r} registered twice')
+        _REGISTRY[name] = factory
+        factory.name = name
+        return factory
+    return wrap
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_method(name: str, **args) -> Method:
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f'unknown method {name!r}; valid: {", ".join(method_names())}') from None
+    return factory(**args)
+
+
+@register_method('placeholder')
+class PlaceholderMethod(Method):
+    """A protocol stand-in with no learning, so the swarm can run before any model is trained.
+
+    features: the image average-pooled to a `grid` x `grid` RGB map; key and query: per-channel mean and
+    standard deviation (6 numbers); score: minus the distance between query and key (views with similar
+    colour statistics match); own classes: brightness quantized into `num_classes` bins; fusion: returns
+    the requester's own classes unchanged (there is nothing learned to fuse with). It exercises every
+    message of the handshake with realistic shapes, nothing more.
+    """
+
+    def __init__(self, num_classes: int = 4, grid: int = 8, **_unused):
+        self.num_classes = int(num_classes)
+        self.grid = int(grid)
+
+    def encode(self, image: np.ndarray) -> EncoderOutput:
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f'expected an HxWx3 image, got shape {image.shape}')
+        x = image.astype(np.float32) / 255.0
+        h, w, _ = x.shape
+        g = self.grid
+        hh, ww = (h // g) * g, (w // g) * g
+        pooled = x[:hh, :ww].reshape(g, hh // g, g, ww // g, 3).mean(axis=(1, 3))
+        features = np.ascontiguousarray(pooled.transpose(2, 0, 1))
+        stats = np.concatenate([x.mean(axis=(0, 1)), x.std(axis=(0, 1))]).astype(np.float32)
+        brightness = x.mean(axis=2)
+        own = np.minimum((brightness * self.num_classes).astype(np.int32), self.num_classes - 1)
+        return EncoderOutput(features=features, key=stats, query=stats.copy(), own_classes=own.astype(np.uint8))
+
+    def match(self, query: np.ndarray, key: np.ndarray) -> np.ndarray:
+        return np.array([-float(np.linalg.norm(query - key))], dtype=np.float32)
+
+    def fuse(self, own: EncoderOutput, received: dict[int, np.ndarray]) -> np.ndarray:
+        return own.own_classes
+
+    def feature_shape(self):
+        return (3, self.grid, self.grid)
+
+    def query_shape(self):
+        return (6,)
