@@ -18,7 +18,8 @@ from typing import Any, Optional
 
 import yaml
 
-from ..config import SwarmConfig
+from ..config import ConfigError, SwarmConfig
+from ..runtime.methods import method_names
 from ..runtime import topics
 
 PACKAGE = 'collab_perception'
@@ -115,6 +116,10 @@ def _codec_params(cfg: SwarmConfig) -> dict[str, Any]:
 def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[NodeSpec]:
     """Every node of the swarm with its namespace and parameters, swarm-wide nodes first."""
     sw = cfg.swarm
+    for i, d in enumerate(cfg.drones):
+        if d.method not in method_names():
+            raise ConfigError(f'drones[{i}].method', f'unknown method {d.method!r}; valid: {", ".join(method_names())}',
+                              cfg.source)
     nodes: list[NodeSpec] = []
     source = sw['source']
     nodes.append(NodeSpec(
@@ -190,10 +195,17 @@ def build_process_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[
     return processes
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """rcl's parameter-file parser rejects YAML anchors/aliases, which PyYAML emits for shared lists."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
 def write_params_file(process: ProcessSpec, directory: str) -> str:
     """Write the process's ROS parameter file and return its path."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, process.label.replace('/', '__') + '.params.yaml')
     with open(path, 'w', encoding='utf-8') as f:
-        yaml.safe_dump(process.params_document(), f, sort_keys=True)
+        yaml.dump(process.params_document(), f, Dumper=_NoAliasDumper, sort_keys=True)
     return path

@@ -1,0 +1,66 @@
+"""Helpers for the tests that run real rclpy / Fast DDS participants and node processes."""
+import os
+import signal
+import subprocess
+import time
+
+import rclpy
+
+
+def spin_until(node, predicate, timeout=10.0, executor=None):
+    """Spin `node` until predicate() is true; returns the predicate's last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        if executor is not None:
+            executor.spin_once(timeout_sec=0.05)
+        else:
+            rclpy.spin_once(node, timeout_sec=0.05)
+    return predicate()
+
+
+def wait_for_subscribers(node, publishers, count=1, timeout=15.0):
+    ok = spin_until(node, lambda: all(p.get_subscription_count() >= count for p in publishers), timeout)
+    assert ok, 'no subscriber matched: ' + ', '.join(p.topic_name for p in publishers
+                                                      if p.get_subscription_count() < count)
+
+
+def stop_process(proc, sig=signal.SIGINT, timeout=15.0):
+    """Signal a child and wait for it; returns (returncode, output)."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f'process {proc.args[0]} ignored {sig!r} for {timeout} s:\n{out}')
+    return proc.returncode, out
+
+
+def pid_alive(pid):
+    """True if a process with this pid exists and is not a zombie."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().split(') ')[1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
+
+
+def descendants(pid):
+    """All processes whose parent chain reaches pid (from /proc)."""
+    parents = {}
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open(f'/proc/{entry}/stat') as f:
+                    parents[int(entry)] = int(f.read().split(') ')[1].split()[1])
+            except (FileNotFoundError, IndexError, ValueError):
+                pass
+    out, frontier = set(), {pid}
+    while frontier:
+        children = {p for p, pp in parents.items() if pp in frontier} - out
+        out |= children
+        frontier = children
+    return out

@@ -1,0 +1,75 @@
+"""config/swarm.yaml validation: defaults, and a start-up error naming the bad field."""
+import pytest
+
+from collab_perception.classes import load_classes
+from collab_perception.config import ConfigError, build_config, load_swarm_config, parse_override
+
+
+def minimal(**extra):
+    data = {'drones': [{'name': 'a', 'id': 1, 'role': 'requester'}, {'name': 'b', 'id': 2}]}
+    data.update(extra)
+    return data
+
+
+def test_shipped_config_loads():
+    cfg = load_swarm_config()
+    assert len(cfg.drones) >= 3 and any(d.role == 'requester' for d in cfg.drones)
+    assert cfg.swarm['process_layout'] in ('per_node', 'per_drone')
+
+
+def test_defaults_fill_in():
+    cfg = build_config(minimal())
+    assert cfg.drone('b').role == 'supporter' and cfg.drone('b').deadline_ms == 300
+    assert cfg.swarm['qos']['comm']['reliability'] == 'reliable'
+    assert cfg.names == ['a', 'b'] and cfg.ids == [1, 2]
+
+
+def test_overrides_apply_before_validation():
+    cfg = build_config(minimal(), overrides=[parse_override('swarm.frames=7'),
+                                            parse_override('drone_defaults.deadline_ms=500')])
+    assert cfg.swarm['frames'] == 7 and cfg.drone('a').deadline_ms == 500
+
+
+@pytest.mark.parametrize('data,path,words', [
+    (minimal(swarm={'frams': 3}), 'swarm.frams', 'unknown key'),
+    (minimal(swarm={'frames': -1}), 'swarm.frames', '>= 0'),
+    (minimal(swarm={'rate_hz': 'fast'}), 'swarm.rate_hz', 'expected a number'),
+    (minimal(swarm={'process_layout': 'one'}), 'swarm.process_layout', 'per_node'),
+    (minimal(swarm={'qos': {'comm': {'reliability': 'maybe'}}}), 'swarm.qos.comm.reliability', 'best_effort'),
+    (minimal(swarm={'codec': {'feature_dtype': 'bf16'}}), 'swarm.codec.feature_dtype', 'float16'),
+    ({'drones': [{'name': 'a', 'id': 1}, {'name': 'b', 'id': 1}]}, 'drones[1].id', 'also drones[0]'),
+    ({'drones': [{'name': 'a', 'id': 1}, {'name': 'a', 'id': 2}]}, 'drones[1].name', 'also drones[0]'),
+    ({'drones': [{'name': '1a', 'id': 1}]}, 'drones[0].name', 'ROS name'),
+    ({'drones': [{'name': 'a', 'id': 255}]}, 'drones[0].id', '<= 254'),
+    ({'drones': [{'name': 'a'}]}, 'drones[0].id', 'required'),
+    ({'drones': [{'name': 'a', 'id': 1, 'role': 'boss'}]}, 'drones[0].role', 'requester'),
+    ({'drones': [{'name': 'a', 'id': 1, 'deadline_ms': 100, 'reply_timeout_ms': 100}]},
+     'drones[0].reply_timeout_ms', 'below deadline_ms'),
+    ({'drones': [{'name': 'a', 'id': 1, 'providers': []}]}, 'drones[0].providers', 'at least one'),
+    ({'drones': []}, 'drones', 'non-empty'),
+    ({'drones': [{'name': 'a', 'id': 1}], 'extra': 1}, 'extra', 'unknown key'),
+    (minimal(swarm={'monitor': {'extra_topics': [{'topic': 'bad topic!', 'type': 'x/msg/Y'}]}}),
+     'swarm.monitor.extra_topics[0].topic', 'topic name'),
+])
+def test_errors_name_the_field(data, path, words):
+    with pytest.raises(ConfigError) as info:
+        build_config(data, source='test.yaml')
+    assert info.value.path == path
+    assert words in str(info.value) and str(info.value).startswith('test.yaml: ' + path)
+
+
+def test_unreadable_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match='cannot read'):
+        load_swarm_config(str(tmp_path / 'missing.yaml'))
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('drones: [\n')
+    with pytest.raises(ConfigError, match='not valid YAML'):
+        load_swarm_config(str(bad))
+
+
+def test_class_table():
+    classes = load_classes()
+    assert len(classes) >= 7 and classes.names[classes.index('road')] == 'road'
+    import numpy as np
+    rgb = classes.colorize(np.array([[0, 1], [2, 250]], np.uint8))
+    assert rgb.shape == (2, 2, 3) and (rgb[0, 1] == classes.colors[1]).all() and (rgb[1, 1] == 0).all()

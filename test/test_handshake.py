@@ -1,0 +1,191 @@
+"""The requester and supporter state machines of runtime/handshake.py, every path, no ROS."""
+import math
+
+import pytest
+
+from collab_perception.runtime.handshake import (AddressError, Connect, FrameOutcome, RequesterTracker,
+                                                 StampRing, SupporterCache, check_addressing, select_threshold)
+
+MS = 1_000_000
+S0 = 1_000 * MS   # a frame stamp
+
+
+def tracker(**kw):
+    args = dict(my_id=1, peers=[1, 2, 3, 4], deadline_ns=300 * MS, reply_timeout_ns=100 * MS)
+    args.update(kw)
+    return RequesterTracker(**args)
+
+
+def only(actions, kind):
+    found = [a for a in actions if isinstance(a, kind)]
+    assert len(found) == 1, actions
+    return found[0]
+
+
+def test_full_handshake_selects_argmax_and_completes_when_features_arrive():
+    t = tracker()
+    assert t.on_own(S0, 'own', requested=True, now_ns=S0 + 5 * MS) == []
+    assert t.on_reply(S0, 2, 0.1, S0 + 10 * MS) == []
+    assert t.on_reply(S0, 3, 0.9, S0 + 11 * MS) == []
+    connect = only(t.on_reply(S0, 4, 0.5, S0 + 12 * MS), Connect)   # all three in: select at once
+    assert connect.receivers == [3]
+    out = only(t.on_features(S0, 3, 'f3', S0 + 20 * MS), FrameOutcome)
+    assert out.selected == [3] and out.received == {3: 'f3'} and out.own == 'own'
+    assert not out.fallback and out.deadline_met and out.scores == {2: 0.1, 3: 0.9, 4: 0.5}
+    assert out.asked == [2, 3, 4]
+    assert t.next_wakeup() is None
+
+
+def test_no_replies_before_reply_timeout_falls_back():
+    t = tracker()
+    t.on_own(S0, 'own', True, now_ns=S0)
+    assert t.next_wakeup() == S0 + 100 * MS
+    assert t.on_time(S0 + 99 * MS) == []
+    out = only(t.on_time(S0 + 100 * MS), FrameOutcome)
+    assert out.fallback and not out.deadline_met and out.selected == [] and out.reason == 'no replies in time'
+    assert t.counters['fallback'] == 1
+
+
+def test_partial_replies_select_among_those_in_time_and_late_reply_is_counted():
+    t = tracker()
+    t.on_own(S0, 'own', True, now_ns=S0)
+    t.on_reply(S0, 2, 0.3, S0 + 5 * MS)
+    connect = only(t.on_time(S0 + 100 * MS), Connect)
+    assert connect.receivers == [2]
+    assert t.on_reply(S0, 3, 9.0, S0 + 101 * MS) == []
+    assert t.counters['late'] == 1
+
+
+def test_features_missing_at_deadline_fall_back():
+    t = tracker()
+    t.on_own(S0, 'own', True, now_ns=S0)
+    for peer, score in ((2, 0.2), (3, 0.1), (4, 0.0)):
+        t.on_reply(S0, peer, score, S0 + MS)
+    assert t.next_wakeup() == S0 + 300 * MS
+    out = only(t.on_time(S0 + 300 * MS), FrameOutcome)
+    assert out.fallback and not out.deadline_met and out.selected == [2] and out.received == {}
+    assert t.on_features(S0, 2, 'late', S0 + 301 * MS) == []
+    assert t.counters['late'] == 1
+
+
+def test_replies_may_overtake_the_own_output():
+    t = tracker()
+    for peer in (2, 3, 4):
+        assert t.on_reply(S0, peer, float(peer), S0 + MS) == []
+    connect = only(t.on_own(S0, 'own', True, now_ns=S0 + 2 * MS), Connect)
+    assert connect.receivers == [4]
+
+
+def test_frame_without_own_output_is_dropped_as_lost_at_the_deadline():
+    t = tracker()
+    t.on_reply(S0, 2, 1.0, S0 + MS)
+    assert t.on_time(S0 + 300 * MS) == []
+    assert t.counters['lost_own'] == 1 and t.open_frames() == []
+
+
+def test_unrequested_frame_is_published_at_once():
+    t = tracker()
+    out = only(t.on_own(S0, 'own', requested=False, now_ns=S0), FrameOutcome)
+    assert not out.requested and not out.fallback and out.asked == []
+
+
+def test_unknown_sender_duplicates_and_nonfinite_scores_are_counted():
+    t = tracker()
+    t.on_own(S0, 'own', True, now_ns=S0)
+    assert t.on_reply(S0, 9, 1.0, S0) == [] and t.counters['unknown_sender'] == 1
+    assert t.on_reply(S0, 1, 1.0, S0) == [] and t.counters['unknown_sender'] == 2   # ourselves
+    assert t.on_reply(S0, 2, math.nan, S0) == [] and t.counters['bad_score'] == 1
+    t.on_reply(S0, 2, 1.0, S0)
+    assert t.on_reply(S0, 2, 2.0, S0) == [] and t.counters['duplicate'] == 1
+    assert t.on_features(S0 + 1, 2, 'x', S0) == [] and t.counters['unexpected'] == 1
+
+
+def test_features_from_an_unselected_drone_are_rejected():
+    t = tracker()
+    t.on_own(S0, 'own', True, now_ns=S0)
+    for peer, score in ((2, 0.9), (3, 0.1), (4, 0.0)):
+        t.on_reply(S0, peer, score, S0)
+    assert t.on_features(S0, 3, 'f', S0) == [] and t.counters['unexpected'] == 1
+    assert only(t.on_features(S0, 2, 'f', S0), FrameOutcome).received == {2: 'f'}
+
+
+def test_top_n_waits_for_all_selected_and_publishes_partial_at_deadline():
+    t = tracker(select='top_n', top_n=2)
+    t.on_own(S0, 'own', True, now_ns=S0)
+    for peer, score in ((2, 0.9), (3, 0.5), (4, 0.7)):
+        actions = t.on_reply(S0, peer, score, S0)
+    assert only(actions, Connect).receivers == [2, 4]
+    assert t.on_features(S0, 4, 'f4', S0 + MS) == []
+    out = only(t.on_time(S0 + 300 * MS), FrameOutcome)
+    assert out.received == {4: 'f4'} and not out.fallback and not out.deadline_met
+    assert out.reason == 'deadline: partial features'
+
+
+def test_threshold_gate_can_choose_no_partner():
+    assert select_threshold({2: 0.0, 3: 0.0}, self_score=5.0, top_n=4, threshold=0.2) == []
+    assert select_threshold({2: 3.0, 3: 0.0}, self_score=0.0, top_n=4, threshold=0.2) == [2]
+    t = tracker(select='threshold', threshold=0.5)
+    t.on_own(S0, 'own', True, self_score=10.0, now_ns=S0)
+    for peer in (2, 3, 4):
+        actions = t.on_reply(S0, peer, 0.0, S0)
+    out = only(actions, FrameOutcome)
+    assert out.selected == [] and not out.fallback and out.deadline_met and out.reason == 'gate chose no partner'
+
+
+def test_silent_peer_is_no_longer_waited_for():
+    t = tracker(silent_after=2)
+    for k in range(3):
+        stamp = S0 + k * 1000 * MS
+        t.on_own(stamp, 'own', True, now_ns=stamp)
+        t.on_reply(stamp, 2, 0.5, stamp)
+        actions = t.on_reply(stamp, 3, 0.1, stamp)
+        if k < 2:   # peer 4 never answers: wait for the reply timeout
+            assert actions == []
+            actions = t.on_time(stamp + 100 * MS)
+        assert only(actions, Connect).receivers == [2]
+        t.on_features(stamp, 2, 'f', stamp + MS)
+    assert t.expected_repliers() == [2, 3]
+
+
+def test_bounded_memory_counts_evicted_frames():
+    t = tracker(capacity=4)
+    for k in range(10):
+        t.on_reply(S0 + k, 2, 1.0, S0)
+    assert len(t.open_frames()) == 4 and t.counters['evicted_frames'] == 6
+
+
+def test_rejects_bad_timeouts_and_unknown_selection():
+    with pytest.raises(ValueError):
+        tracker(reply_timeout_ns=300 * MS)
+    with pytest.raises(ValueError, match='argmax'):
+        tracker(select='best')
+
+
+def test_supporter_cache_answers_parked_requests_when_own_output_arrives():
+    cache = SupporterCache(capacity=2)
+    assert cache.request(S0, 1, 'q', expires_ns=S0 + 300 * MS) is False
+    ready = cache.add_own(S0, 'own')
+    assert [(p.sender, p.query) for p in ready] == [(1, 'q')]
+    assert cache.request(S0, 2, 'q2', expires_ns=S0 + 300 * MS) is True
+    cache.request(S0 + 5, 1, 'q', expires_ns=S0 + 10)
+    assert cache.expire(S0 + 20) == 1 and cache.counters['expired_requests'] == 1
+    cache.add_own(S0 + 1, 'a')
+    cache.add_own(S0 + 2, 'b')
+    assert cache.own(S0) is None and cache.own(S0 + 2) == 'b'
+
+
+def test_stamp_ring_evicts_oldest():
+    ring = StampRing(2)
+    for k in range(3):
+        ring.put(k, k)
+    assert 0 not in ring and ring.get(2) == 2 and ring.evicted == 1
+
+
+def test_addressing():
+    check_addressing(2, 255, 1, [1, 2, 3], allow_broadcast=True)
+    check_addressing(2, 1, 1, [1, 2, 3], allow_broadcast=False)
+    for args, reason in (((7, 1), 'unknown_sender'), ((1, 1), 'own_message'), ((2, 3), 'not_for_me'),
+                         ((2, 255), 'not_for_me')):
+        with pytest.raises(AddressError) as info:
+            check_addressing(*args, 1, [1, 2, 3], allow_broadcast=False)
+        assert info.value.reason == reason
