@@ -17,7 +17,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@$(ENV) && collab-perception swarm --frames 20 --quiet $(DEMO_ARGS)
+	@$(ENV) && collab-perception swarm --frames 20 $(DEMO_ARGS)
 
 test: setup
 	@$(ENV) && python -m pytest $(PYTEST_ARGS)
