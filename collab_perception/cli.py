@@ -47,7 +47,7 @@ def format_monitor_table(monitor: dict) -> str:
              f'  {"sender":<10} {"topic":<24} {"messages":>8} {"bytes/frame":>12}']
     for row in monitor.get('per_sender_topic', []):
         lines.append(f'  {row["sender"]:<10} {row["topic"]:<24} {row["messages"]:>8} {row["bytes_per_frame"]:>12.1f}')
-    lines.append(f'  {"all":<10} {"all comm topics":<24} {monitor["total"]["messages"]:>8} '
+    lines.append(f'  {"all":<10} {"all measured topics":<24} {monitor["total"]["messages"]:>8} '
                  f'{monitor.get("bytes_per_frame", 0.0):>12.1f}')
     kinds = ', '.join(f'{k} {v["bytes_per_frame"]:.1f}' for k, v in monitor.get('per_kind', {}).items())
     if kinds:

@@ -5,6 +5,7 @@ Only this layer (and launch) imports rclpy.
 """
 from __future__ import annotations
 
+import array
 import math
 import signal
 import sys
@@ -16,11 +17,14 @@ import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 
-from ..runtime.codec import TensorLimits
+from ..runtime.codec import CodecError, TensorLimits
+from ..runtime.handshake import AddressError, check_addressing
+from ..runtime.methods import create_method, method_names
 
 
 class ParameterError(ValueError):
@@ -131,8 +135,7 @@ def array_to_image(arr: np.ndarray, encoding: str, header=None) -> Image:
     msg.encoding = encoding
     msg.is_bigendian = 0
     msg.step = msg.width * channels * np.dtype(dtype).itemsize
-    import array as _array
-    msg.data = _array.array('B', arr.tobytes())
+    msg.data = array.array('B', arr.tobytes())  # array.array: a memcpy (bytes would be checked per element)
     return msg
 
 
@@ -154,6 +157,49 @@ class RejectCounter:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+# ---------------------------------------------------------------------------------------------- drone nodes
+class DroneNode(Node):
+    """Base of the per-drone nodes (perception, matcher, fusion): the swarm's drone list, this drone's
+    name and wire id, its method from the registry, and counted rejection of bad input."""
+
+    def __init__(self, node_name: str):
+        super().__init__(node_name)
+        self.names, self.ids = declare_swarm(self)
+        self.drone = declare(self, 'drone_name', 'drone1', 'this drone (its namespace)')
+        self.drone_id = declare(self, 'drone_id', 1, 'this drone on the wire', minimum=0, maximum=254)
+        if self.drone_id not in self.ids:
+            raise ParameterError(f"parameter 'drone_id': {self.drone_id} is not in 'drone_ids' {self.ids}")
+        self.method_name = declare(self, 'method', 'placeholder', 'method from the registry',
+                                   choices=method_names())
+        self.method = create_method(self.method_name)
+        self.name_of = dict(zip(self.ids, self.names))
+        self.log_prefix = f'[{self.drone}] '
+        self.reject = RejectCounter(self.get_logger(), self.log_prefix)
+
+    def receive(self, data: bytes, msg_type, what: str, decode: Callable[[Any], Any],
+                allow_broadcast: bool = False) -> Optional[tuple[Any, int, Any]]:
+        """Deserialize a raw comm payload, check its addressing and decode it with `decode(msg)`.
+
+        Returns (msg, stamp_ns, decoded), or None after counting and logging why the message was rejected.
+        Our own broadcasts coming back to us are dropped silently.
+        """
+        try:
+            msg = deserialize_message(data, msg_type)
+        except Exception as e:  # noqa: BLE001 - any undecodable payload is a rejected message
+            self.reject('undecodable', f'{what}: {len(data)} bytes do not decode as {msg_type.__name__}: {e}')
+            return None
+        if allow_broadcast and msg.sender == self.drone_id:
+            return None
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        try:
+            check_addressing(msg.sender, msg.receiver, self.drone_id, self.ids, allow_broadcast=allow_broadcast)
+            return msg, stamp_ns, decode(msg)
+        except (AddressError, CodecError) as e:
+            sender = self.name_of.get(msg.sender, f'id {msg.sender}')
+            self.reject(e.reason, f'{what} from {sender} for frame {stamp_label(stamp_ns)}: {e}')
+            return None
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import math
 
-from rclpy.node import Node
-from rclpy.serialization import deserialize_message, serialize_message
+from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
@@ -24,20 +23,14 @@ from collab_perception.msg import Connect, FeatureMap, FusionInfo, PerceptionOut
 from ..classes import load_classes
 from ..runtime import topics
 from ..runtime.codec import CodecError, decode_tensor
-from ..runtime.handshake import (SELECTORS, AddressError, Connect as ConnectAction, FrameOutcome,
-                                 RequesterTracker, StampRing, check_addressing)
-from ..runtime.methods import EncoderOutput, create_method, method_names
-from .common import (RejectCounter, array_to_image, declare, declare_codec, declare_qos, declare_swarm,
-                     stamp_label, stamp_to_ns)
+from ..runtime.handshake import SELECTORS, Connect as ConnectAction, FrameOutcome, RequesterTracker, StampRing
+from ..runtime.methods import EncoderOutput
+from .common import DroneNode, array_to_image, declare, declare_codec, declare_qos, stamp_label, stamp_to_ns
 
 
-class FusionNode(Node):
+class FusionNode(DroneNode):
     def __init__(self):
         super().__init__('fusion')
-        self.names, self.ids = declare_swarm(self)
-        self.drone = declare(self, 'drone_name', 'drone1', 'this drone (its namespace)')
-        self.drone_id = declare(self, 'drone_id', 1, 'this drone on the wire', minimum=0, maximum=254)
-        method = declare(self, 'method', 'placeholder', 'method from the registry', choices=method_names())
         deadline_ms = declare(self, 'deadline_ms', 300, 'camera stamp -> publish, with or without help',
                               minimum=1, maximum=60000)
         reply_ms = declare(self, 'reply_timeout_ms', 120, 'camera stamp -> stop waiting for replies',
@@ -52,13 +45,7 @@ class FusionNode(Node):
         self.dtypes, self.limits = declare_codec(self)
         comm_qos = declare_qos(self, 'comm', 'reliable', 10)
         local_qos = declare_qos(self, 'local', 'reliable', 10)
-        self.method = create_method(method)
-        self.method_name = method
         self.classes = load_classes()
-        self.name_of = dict(zip(self.ids, self.names))
-
-        self.log_prefix = f'[{self.drone}] '
-        self.reject = RejectCounter(self.get_logger(), self.log_prefix)
         self.tracker = RequesterTracker(self.drone_id, self.ids, deadline_ms * 1_000_000, reply_ms * 1_000_000,
                                         select=select, top_n=top_n, threshold=threshold, capacity=cache_frames)
         self.bytes: StampRing[list[int]] = StampRing(4 * cache_frames)   # stamp -> [out, in]
@@ -87,13 +74,6 @@ class FusionNode(Node):
             self.bytes.put(stamp_ns, entry)
         entry[0] += out
         entry[1] += inc
-
-    def _deserialize(self, data: bytes, msg_type, what: str):
-        try:
-            return deserialize_message(data, msg_type)
-        except Exception as e:  # noqa: BLE001 - any undecodable payload is a rejected message
-            self.reject('undecodable', f'{what}: {len(data)} bytes do not decode as {msg_type.__name__}: {e}')
-            return None
 
     def _rearm(self) -> None:
         wake = self.tracker.next_wakeup()
@@ -129,33 +109,24 @@ class FusionNode(Node):
         self._run(self.tracker.on_own(stamp_ns, own, msg.requested, self_score, self.now_ns()))
 
     def on_reply(self, data: bytes):
-        msg = self._deserialize(data, Reply, 'reply')
-        if msg is None:
+        got = self.receive(data, Reply, 'reply', decode=lambda m: decode_tensor(
+            m.score, self.limits, 'reply.score', expect_shape=(None,)))
+        if got is None:
             return
-        stamp_ns = stamp_to_ns(msg.header.stamp)
-        try:
-            check_addressing(msg.sender, msg.receiver, self.drone_id, self.ids, allow_broadcast=False)
-            score = decode_tensor(msg.score, self.limits, 'reply.score')
-            if score.size < 1:
-                raise CodecError('reply.score.shape', 'bad_shape', 'empty score')
-        except (AddressError, CodecError) as e:
-            self.reject(e.reason, f'reply from {msg.sender} for frame {stamp_label(stamp_ns)}: {e}')
+        msg, stamp_ns, score = got
+        if score.size < 1:
+            self.reject('bad_shape', f'reply from {self.name_of[msg.sender]} for frame {stamp_label(stamp_ns)}: '
+                        'reply.score.shape: empty score')
             return
         self._count(stamp_ns, inc=len(data))
-        self._run(self.tracker.on_reply(stamp_ns, msg.sender, float(score.reshape(-1)[0]), self.now_ns()))
+        self._run(self.tracker.on_reply(stamp_ns, msg.sender, float(score[0]), self.now_ns()))
 
     def on_features(self, data: bytes):
-        msg = self._deserialize(data, FeatureMap, 'features')
-        if msg is None:
+        got = self.receive(data, FeatureMap, 'features', decode=lambda m: decode_tensor(
+            m.features, self.limits, 'feature.features', expect_shape=self.method.feature_shape()))
+        if got is None:
             return
-        stamp_ns = stamp_to_ns(msg.header.stamp)
-        try:
-            check_addressing(msg.sender, msg.receiver, self.drone_id, self.ids, allow_broadcast=False)
-            features = decode_tensor(msg.features, self.limits, 'feature.features',
-                                     expect_shape=self.method.feature_shape())
-        except (AddressError, CodecError) as e:
-            self.reject(e.reason, f'features from {msg.sender} for frame {stamp_label(stamp_ns)}: {e}')
-            return
+        msg, stamp_ns, features = got
         self._count(stamp_ns, inc=len(data))
         self._run(self.tracker.on_features(stamp_ns, msg.sender, features, self.now_ns()))
 

@@ -11,39 +11,27 @@ counted instead of raising inside the executor. Own outputs are kept per stamp i
 """
 from __future__ import annotations
 
-from rclpy.node import Node
-from rclpy.serialization import deserialize_message, serialize_message
+from rclpy.serialization import serialize_message
 from std_msgs.msg import Header
 
 from collab_perception.msg import Connect, FeatureMap, PerceptionOutput, Reply, Request
 
-from ..config import BROADCAST_ID
 from ..runtime import topics
 from ..runtime.codec import CodecError, decode_tensor, encode_tensor
-from ..runtime.handshake import AddressError, SupporterCache, check_addressing
-from ..runtime.methods import EncoderOutput, create_method, method_names
-from .common import (RejectCounter, declare, declare_codec, declare_qos, declare_swarm, stamp_label,
-                     stamp_to_ns)
+from ..runtime.handshake import SupporterCache
+from ..runtime.methods import EncoderOutput
+from .common import DroneNode, declare, declare_codec, declare_qos, stamp_label, stamp_to_ns
 
 
-class MatcherNode(Node):
+class MatcherNode(DroneNode):
     def __init__(self):
         super().__init__('matcher')
-        self.names, self.ids = declare_swarm(self)
-        self.drone = declare(self, 'drone_name', 'drone1', 'this drone (its namespace)')
-        self.drone_id = declare(self, 'drone_id', 1, 'this drone on the wire', minimum=0, maximum=254)
-        method = declare(self, 'method', 'placeholder', 'method from the registry', choices=method_names())
         cache_frames = declare(self, 'cache_frames', 16, 'frames of own output kept', minimum=1, maximum=1000)
         self.default_deadline_ns = declare(self, 'deadline_ms', 300, 'deadline of requests that give none',
                                            minimum=1) * 1_000_000
         self.dtypes, self.limits = declare_codec(self)
         comm_qos = declare_qos(self, 'comm', 'reliable', 10)
         local_qos = declare_qos(self, 'local', 'reliable', 10)
-        self.method = create_method(method)
-        self.name_of = dict(zip(self.ids, self.names))
-
-        self.log_prefix = f'[{self.drone}] '
-        self.reject = RejectCounter(self.get_logger(), self.log_prefix)
         self.cache = SupporterCache(cache_frames)
         peers = [(i, n) for i, n in zip(self.ids, self.names) if i != self.drone_id]
         self.reply_pubs = {i: self.create_publisher(Reply, topics.reply_topic(n), comm_qos) for i, n in peers}
@@ -72,25 +60,12 @@ class MatcherNode(Node):
             self.answer(pending.stamp_ns, pending.sender, pending.query, own)
 
     # ------------------------------------------------------------------ comm input
-    def _deserialize(self, data: bytes, msg_type, what: str):
-        try:
-            return deserialize_message(data, msg_type)
-        except Exception as e:  # noqa: BLE001 - any undecodable payload is a rejected message
-            self.reject('undecodable', f'{what}: {len(data)} bytes do not decode as {msg_type.__name__}: {e}')
-            return None
-
     def on_request(self, data: bytes):
-        msg = self._deserialize(data, Request, 'request')
-        if msg is None or msg.sender == self.drone_id:
-            return  # our own broadcast comes back to us: not an error
-        stamp_ns = stamp_to_ns(msg.header.stamp)
-        frame = stamp_label(stamp_ns)
-        try:
-            check_addressing(msg.sender, msg.receiver, self.drone_id, self.ids, allow_broadcast=True)
-            query = decode_tensor(msg.query, self.limits, 'request.query', expect_shape=self.method.query_shape())
-        except (AddressError, CodecError) as e:
-            self.reject(e.reason, f'request from {msg.sender} for frame {frame}: {e}')
+        got = self.receive(data, Request, 'request', allow_broadcast=True, decode=lambda m: decode_tensor(
+            m.query, self.limits, 'request.query', expect_shape=self.method.query_shape()))
+        if got is None:
             return
+        msg, stamp_ns, query = got
         deadline_ns = (msg.deadline_ms * 1_000_000) or self.default_deadline_ns
         if self.cache.request(stamp_ns, msg.sender, query, stamp_ns + deadline_ns):
             self.answer(stamp_ns, msg.sender, query, self.cache.own(stamp_ns))
@@ -104,16 +79,11 @@ class MatcherNode(Node):
         self.replies += 1
 
     def on_connect(self, data: bytes):
-        msg = self._deserialize(data, Connect, 'connect')
-        if msg is None:
+        got = self.receive(data, Connect, 'connect', decode=lambda m: None)
+        if got is None:
             return
-        stamp_ns = stamp_to_ns(msg.header.stamp)
+        msg, stamp_ns, _ = got
         frame = stamp_label(stamp_ns)
-        try:
-            check_addressing(msg.sender, msg.receiver, self.drone_id, self.ids, allow_broadcast=False)
-        except AddressError as e:
-            self.reject(e.reason, f'connect from {msg.sender} for frame {frame}: {e}')
-            return
         own = self.cache.own(stamp_ns)
         if own is None:
             self.reject('no_features', f'connect from {self.name_of[msg.sender]} for frame {frame}: '

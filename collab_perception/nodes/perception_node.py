@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-from rclpy.node import Node
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -18,30 +17,20 @@ from collab_perception.msg import PerceptionOutput, Request
 from ..config import BROADCAST_ID
 from ..runtime import topics
 from ..runtime.codec import CodecError, encode_tensor
-from ..runtime.methods import create_method, method_names
-from .common import (RejectCounter, declare, declare_codec, declare_qos, declare_swarm, image_to_array,
-                     stamp_label, stamp_to_ns)
+from .common import DroneNode, declare, declare_codec, declare_qos, image_to_array, stamp_label, stamp_to_ns
 
 
-class PerceptionNode(Node):
+class PerceptionNode(DroneNode):
     def __init__(self):
         super().__init__('perception')
-        self.names, self.ids = declare_swarm(self)
-        self.drone = declare(self, 'drone_name', 'drone1', 'this drone (its namespace)')
-        self.drone_id = declare(self, 'drone_id', 1, 'this drone on the wire', minimum=0, maximum=254)
         self.role = declare(self, 'role', 'supporter', 'requester: asks every frame; supporter: never; '
                             'auto: when the method gate says so', choices=('requester', 'supporter', 'auto'))
-        method = declare(self, 'method', 'placeholder', 'method from the registry', choices=method_names())
         self.deadline_ms = declare(self, 'deadline_ms', 300, 'how long the requester waits (sent along)',
                                    minimum=1, maximum=65535)
         self.dtypes, _ = declare_codec(self)
         sensor_qos = declare_qos(self, 'sensor', 'reliable', 5)
         comm_qos = declare_qos(self, 'comm', 'reliable', 10)
         local_qos = declare_qos(self, 'local', 'reliable', 10)
-        self.method = create_method(method)
-
-        self.log_prefix = f'[{self.drone}] '
-        self.reject = RejectCounter(self.get_logger(), self.log_prefix)
         self.request_pub = self.create_publisher(Request, topics.REQUEST, comm_qos)
         self.output_pub = self.create_publisher(PerceptionOutput, topics.PERCEPTION, local_qos)
         self.create_subscription(Image, topics.IMAGE, self.on_image, sensor_qos)

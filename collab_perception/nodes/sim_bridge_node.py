@@ -18,7 +18,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from ..runtime import topics
-from .common import array_to_image, declare, declare_qos, declare_swarm, ns_to_stamp, spin_nodes
+from .common import array_to_image, declare, declare_qos, declare_swarm, spin_nodes
 
 
 class SyntheticViews:
