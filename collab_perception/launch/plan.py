@@ -121,15 +121,15 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
             raise ConfigError(f'drones[{i}].method', f'unknown method {d.method!r}; valid: {", ".join(method_names())}',
                               cfg.source)
     nodes: list[NodeSpec] = []
-    source = sw['source']
+    src = sw['source']
     nodes.append(NodeSpec(
         executable='sim_bridge', name='sim_bridge', namespace=SWARM_NAMESPACE,
         parameters={
             **_swarm_params(cfg),
-            'source': source['type'],
-            'image_width': source['image_width'],
-            'image_height': source['image_height'],
-            'seed': source['seed'],
+            'source': src['type'],
+            'image_width': src['image_width'],
+            'image_height': src['image_height'],
+            'seed': src['seed'],
             'rate_hz': sw['rate_hz'],
             'frames': sw['frames'],
             'startup_timeout_s': sw['startup_timeout_s'],
@@ -173,6 +173,8 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
             'select': d.select, 'top_n': d.top_n, 'score_threshold': d.score_threshold,
             'cache_frames': d.cache_frames,
             **_codec_params(cfg), **_qos_params(cfg, 'comm', 'local')}, drone=d.name))
+    source = nodes[0]
+    source.parameters['expected_nodes'] = [n.fqn for n in nodes if n is not source]
     return nodes
 
 

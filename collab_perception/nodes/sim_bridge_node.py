@@ -62,7 +62,10 @@ class SimBridgeNode(Node):
         rate = declare(self, 'rate_hz', 5.0, 'snapshots per second', minimum=0.1, maximum=200.0)
         self.frames = declare(self, 'frames', 0, '0: run until stopped; N: stop after N snapshots', minimum=0)
         self.startup_timeout_s = declare(self, 'startup_timeout_s', 30.0,
-                                         'wait at most this long for every drone to subscribe', minimum=0.0)
+                                         'wait at most this long for the swarm to come up', minimum=0.0)
+        self.expected_nodes = set(filter(None, declare(
+            self, 'expected_nodes', [''], 'fully qualified names of every node of the swarm (from the node plan); '
+            'frame 1 waits until all are in the graph')))
         self.settle_s = declare(self, 'settle_s', 1.0, 'then this long for the rest of discovery', minimum=0.0)
         self.drain_s = declare(self, 'drain_s', 1.5, 'after the last snapshot, wait before exiting', minimum=0.0)
         qos = declare_qos(self, 'sensor', 'reliable', 5)
@@ -80,15 +83,26 @@ class SimBridgeNode(Node):
             f'{self.source} source for {", ".join(self.drones)}: {width}x{height} at {rate:g} Hz, '
             + (f'{self.frames} frames' if self.frames else 'until stopped'))
 
+    def _missing(self) -> list[str]:
+        """What the swarm still lacks: planned nodes not yet in the graph, cameras without a subscriber."""
+        seen = {f'{ns.rstrip("/")}/{name}' for name, ns in self.get_node_names_and_namespaces()}
+        missing = sorted(self.expected_nodes - seen)
+        missing += [f'subscriber of /{d}/{topics.IMAGE}' for d, p in zip(self.drones, self.image_pubs)
+                    if p.get_subscription_count() == 0]
+        return missing
+
     def _graph_ready(self) -> bool:
-        """Every drone's camera has a subscriber (or the wait timed out), then settle_s more."""
+        """The whole swarm is up (or the wait timed out), then settle_s more for endpoint discovery: frames
+        published before the comm topics are matched would be lost, and the monitor would miss messages."""
         now = time.monotonic()
         if self._ready_at is None:
-            missing = [d for d, p in zip(self.drones, self.image_pubs) if p.get_subscription_count() == 0]
+            missing = self._missing()
             if missing and now - self._created < self.startup_timeout_s:
                 return False
             if missing:
-                self.get_logger().warning(f'starting without subscribers on: {", ".join(missing)}')
+                self.get_logger().warning(f'starting after {self.startup_timeout_s:g} s without: {", ".join(missing)}')
+            else:
+                self.get_logger().info(f'swarm up after {now - self._created:.1f} s; first frame in {self.settle_s:g} s')
             self._ready_at = now + self.settle_s
         return now >= self._ready_at
 
