@@ -25,7 +25,9 @@ stamp=$venv/.requirements.sha256
 want=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing pinned requirements (first time: about a minute)"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+  # (this machine's pip config names local wheel folders that may not exist: drop those warnings)
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt \
+    2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
   echo "$want" > "$stamp"
   rm -f "$venv/.cmake-fixed"
 fi
