@@ -1,0 +1,63 @@
+"""runtime/wire.py computes exactly the serialized sizes rclpy produces, for every comm message."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rclpy.serialization import serialize_message
+from std_msgs.msg import Header
+
+from collab_perception.msg import Connect, FeatureMap, PatchSegments, Reply, Request
+from collab_perception.runtime import wire
+from collab_perception.runtime.codec import encode_tensor
+
+shapes = st.lists(st.integers(0, 7), min_size=0, max_size=4)
+dtypes = st.sampled_from(['float32', 'float16', 'int8', 'uint8'])
+frame_ids = st.sampled_from(['', 'a', 'drone1', 'drone1/camera'])
+
+
+def filled(shape, dtype):
+    return np.random.default_rng(len(shape)).normal(size=shape).astype(np.float32)
+
+
+@settings(max_examples=150, deadline=None)
+@given(shapes, dtypes, frame_ids)
+def test_tensor_messages(shape, dtype, frame_id):
+    x = filled(shape, dtype)
+    req = Request(header=Header(frame_id=frame_id), sender=1, receiver=255, deadline_ms=7)
+    encode_tensor(x, dtype, req.query)
+    assert wire.request_size(shape, dtype, frame_id) == len(serialize_message(req))
+    rep = Reply(header=Header(frame_id=frame_id), sender=2, receiver=1)
+    encode_tensor(x, dtype, rep.score)
+    assert wire.reply_size(shape, dtype, frame_id) == len(serialize_message(rep))
+    feat = FeatureMap(header=Header(frame_id=frame_id), sender=2, receiver=1)
+    encode_tensor(x, dtype, feat.features)
+    assert wire.feature_size(shape, dtype, frame_id) == len(serialize_message(feat))
+    con = Connect(header=Header(frame_id=frame_id), sender=1, receiver=2)
+    encode_tensor(x, dtype, con.context)
+    assert wire.connect_size(shape, dtype, frame_id) == len(serialize_message(con))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 40), st.integers(1, 9), dtypes, dtypes)
+def test_patch_segments(cells, classes, conf_dtype, probs_dtype):
+    msg = PatchSegments(sender=3, receiver=1, grid_height=16, grid_width=16, cells=list(range(cells)))
+    encode_tensor(np.random.default_rng(0).uniform(size=cells).astype(np.float32), conf_dtype, msg.confidence)
+    encode_tensor(np.random.default_rng(1).uniform(size=(cells, classes)).astype(np.float32), probs_dtype,
+                  msg.class_probs)
+    assert wire.patches_size(cells, classes, conf_dtype, probs_dtype) == len(serialize_message(msg))
+
+
+def test_empty_connect_and_frame_totals():
+    assert wire.connect_size() == len(serialize_message(Connect(sender=1, receiver=2)))
+    frame = wire.handshake_frame_bytes((8,), 'float32', 4, (1,), 'float32', (32, 16, 16), 'float16', 1)
+    assert frame['total'] == frame['request'] + frame['reply'] + frame['connect'] + frame['feature']
+    assert frame['feature'] == wire.feature_size((32, 16, 16), 'float16')
+    assert frame['reply'] == 4 * wire.reply_size((1,), 'float32')
+    catall = wire.handshake_frame_bytes((8,), 'float32', 0, (1,), 'float32', (32, 16, 16), 'float16', 4, request=False)
+    assert catall['total'] == 4 * frame['feature'] and catall['request'] == 0
+
+
+def test_placeholder_swarm_sizes_match_the_monitor_readme():
+    # the demo's table (README): request 66, reply 44, connect 36, feature 432 bytes
+    assert (wire.request_size((6,), 'float32'), wire.reply_size((1,), 'float32'), wire.connect_size(),
+            wire.feature_size((3, 8, 8), 'float16')) == (66, 44, 36, 432)
