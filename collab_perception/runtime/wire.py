@@ -12,7 +12,7 @@ strings include their NUL.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 from .codec import encoded_size
 
@@ -48,10 +48,11 @@ class _Sizer:
         """std_msgs/Header header, uint8 sender, uint8 receiver: the start of every comm message."""
         return self.header(frame_id).prim(1).prim(1)
 
-    def tensor(self, shape: Sequence[int], dtype) -> '_Sizer':
-        """msg/Tensor.msg: uint32[] shape, uint8 dtype, int16 zero_point, float32 scale, uint8[] data."""
-        self.seq(len(shape), 4).prim(1).prim(2).prim(4)
-        return self.seq(encoded_size(shape, dtype), 1)   # a scalar (shape []) holds one element
+    def tensor(self, shape: Optional[Sequence[int]], dtype) -> '_Sizer':
+        """msg/Tensor.msg: uint32[] shape, uint8 dtype, int16 zero_point, float32 scale, uint8[] data.
+        shape None: an absent tensor (no shape, no data), e.g. a Connect without context."""
+        self.seq(len(shape or ()), 4).prim(1).prim(2).prim(4)
+        return self.seq(0 if shape is None else encoded_size(shape, dtype), 1)  # shape [] is a scalar
 
     @property
     def total(self) -> int:
@@ -66,7 +67,7 @@ def reply_size(score_shape: Sequence[int], dtype, frame_id: str = '') -> int:
     return _Sizer().addressing(frame_id).tensor(score_shape, dtype).total
 
 
-def connect_size(context_shape: Sequence[int] = (), dtype='float32', frame_id: str = '') -> int:
+def connect_size(context_shape: Optional[Sequence[int]] = None, dtype='float32', frame_id: str = '') -> int:
     return _Sizer().addressing(frame_id).tensor(context_shape, dtype).total
 
 
@@ -83,7 +84,8 @@ def patches_size(cells: int, num_classes: int, confidence_dtype, probs_dtype, fr
 
 def handshake_frame_bytes(query_shape: Sequence[int], query_dtype, supporters: int,
                           score_shape: Sequence[int], score_dtype, feature_shape: Sequence[int], feature_dtype,
-                          selected: int, request: bool = True, context_shape: Sequence[int] = ()) -> dict:
+                          selected: int, request: bool = True,
+                          context_shape: Optional[Sequence[int]] = None) -> dict:
     """Bytes of one frame of the three-stage handshake for one requester, by message kind.
 
     `supporters` drones reply; `selected` of them are connected and send features. A centralized
