@@ -127,7 +127,8 @@ def backproject(depth: np.ndarray, K: np.ndarray, uv: Optional[np.ndarray] = Non
         uv = pixel_grid(*depth.shape)
     x = (uv[..., 0] - K[0, 2]) / K[0, 0]
     y = (uv[..., 1] - K[1, 2]) / K[1, 1]
-    return np.stack([x * depth, y * depth, depth], axis=-1)
+    with np.errstate(invalid='ignore'):   # sky (inf depth) on the principal axis: 0 * inf -> nan, unused
+        return np.stack([x * depth, y * depth, depth], axis=-1)
 
 
 def project(points_cam: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -142,8 +143,9 @@ def project(points_cam: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply a 4x4 rigid transform to points (..., 3)."""
-    return points @ T[:3, :3].T + T[:3, 3]
+    """Apply a 4x4 rigid transform to points (..., 3) (non-finite points stay non-finite)."""
+    with np.errstate(invalid='ignore'):
+        return points @ T[:3, :3].T + T[:3, 3]
 
 
 def reproject_pixels(uv: np.ndarray, depth: np.ndarray, K_src: np.ndarray, T_src: np.ndarray,

@@ -12,7 +12,8 @@ What a map holds, in the order it is built:
    crowns or conifers) dense in forest zones and scattered elsewhere, cars on the asphalt lanes;
 6. lighting: sun elevation and azimuth, colour, ambient, haze, and per-map colour palettes.
 
-Everything 3D is baked into one triangle list (meshes.VERTEX_DTYPE) sorted into square chunks, so the
+Everything 3D is baked into one indexed triangle mesh (meshes.VERTEX_DTYPE vertices, shared corners
+deduplicated so the GL vertex cache reuses them) whose triangles are sorted into square chunks, so the
 renderer draws only the chunks inside each camera's frustum. The ground's class and appearance come from a
 texture (`ground`, RGBA8: class id, tint, variant, marking) sampled by the fragment shader, which keeps
 class borders sharp at any mesh resolution.
@@ -58,10 +59,11 @@ class Landscape:
     heights: np.ndarray        # (n+1, n+1) metres on a HEIGHT_SPACING_M grid from (-size/2, -size/2), row = y
     water_level: float
     ground: np.ndarray         # (T, T, 4) uint8: class, tint, variant, marking; row = y from -size/2
-    vertices: np.ndarray       # meshes.VERTEX_DTYPE, chunk-sorted
-    chunk_ranges: np.ndarray   # (C, 2) first vertex, vertex count
+    vertices: np.ndarray       # meshes.VERTEX_DTYPE, unique
+    indices: np.ndarray        # (3 * triangles,) uint32 into vertices, triangles sorted by chunk
+    chunk_ranges: np.ndarray   # (C, 2) first index, index count
     chunk_bounds: np.ndarray   # (C, 6) xmin, xmax, ymin, ymax, zmin, zmax
-    skirt_range: tuple[int, int]
+    skirt_range: tuple[int, int]  # (first index, index count) of the skirt, drawn in every view
     road_nodes: np.ndarray     # (K, 2) xy
     road_edges: list[tuple[int, int]]
     road_polylines: list[np.ndarray]
@@ -153,21 +155,30 @@ def generate_landscape(seed: int, size_m: float = 400.0, texel_m: float = 0.25) 
 
     # zones (texel resolution): town, forest, farmland (the rest)
     zone_shape = (T, T)
-    town = fbm(rng, zone_shape, cells=max(2, int(size_m / 160)), octaves=2) + rng.uniform(-0.25, 0.35)
+    town = fbm(rng, zone_shape, cells=max(2, int(size_m / 160)), octaves=2) + rng.uniform(-0.1, 0.45)
     forest = fbm(rng, zone_shape, cells=max(2, int(size_m / 120)), octaves=3) + rng.uniform(-0.3, 0.15)
     forest = np.where(town > 0.1, forest - 0.6, forest)
 
-    # 2) water: a river channel (sometimes), then lakes in the low ground below the water level
-    if rng.random() < 0.45:
-        river = _bezier(*_random_crossing(rng, half), n_points=120)
-        width = rng.uniform(8.0, 18.0)
-        dist = _distance_to_polyline(np.stack([gx, gy], -1), river)
-        carve = 1.0 - _smoothstep(width / 2, width / 2 + 14.0, dist)
-        heights = heights - carve * (relief * 0.9 + 2.0)
-    water_fraction = rng.uniform(0.0, 0.10)
+    # 2) water: lakes in the low ground (flat, at the map's water level) and sometimes a river, a channel
+    #    whose surface follows the heavily smoothed terrain (gently downhill, level across its width)
+    water_fraction = rng.uniform(0.0, 0.08)
     level = float(np.quantile(heights, water_fraction)) if water_fraction > 0.005 else float(heights.min() - 1.0)
+    river = np.zeros((T, T), np.uint8)
+    uncarved = heights.copy()
+    if rng.random() < 0.45:
+        line = _bezier(*_random_crossing(rng, half), rng=rng, n_points=120, bend=0.25)
+        width = rng.uniform(8.0, 18.0)
+        tex = np.round((line + half) / texel_m * 16).astype(np.int32)
+        cv2.polylines(river, [tex], False, 1, max(1, int(round(width / texel_m))), cv2.LINE_8, 4)
+        # distance (m) from every mesh vertex to the water, for the banks
+        river_v = _resize(river, n + 1, nearest=True)
+        dist = cv2.distanceTransform((1 - river_v).astype(np.uint8), cv2.DIST_L2, 5) * HEIGHT_SPACING_M
+        profile = 1.0 - _smoothstep(0.0, 12.0, dist)
+        surface = cv2.GaussianBlur(heights.astype(np.float32), (0, 0), 40.0 / HEIGHT_SPACING_M) - 1.5
+        heights = (1 - profile) * heights + profile * np.minimum(heights, surface)
     heights_texel = _resize(heights.astype(np.float32), T)
-    water = heights_texel < level
+    lake = heights_texel < level
+    water = lake | river.astype(bool)
 
     # 3) roads
     nodes, edges, edge_kind = _road_graph(rng, half, town)
@@ -183,9 +194,10 @@ def generate_landscape(seed: int, size_m: float = 400.0, texel_m: float = 0.25) 
     cls, tint, variant = _parcels(rng, size_m, T, town, forest)
     worn = fbm(rng, zone_shape, cells=max(4, int(size_m / 25)), octaves=3)
     cls = np.where((cls == GRASS) & (worn > 0.42), BARE_GROUND, cls).astype(np.uint8)
-    depth_below = np.clip((level - heights_texel) / 3.0, 0, 1)
+    # water: tint = distance from the shore (0..6 m), the shader's shallow-to-deep colour ramp
+    shore = cv2.distanceTransform(water.astype(np.uint8), cv2.DIST_L2, 5) * texel_m
     cls[water] = WATER
-    tint[water] = (depth_below[water] * 255).astype(np.uint8)  # water: tint = depth, for shallow shores
+    tint[water] = (np.clip(shore[water] / 6.0, 0, 1) * 255).astype(np.uint8)
     marking = np.zeros((T, T), np.uint8)
     road_mask = np.zeros((T, T), np.uint8)
     scale = 1.0 / texel_m
@@ -206,10 +218,10 @@ def generate_landscape(seed: int, size_m: float = 400.0, texel_m: float = 0.25) 
                     thickness=max(1, int(round(0.2 * scale))))
     ground = np.stack([cls, tint, variant, marking], axis=-1)
     road_on = road_mask.astype(bool)
-    # causeways: where a road crosses water the terrain is raised above the water level
-    road_vertices = _resize(road_on.astype(np.uint8), n + 1, nearest=True).astype(bool)
-    road_vertices = cv2.dilate(road_vertices.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    heights = np.where(road_vertices, np.maximum(heights, level + 0.4), heights)
+    # causeways: where a road crosses water the terrain stays uncarved and above the lake level
+    road_vertices = _resize(road_on.astype(np.uint8), n + 1, nearest=True)
+    road_vertices = cv2.dilate(road_vertices, np.ones((3, 3), np.uint8)).astype(bool)
+    heights = np.where(road_vertices, np.maximum(uncarved, level + 0.4), heights)
     heights = np.maximum(heights, level)  # the lake surface is flat
 
     # occupancy at 1 m for object placement: roads (with a margin), water, then placed objects
@@ -224,20 +236,20 @@ def generate_landscape(seed: int, size_m: float = 400.0, texel_m: float = 0.25) 
         return _bilinear(heights, (np.asarray(x) + half) / HEIGHT_SPACING_M, (np.asarray(y) + half) / HEIGHT_SPACING_M)
 
     palette = _palette(rng)
-    buildings = _buildings(rng, polylines, widths, kinds, town_occ, occupied, half, occ_res, height_at, palette)
+    buildings = _buildings(rng, polylines, widths, kinds, town_occ, occupied, half, occ_res, height_at)
     trees = _trees(rng, size_m, town_occ, forest_occ, occupied, half, occ_res, height_at, palette)
-    cars = _cars(rng, polylines, widths, kinds, height_at, half, palette)
+    cars = _cars(rng, polylines, widths, kinds, height_at, half)
 
-    terrain = _terrain_mesh(heights, half)
+    # objects before the ground in each chunk: drawn first, they hide the ground under them from shading
+    objects = buildings['meshes'] + trees['meshes'] + cars['meshes'] + [_terrain_mesh(heights, half)]
+    triangles, ranges, bounds = _chunk(objects, half)
     skirt = _skirt_mesh(half)
-    objects = [terrain] + buildings['meshes'] + trees['meshes'] + cars['meshes']
-    vertices, ranges, bounds = _chunk(objects, half)
-    skirt_range = (len(vertices), len(skirt))
-    vertices = np.concatenate([vertices, skirt])
+    skirt_range = (len(triangles), len(skirt))
+    vertices, indices = _index(np.concatenate([triangles, skirt]))
 
     return Landscape(
         seed=seed, size_m=size_m, texel_m=texel_m, heights=heights, water_level=level, ground=ground,
-        vertices=vertices, chunk_ranges=ranges, chunk_bounds=bounds, skirt_range=skirt_range,
+        vertices=vertices, indices=indices, chunk_ranges=ranges, chunk_bounds=bounds, skirt_range=skirt_range,
         road_nodes=nodes, road_edges=edges, road_polylines=polylines, lighting=_lighting(rng), palette=palette,
         counts={'buildings': buildings['count'], 'trees': trees['count'], 'cars': cars['count'],
                 'water_fraction': float(water.mean()), 'road_fraction': float(road_on.mean())})
@@ -394,7 +406,7 @@ def _lighting(rng) -> Lighting:
     zenith = np.array([0.25, 0.45, 0.80]) * (1 - 0.4 * overcast) + 0.4 * overcast * np.array([0.7, 0.72, 0.75])
     horizon = np.array([0.70, 0.78, 0.88]) * rng.uniform(0.9, 1.05)
     return Lighting(sun_direction=sun_dir, sun_color=sun, ambient_color=ambient, sky_zenith=zenith,
-                    sky_horizon=np.clip(horizon, 0, 1), haze_density=float(rng.uniform(0.0006, 0.004)),
+                    sky_horizon=np.clip(horizon, 0, 1), haze_density=float(rng.uniform(0.0002, 0.0015)),
                     cloud_cover=float(rng.uniform(0.0, 0.8)))
 
 
@@ -421,7 +433,7 @@ def _polygon_free(occupied, corners, half, res, margin_cells=1):
     return True
 
 
-def _buildings(rng, polylines, widths, kinds, town, occupied, half, res, height_at, palette):
+def _buildings(rng, polylines, widths, kinds, town, occupied, half, res, height_at):
     walls = [[0.82, 0.78, 0.70], [0.90, 0.88, 0.84], [0.62, 0.60, 0.58], [0.66, 0.40, 0.32], [0.75, 0.68, 0.52]]
     tiled = [[0.62, 0.28, 0.20], [0.45, 0.25, 0.18], [0.30, 0.30, 0.33], [0.52, 0.36, 0.28], [0.24, 0.26, 0.30]]
     flat = [[0.36, 0.36, 0.37], [0.55, 0.55, 0.54], [0.75, 0.75, 0.73], [0.28, 0.27, 0.26], [0.45, 0.42, 0.38]]
@@ -439,8 +451,8 @@ def _buildings(rng, polylines, widths, kinds, town, occupied, half, res, height_
             tangent = seg[k] / max(np.linalg.norm(seg[k]), 1e-9)
             normal = np.array([-tangent[1], tangent[0]])
             base = np.array([np.interp(pos, s, pts[:, 0]), np.interp(pos, s, pts[:, 1])])
-            for side in (-1.0, 1.0):
-                centre = base + side * normal * (width / 2 + rng.uniform(3, 8) + d / 2)
+            for side, row in ((-1.0, 0), (1.0, 0), (-1.0, 1), (1.0, 1)):   # two rows on each side
+                centre = base + side * normal * (width / 2 + rng.uniform(3, 8) + d / 2 + row * (d + rng.uniform(4, 10)))
                 ij = np.clip(((centre + half) / res).astype(int), 0, n - 1)
                 density = town[ij[1], ij[0]]
                 if density < 0.0 or rng.random() > min(0.9, 0.4 + density):
@@ -512,7 +524,7 @@ def _trees(rng, size_m, town, forest, occupied, half, res, height_at, palette):
     conifer_share = rng.uniform(0.0, 0.6)
     conifer = rng.random(count) < conifer_share
     height = rng.uniform(7, 17, count)
-    crown_r = rng.uniform(2.0, 4.2, count) * np.where(conifer, 0.65, 1.0)
+    crown_r = rng.uniform(2.0, 4.2, count) * np.where(conifer, 0.8, 1.0)
     yaw = rng.uniform(0, 2 * np.pi, count)
     R = meshes.rotation_z(yaw)
     tint = rng.integers(0, 256, count)
@@ -541,13 +553,13 @@ def _trees(rng, size_m, town, forest, occupied, half, res, height_at, palette):
                                    Material.CROWN, tint[d], jitter=jitter))
     c = conifer
     if c.any():
-        out.append(meshes.instance(meshes.unit_cone(7), R[c], np.stack([crown_r[c], crown_r[c], height[c] * 0.8], -1),
+        out.append(meshes.instance(meshes.unit_cone(7), R[c], np.stack([crown_r[c], crown_r[c], height[c] * 0.7], -1),
                                    np.stack([pos[c, 0], pos[c, 1], z[c] + height[c] * 0.2], -1), leaf[c], TREE,
                                    Material.CROWN, tint[c]))
     return {'meshes': out, 'count': count}
 
 
-def _cars(rng, polylines, widths, kinds, height_at, half, palette):
+def _cars(rng, polylines, widths, kinds, height_at, half):
     """Cars on the asphalt lanes (a body box and a cabin box), facing along their lane."""
     body_colors = [[0.85, 0.85, 0.86], [0.08, 0.08, 0.09], [0.55, 0.56, 0.58], [0.60, 0.08, 0.07],
                    [0.10, 0.20, 0.50], [0.80, 0.75, 0.60], [0.20, 0.35, 0.25], [0.90, 0.60, 0.10]]
@@ -648,3 +660,13 @@ def _chunk(parts: list[np.ndarray], half: float):
             p = pos[starts[c]:ends[c]].reshape(-1, 3)
             bounds[c] = [p[:, 0].min(), p[:, 0].max(), p[:, 1].min(), p[:, 1].max(), p[:, 2].min(), p[:, 2].max()]
     return tri_sorted.reshape(-1), ranges, bounds
+
+
+def _index(triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Triangle list -> (unique vertices in first-use order, uint32 indices), keeping the triangle order."""
+    keys = np.ascontiguousarray(triangles).view(np.dtype((np.void, triangles.dtype.itemsize)))
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first)                  # first-use order keeps shared corners close in memory
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return triangles[first[order]], rank[inverse.ravel()].astype(np.uint32)

@@ -5,10 +5,11 @@ that context current, so several renderers (several `World`s) can live in one pr
 
 Per snapshot, all N views are rendered side by side into one atlas framebuffer (N*W x H) and read back once
 per output, which keeps the per-view overhead small on llvmpipe:
-  1. sky: a full-screen triangle per view (class sky, depth +inf);
-  2. scene: the landscape's vertex buffer, only the chunks inside each camera's frustum, nearest chunks
-     first (so early depth testing skips hidden fragments), writing RGB, class and planar depth at once
-     (multiple render targets, see shaders.py);
+  1. scene: the landscape's vertex buffer, only the chunks inside each camera's frustum, nearest chunks
+     first and objects before the ground under them (so early depth testing skips hidden fragments),
+     writing RGB, class and planar depth at once (multiple render targets, see shaders.py);
+  2. sky: a full-screen triangle per view at the far plane, shaded only where nothing was drawn (class
+     sky, depth +inf);
   3. obstructions (optional): drawn after the scene into a second framebuffer that shares the depth buffer
      but binds only RGB-with-obstructions, depth-with-obstructions and the mask, so labels and the clean
      RGB/depth keep the occluded surface.
@@ -19,7 +20,7 @@ geometry.py's pinhole model puts it; the atlas rows run with v, so no image flip
 """
 from __future__ import annotations
 
-import math
+import functools
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -73,6 +74,26 @@ def view_matrix(camera: Camera) -> np.ndarray:
     return M
 
 
+@functools.lru_cache(maxsize=1)
+def noise_texture(size: int = 256, seed: int = 7) -> np.ndarray:
+    """Tileable RGBA8 noise (size x size) for the shaders, made by band-pass filtering white noise in the
+    Fourier domain (periodic by construction). r and a: fractal noise (1/f spectrum, features of 1/16 of
+    the tile and finer); g: blobs (1/32); b: grain (1/128). Each band is scaled to mean 0.5, std 0.18."""
+    rng = np.random.default_rng(seed)
+    f = np.fft.fftfreq(size) * size                      # cycles per tile
+    radius = np.hypot(f[:, None], f[None, :])
+    def band(weight):
+        spectrum = (rng.normal(size=(size, size)) + 1j * rng.normal(size=(size, size))) * weight
+        field = np.real(np.fft.ifft2(spectrum))
+        return np.clip(0.5 + 0.18 * (field - field.mean()) / field.std(), 0.0, 1.0)
+    with np.errstate(divide='ignore'):
+        fractal = np.where((radius >= 12) & (radius <= size / 2), 1.0 / np.maximum(radius, 1e-9) ** 1.1, 0.0)
+    def bump(centre, width):
+        return np.exp(-0.5 * ((radius - centre) / width) ** 2)
+    rgba = np.stack([band(fractal), band(bump(32, 8)), band(bump(128, 32)), band(fractal)], axis=-1)
+    return np.round(rgba * 255).astype(np.uint8)
+
+
 def _mat(m: np.ndarray) -> bytes:
     """numpy row-major matrix -> GLSL column-major bytes."""
     return np.ascontiguousarray(m.T, dtype='f4').tobytes()
@@ -111,7 +132,7 @@ class Renderer:
         self.shadow_map_size = shadow_map_size
         self.ctx = moderngl.create_standalone_context(backend='egl', require=330)
         self.landscape: Optional[Landscape] = None
-        self._scene_vao = self._shadow_vao = self._vbo = self._ground = None
+        self._scene_vao = self._shadow_vao = self._vbo = self._ibo = self._ground = None
         with self.ctx:
             self._build_programs()
             self._build_targets()
@@ -130,6 +151,12 @@ class Renderer:
         self.shadow_map.filter = (moderngl.LINEAR, moderngl.LINEAR)
         self.shadow_map.repeat_x = self.shadow_map.repeat_y = False
         self.shadow_fbo = ctx.framebuffer(depth_attachment=self.shadow_map)
+        noise = noise_texture()
+        self.noise = ctx.texture(noise.shape[:2][::-1], 4, noise.tobytes())
+        self.noise.build_mipmaps()
+        self.noise.filter = (moderngl.LINEAR_MIPMAP_LINEAR, moderngl.LINEAR)
+        for prog in (self.scene_prog, self.sky_prog, self.obstruction_prog):
+            prog['u_noise'] = 2
         self.scene_prog['u_ground'] = 0
         self.scene_prog['u_shadow'] = 1
         self.scene_prog['u_shadow_texel'] = 1.0 / self.shadow_map_size
@@ -155,14 +182,18 @@ class Renderer:
     def set_landscape(self, landscape: Landscape) -> None:
         """Upload a map (vertex buffer, ground texture, lighting) and render its shadow map."""
         with self.ctx:
-            for obj in (self._scene_vao, self._shadow_vao, self._vbo, self._ground):
+            for obj in (self._scene_vao, self._shadow_vao, self._vbo, self._ibo, self._ground):
                 if obj is not None:
                     obj.release()
             ctx = self.ctx
             self.landscape = landscape
             self._vbo = ctx.buffer(np.ascontiguousarray(landscape.vertices, dtype=VERTEX_DTYPE).tobytes())
-            self._scene_vao = ctx.vertex_array(self.scene_prog, [(self._vbo, VERTEX_FORMAT, *VERTEX_ATTRIBUTES)])
-            self._shadow_vao = ctx.vertex_array(self.shadow_prog, [(self._vbo, '3f 28x', 'in_position')])
+            self._ibo = ctx.buffer(np.ascontiguousarray(landscape.indices, dtype=np.uint32).tobytes())
+            self._scene_vao = ctx.vertex_array(self.scene_prog, [(self._vbo, VERTEX_FORMAT, *VERTEX_ATTRIBUTES)],
+                                               index_buffer=self._ibo, index_element_size=4)
+            skip = VERTEX_DTYPE.itemsize - 12   # the depth-only pass reads positions only
+            self._shadow_vao = ctx.vertex_array(self.shadow_prog, [(self._vbo, f'3f {skip}x', 'in_position')],
+                                                index_buffer=self._ibo, index_element_size=4)
             ground = np.ascontiguousarray(landscape.ground)
             self._ground = ctx.texture((ground.shape[1], ground.shape[0]), 4, ground.tobytes())
             self._ground.filter = (moderngl.NEAREST, moderngl.NEAREST)
@@ -171,8 +202,7 @@ class Renderer:
             light = light_matrix(landscape)
             self.shadow_fbo.use()
             self.shadow_fbo.clear(depth=1.0)
-            ctx.enable(moderngl.DEPTH_TEST)
-            ctx.disable(moderngl.CULL_FACE)
+            ctx.enable_only(moderngl.DEPTH_TEST)
             self.shadow_prog['u_light'].write(_mat(light))
             self._shadow_vao.render(moderngl.TRIANGLES, vertices=landscape.skirt_range[0])
 
@@ -221,6 +251,7 @@ class Renderer:
             self.fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
             self._ground.use(0)
             self.shadow_map.use(1)
+            self.noise.use(2)
             draw_obstructions = self.obstructions and obstruction_vertices is not None and len(obstruction_vertices)
             if draw_obstructions:
                 data = np.ascontiguousarray(obstruction_vertices, dtype=VERTEX_DTYPE).tobytes()
@@ -239,15 +270,10 @@ class Renderer:
             for i, cam in enumerate(cameras):
                 ctx.viewport = (i * W, 0, W, H)
                 K = cam.K
-                # 1) sky
-                ctx.disable(moderngl.DEPTH_TEST)
                 self.fbo.use()
-                self.sky_prog['u_viewport_origin'].value = (float(i * W), 0.0)
-                self.sky_prog['u_intrinsics'].value = (K[0, 0], K[1, 1], K[0, 2], K[1, 2])
-                self.sky_prog['u_cam_to_world'].write(_mat(cam.rotation))
-                self.sky_vao.render(moderngl.TRIANGLES, vertices=3)
-                # 2) scene, frustum-culled chunks nearest first, then the skirt
-                ctx.enable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
+                # 1) scene, frustum-culled chunks nearest first, then the skirt
+                ctx.enable_only(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
+                ctx.depth_func = '<'
                 ctx.front_face = 'cw'  # the projection maps v downwards to +y: screen winding flips
                 view = _mat(view_matrix(cam))
                 proj = _mat(projection_from_intrinsics(K, W, H))
@@ -258,16 +284,23 @@ class Renderer:
                     first, count = self.landscape.chunk_ranges[c]
                     self._scene_vao.render(moderngl.TRIANGLES, vertices=int(count), first=int(first))
                 self._scene_vao.render(moderngl.TRIANGLES, vertices=skirt_count, first=skirt_first)
+                # 2) sky where nothing was drawn (depth still at the cleared far value)
+                ctx.enable_only(moderngl.DEPTH_TEST)
+                ctx.depth_func = '<='
+                self.sky_prog['u_viewport_origin'].value = (float(i * W), 0.0)
+                self.sky_prog['u_intrinsics'].value = (K[0, 0], K[1, 1], K[0, 2], K[1, 2])
+                self.sky_prog['u_cam_to_world'].write(_mat(cam.rotation))
+                self.sky_vao.render(moderngl.TRIANGLES, vertices=3)
+                ctx.depth_func = '<'
                 # 3) obstructions: two-sided, over the finished scene
                 if draw_obstructions:
-                    ctx.disable(moderngl.CULL_FACE)
+                    ctx.enable_only(moderngl.DEPTH_TEST)
                     self.obstruction_fbo.use()
                     ctx.viewport = (i * W, 0, W, H)
                     self.obstruction_prog['u_view'].write(view)
                     self.obstruction_prog['u_proj'].write(proj)
                     self.obstruction_prog['u_camera_pos'].value = tuple(float(c) for c in cam.position)
                     self._obstruction_vao.render(moderngl.TRIANGLES, vertices=len(obstruction_vertices))
-            ctx.disable(moderngl.CULL_FACE)
             return self._read(N, W, H, bool(self.obstructions))
 
     def _read(self, N: int, W: int, H: int, obstructions: bool) -> RenderOutput:
