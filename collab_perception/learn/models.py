@@ -1,0 +1,359 @@
+"""The handshake (Who2com / When2com) and the baselines of the handshake paper, registered by name.
+
+Every model takes one batch of a collaborative frame, the degraded target's image and its S supporters'
+images, and returns the target's class logits (plus what the method decided). Names follow the paper's
+Table I (§IV-C):
+
+    single_normal     upper bound: the un-degraded target image alone
+    single_degraded   lower bound: the degraded target image alone
+    catall            centralized: decode the concatenation of every agent's features
+    attention         centralized: attention-weighted sum of every supporter's features
+    compression       centralized: every supporter's features compressed to 25% by two extra convs, concatenated
+    random            distributed: the features of one supporter picked at random
+    who2com           ours w/ msg: request (query, Eq. 1), match (Eq. 2-3), connect (argmax, Eq. 6), decode (Eq. 4)
+    who2com_nomsg     ours w/o msg: the query is a constant vector of ones
+    when2com          ours with a "when to communicate" gate: a self-score joins the softmax, and at inference
+                      the target connects only to supporters whose normalized score passes a threshold
+
+Training follows §III-C: the handshake models decode the softmax-weighted sum of all supporters' features
+(Eq. 5) and are trained end to end with cross entropy on the target's labels only; at inference they
+connect to the argmax (or the gated set). Every model also has an own head (the target's prediction from
+its own features) trained alongside: it is what a drone publishes without help (fallback, own accuracy).
+
+`WireSpec` says what the method puts on the radio per frame, so evaluation counts bytes with
+runtime/wire.py exactly as the swarm would send them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .backbone import Decoder, Encoder, conv_block
+
+
+@dataclass
+class ModelConfig:
+    num_classes: int = 8
+    channels: int = 32          # feature map channels (the value sent to a requester)
+    width: int = 16             # backbone width
+    query_size: int = 8         # m: the broadcast message (Who2com Fig. 5: small)
+    key_size: int = 256         # k: kept locally, so it can be large (asymmetric sizes, §V)
+    attention: str = 'general'  # general | additive | scaled_dot (Eq. 3 and its alternatives)
+    own_loss_weight: float = 0.5
+    gate_threshold: float = 0.5  # when2com: normalized supporter weight needed to connect
+    compression_ratio: float = 0.25
+    supporters: int = 4         # S: the centralized baselines' decoders take a fixed number of agents
+
+
+@dataclass
+class WireSpec:
+    """Per-frame transmission of a method, for one requester with S supporters."""
+
+    handshake: bool                 # a Request goes out and S Replies come back
+    query_shape: tuple = ()         # () with handshake: a request carrying no query (ours w/o msg)
+    score_shape: tuple = (1,)
+    feature_shape: tuple = ()       # one supporter's value
+    features_sent: str = 'selected'  # 'selected' | 'all' | 'none'
+
+
+@dataclass
+class Output:
+    logits: torch.Tensor                       # [B, K, H, W]
+    own_logits: Optional[torch.Tensor] = None  # [B, K, H, W]
+    scores: Optional[torch.Tensor] = None      # [B, S] matching scores
+    weights: Optional[torch.Tensor] = None     # [B, S] attention / selection weights used
+    selected: Optional[torch.Tensor] = None    # [B, S] bool: whose features were used at inference
+    extra: dict = field(default_factory=dict)
+
+
+class Attention(nn.Module):
+    """Matching function Phi(mu, kappa) (Who2com Eq. 3): general mu^T W kappa (default), additive
+    w^T tanh(W_k kappa + W_m mu), or scaled dot-product mu^T kappa / sqrt(d) (needs m == k)."""
+
+    def __init__(self, kind: str, query_size: int, key_size: int, hidden: int = 64):
+        super().__init__()
+        self.kind = kind
+        if kind == 'general':
+            self.W = nn.Parameter(torch.randn(query_size, key_size) / math.sqrt(query_size * key_size))
+        elif kind == 'additive':
+            self.Wk = nn.Linear(key_size, hidden, bias=False)
+            self.Wm = nn.Linear(query_size, hidden)
+            self.w = nn.Linear(hidden, 1, bias=False)
+        elif kind == 'scaled_dot':
+            if query_size != key_size:
+                raise ValueError(f'scaled_dot attention needs query_size == key_size ({query_size} != {key_size})')
+        else:
+            raise ValueError(f'unknown attention {kind!r}; valid: general, additive, scaled_dot')
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """query [B, m], keys [B, S, k] -> scores [B, S]."""
+        if self.kind == 'general':
+            return torch.einsum('bm,mk,bsk->bs', query, self.W, keys)
+        if self.kind == 'additive':
+            return self.w(torch.tanh(self.Wk(keys) + self.Wm(query).unsqueeze(1))).squeeze(-1)
+        return torch.einsum('bm,bsm->bs', query, keys) / math.sqrt(query.shape[-1])
+
+
+class VectorHead(nn.Module):
+    """features [B, C, h, w] -> a vector [B, size]: a conv, a 4x4 spatial pooling (keeps the coarse layout
+    that tells views apart), a linear layer. The message generator G_m and key generator G_k (Eq. 1-2)."""
+
+    def __init__(self, channels: int, size: int, grid: int = 4):
+        super().__init__()
+        self.conv = conv_block(channels, channels)
+        self.grid = grid
+        self.fc = nn.Linear(channels * grid * grid, size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(self.conv(features), self.grid)
+        return self.fc(x.flatten(1))
+
+
+class CollabModel(nn.Module):
+    """Shared parts: one encoder for every agent (same weights on every drone), the own head."""
+
+    needs_supporters = True
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg.channels, cfg.width)
+        self.own_head = Decoder(cfg.channels, cfg.num_classes, cfg.width)
+
+    def encode_all(self, target: torch.Tensor, supporters: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """target [B, 3, H, W], supporters [B, S, 3, H, W] -> f_t [B, C, h, w], f_s [B, S, C, h, w]."""
+        b, s = supporters.shape[:2]
+        feats = self.encoder(torch.cat([target, supporters.flatten(0, 1)], 0))
+        return feats[:b], feats[b:].view(b, s, *feats.shape[1:])
+
+    def wire(self) -> WireSpec:
+        raise NotImplementedError
+
+    def loss(self, out: Output, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+        loss = F.cross_entropy(out.logits, labels, ignore_index=ignore_index)
+        if out.own_logits is not None and self.cfg.own_loss_weight > 0:
+            loss = loss + self.cfg.own_loss_weight * F.cross_entropy(out.own_logits, labels, ignore_index=ignore_index)
+        return loss
+
+
+_MODELS: dict[str, Callable[[ModelConfig], CollabModel]] = {}
+
+
+def register(name: str):
+    def wrap(cls):
+        if name in _MODELS:
+            raise ValueError(f'model {name!r} registered twice')
+        _MODELS[name] = cls
+        cls.method_name = name
+        return cls
+    return wrap
+
+
+def model_names() -> list[str]:
+    return list(_MODELS)
+
+
+def create_model(name: str, cfg: Optional[ModelConfig] = None) -> CollabModel:
+    try:
+        cls = _MODELS[name]
+    except KeyError:
+        raise ValueError(f'unknown method {name!r}; valid: {", ".join(_MODELS)}') from None
+    return cls(cfg or ModelConfig())
+
+
+# ---------------------------------------------------------------------------------------------- bounds
+class _Single(CollabModel):
+    needs_supporters = False
+    use_clean = False
+
+    def forward(self, target, supporters=None, clean_target=None, mode='train') -> Output:
+        image = clean_target if self.use_clean else target
+        if image is None:
+            raise ValueError('single_normal needs the clean target image')
+        logits = self.own_head(self.encoder(image))
+        return Output(logits=logits)
+
+    def wire(self) -> WireSpec:
+        return WireSpec(handshake=False, features_sent='none')
+
+
+@register('single_normal')
+class SingleNormal(_Single):
+    use_clean = True
+
+
+@register('single_degraded')
+class SingleDegraded(_Single):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------- centralized
+@register('catall')
+class CatAll(CollabModel):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.supporters = cfg.supporters
+        self.decoder = Decoder(cfg.channels * (cfg.supporters + 1), cfg.num_classes, cfg.width)
+
+    def forward(self, target, supporters, clean_target=None, mode='train') -> Output:
+        f_t, f_s = self.encode_all(target, supporters)
+        if f_s.shape[1] != self.supporters:
+            raise ValueError(f'catall was built for {self.supporters} supporters, got {f_s.shape[1]}')
+        logits = self.decoder(torch.cat([f_t, f_s.flatten(1, 2)], 1))
+        return Output(logits=logits, own_logits=self.own_head(f_t))
+
+    def wire(self) -> WireSpec:
+        return WireSpec(handshake=False, feature_shape=(self.cfg.channels,), features_sent='all')
+
+
+class _Handshake(CollabModel):
+    """Query from the target, keys from the supporters, matching scores (Eq. 1-3)."""
+
+    use_message = True
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.message = VectorHead(cfg.channels, cfg.query_size)
+        self.key = VectorHead(cfg.channels, cfg.key_size)
+        self.match = Attention(cfg.attention, cfg.query_size, cfg.key_size)
+        self.decoder = Decoder(2 * cfg.channels, cfg.num_classes, cfg.width)
+
+    def query(self, f_t: torch.Tensor) -> torch.Tensor:
+        if self.use_message:
+            return self.message(f_t)
+        return torch.ones(f_t.shape[0], self.cfg.query_size, device=f_t.device, dtype=f_t.dtype)
+
+    def scores(self, f_t: torch.Tensor, f_s: torch.Tensor) -> torch.Tensor:
+        b, s = f_s.shape[:2]
+        keys = self.key(f_s.flatten(0, 1)).view(b, s, -1)
+        return self.match(self.query(f_t), keys)
+
+    def wire(self) -> WireSpec:
+        return WireSpec(handshake=True, query_shape=(self.cfg.query_size,) if self.use_message else (),
+                        feature_shape=(self.cfg.channels,), features_sent='selected')
+
+
+@register('attention')
+class AttentionBaseline(_Handshake):
+    """Centralized: the target holds every supporter's features and sums them with attention weights,
+    at training and at inference alike (no selection, so no bandwidth saving)."""
+
+    def forward(self, target, supporters, clean_target=None, mode='train') -> Output:
+        f_t, f_s = self.encode_all(target, supporters)
+        scores = self.scores(f_t, f_s)
+        weights = scores.softmax(-1)
+        f_sum = torch.einsum('bs,bschw->bchw', weights, f_s)
+        return Output(logits=self.decoder(torch.cat([f_t, f_sum], 1)), own_logits=self.own_head(f_t),
+                      scores=scores, weights=weights)
+
+    def wire(self) -> WireSpec:
+        return WireSpec(handshake=False, feature_shape=(self.cfg.channels,), features_sent='all')
+
+
+@register('compression')
+class Compression(CollabModel):
+    """Centralized with uniform compression: each supporter's features pass a 1x1 conv to
+    `compression_ratio` of the channels before sending, and a 1x1 conv back on the target; all are
+    concatenated (handshake paper §IV-C: two extra convolutional layers, rate 25%)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.supporters = cfg.supporters
+        self.sent_channels = max(1, int(round(cfg.channels * cfg.compression_ratio)))
+        self.compress = nn.Sequential(nn.Conv2d(cfg.channels, self.sent_channels, 1), nn.BatchNorm2d(self.sent_channels))
+        self.expand = conv_block(self.sent_channels, cfg.channels)
+        self.decoder = Decoder(cfg.channels * (cfg.supporters + 1), cfg.num_classes, cfg.width)
+
+    def forward(self, target, supporters, clean_target=None, mode='train') -> Output:
+        f_t, f_s = self.encode_all(target, supporters)
+        b, s = f_s.shape[:2]
+        if s != self.supporters:
+            raise ValueError(f'compression was built for {self.supporters} supporters, got {s}')
+        sent = self.compress(f_s.flatten(0, 1))
+        received = self.expand(sent).view(b, s, *f_t.shape[1:])
+        logits = self.decoder(torch.cat([f_t, received.flatten(1, 2)], 1))
+        return Output(logits=logits, own_logits=self.own_head(f_t), extra={'sent': sent})
+
+    def wire(self) -> WireSpec:
+        return WireSpec(handshake=False, feature_shape=(self.sent_channels,), features_sent='all')
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+@register('random')
+class RandomSelection(CollabModel):
+    """One supporter's features, chosen uniformly at random (training and inference)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.decoder = Decoder(2 * cfg.channels, cfg.num_classes, cfg.width)
+
+    def forward(self, target, supporters, clean_target=None, mode='train', generator=None) -> Output:
+        f_t, f_s = self.encode_all(target, supporters)
+        b, s = f_s.shape[:2]
+        pick = torch.randint(0, s, (b,), generator=generator, device=f_s.device)
+        selected = F.one_hot(pick, s).bool()
+        f_sel = f_s[torch.arange(b), pick]
+        return Output(logits=self.decoder(torch.cat([f_t, f_sel], 1)), own_logits=self.own_head(f_t),
+                      selected=selected, weights=selected.float())
+
+    def wire(self) -> WireSpec:
+        # no matching: the target asks one supporter directly (a Connect) and receives its features
+        return WireSpec(handshake=False, feature_shape=(self.cfg.channels,), features_sent='selected')
+
+
+@register('who2com')
+class Who2com(_Handshake):
+    """Ours w/ msg: softmax-weighted sum of all supporters in training (Eq. 5), argmax at inference (Eq. 6)."""
+
+    def forward(self, target, supporters, clean_target=None, mode='train') -> Output:
+        f_t, f_s = self.encode_all(target, supporters)
+        scores = self.scores(f_t, f_s)
+        b, s = scores.shape
+        if mode == 'train':
+            weights = scores.softmax(-1)
+            selected = None
+        else:
+            pick = scores.argmax(-1)
+            selected = F.one_hot(pick, s).bool()
+            weights = selected.to(f_s.dtype)
+        f_sum = torch.einsum('bs,bschw->bchw', weights, f_s)
+        return Output(logits=self.decoder(torch.cat([f_t, f_sum], 1)), own_logits=self.own_head(f_t),
+                      scores=scores, weights=weights, selected=selected)
+
+
+@register('who2com_nomsg')
+class Who2comNoMessage(Who2com):
+    use_message = False
+
+
+@register('when2com')
+class When2com(_Handshake):
+    """Ours with a "when" gate (When2com): the target's own key joins the match, so the softmax runs over
+    [self; supporters]. Training decodes the weighted sum including the target's own features; at
+    inference the target connects to the supporters whose normalized weight is at least `gate_threshold`
+    (possibly none: then it decodes from its own features alone and sends nothing but the request)."""
+
+    def forward(self, target, supporters, clean_target=None, mode='train') -> Output:
+        f_t, f_s = self.encode_all(target, supporters)
+        b, s = f_s.shape[:2]
+        q = self.query(f_t)
+        keys = self.key(torch.cat([f_t.unsqueeze(1), f_s], 1).flatten(0, 1)).view(b, s + 1, -1)
+        all_scores = self.match(q, keys)                      # [B, 1 + S]
+        probs = all_scores.softmax(-1)
+        stacked = torch.cat([f_t.unsqueeze(1), f_s], 1)
+        if mode == 'train':
+            weights = probs
+            selected = None
+        else:
+            selected = probs[:, 1:] >= self.cfg.gate_threshold
+            weights = torch.cat([probs[:, :1], probs[:, 1:] * selected], 1)
+            weights = weights / weights.sum(-1, keepdim=True)
+        f_sum = torch.einsum('bs,bschw->bchw', weights, stacked)
+        return Output(logits=self.decoder(torch.cat([f_t, f_sum], 1)), own_logits=self.own_head(f_t),
+                      scores=all_scores[:, 1:], weights=weights[:, 1:], selected=selected,
+                      extra={'self_score': all_scores[:, 0]})
