@@ -51,7 +51,7 @@ class WorldConfig:
     trajectory: str = 'waypoint'
     dt_s: float = 0.5
     speed_mps: float = 6.0
-    formation_spacing_m: float = 22.0
+    formation_spacing_m: float = 45.0
     max_yaw_rate_deg_s: float = 18.0
     map_size_m: float = 400.0
     ground_texel_m: float = 0.25

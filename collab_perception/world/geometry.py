@@ -171,13 +171,16 @@ def visible_in(uv: np.ndarray, z: np.ndarray, depth_dst: np.ndarray, rel_tol: fl
     inside = (u >= -0.5) & (u < W - 0.5) & (v >= -0.5) & (v < H - 0.5) & (z > 0) & np.isfinite(z)
     u0 = np.clip(np.floor(np.nan_to_num(u)), 0, W - 1).astype(np.intp)
     v0 = np.clip(np.floor(np.nan_to_num(v)), 0, H - 1).astype(np.intp)
-    u1, v1 = np.minimum(u0 + 1, W - 1), np.minimum(v0 + 1, H - 1)
-    neigh = np.stack([depth_dst[v0, u0], depth_dst[v0, u1], depth_dst[v1, u0], depth_dst[v1, u1]], axis=-1)
-    neigh = neigh.astype(np.float64)
+    i00 = v0 * W + u0                                               # flat indices of the 2x2 neighbours
+    i01 = i00 + (u0 < W - 1)
+    i10 = i00 + W * (v0 < H - 1)
+    i11 = i10 + (u0 < W - 1)
+    flat = depth_dst.ravel()
+    finite = np.where(np.isfinite(flat), flat, -np.inf)             # sky never bounds a surface from above
+    lo = np.minimum(np.minimum(flat[i00], flat[i01]), np.minimum(flat[i10], flat[i11]))
+    hi = np.maximum(np.maximum(finite[i00], finite[i01]), np.maximum(finite[i10], finite[i11]))
     with np.errstate(invalid='ignore'):
-        lo = np.min(neigh, axis=-1)
-        hi = np.max(np.where(np.isfinite(neigh), neigh, -np.inf), axis=-1)
-        tol = abs_tol + rel_tol * np.nan_to_num(z, nan=0.0, posinf=0.0)
+        tol = abs_tol + rel_tol * z
         ok = (z >= lo - tol) & (z <= hi + tol)
     return inside & ok
 

@@ -98,6 +98,15 @@ def unit_cylinder(sides: int = 6) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=None)
+def unit_disc(sides: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Radius 1 disc in the z=0 plane facing +z (a triangle fan)."""
+    a = np.linspace(0, 2 * np.pi, sides + 1)
+    ring = np.stack([np.cos(a), np.sin(a), np.zeros_like(a)], axis=1)
+    tris = np.array([[np.zeros(3), ring[i], ring[i + 1]] for i in range(sides)])
+    return tris.reshape(-1, 3), np.tile([0.0, 0.0, 1.0], (3 * sides, 1))
+
+
+@functools.lru_cache(maxsize=None)
 def unit_cone(sides: int = 7) -> tuple[np.ndarray, np.ndarray]:
     """Cone with base radius 1 at z=0 and apex at z=1, with its base disc; smooth side normals."""
     a = np.linspace(0, 2 * np.pi, sides + 1)

@@ -25,7 +25,7 @@ NO_CLASS = 255  # obstructions are no class of the label map (the labels keep th
 
 # Fraction of the bounding disc (radius 1) that each shape covers on average, seen from a random direction
 # (measured by rendering; see test_world_obstruction). Used to size a shape for a requested coverage.
-FILL_FACTOR = {'bird': 0.30, 'branch': 0.28, 'balloon': 0.55, 'drone': 0.32}
+FILL_FACTOR = {'bird': 0.155, 'branch': 0.20, 'balloon': 0.51, 'drone': 0.33}
 
 
 @dataclass
@@ -131,8 +131,8 @@ def _drone(rng) -> np.ndarray:
         a = math.pi / 4 + k * math.pi / 2
         tip = np.array([0.62 * math.cos(a), 0.62 * math.sin(a), 0.05])
         parts.append(_segment([0, 0, 0.0], tip, 0.03, (30, 30, 30), Material.MATTE, rand=rand))
-        parts.append(_part(meshes.unit_cylinder(10), [0.3, 0.3, 0.015], tip + [0, 0, 0.04], (70, 70, 75),
-                           Material.MATTE, rand=rand))
+        parts.append(_part(meshes.unit_disc(10), [0.3, 0.3, 1.0], tip + [0, 0, 0.04], (70, 70, 75),
+                           Material.MATTE, rand=rand))   # a spinning rotor reads as a disc
         parts.append(_segment([0.12 * math.cos(a), 0.12 * math.sin(a), -0.05],
                               [0.2 * math.cos(a), 0.2 * math.sin(a), -0.25], 0.015, (30, 30, 30), Material.MATTE,
                               sides=3, rand=rand))

@@ -21,6 +21,7 @@ geometry.py's pinhole model puts it; the atlas rows run with v, so no image flip
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -130,6 +131,11 @@ class Renderer:
         self.width, self.height, self.views = width, height, views
         self.obstructions = obstructions
         self.shadow_map_size = shadow_map_size
+        # llvmpipe's rasterizer threads belong to its screen, which outlives every context and does not
+        # survive fork(): a forked child that renders would wait on them forever. Rasterizing on the calling
+        # thread avoids that and is as fast on one core (25 snapshots/s either way, bench/bench_world.py).
+        # Set LP_NUM_THREADS yourself for more threads (then create Worlds only after forking). GPUs ignore it.
+        os.environ.setdefault('LP_NUM_THREADS', '0')
         self.ctx = moderngl.create_standalone_context(backend='egl', require=330)
         self.landscape: Optional[Landscape] = None
         self._scene_vao = self._shadow_vao = self._vbo = self._ibo = self._ground = None
@@ -268,9 +274,9 @@ class Renderer:
                     prog['u_time'].value = float(time_s)
             skirt_first, skirt_count = self.landscape.skirt_range
             for i, cam in enumerate(cameras):
-                ctx.viewport = (i * W, 0, W, H)
                 K = cam.K
-                self.fbo.use()
+                self.fbo.use()                        # use() restores the framebuffer's own viewport: set it after
+                ctx.viewport = (i * W, 0, W, H)
                 # 1) scene, frustum-culled chunks nearest first, then the skirt
                 ctx.enable_only(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
                 ctx.depth_func = '<'

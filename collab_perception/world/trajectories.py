@@ -7,8 +7,10 @@ flight region (the tile minus a margin, so that views mostly see the detailed ti
 
 - `FormationFlight` (handshake paper §IV-B "waypoint following"; MASH §IV "moved roughly together ... with
   different yaw rates"): the swarm's centre flies from road intersection to a neighbouring intersection;
-  each drone holds a loose slot of a ring formation that wobbles slowly, and yaws at its own constant rate,
-  so its view sweeps past the others' and the views overlap partially and intermittently.
+  each drone holds a loose slot of a ring formation that wobbles slowly, and swings its yaw about the
+  direction of travel with its own amplitude and rate, so its view sweeps past the others' and the views
+  overlap partially and intermittently (constant yaw rates would spin the cameras all the way round, and
+  the pairs would alternate between full and no overlap).
 - `ExplorationFlight` (handshake paper §IV-B "random exploration: agents approach a target location,
   disperse, and wander"): a cycle of the three phases, each drone with its own speed and yaw wobble, so the
   overlap goes from large (approach) to little or none (disperse, wander).
@@ -53,8 +55,12 @@ class _Flight:
         self.n = config.drones
         self.bounds = flight_bounds(landscape)
         self.t = 0.0
-        self.altitude = rng.uniform(*config.altitude_m, self.n)
-        self.altitude_wobble = rng.uniform(0.0, 0.15, self.n) * (config.altitude_m[1] - config.altitude_m[0])
+        # one altitude band per flight, drawn from altitude_m, with a per-drone spread: drones of one swarm
+        # fly at similar heights (an 80 m view would otherwise contain a whole 20 m view, and not back)
+        lo, hi = config.altitude_m
+        self.swarm_altitude = rng.uniform(lo, hi)
+        self.altitude = np.clip(self.swarm_altitude * rng.uniform(0.8, 1.2, self.n), lo, hi)
+        self.altitude_wobble = rng.uniform(0.0, 0.08, self.n) * self.swarm_altitude
         self.altitude_phase = rng.uniform(0, 2 * np.pi, self.n)
         self.pitch = np.radians(config.pitch_deg + rng.uniform(-1, 1, self.n) * config.pitch_jitter_deg)
         self.pitch = np.clip(self.pitch, -np.pi / 2, 0.0)
@@ -88,17 +94,20 @@ class FormationFlight(_Flight):
         self.centre = nodes[self.current].astype(float).copy()
         self.target = self._next_waypoint()
         self.heading = math.atan2(*(self.waypoints[self.target] - self.centre)[::-1])
-        spacing = config.formation_spacing_m
+        # formation_spacing_m is at 50 m altitude; footprints grow with altitude, and so does the formation
+        spacing = config.formation_spacing_m * self.swarm_altitude / 50.0
         angles = 2 * np.pi * np.arange(self.n) / self.n + rng.uniform(-0.3, 0.3, self.n)
         radius = spacing * rng.uniform(0.5, 1.0, self.n) * (self.n > 1)
         self.slots = np.stack([radius * np.cos(angles), radius * np.sin(angles)], -1)
         self.wobble_amp = rng.uniform(0.15, 0.35, (self.n, 2)) * spacing
         self.wobble_freq = rng.uniform(0.04, 0.12, (self.n, 2))
         self.wobble_phase = rng.uniform(0, 2 * np.pi, (self.n, 2))
-        # distinct yaw rates: evenly spread over [-max, max], shuffled, jittered
-        rates = np.linspace(-1.0, 1.0, self.n) if self.n > 1 else np.zeros(1)
-        self.yaw_rate = np.radians(config.max_yaw_rate_deg_s) * (rng.permutation(rates) + rng.uniform(-0.1, 0.1, self.n))
-        self.yaw_offset = rng.uniform(-np.pi, np.pi, self.n)
+        # yaw swings: amplitude and period per drone, peak rate spread over (0, max_yaw_rate]
+        self.yaw_amp = np.radians(rng.uniform(15.0, 45.0, self.n))
+        peak = np.radians(config.max_yaw_rate_deg_s) * rng.permutation(np.linspace(0.3, 1.0, self.n))
+        self.yaw_freq = peak / self.yaw_amp
+        self.yaw_phase = rng.uniform(0, 2 * np.pi, self.n)
+        self.yaw_offset = rng.uniform(-0.35, 0.35, self.n)
         self.xy = self._clamp(self._slot_targets())
         self._update_yaw()
 
@@ -119,7 +128,7 @@ class FormationFlight(_Flight):
         return self.centre + (self.slots + wobble) @ R.T
 
     def _update_yaw(self):
-        self.yaw = self.heading + self.yaw_offset + self.yaw_rate * self.t
+        self.yaw = self.heading + self.yaw_offset + self.yaw_amp * np.sin(self.yaw_freq * self.t + self.yaw_phase)
 
     def step(self, dt: float) -> None:
         self.t += dt
