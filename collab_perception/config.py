@@ -66,11 +66,14 @@ QOS_SCHEMA = {
 }
 
 SOURCE_SCHEMA = {
-    'type': Field(str, 'synthetic', choices=('synthetic',),
-                  help='camera source: synthetic test pattern (the embedded world and AirSim come next)'),
-    'image_width': Field(int, 128, minimum=16, maximum=4096),
-    'image_height': Field(int, 128, minimum=16, maximum=4096),
-    'seed': Field(int, 0, minimum=0),
+    'type': Field(str, 'world', choices=('world', 'airsim'),
+                  help='camera source: the embedded world (sim_bridge) or AirSim / Cosys-AirSim (airsim_bridge)'),
+    'world': Field(dict, {}, help='embedded world settings over the WorldConfig defaults (config/world.yaml '
+                                  'keys; drones comes from the drone list)'),
+    'airsim_config': Field(str, 'config/airsim.yaml', help='AirSim vehicles, cameras and segmentation colours '
+                                                           '(relative paths: to the package)'),
+    'degrade': Field(dict, {}, help='sensor degradation of drones with degraded: true (DegradeConfig keys)'),
+    'degrade_seed': Field(int, 0, minimum=0),
 }
 
 CODEC_SCHEMA = {
@@ -134,6 +137,7 @@ DRONE_SCHEMA = {
     'top_n': Field(int, 1, minimum=1, maximum=16),
     'score_threshold': Field(float, 0.0, help='used by select: threshold'),
     'cache_frames': Field(int, 16, minimum=1, maximum=1000, help='per-stamp ring buffer length'),
+    'degraded': Field(bool, False, help="the drone's camera is degraded (blur + noise, handshake paper §IV-B)"),
     'models': Field(dict, {}, help='role -> model path, e.g. {encoder: models/x.onnx}'),
     'providers': Field(list, ['CPUExecutionProvider'], items=str,
                        check=lambda v: None if v else 'must name at least one provider',
@@ -216,6 +220,7 @@ class DroneConfig:
     cache_frames: int
     models: dict
     providers: list
+    degraded: bool
 
     @property
     def namespace(self) -> str:

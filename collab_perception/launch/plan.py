@@ -12,13 +12,18 @@ Process layouts (config `swarm.process_layout`):
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import yaml
 
-from ..config import ConfigError, SwarmConfig
+from ..classes import load_classes
+from ..config import ConfigError, SwarmConfig, resource_path
+from ..world.airsim_adapter import load_airsim_config
+from ..world.config import WorldConfig
+from ..world.degrade import DegradeConfig
 from ..runtime.methods import method_names
 from ..runtime import topics
 
@@ -27,6 +32,7 @@ PACKAGE = 'collab_perception'
 # executable -> module with main(); CMakeLists.txt installs one wrapper per entry (a test checks it).
 NODE_EXECUTABLES = {
     'sim_bridge': 'collab_perception.nodes.sim_bridge_node',
+    'airsim_bridge': 'collab_perception.nodes.airsim_bridge_node',
     'perception': 'collab_perception.nodes.perception_node',
     'matcher': 'collab_perception.nodes.matcher_node',
     'fusion': 'collab_perception.nodes.fusion_node',
@@ -113,6 +119,49 @@ def _codec_params(cfg: SwarmConfig) -> dict[str, Any]:
     return {f'codec.{k}': v for k, v in cfg.swarm['codec'].items()}
 
 
+def _ros_values(values: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def source_node(cfg: SwarmConfig) -> NodeSpec:
+    """The camera bridge of `swarm.source`, its settings validated here so a bad one fails at start-up."""
+    sw, src = cfg.swarm, cfg.swarm['source']
+    try:
+        degrade = DegradeConfig(**src['degrade'])
+    except TypeError as e:
+        raise ConfigError('swarm.source.degrade', f'{e}; valid keys: {", ".join(DegradeConfig.__dataclass_fields__)}',
+                          cfg.source) from None
+    except ConfigError as e:
+        raise ConfigError(f'swarm.source.degrade.{e.path}', str(e).split(': ', 1)[-1], cfg.source) from None
+    params = {
+        **_swarm_params(cfg),
+        'rate_hz': sw['rate_hz'],
+        'frames': sw['frames'],
+        'startup_timeout_s': sw['startup_timeout_s'],
+        'settle_s': sw['settle_s'],
+        'drain_s': sw['drain_s'],
+        'degraded_drones': [d.name for d in cfg.drones if d.degraded] or [''],
+        'degrade_seed': src['degrade_seed'],
+        **{f'degrade.{k}': v for k, v in _ros_values(dataclasses.asdict(degrade)).items()},
+        **_qos_params(cfg, 'sensor'),
+    }
+    if src['type'] == 'world':
+        world = WorldConfig.from_mapping({**src['world'], 'drones': len(cfg.drones)}, cfg.source, 'swarm.source.world')
+        params.update({f'world.{k}': v for k, v in _ros_values(dataclasses.asdict(world)).items()})
+        return NodeSpec('sim_bridge', 'sim_bridge', SWARM_NAMESPACE, params)
+    path = src['airsim_config']
+    path = path if os.path.isabs(path) else resource_path(path)
+    airsim = load_airsim_config(path, load_classes().names)
+    unknown = sorted({v.drone for v in airsim.vehicles} - set(cfg.names))
+    if unknown:
+        raise ConfigError('vehicles', f'drone(s) {", ".join(unknown)} are not in the swarm ({", ".join(cfg.names)})', path)
+    missing = sorted(set(cfg.names) - {v.drone for v in airsim.vehicles})
+    if missing:
+        raise ConfigError('vehicles', f'no AirSim vehicle feeds drone(s) {", ".join(missing)}', path)
+    params['airsim_config'] = path
+    return NodeSpec('airsim_bridge', 'airsim_bridge', SWARM_NAMESPACE, params)
+
+
 def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[NodeSpec]:
     """Every node of the swarm with its namespace and parameters, swarm-wide nodes first."""
     sw = cfg.swarm
@@ -121,22 +170,7 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
             raise ConfigError(f'drones[{i}].method', f'unknown method {d.method!r}; valid: {", ".join(method_names())}',
                               cfg.source)
     nodes: list[NodeSpec] = []
-    src = sw['source']
-    nodes.append(NodeSpec(
-        executable='sim_bridge', name='sim_bridge', namespace=SWARM_NAMESPACE,
-        parameters={
-            **_swarm_params(cfg),
-            'source': src['type'],
-            'image_width': src['image_width'],
-            'image_height': src['image_height'],
-            'seed': src['seed'],
-            'rate_hz': sw['rate_hz'],
-            'frames': sw['frames'],
-            'startup_timeout_s': sw['startup_timeout_s'],
-            'settle_s': sw['settle_s'],
-            'drain_s': sw['drain_s'],
-            **_qos_params(cfg, 'sensor'),
-        }))
+    nodes.append(source_node(cfg))
     mon = sw['monitor']
     if mon['enabled']:
         out_dir = os.path.join(run_dir, 'monitor') if run_dir else ''
@@ -187,7 +221,7 @@ def build_process_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[
         if n.drone:
             continue
         processes.append(ProcessSpec(f'swarm/{n.name}', n.executable, n.namespace, [n],
-                                     ends_swarm=ends and n.executable == 'sim_bridge'))
+                                     ends_swarm=ends and n is nodes[0]))
     for d in cfg.drones:
         mine = [n for n in nodes if n.drone == d.name]
         if cfg.swarm['process_layout'] == 'per_drone':

@@ -9,13 +9,14 @@ import array
 import math
 import signal
 import sys
+import threading
 from collections import Counter
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
@@ -44,6 +45,21 @@ def declare(node: Node, name: str, default: Any, description: str, choices: Opti
     if isinstance(value, float) and not math.isfinite(value):
         raise ParameterError(f'parameter {name!r}: {value!r} is not finite')
     return value
+
+
+def declare_dataclass(node: Node, prefix: str, defaults: Any, description: str) -> dict[str, Any]:
+    """Declare `<prefix>.<field>` for every field of a config dataclass instance, defaulting to its values
+    (tuples become ROS arrays), and return the values set. The dataclass validates them afterwards."""
+    import dataclasses
+    values = {}
+    for f in dataclasses.fields(defaults):
+        default = getattr(defaults, f.name)
+        if isinstance(default, tuple):
+            default = list(default)
+        value = node.declare_parameter(f'{prefix}.{f.name}', default,
+                                       ParameterDescriptor(description=f'{description}: {f.name}')).value
+        values[f.name] = list(value) if isinstance(value, (list, tuple)) else value
+    return values
 
 
 def declare_swarm(node: Node) -> tuple[list[str], list[int]]:
@@ -203,42 +219,69 @@ class DroneNode(Node):
 
 
 # ---------------------------------------------------------------------------------------------- main
-def spin_nodes(factories: Sequence[Callable[[], Node]], args: Optional[list[str]] = None,
-               threads: Optional[int] = None) -> int:
-    """Create the nodes, spin them in one executor until shutdown, clean up. Returns the exit code.
+def spin_nodes(factories: Sequence[Callable[[], Node]], args: Optional[list[str]] = None) -> int:
+    """Create the nodes, spin them until shutdown, clean up. Returns the process exit code.
 
-    A node that cannot start (bad parameter, missing model) logs why and the process exits with 2, so
-    the launcher reports it by name. SIGINT / SIGTERM end the spin; the nodes' `close()` then runs while
-    the context is still valid (the monitor writes its summary and can still log), and only then is rclpy
-    shut down. A node whose `finished` attribute becomes True (the camera source after its last frame)
-    ends the spin with exit code 0. An exception escaping a callback is a bug: it propagates (traceback,
-    non-zero exit), and the launcher reports the process.
+    Each node gets its own single-threaded executor; with several nodes (a drone container) each spins in
+    its own thread, so perception's inference never holds up the matcher and fusion. (rclpy's
+    MultiThreadedExecutor.shutdown destroys its guard condition before its worker threads finish, which
+    makes in-flight callbacks fail at every shutdown; one thread per node avoids that and keeps each node's
+    callbacks mutually exclusive.)
+
+    A node that cannot start (bad parameter, missing model, unreachable server) logs why and the process
+    exits with 2, so the launcher reports it by name. SIGINT / SIGTERM end the spin; the nodes' `close()`
+    then runs while the context is still valid (the monitor writes its summary and can still log), and only
+    then is rclpy shut down. A node whose `finished` attribute becomes True (the camera source after its
+    last frame) ends the spin with exit code 0. An exception escaping a callback is a bug: the process exits
+    non-zero with its traceback, and the launcher reports it.
     """
     rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
-    stop = {'signal': None}
+    stop = threading.Event()
+    failure: list[BaseException] = []
 
     def on_signal(signum, _frame):
-        stop['signal'] = signum
+        stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     nodes: list[Node] = []
+    executors: list[SingleThreadedExecutor] = []
+    threads: list[threading.Thread] = []
+
+    def spin(executor: SingleThreadedExecutor) -> None:
+        try:
+            while not stop.is_set() and rclpy.ok():
+                executor.spin_once(timeout_sec=0.1)
+        except ExternalShutdownException:
+            pass
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+            failure.append(e)
+        finally:
+            stop.set()
+
     try:
         try:
             for factory in factories:
                 nodes.append(factory())
-        except (ParameterError, ValueError, FileNotFoundError) as e:
+        except (ParameterError, ValueError, OSError) as e:
             rclpy.logging.get_logger('collab_perception').fatal(f'cannot start: {e}')
             return 2
-        executor = MultiThreadedExecutor(num_threads=threads or max(2, 2 * len(nodes)))
         for n in nodes:
+            executor = SingleThreadedExecutor()
             executor.add_node(n)
-        try:
-            while (rclpy.ok() and stop['signal'] is None
-                   and not any(getattr(n, 'finished', False) for n in nodes)):
-                executor.spin_once(timeout_sec=0.1)
-        except ExternalShutdownException:
-            pass
-        executor.shutdown(timeout_sec=2.0)
+            executors.append(executor)
+            threads.append(threading.Thread(target=spin, args=(executor,), name=f'spin-{n.get_name()}', daemon=True))
+        for t in threads:
+            t.start()
+        while not stop.is_set():
+            if any(getattr(n, 'finished', False) for n in nodes):
+                stop.set()
+            stop.wait(0.05)
+        for t in threads:
+            t.join()
+        for executor in executors:
+            executor.shutdown(timeout_sec=1.0)
+        if failure:
+            raise failure[0]
         return 0
     finally:
         for n in reversed(nodes):

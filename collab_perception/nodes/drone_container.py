@@ -3,8 +3,8 @@
     drone_container --nodes perception,matcher,fusion --ros-args -r __ns:=/drone1 --params-file F
 
 Each node keeps its own name and parameters (the params file is keyed by fully qualified node name) and
-its own callback group, so that the multi-threaded executor runs perception's inference in parallel with
-the matcher's and fusion's message handling. Chosen with `swarm.process_layout: per_drone`.
+spins in its own thread (nodes/common.py spin_nodes), so perception's inference runs in parallel with the
+matcher's and fusion's message handling. Chosen with `swarm.process_layout: per_drone`.
 """
 from __future__ import annotations
 

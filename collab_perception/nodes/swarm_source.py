@@ -1,0 +1,91 @@
+"""What the camera bridges (embedded world, AirSim) share: the drone list, sensor degradation of chosen
+drones, readiness before frame 1, and a bounded run that ends the swarm.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from rclpy.node import Node
+
+from ..runtime import topics
+from ..world.degrade import DegradeConfig, degrade
+from .camera_publishers import CameraPublishers
+from .common import declare, declare_dataclass, declare_qos, declare_swarm
+
+
+class SwarmSource(Node):
+    """What both camera bridges share: the drone list, readiness before frame 1, a bounded run."""
+
+    def __init__(self, node_name: str):
+        super().__init__(node_name)
+        self.drones, _ = declare_swarm(self)
+        self.rate_hz = declare(self, 'rate_hz', 5.0, 'snapshots per second', minimum=0.1, maximum=200.0)
+        self.frames = declare(self, 'frames', 0, '0: run until stopped; N: stop after N snapshots', minimum=0)
+        self.startup_timeout_s = declare(self, 'startup_timeout_s', 30.0,
+                                         'wait at most this long for the swarm to come up', minimum=0.0)
+        self.settle_s = declare(self, 'settle_s', 1.0, 'then this long for the rest of discovery', minimum=0.0)
+        self.drain_s = declare(self, 'drain_s', 1.5, 'after the last snapshot, wait before exiting', minimum=0.0)
+        self.expected_nodes = set(filter(None, declare(
+            self, 'expected_nodes', [''], 'fully qualified names of every node of the swarm (from the node plan); '
+            'frame 1 waits until all are in the graph')))
+        self.degraded_drones = set(filter(None, declare(
+            self, 'degraded_drones', [''], "drones whose camera is degraded (blur + noise)")))
+        unknown = self.degraded_drones - set(self.drones)
+        if unknown:
+            raise ValueError(f"parameter 'degraded_drones': {', '.join(sorted(unknown))} not in 'drone_names'")
+        self.degrade_config = DegradeConfig(**declare_dataclass(self, 'degrade', DegradeConfig(), 'sensor degradation'))
+        self.degrade_rng = np.random.default_rng(declare(self, 'degrade_seed', 0, 'seed of the degradation draws',
+                                                         minimum=0))
+        self.cameras = CameraPublishers(self, self.drones, declare_qos(self, 'sensor', 'reliable', 5))
+        self.index = 0
+        self.finished = False
+        self._created = time.monotonic()
+        self._ready_at = None
+        self._drain_until = None
+
+    def _missing(self) -> list[str]:
+        """What the swarm still lacks: planned nodes not yet in the graph, cameras without a subscriber."""
+        seen = {f'{ns.rstrip("/")}/{name}' for name, ns in self.get_node_names_and_namespaces()}
+        missing = sorted(self.expected_nodes - seen)
+        return missing + [f'subscriber of /{d}/{topics.IMAGE}' for d in self.cameras.image_subscribers_missing()]
+
+    def _graph_ready(self) -> bool:
+        """The whole swarm is up (or the wait timed out), then settle_s more for endpoint discovery: frames
+        published before the comm topics are matched would be lost, and the monitor would miss messages."""
+        now = time.monotonic()
+        if self._ready_at is None:
+            missing = self._missing()
+            if missing and now - self._created < self.startup_timeout_s:
+                return False
+            if missing:
+                self.get_logger().warning(f'starting after {self.startup_timeout_s:g} s without: {", ".join(missing)}')
+            else:
+                self.get_logger().info(f'swarm up after {now - self._created:.1f} s; first frame in {self.settle_s:g} s')
+            self._ready_at = now + self.settle_s
+        return now >= self._ready_at
+
+    def maybe_degrade(self, drone: str, rgb: np.ndarray) -> np.ndarray:
+        if drone not in self.degraded_drones:
+            return rgb
+        return degrade(rgb, self.degrade_rng, self.degrade_config)[0]
+
+    def tick(self):
+        if self._drain_until is not None:
+            if time.monotonic() >= self._drain_until:
+                self.get_logger().info(f'published {self.index} snapshots; done')
+                self.finished = True
+            return
+        if not self._graph_ready():
+            return
+        stamp = self.get_clock().now().to_msg()
+        self.publish_snapshot(stamp)
+        self.cameras.publish_frame(stamp)
+        self.index += 1
+        if self.index % 50 == 0:
+            self.get_logger().info(f'snapshot {self.index}')
+        if self.frames and self.index >= self.frames:
+            self._drain_until = time.monotonic() + self.drain_s
+
+    def publish_snapshot(self, stamp) -> None:
+        raise NotImplementedError
