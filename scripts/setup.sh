@@ -31,6 +31,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
   rm -f "$venv/.cmake-fixed"
 fi
+# The AirSim client: its 1.8.1 sdist declares msgpack-rpc-python (broken on current tornado) and
+# opencv-contrib-python; rpc-msgpack (requirements.txt) provides the same msgpackrpc module, so install it
+# without dependencies. (cosysairsim, the Cosys-AirSim client, is the alternative: it ships msgpackrpc
+# through another package, so install only one of the two; see README.)
+if ! compgen -G "$venv/lib/python3*/site-packages/airsim-1.8.1*" > /dev/null; then
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation airsim==1.8.1 \
+    2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
+fi
 if [ ! -f "$venv/.cmake-fixed" ]; then
   scripts/fix_wheel_cmake.sh "$venv"
   touch "$venv/.cmake-fixed"

@@ -222,8 +222,8 @@ class DroneNode(Node):
 def spin_nodes(factories: Sequence[Callable[[], Node]], args: Optional[list[str]] = None) -> int:
     """Create the nodes, spin them until shutdown, clean up. Returns the process exit code.
 
-    Each node gets its own single-threaded executor; with several nodes (a drone container) each spins in
-    its own thread, so perception's inference never holds up the matcher and fusion. (rclpy's
+    Each node gets its own single-threaded executor; one node spins in the main thread, several (a drone
+    container) each in their own thread, so perception's inference never holds up the matcher and fusion. (rclpy's
     MultiThreadedExecutor.shutdown destroys its guard condition before its worker threads finish, which
     makes in-flight callbacks fail at every shutdown; one thread per node avoids that and keeps each node's
     callbacks mutually exclusive.)
@@ -245,7 +245,6 @@ def spin_nodes(factories: Sequence[Callable[[], Node]], args: Optional[list[str]
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     nodes: list[Node] = []
     executors: list[SingleThreadedExecutor] = []
-    threads: list[threading.Thread] = []
 
     def spin(executor: SingleThreadedExecutor) -> None:
         try:
@@ -269,15 +268,25 @@ def spin_nodes(factories: Sequence[Callable[[], Node]], args: Optional[list[str]
             executor = SingleThreadedExecutor()
             executor.add_node(n)
             executors.append(executor)
-            threads.append(threading.Thread(target=spin, args=(executor,), name=f'spin-{n.get_name()}', daemon=True))
-        for t in threads:
-            t.start()
-        while not stop.is_set():
-            if any(getattr(n, 'finished', False) for n in nodes):
-                stop.set()
-            stop.wait(0.05)
-        for t in threads:
-            t.join()
+        if len(nodes) == 1:
+            # One node spins in the main thread: clients that bind an event loop to the thread that made
+            # them (the AirSim msgpack-rpc client) keep working, and signals are handled between spins.
+            while not stop.is_set() and rclpy.ok() and not getattr(nodes[0], 'finished', False):
+                try:
+                    executors[0].spin_once(timeout_sec=0.1)
+                except ExternalShutdownException:
+                    break
+        else:
+            threads = [threading.Thread(target=spin, args=(e,), name=f'spin-{n.get_name()}', daemon=True)
+                       for n, e in zip(nodes, executors)]
+            for t in threads:
+                t.start()
+            while not stop.is_set():
+                if any(getattr(n, 'finished', False) for n in nodes):
+                    stop.set()
+                stop.wait(0.05)
+            for t in threads:
+                t.join()
         for executor in executors:
             executor.shutdown(timeout_sec=1.0)
         if failure:
