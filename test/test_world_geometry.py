@@ -155,8 +155,8 @@ def test_cell_correspondences_agree_with_the_forward_warp(snapshots):
         Hc, Wc = G.cell_grid(H, W, cell)
         rows, cols = np.mgrid[0:H, 0:W]
         sup_cells = ((rows // cell) * Wc + cols // cell).astype(np.int32)
-        warped, valid = G.warp_to_target(sup_cells, s.depth, s.K, s.T_world_cam, t.K, t.T_world_cam, splat=1,
-                                         fill=-1)
+        warped, valid = G.warp_to_target(sup_cells, s.depth, s.K, s.T_world_cam, t.K, t.T_world_cam,
+                                         max_footprint=1, fill=-1)
         target_cell = (rows // cell) * Wc + cols // cell
         for c in np.flatnonzero(corr != Hc * Wc):
             got = warped[(target_cell == c) & valid]

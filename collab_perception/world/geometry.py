@@ -19,8 +19,8 @@ Ground truth for the papers:
   raw pose and depth");
 - `swarm_ground_truth`: every ordered pair of a snapshot: overlap fractions, cell correspondences, and the
   best supporter of each agent (largest overlap; the handshake paper's selection target, §IV-D);
-- `warp_to_target`: forward warping of a supporter's image or class map into the target view with the
-  supporter's depth and the relative pose, accurate or with `perturb_pose` noise (handshake paper §IV-B:
+- `warp_to_target` (`forward_warp_map` + `apply_warp_map`): forward warping of a supporter's image or class
+  map into the target view with the supporter's depth and the relative pose, accurate or with `perturb_pose` noise (handshake paper §IV-B:
   "we use 3D information from the depth maps of each normal agent's view and an accurate relative pose
   transformation to the target view to warp the pixels"; the noisy-pose setting adds position noise);
 - `sample_cells`: a supporter's map resampled into the target's cells through cell correspondences, the
@@ -280,49 +280,86 @@ def swarm_ground_truth(depths: Sequence[np.ndarray], Ks: Sequence[np.ndarray], p
 # -------------------------------------------------------------------------------------------- warping
 
 
-def warp_to_target(values: np.ndarray, depth_src: np.ndarray, K_src: np.ndarray, T_src: np.ndarray,
-                   K_tgt: np.ndarray, T_tgt: np.ndarray, target_size: Optional[tuple[int, int]] = None,
-                   fill=0, splat: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Forward-warp a supporter's image or class map (H, W[, C]) into the target view.
+def forward_warp_map(depth_src: np.ndarray, K_src: np.ndarray, T_src: np.ndarray, K_tgt: np.ndarray,
+                     T_tgt: np.ndarray, target_size: Optional[tuple[int, int]] = None,
+                     max_footprint: int = 8) -> np.ndarray:
+    """Where each target pixel comes from when a supporter's view is forward-warped into the target view:
+    (h, w) int64 flat supporter pixel indices, -1 where nothing lands.
 
-    Every supporter pixel goes through its own depth and the relative pose to the target pixel it lands
-    on; where several land on one pixel the nearest wins (z-buffer). This is what a supporter can do
-    locally without the target's depth (handshake paper §IV-B); pass a `perturb_pose` copy of either pose
-    for the inaccurate-pose setting. `splat=2` writes each point into the 2x2 pixels around it (closing
-    the one-pixel holes of a slightly magnifying warp), `splat=1` only into the nearest pixel.
-    Returns (warped (h, w[, C]) with `fill` where nothing landed, valid (h, w) bool).
+    Every supporter pixel goes through its own depth and the relative pose to the target view, where it
+    covers the pixels of its footprint: the size of its pixel there, estimated from where its right and lower
+    neighbours on the same surface land (so a surface the target sees magnified has no holes), up to
+    `max_footprint` pixels across (1: single points). Where several land on one pixel the nearest wins
+    (z-buffer). Only the supporter's depth is needed, so a supporter can do this locally (handshake paper
+    §IV-B); pass a `perturb_pose` copy of either pose for the inaccurate-pose setting.
     """
-    if splat not in (1, 2):
-        raise ValueError(f'splat must be 1 or 2, got {splat}')
+    if max_footprint < 1:
+        raise ValueError(f'max_footprint must be >= 1, got {max_footprint}')
     h, w = target_size or depth_src.shape
-    uv, z = reproject_pixels(pixel_grid(*depth_src.shape), depth_src, K_src, T_src, K_tgt, T_tgt)
+    H, W = depth_src.shape
+    uv, z = reproject_pixels(pixel_grid(H, W), depth_src, K_src, T_src, K_tgt, T_tgt)
     ok = np.isfinite(depth_src) & np.isfinite(uv[..., 0]) & (z > 0)
+    extent = np.ones((H, W, 2))
+    if max_footprint > 1:
+        # a neighbour is on the same surface when the inverse depth (linear in pixels on a plane) steps to it
+        # by no more than about the step before: depth edges are spikes, grazing ground is a steady ramp
+        # (both sides: a pixel next to an edge still has its surface on the other side)
+        inv = np.where(np.isfinite(depth_src), 1.0 / np.maximum(depth_src, 1e-6), 0.0)
+        for axis in (0, 1):
+            for shift in (-1, 1):
+                toward = np.abs(np.roll(inv, shift, axis=axis) - inv)
+                away = np.abs(inv - np.roll(inv, -shift, axis=axis))
+                same = np.isfinite(depth_src) & (toward <= 2.0 * away + 0.01 * inv)
+                border = [slice(None)] * 2
+                border[axis] = 0 if shift == 1 else -1        # rolled in from the other side of the image
+                same[tuple(border)] = False
+                step = np.where(same[..., None], np.abs(np.roll(uv, shift, axis=axis) - uv), 1.0)
+                extent = np.maximum(extent, np.nan_to_num(step, nan=1.0))
+    size = np.clip(np.ceil(extent - 1e-6), 1, max_footprint).astype(np.int64)   # pixels across, per axis
     src_index = np.flatnonzero(ok)
-    u, v, z = uv[..., 0].ravel()[src_index], uv[..., 1].ravel()[src_index], z.ravel()[src_index]
-    if splat == 1:
-        offsets = [(np.rint(u), np.rint(v))]
-    else:
-        u0, v0 = np.floor(u), np.floor(v)
-        offsets = [(u0, v0), (u0 + 1, v0), (u0, v0 + 1), (u0 + 1, v0 + 1)]
+    u, v, zz = uv[..., 0].ravel()[src_index], uv[..., 1].ravel()[src_index], z.ravel()[src_index]
+    su, sv = size[..., 0].ravel()[src_index], size[..., 1].ravel()[src_index]
+    u0 = np.rint(u) - (su - 1) // 2
+    v0 = np.rint(v) - (sv - 1) // 2
     cand_pix, cand_src, cand_z = [], [], []
-    for uu, vv in offsets:
-        inside = (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
-        cand_pix.append((vv[inside] * w + uu[inside]).astype(np.int64))
-        cand_src.append(src_index[inside])
-        cand_z.append(z[inside])
-    pix, src, zz = np.concatenate(cand_pix), np.concatenate(cand_src), np.concatenate(cand_z)
-    order = np.lexsort((zz, pix))          # by target pixel, nearest first
+    for du in range(int(su.max(initial=1))):
+        for dv in range(int(sv.max(initial=1))):
+            take = (du < su) & (dv < sv)
+            uu, vv = u0[take] + du, v0[take] + dv
+            inside = (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
+            cand_pix.append((vv[inside] * w + uu[inside]).astype(np.int64))
+            cand_src.append(src_index[take][inside])
+            cand_z.append(zz[take][inside])
+    pix, src, depth = np.concatenate(cand_pix), np.concatenate(cand_src), np.concatenate(cand_z)
+    order = np.lexsort((depth, pix))          # by target pixel, nearest first
     first = np.ones(order.size, dtype=bool)
     first[1:] = pix[order[1:]] != pix[order[:-1]]
     winners = order[first]
-    flat_values = np.asarray(values).reshape(depth_src.size, -1)
-    out = np.empty((h * w, flat_values.shape[1]), dtype=flat_values.dtype)
+    mapping = np.full(h * w, -1, dtype=np.int64)
+    mapping[pix[winners]] = src[winners]
+    return mapping.reshape(h, w)
+
+
+def apply_warp_map(values: np.ndarray, mapping: np.ndarray, fill=0) -> tuple[np.ndarray, np.ndarray]:
+    """Gather a supporter's image or class map (H, W[, C]) through a `forward_warp_map`:
+    (warped (h, w[, C]) with `fill` where nothing landed, valid (h, w) bool)."""
+    values = np.asarray(values)
+    flat = values.reshape(values.shape[0] * values.shape[1], *values.shape[2:])
+    valid = mapping >= 0
+    out = np.empty(mapping.shape + values.shape[2:], dtype=values.dtype)
     out[...] = fill
-    out[pix[winners]] = flat_values[src[winners]]
-    valid = np.zeros(h * w, dtype=bool)
-    valid[pix[winners]] = True
-    shape = (h, w) + np.asarray(values).shape[2:]
-    return out.reshape(shape), valid.reshape(h, w)
+    out[valid] = flat[mapping[valid]]
+    return out, valid
+
+
+def warp_to_target(values: np.ndarray, depth_src: np.ndarray, K_src: np.ndarray, T_src: np.ndarray,
+                   K_tgt: np.ndarray, T_tgt: np.ndarray, target_size: Optional[tuple[int, int]] = None,
+                   fill=0, max_footprint: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Forward-warp a supporter's image or class map (H, W[, C]) into the target view with the supporter's
+    depth and the two poses (see `forward_warp_map`). Returns (warped with `fill` where nothing landed,
+    valid (h, w) bool)."""
+    mapping = forward_warp_map(depth_src, K_src, T_src, K_tgt, T_tgt, target_size, max_footprint)
+    return apply_warp_map(values, mapping, fill)
 
 
 def sample_cells(values: np.ndarray, correspondence: np.ndarray, cell_size: int, fill=0) -> np.ndarray:

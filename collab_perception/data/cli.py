@@ -1,0 +1,119 @@
+"""`collab-perception dataset ...`: generate the papers' datasets from the embedded world, and preview them.
+
+`add_dataset_parser(subparsers)` adds the `dataset` command to the project's CLI (collab_perception/cli.py);
+each subcommand sets `func(args) -> exit code`, and configuration errors raise ConfigError (exit code 2 there).
+Run this module directly to use it on its own: `python -m collab_perception.data.cli dataset --help`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from ..config import ConfigError
+from .settings import SETTINGS
+
+_SETTINGS_HELP = '\n'.join(f'  {s.name:<19} {s.paper}: {s.summary}' for s in SETTINGS.values())
+
+
+def add_dataset_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `dataset` (with `generate` and `preview`) to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        'dataset', help='generate and preview the papers\' datasets from the embedded world',
+        description='Datasets of the handshake paper (Who2com, §IV-B) and MASH (§IV) settings, rendered by the '
+                    'embedded multi-drone world: sharded compressed numpy files and a JSON manifest. Files, keys '
+                    'and conventions: docs/DATASETS.md.',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest='dataset_command', metavar='SUBCOMMAND', required=True)
+
+    g = sub.add_parser(
+        'generate', help='render a dataset of one setting',
+        description='Render N snapshots of one setting into DIR: whole maps go to train/val/test (60/20/20), '
+                    'shards of compressed .npz plus manifest.json (classes, cameras, seeds, counts per split, '
+                    'overlap statistics, shard list). Deterministic: the same arguments give the same files.\n\n'
+                    'settings:\n' + _SETTINGS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument('--setting', required=True, choices=list(SETTINGS), metavar='SETTING',
+                   help='one of: ' + ', '.join(SETTINGS))
+    g.add_argument('--frames', type=int, required=True, metavar='N', help='number of snapshots (all splits)')
+    g.add_argument('--out', required=True, metavar='DIR', help='output directory (must not hold a dataset yet)')
+    g.add_argument('--seed', type=int, default=0, help='seed of maps, flights, targets and degradations (default 0)')
+    g.add_argument('--size', type=int, default=128, help='image width and height in pixels (default 128)')
+    g.add_argument('--drones', type=int, default=None,
+                   help='agents per snapshot (default: the setting\'s, 5; obstruction: 6)')
+    g.add_argument('--shard-size', type=int, default=128, metavar='K', help='snapshots per shard at most (default 128)')
+    g.add_argument('--snapshots-per-map', type=int, default=100, metavar='M',
+                   help='snapshots flown over each map (default 100; at least 5 maps are used when N >= 5)')
+    g.add_argument('--cell-size', type=int, default=8, metavar='PX',
+                   help='correspondence cell size in pixels; must divide --size (default 8: 16x16 cells at 128)')
+    g.add_argument('--pose-noise-m', type=float, default=3.0, metavar='M',
+                   help='noisy-pose: std of the position noise per axis, metres (default 3)')
+    g.add_argument('--pose-noise-deg', type=float, default=0.0, metavar='DEG',
+                   help='noisy-pose: std of an extra rotation noise, degrees (default 0, as in the paper)')
+    g.add_argument('--map-size', type=float, default=None, metavar='M',
+                   help='side of a map in metres (default: the world\'s, 400)')
+    g.add_argument('--workers', type=int, default=1, help='processes rendering maps in parallel (default 1)')
+    g.add_argument('--quiet', action='store_true', help='no progress bar')
+    g.set_defaults(func=cmd_generate)
+
+    v = sub.add_parser(
+        'preview', help='write a PNG contact sheet of a dataset',
+        description='A PNG grid per snapshot: one column per agent; rows: camera input, labels in the class '
+                    'colours, depth, and the obstruction mask or the views warped into the target where the '
+                    'setting has them. The target column is framed in red.')
+    v.add_argument('dir', metavar='DIR', help='a dataset directory (with manifest.json)')
+    v.add_argument('--out', metavar='PNG', default=None, help='output file (default: DIR/preview.png)')
+    v.add_argument('--snapshots', type=int, default=2, metavar='K', help='snapshots to show (default 2)')
+    v.add_argument('--split', choices=('train', 'val', 'test'), default=None,
+                   help='split to draw from (default: the first with snapshots)')
+    v.add_argument('--start', type=int, default=0, metavar='I', help='first snapshot index in the split (default 0)')
+    v.add_argument('--max-colors', type=int, default=None, metavar='C',
+                   help='store the PNG with a palette of C colours (about 3x smaller; for documentation)')
+    v.set_defaults(func=cmd_preview)
+    return p
+
+
+def cmd_generate(args) -> int:
+    options = dict(snapshots_per_map=args.snapshots_per_map, cell_size=args.cell_size,
+                   pose_noise_m=args.pose_noise_m, pose_noise_deg=args.pose_noise_deg, workers=args.workers)
+    if args.map_size is not None:
+        options['world'] = {'map_size_m': args.map_size}
+    from .generate import generate
+    m = generate(args.setting, args.frames, args.out, seed=args.seed, size=args.size, drones=args.drones,
+                 shard_size=args.shard_size, progress=not args.quiet, **options)
+    ov = m['statistics']['pairwise_overlap']
+    counts = ', '.join(f'{s} {m["splits"][s]["snapshots"]} ({len(m["splits"][s]["maps"])} maps)' for s in m['splits'])
+    print(f'{args.out}: {m["frames"]} snapshots of {m["setting"]}: {counts}; '
+          f'{m["size_bytes"] / 1e6:.1f} MB ({m["mb_per_1000_snapshots"]} MB per 1000 snapshots); '
+          f'{m["generation"]["snapshots_per_s"]} snapshots/s')
+    if ov:
+        print(f'pairwise pixel overlap {ov["mean"]:.1%} +- {ov["std"]:.1%} (MASH: 37% +- 15%)')
+    return 0
+
+
+def cmd_preview(args) -> int:
+    if args.snapshots < 1:
+        raise ConfigError('--snapshots', f'expected an integer >= 1, got {args.snapshots}')
+    from .preview import write_preview
+    try:
+        path = write_preview(args.dir, args.out, args.snapshots, args.split, args.start, args.max_colors)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError('DIR', str(e)) from None
+    print(path)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Stand-alone entry (the project's CLI adds the same parser under `collab-perception`)."""
+    parser = argparse.ArgumentParser(prog='python -m collab_perception.data.cli')
+    add_dataset_parser(parser.add_subparsers(dest='command', required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f'dataset {args.dataset_command}: configuration error: {e}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
