@@ -100,6 +100,9 @@ def test_reset_switches_maps_and_restarts_the_flight():
         assert other.map_id == 3 and other.index == 0 and _digest(other) != first
         world.reset(map_id=0)
         assert _digest(world.step()) == first
+        world.step()
+        world.reset()                      # same map: the flight restarts, the map is kept
+        assert _digest(world.step()) == first
 
 
 def test_world_works_in_a_forked_child():
@@ -149,4 +152,5 @@ def test_trajectories_stay_in_the_flight_region_at_altitude(trajectory):
             world.flight.step(cfg.dt_s)
     rates = np.abs(np.diff(np.unwrap(np.array(yaws), axis=0), axis=0)) / cfg.dt_s
     assert np.degrees(rates.max()) < 60.0           # smooth
-    assert len(set(np.round(rates.mean(axis=0), 3))) == cfg.drones   # each drone yaws at its own rate
+    mean_rate = np.sort(rates.mean(axis=0))
+    assert np.all(np.diff(mean_rate) > 1e-6)        # each drone yaws at its own rate

@@ -286,16 +286,6 @@ def _bezier(a, b, rng=None, n_points=32, bend=0.12):
     return (1 - t) ** 2 * a + 2 * (1 - t) * t * control + t ** 2 * b
 
 
-def _distance_to_polyline(points: np.ndarray, line: np.ndarray) -> np.ndarray:
-    """Distance from points (..., 2) to a polyline (P, 2), by segments."""
-    best = np.full(points.shape[:-1], np.inf)
-    for p, q in zip(line[:-1], line[1:]):
-        d = q - p
-        t = np.clip(((points - p) @ d) / max(d @ d, 1e-12), 0, 1)
-        best = np.minimum(best, np.linalg.norm(points - (p + t[..., None] * d), axis=-1))
-    return best
-
-
 def _road_graph(rng, half, town):
     """Jittered grid of road nodes, rotated, with some edges dropped; edge kinds from the town field."""
     spacing = rng.uniform(70.0, 110.0)

@@ -25,7 +25,7 @@ NO_CLASS = 255  # obstructions are no class of the label map (the labels keep th
 
 # Fraction of the bounding disc (radius 1) that each shape covers on average, seen from a random direction
 # (measured by rendering; see test_world_obstruction). Used to size a shape for a requested coverage.
-FILL_FACTOR = {'bird': 0.155, 'branch': 0.20, 'balloon': 0.51, 'drone': 0.33}
+FILL_FACTOR = {'bird': 0.155, 'branch': 0.17, 'balloon': 0.51, 'drone': 0.33}
 
 
 @dataclass
@@ -98,15 +98,15 @@ def _branch(rng) -> np.ndarray:
              for i, (a, b) in enumerate(zip(points[:-1], points[1:]))]
     sphere = meshes.unit_icosphere(1)
     tips = [points[-1]]
-    for _ in range(int(rng.integers(3, 6))):
+    for _ in range(int(rng.integers(4, 8))):
         start = points[int(rng.integers(1, 4))]
         direction = rng.normal(size=3) * [0.4, 1.0, 1.0] + [0.3, 0, 0]
         end = start + direction / np.linalg.norm(direction) * rng.uniform(0.3, 0.55)
         parts.append(_segment(start, end, 0.02, bark, Material.MATTE, rand=rand))
-        tips.append(end)
+        tips += [start + (end - start) * f for f in (0.55, 1.0)]   # leaves along the twig and at its end
     for tip in tips:
-        r = rng.uniform(0.15, 0.28)
-        parts.append(_part(sphere, [r, r * 1.2, r * 0.6], tip, leaf, Material.MATTE,
+        r = rng.uniform(0.09, 0.17)
+        parts.append(_part(sphere, [r, r * 1.3, r * 0.5], tip + rng.normal(0, 0.04, 3), leaf, Material.MATTE,
                            meshes.rotation_xyz(*rng.uniform(-1, 1, 3)), rand))
     return np.concatenate(parts)
 

@@ -324,6 +324,12 @@ class Renderer:
             out.obstruction_mask = read(self.mask_tex, np.uint8)[..., 0] > 127
         return out
 
+    @property
+    def device(self) -> str:
+        """The GL renderer and version, e.g. 'llvmpipe (LLVM 15.0.6, 256 bits), 4.5 (Core Profile) Mesa 22.3.6'."""
+        with self.ctx:
+            return f'{self.ctx.info["GL_RENDERER"]}, {self.ctx.info["GL_VERSION"]}'
+
     def release(self) -> None:
         """Free the GL context (and everything in it)."""
         if self.ctx is not None:

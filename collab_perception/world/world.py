@@ -1,8 +1,8 @@
 """`World`: N drones flying over a procedural map, one synchronized snapshot per `step()`.
 
-Randomness comes from independent streams of one `numpy.random.SeedSequence([seed, map_id, stream])`:
-the map, the flight and the obstructions each have their own, so switching obstructions on does not change
-the map or the trajectories, and the same (seed, map_id) always gives the same snapshots, bit for bit, on
+Randomness comes from `numpy.random.SeedSequence([seed, map_id])`: the map's seed is drawn from it, and the
+flight and the obstructions each get a child stream, so switching obstructions on does not change the map or
+the trajectories, and the same (seed, map_id) always gives the same snapshots, bit for bit, on
 the same renderer (llvmpipe and an NVIDIA driver may differ in the last bit of a colour).
 
 Fork safety: the GL context is created lazily and re-created when the process id changes, so a World
@@ -23,9 +23,6 @@ from .landscape import CLASS_NAMES, Landscape, generate_landscape
 from .obstructions import Obstruction, place_obstruction
 from .render import Camera, Renderer
 from .trajectories import make_flight
-
-_STREAM_MAP, _STREAM_FLIGHT, _STREAM_OBSTRUCTION = 0, 1, 2
-
 
 @dataclass
 class View:
@@ -81,26 +78,36 @@ class World:
         self._renderer_pid: Optional[int] = None
         self._uploaded_version: Optional[int] = None
         self._map_version = 0
-        self.reset(c.map_id)
+        self._load_map(c.map_id)
+        self._start_flight()
 
     # ------------------------------------------------------------------------------------------- maps
-    def _streams(self, map_id: int) -> list[np.random.Generator]:
-        seq = np.random.SeedSequence([self.config.seed, map_id])
-        return [np.random.default_rng(s) for s in seq.spawn(3)]
+    def _streams(self, map_id: int) -> tuple[np.random.Generator, np.random.Generator]:
+        """The flight's and the obstructions' random streams of a map (the map itself: `map_seed`)."""
+        flight, obstructions = np.random.SeedSequence([self.config.seed, map_id]).spawn(2)
+        return np.random.default_rng(flight), np.random.default_rng(obstructions)
 
     def map_seed(self, map_id: int) -> int:
         """The landscape seed of a map: derived from (seed, map_id), recorded in dataset manifests."""
         return int(np.random.SeedSequence([self.config.seed, map_id]).generate_state(1)[0])
 
     def reset(self, map_id: Optional[int] = None) -> None:
-        """Switch to map `map_id` (default: the current one) and restart the flight at time 0."""
-        self.map_id = self.config.map_id if map_id is None else int(map_id)
+        """Restart the flight at time 0, on map `map_id` (default: the current map, kept as it is). The
+        snapshots that follow are those of a new World on that map."""
+        if map_id is not None and int(map_id) != self.map_id:
+            self._load_map(int(map_id))
+        self._start_flight()
+
+    def _load_map(self, map_id: int) -> None:
         c = self.config
-        _, flight_rng, self._obstruction_rng = self._streams(self.map_id)
-        self.landscape: Landscape = generate_landscape(self.map_seed(self.map_id), c.map_size_m, c.ground_texel_m)
-        self.flight = make_flight(c, self.landscape, flight_rng)
-        self.index = 0
+        self.map_id = map_id
+        self.landscape: Landscape = generate_landscape(self.map_seed(map_id), c.map_size_m, c.ground_texel_m)
         self._map_version += 1
+
+    def _start_flight(self) -> None:
+        flight_rng, self._obstruction_rng = self._streams(self.map_id)
+        self.flight = make_flight(self.config, self.landscape, flight_rng)
+        self.index = 0
 
     def _render_target(self) -> Renderer:
         """This process's renderer, with the current map uploaded."""
@@ -158,6 +165,11 @@ class World:
         self.index += 1
         self.flight.step(c.dt_s)
         return snap
+
+    @property
+    def render_device(self) -> str:
+        """The GL renderer this World draws with (llvmpipe on CPUs, the GPU's name otherwise)."""
+        return self._render_target().device
 
     def close(self) -> None:
         """Release the GL context (only this process's own)."""
