@@ -135,9 +135,20 @@ def write_preview(root: str, out_png: Optional[str] = None, snapshots: int = 2, 
     buf = io.BytesIO()
     fig.savefig(buf, format='png', dpi=100)
     plt.close(fig)
-    image = Image.open(buf)
+    image = Image.open(buf).convert('RGB')
     if max_colors:
-        image = image.convert('RGB').quantize(colors=max_colors, method=Image.Quantize.MEDIANCUT,
-                                              dither=Image.Dither.NONE)
+        # the class colours and the marks (target frame, mask, text, background) keep their exact colours;
+        # the rest of the palette adapts to the images
+        exact = [tuple(int(v) for v in c) for c in classes.colors] + \
+            [(255, 0, 0), (255, 0, 200), (0, 0, 0), (255, 255, 255)]
+        adaptive = image.quantize(colors=max(2, max_colors - len(exact)), method=Image.Quantize.MEDIANCUT,
+                                  dither=Image.Dither.NONE).getpalette()[:3 * max(2, max_colors - len(exact))]
+        palette = np.concatenate([np.array(exact, np.int32), np.array(adaptive, np.int32).reshape(-1, 3)])
+        pixels = np.asarray(image).reshape(-1, 3).astype(np.int32)
+        colours, inverse = np.unique(pixels, axis=0, return_inverse=True)
+        nearest = np.argmin(((colours[:, None, :] - palette[None]) ** 2).sum(-1), axis=1)   # exact nearest
+        indexed = Image.fromarray(nearest[inverse.ravel()].astype(np.uint8).reshape(image.size[1], image.size[0]), 'P')
+        indexed.putpalette(palette.astype(np.uint8).ravel().tolist())
+        image = indexed
     image.save(out_png, optimize=True)
     return out_png
