@@ -77,14 +77,8 @@ class Landscape:
 
     def ground_height(self, x, y) -> np.ndarray:
         """Terrain height (metres) under world points, bilinear on the mesh grid; base height outside."""
-        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-        n = self.heights.shape[0] - 1
-        gx = np.clip((x + self.half) / HEIGHT_SPACING_M, 0, n - 1e-9)
-        gy = np.clip((y + self.half) / HEIGHT_SPACING_M, 0, n - 1e-9)
-        j, i = np.floor(gx).astype(int), np.floor(gy).astype(int)
-        fx, fy = gx - j, gy - i
-        h = self.heights
-        return ((1 - fy) * ((1 - fx) * h[i, j] + fx * h[i, j + 1]) + fy * ((1 - fx) * h[i + 1, j] + fx * h[i + 1, j + 1]))
+        return _bilinear(self.heights, (np.asarray(x, dtype=np.float64) + self.half) / HEIGHT_SPACING_M,
+                         (np.asarray(y, dtype=np.float64) + self.half) / HEIGHT_SPACING_M)
 
     def ground_class(self, x, y) -> np.ndarray:
         """Ground texture class under world points (inside the tile)."""
@@ -212,7 +206,7 @@ def generate_landscape(seed: int, size_m: float = 400.0, texel_m: float = 0.25) 
         cls[on] = ROAD
         tint[on] = rng.integers(0, 256)
         variant[on] = 255 if kind == 'dirt' else rng.integers(0, 100)  # variant >= 128: dirt track
-        marking[on] = 0
+        marking[on] = 0                # a later road crossing an arterial paves over its paint
         if kind == 'arterial':  # dashed centre line: 3 m paint, 6 m gap
             _dashed(marking, pts, half, scale, shift, dash_m=3.0, gap_m=6.0,
                     thickness=max(1, int(round(0.2 * scale))))
@@ -232,7 +226,7 @@ def generate_landscape(seed: int, size_m: float = 400.0, texel_m: float = 0.25) 
     town_occ = _resize(town, occ_n)
     forest_occ = _resize(forest, occ_n)
 
-    def height_at(x, y):
+    def height_at(x, y):   # the final terrain under object footprints
         return _bilinear(heights, (np.asarray(x) + half) / HEIGHT_SPACING_M, (np.asarray(y) + half) / HEIGHT_SPACING_M)
 
     palette = _palette(rng)

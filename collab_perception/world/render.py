@@ -166,7 +166,7 @@ class Renderer:
         self.scene_prog['u_ground'] = 0
         self.scene_prog['u_shadow'] = 1
         self.scene_prog['u_shadow_texel'] = 1.0 / self.shadow_map_size
-        self._obstruction_vbo = None
+        self._obstruction_vbo = self._obstruction_vao = None   # grown on demand (render)
 
     def _build_targets(self):
         ctx = self.ctx
