@@ -2,6 +2,7 @@
 
     collab-perception swarm     run the swarm of config/swarm.yaml through ROS 2 (embedded launcher)
     collab-perception monitor   measure the bytes on the swarm's comm topics of a running swarm
+    collab-perception dataset   generate and preview the papers' datasets from the embedded world
 
 Each subcommand has its own --help.
 """
@@ -208,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='use the shell\'s ROS environment as it is (to watch real drones on a network) instead '
                         'of forcing localhost-only DDS')
     p.set_defaults(func=cmd_monitor)
+
+    from .data.cli import add_dataset_parser
+    add_dataset_parser(sub)
     return parser
 
 
