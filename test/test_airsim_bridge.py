@@ -4,9 +4,7 @@ The real `airsim` client package talks msgpack-rpc over TCP (127.0.0.1) to world
 frames it gets back, converted by world/airsim_adapter.py, must equal the world's own (RGB, depth, labels,
 camera pose) and the bridge node must publish them on the ROS topics with one stamp per snapshot.
 """
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """runtime/wire.py computes exactly the serialized sizes rclpy produces, for every comm message."""
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rclpy.serialization import serialize_message

@@ -1,14 +1,12 @@
 """`collab-perception dataset ...`: generate the papers' datasets from the embedded world, and preview them.
 
 `add_dataset_parser(subparsers)` adds the `dataset` command to the project's CLI (collab_perception/cli.py);
-each subcommand sets `func(args) -> exit code`, and configuration errors raise ConfigError (exit code 2 there).
-Run this module directly to use it on its own: `python -m collab_perception.data.cli dataset --help`.
+each subcommand sets `func(args) -> exit code`, and configuration errors raise ConfigError (exit code 2 there):
+`collab-perception dataset --help`.
 """
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Optional, Sequence
 
 from ..config import ConfigError
 from .settings import SETTINGS
@@ -101,19 +99,3 @@ def cmd_preview(args) -> int:
         raise ConfigError('DIR', str(e)) from None
     print(path)
     return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Stand-alone entry (the project's CLI adds the same parser under `collab-perception`)."""
-    parser = argparse.ArgumentParser(prog='python -m collab_perception.data.cli')
-    add_dataset_parser(parser.add_subparsers(dest='command', required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ConfigError as e:
-        print(f'dataset {args.dataset_command}: configuration error: {e}', file=sys.stderr)
-        return 2
-
-
-if __name__ == '__main__':
-    raise SystemExit(main())

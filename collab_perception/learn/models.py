@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..registry import Registry
 from .backbone import Decoder, Encoder, conv_block
 
 
@@ -141,29 +142,18 @@ class CollabModel(nn.Module):
         return loss
 
 
-_MODELS: dict[str, Callable[[ModelConfig], CollabModel]] = {}
-
-
-def register(name: str):
-    def wrap(cls):
-        if name in _MODELS:
-            raise ValueError(f'model {name!r} registered twice')
-        _MODELS[name] = cls
-        cls.method_name = name
-        return cls
-    return wrap
+MODELS: Registry[CollabModel] = Registry('method')
+register = MODELS.register
 
 
 def model_names() -> list[str]:
-    return list(_MODELS)
+    return MODELS.names()
 
 
 def create_model(name: str, cfg: Optional[ModelConfig] = None) -> CollabModel:
-    try:
-        cls = _MODELS[name]
-    except KeyError:
-        raise ValueError(f'unknown method {name!r}; valid: {", ".join(_MODELS)}') from None
-    return cls(cfg or ModelConfig())
+    model = MODELS.create(name, cfg or ModelConfig())
+    model.method_name = name
+    return model
 
 
 # ---------------------------------------------------------------------------------------------- bounds

@@ -38,7 +38,7 @@ class FusionNode(DroneNode):
         if reply_ms >= deadline_ms:
             raise ValueError(f"parameter 'reply_timeout_ms' ({reply_ms}) must be below 'deadline_ms' "
                              f'({deadline_ms})')
-        select = declare(self, 'select', 'argmax', 'partner selection', choices=tuple(SELECTORS))
+        select = declare(self, 'select', 'argmax', 'partner selection', choices=tuple(SELECTORS.names()))
         top_n = declare(self, 'top_n', 1, 'partners for select: top_n', minimum=1, maximum=16)
         threshold = declare(self, 'score_threshold', 0.0, 'gate threshold for select: threshold')
         cache_frames = declare(self, 'cache_frames', 16, 'open frames kept', minimum=1, maximum=1000)

@@ -85,14 +85,15 @@ class MonitorNode(Node):
         self.csv = CsvFrameWriter(os.path.join(self.output_dir, 'frames.csv'))
         self.topics = topics.comm_topics(self.names)
         for topic, kind in self.topics.items():
-            self.create_subscription(COMM_TYPES[kind], topic, self._comm_callback(topic, COMM_TYPES[kind]), qos, raw=True)
+            self.create_subscription(COMM_TYPES[kind], topic, self._callback(topic, COMM_TYPES[kind], comm=True), qos,
+                                     raw=True)
         for topic, type_name in extra:
             msg_type = resolve_type(type_name)
             fields = list(msg_type.get_fields_and_field_types().items())
             if not fields or fields[0] != ('header', 'std_msgs/Header'):
                 raise ValueError(f"extra topic {topic}: {type_name} has no std_msgs/Header first; its bytes "
                                  'cannot be attributed to a frame')
-            self.create_subscription(msg_type, topic, self._extra_callback(topic, msg_type), qos, raw=True)
+            self.create_subscription(msg_type, topic, self._callback(topic, msg_type, comm=False), qos, raw=True)
             self.topics[topic] = 'other'
         self.create_subscription(Header, frame_topic, self.on_frame, 10)
         self.stats_pub = self.create_publisher(BandwidthStats, topics.BANDWIDTH, 10)
@@ -113,28 +114,22 @@ class MonitorNode(Node):
             self.ledger.reject(topic, 'undecodable payload (counted at its delivered size)')
             return len(data)
 
-    def _comm_callback(self, topic: str, msg_type):
-        def callback(data: bytes):
-            try:
-                prefix = read_comm_prefix(data)
-            except CdrError as e:
-                self.ledger.reject(topic, str(e))
-                return
-            sender = self.name_of.get(prefix.sender, f'id{prefix.sender}')
-            self.ledger.record(topic, sender, prefix.stamp_ns, self._serialized_size(data, msg_type, topic),
-                               self.now_ns(), wire_nbytes=len(data))
-        return callback
-
-    def _extra_callback(self, topic: str, msg_type):
+    def _callback(self, topic: str, msg_type, comm: bool):
+        """Raw callback for one topic. Comm messages name their sender; other topics are attributed to the
+        drone whose namespace they live in."""
         owner = topics.topic_owner(topic) or 'swarm'
 
         def callback(data: bytes):
             try:
-                header = read_header(data)
+                if comm:
+                    prefix = read_comm_prefix(data)
+                    stamp_ns, sender = prefix.stamp_ns, self.name_of.get(prefix.sender, f'id{prefix.sender}')
+                else:
+                    stamp_ns, sender = read_header(data).stamp_ns, owner
             except CdrError as e:
                 self.ledger.reject(topic, str(e))
                 return
-            self.ledger.record(topic, owner, header.stamp_ns, self._serialized_size(data, msg_type, topic),
+            self.ledger.record(topic, sender, stamp_ns, self._serialized_size(data, msg_type, topic),
                                self.now_ns(), wire_nbytes=len(data))
         return callback
 

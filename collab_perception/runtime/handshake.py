@@ -23,6 +23,8 @@ from typing import Any, Callable, Generic, Iterable, Optional, TypeVar
 
 import numpy as np
 
+from ..registry import Registry
+
 T = TypeVar('T')
 
 
@@ -93,18 +95,14 @@ def select_threshold(scores: dict[int, float], self_score: Optional[float], top_
     return sorted(chosen, key=lambda i: -scores[i])[:top_n]
 
 
-SELECTORS: dict[str, Callable[..., list[int]]] = {
-    'argmax': select_argmax,
-    'top_n': select_top_n,
-    'threshold': select_threshold,
-}
+SELECTORS: Registry[list[int]] = Registry('selection')
+SELECTORS.register('argmax')(select_argmax)
+SELECTORS.register('top_n')(select_top_n)
+SELECTORS.register('threshold')(select_threshold)
 
 
 def get_selector(name: str) -> Callable[..., list[int]]:
-    try:
-        return SELECTORS[name]
-    except KeyError:
-        raise ValueError(f'unknown selection {name!r}; valid: {", ".join(SELECTORS)}') from None
+    return SELECTORS.get(name)
 
 
 # ---------------------------------------------------------------------------------------------- requester

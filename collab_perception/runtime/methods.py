@@ -14,9 +14,11 @@ an unknown name raises an error that lists the valid ones.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
+
+from ..registry import Registry
 
 
 @dataclass
@@ -55,29 +57,16 @@ class Method:
         return self.name
 
 
-_REGISTRY: dict[str, Callable[..., Method]] = {}
-
-
-def register_method(name: str):
-    def wrap(factory):
-        if name in _REGISTRY:
-            raise ValueError(f'method {name!r} registered twice')
-        _REGISTRY[name] = factory
-        factory.name = name
-        return factory
-    return wrap
+METHODS: Registry[Method] = Registry('method')
+register_method = METHODS.register
 
 
 def method_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(METHODS.names())
 
 
 def create_method(name: str, **args) -> Method:
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f'unknown method {name!r}; valid: {", ".join(method_names())}') from None
-    return factory(**args)
+    return METHODS.create(name, **args)
 
 
 @register_method('placeholder')

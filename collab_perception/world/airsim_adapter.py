@@ -22,6 +22,7 @@ import numpy as np
 import yaml
 
 from ..config import ConfigError, Field, validate_section
+from .geometry import intrinsics_from_fov, matrix_from_quaternion as quat_to_matrix, quaternion_from_matrix as matrix_to_quat
 
 # Rotations between frames (columns: the new frame's axes in the old one's coordinates).
 _NED_FROM_ENU = np.array([[0, 1, 0], [1, 0, 0], [0, 0, -1]], dtype=np.float64)   # symmetric, its own inverse
@@ -29,36 +30,6 @@ _NED_FROM_ENU = np.array([[0, 1, 0], [1, 0, 0], [0, 0, -1]], dtype=np.float64)  
 _FRD_FROM_OPTICAL = np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]], dtype=np.float64)
 # ROS body FLU (x forward, y left, z up) expressed in FRD
 _FRD_FROM_FLU = np.diag([1.0, -1.0, -1.0])
-
-
-# ---------------------------------------------------------------------------------------------- quaternions
-def quat_to_matrix(q_xyzw: Sequence[float]) -> np.ndarray:
-    x, y, z, w = np.asarray(q_xyzw, dtype=np.float64) / np.linalg.norm(q_xyzw)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-
-
-def matrix_to_quat(r: np.ndarray) -> np.ndarray:
-    """Rotation matrix -> (x, y, z, w) with w >= 0."""
-    m = np.asarray(r, dtype=np.float64)
-    trace = m[0, 0] + m[1, 1] + m[2, 2]
-    if trace > 0:
-        s = 2.0 * np.sqrt(trace + 1.0)
-        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s]
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = 2.0 * np.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
-        q = [0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s]
-    elif m[1, 1] > m[2, 2]:
-        s = 2.0 * np.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
-        q = [(m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s]
-    else:
-        s = 2.0 * np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
-        q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s]
-    q = np.array(q)
-    q /= np.linalg.norm(q)
-    return -q if q[3] < 0 else q
 
 
 class conventions:  # noqa: N801 - a namespace of pure functions
@@ -188,12 +159,6 @@ class CameraFrame:
     time_ns: int = 0             # AirSim's time stamp of the scene image
     vehicle_position: Optional[np.ndarray] = None          # body, ENU
     vehicle_orientation_xyzw: Optional[np.ndarray] = None  # body FLU -> world ENU (REP-103)
-
-
-def intrinsics_from_fov(width: int, height: int, fov_deg: float) -> np.ndarray:
-    """AirSim cameras: square pixels, horizontal field of view, principal point at the image centre."""
-    f = (width / 2.0) / np.tan(np.radians(fov_deg) / 2.0)
-    return np.array([[f, 0, width / 2.0], [0, f, height / 2.0], [0, 0, 1]], dtype=np.float64)
 
 
 def decode_scene(resp) -> np.ndarray:
