@@ -25,6 +25,8 @@ def test_tensor_messages(shape, dtype, frame_id):
     req = Request(header=Header(frame_id=frame_id), sender=1, receiver=255, deadline_ms=7)
     encode_tensor(x, dtype, req.query)
     assert wire.request_size(shape, dtype, frame_id) == len(serialize_message(req))
+    req.pose = [1.0, 2.0, 3.0, 0.0, 0.0, 0.0, 1.0]
+    assert wire.request_size(shape, dtype, frame_id, pose=True) == len(serialize_message(req))
     rep = Reply(header=Header(frame_id=frame_id), sender=2, receiver=1)
     encode_tensor(x, dtype, rep.score)
     assert wire.reply_size(shape, dtype, frame_id) == len(serialize_message(rep))
@@ -57,6 +59,6 @@ def test_empty_connect_and_frame_totals():
 
 
 def test_placeholder_swarm_sizes_match_the_monitor_readme():
-    # the demo's table (README): request 66, reply 44, connect 36, feature 432 bytes
+    # the demo's table (README): request 70, reply 44, connect 36, feature 432 bytes
     assert (wire.request_size((6,), 'float32'), wire.reply_size((1,), 'float32'), wire.connect_size(),
-            wire.feature_size((3, 8, 8), 'float16')) == (66, 44, 36, 432)
+            wire.feature_size((3, 8, 8), "float16")) == (70, 44, 36, 432)

@@ -59,8 +59,9 @@ class _Sizer:
         return ENCAPSULATION + self.offset
 
 
-def request_size(query_shape: Sequence[int], dtype, frame_id: str = '') -> int:
-    return _Sizer().addressing(frame_id).tensor(query_shape, dtype).prim(2).total
+def request_size(query_shape: Sequence[int], dtype, frame_id: str = '', pose: bool = False) -> int:
+    """`pose`: the request carries the requester's 7-float pose (pose-warped settings)."""
+    return _Sizer().addressing(frame_id).tensor(query_shape, dtype).seq(7 if pose else 0, 4).prim(2).total
 
 
 def reply_size(score_shape: Sequence[int], dtype, frame_id: str = '') -> int:
@@ -84,7 +85,7 @@ def patches_size(cells: int, num_classes: int, confidence_dtype, probs_dtype, fr
 
 def handshake_frame_bytes(query_shape: Sequence[int], query_dtype, supporters: int,
                           score_shape: Sequence[int], score_dtype, feature_shape: Sequence[int], feature_dtype,
-                          selected: int, request: bool = True,
+                          selected: int, request: bool = True, pose: bool = False,
                           context_shape: Optional[Sequence[int]] = None) -> dict:
     """Bytes of one frame of the three-stage handshake for one requester, by message kind.
 
@@ -93,7 +94,7 @@ def handshake_frame_bytes(query_shape: Sequence[int], query_dtype, supporters: i
     feature map sent.
     """
     out = {
-        'request': request_size(query_shape, query_dtype) if request else 0,
+        'request': request_size(query_shape, query_dtype, pose=pose) if request else 0,
         'reply': supporters * reply_size(score_shape, score_dtype) if request else 0,
         'connect': selected * connect_size(context_shape) if request else 0,
         'feature': selected * feature_size(feature_shape, feature_dtype),
