@@ -3,6 +3,9 @@
     collab-perception swarm     run the swarm of config/swarm.yaml through ROS 2 (embedded launcher)
     collab-perception monitor   measure the bytes on the swarm's comm topics of a running swarm
     collab-perception dataset   generate and preview the papers' datasets from the embedded world
+    collab-perception train     train a method of the handshake paper on a setting
+    collab-perception evaluate  score the trained runs, write docs/RESULTS.md (Table I on our data)
+    collab-perception export    ONNX by role (encoder, matcher, decoder) for the swarm
 
 Each subcommand has its own --help.
 """
@@ -212,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .data.cli import add_dataset_parser
     add_dataset_parser(sub)
+    from .learn.cli import add_learn_parsers   # torch is imported only when a learn command runs
+    add_learn_parsers(sub)
     return parser
 
 

@@ -1,0 +1,112 @@
+"""`collab-perception train | evaluate | export`: the learning side of the handshake paper, from one CLI.
+
+Imported lazily by collab_perception/cli.py, so that the ROS commands never load torch.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from ..config import ConfigError
+
+SETTINGS = ('hidden-target', 'accurate-pose', 'noisy-pose', 'random-exploration')
+METHODS = ('single_normal', 'single_degraded', 'catall', 'attention', 'compression', 'random', 'who2com',
+           'who2com_nomsg', 'when2com')
+
+
+def add_learn_parsers(sub) -> None:
+    p = sub.add_parser(
+        'train', help='train one method on one setting (resumable)',
+        description='Train a method of the handshake paper (Who2com §III; baselines §IV-C) on a generated dataset, '
+                    'with a progress bar; checkpoints (last.pt, best.pt by validation accuracy), the effective '
+                    'config and the learning curve go to runs/train/<setting>/<method>/. A fixed number of '
+                    'iterations with cosine decay makes a run reproducible from its seed; --resume continues one.\n\n'
+                    'methods: ' + ', '.join(METHODS),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--method', required=True, choices=METHODS, metavar='NAME', help='one of the methods above')
+    p.add_argument('--setting', required=True, choices=SETTINGS, metavar='SETTING', help=', '.join(SETTINGS))
+    p.add_argument('--data', default='', help='dataset directory (default: datasets/<setting>, made with '
+                   '`collab-perception dataset generate`)')
+    p.add_argument('--out', default='', help='run directory (default: runs/train/<setting>/<method>)')
+    p.add_argument('--iterations', type=int, default=1500, help='optimizer steps (default 1500: ~15 min on 2 cores '
+                   'for the collaborative models)')
+    p.add_argument('--batch-size', type=int, default=16)
+    p.add_argument('--lr', type=float, default=2e-3, help='peak learning rate (AdamW, cosine decay)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--eval-every', type=int, default=250, help='validate and checkpoint every N steps')
+    p.add_argument('--max-minutes', type=float, default=0.0, help='stop early after this long (the run is marked '
+                   'truncated; 0: no limit)')
+    p.add_argument('--threads', type=int, default=0, help='torch threads (default: all cores)')
+    p.add_argument('--query-size', type=int, default=8, help='m, the broadcast message (default 8)')
+    p.add_argument('--key-size', type=int, default=256, help='k, the local key (default 256)')
+    p.add_argument('--attention', choices=('general', 'additive', 'scaled_dot'), default='general')
+    p.add_argument('--resume', action='store_true', help='continue runs/.../last.pt')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        'evaluate', help='score every trained run and write docs/RESULTS.md',
+        description='Evaluate runs/train/<setting>/<method>/best.pt on the test split of datasets/<setting> (results '
+                    'cached next to each checkpoint), then write the handshake paper\'s Table I on our data (bytes per '
+                    'frame from the real message sizes, overall accuracy, mIoU, BIS, selection accuracy) and a plot '
+                    'of accuracy against bytes.')
+    p.add_argument('--runs', default='runs/train', help='root of the training runs')
+    p.add_argument('--datasets', default='datasets', help='root of the datasets')
+    p.add_argument('--split', default='test', choices=('val', 'test'))
+    p.add_argument('--out', default='docs/RESULTS.md', help='Markdown file to write ("-": print only)')
+    p.add_argument('--plot', default='docs/img/results_accuracy_vs_bytes.png')
+    p.add_argument('--quiet', action='store_true')
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        'export', help='export a trained handshake model to ONNX by role (encoder, matcher, decoder)',
+        description='Write encoder.onnx, matcher.onnx and decoder.onnx of a trained who2com / who2com_nomsg / '
+                    'when2com run, each a single file, plus model_card.yaml (training command, setting, seed, '
+                    'measured metrics) and roles.json; checks ONNX Runtime against torch on test frames.')
+    p.add_argument('--run', required=True, help='run directory with best.pt (e.g. runs/train/hidden-target/who2com)')
+    p.add_argument('--out', required=True, help='output directory (e.g. models/who2com_hidden_target)')
+    p.add_argument('--datasets', default='datasets')
+    p.set_defaults(func=cmd_export)
+
+
+def _quiet_torch_export_logs() -> None:
+    # torch's exporter warns about every torchvision op it cannot register (there is no torchvision here)
+    logging.getLogger('torch.onnx').setLevel(logging.ERROR)
+    os.environ.setdefault('TORCH_LOGS', '-all')
+
+
+def cmd_train(args) -> int:
+    from .models import ModelConfig
+    from .train import TrainConfig, train
+    data = args.data or os.path.join('datasets', args.setting)
+    if not os.path.exists(os.path.join(data, 'manifest.json')):
+        raise ConfigError('--data', f'{data} holds no dataset; make it with: collab-perception dataset generate '
+                          f'--setting {args.setting} --frames 2400 --out {data} --workers 2')
+    cfg = TrainConfig(method=args.method, setting=args.setting, data_dir=data, out_dir=args.out, seed=args.seed,
+                      iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
+                      max_minutes=args.max_minutes, threads=args.threads,
+                      model=ModelConfig(query_size=args.query_size, key_size=args.key_size, attention=args.attention))
+    result = train(cfg, resume=args.resume, progress=not args.quiet)
+    print(f'{result["method"]}/{result["setting"]}: {result["steps"]} steps in {result["elapsed_s"] / 60:.1f} min, '
+          f'best validation accuracy {result["best_val_accuracy"]:.4f}{" (truncated)" if result["truncated"] else ""}; '
+          f'{result["out_dir"]}')
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .report import write_results
+    path = write_results(args.runs, args.datasets, None if args.out == '-' else args.out, args.plot, args.split,
+                         progress=not args.quiet)
+    if path:
+        print(f'wrote {path} and {args.plot}')
+    return 0
+
+
+def cmd_export(args) -> int:
+    _quiet_torch_export_logs()
+    from .export import export_run
+    report = export_run(args.run, args.out, args.datasets)
+    print(f'{args.out}: ' + ', '.join(f'{k} {v}' for k, v in report.items()))
+    return 0

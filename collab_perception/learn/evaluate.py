@@ -1,0 +1,145 @@
+"""Evaluation of trained methods and the handshake paper's Table I (§IV-D, §V).
+
+For each run (runs/train/<setting>/<method>/best.pt) on the test split:
+  overall accuracy and mIoU of the fused prediction (and of the own head, where the model has one),
+  bytes per frame of what the swarm would really send for the method (runtime/wire.py: serialized
+  Request, Reply, Connect and FeatureMap messages with the codec's dtypes, the same accounting for every
+  method), selection accuracy against the world's best supporter (hidden view / largest overlap), and BIS
+  (Eq. 7) against the setting's Single degraded and Single normal runs.
+
+`collab-perception evaluate` writes docs/RESULTS.md (a table shaped like Table I, every number with the
+command that reproduces it, and what is not trained yet) and docs/img/results_accuracy_vs_bytes.png.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..runtime import wire
+from ..runtime.metrics import SegmentationScore, bis, gap_recovered
+from .data import WARPED_SETTINGS, FrameLoader
+from .models import CollabModel, WireSpec
+from .train import forward, load_model
+
+DEFAULT_DTYPES = {'query': 'float32', 'score': 'float32', 'feature': 'float16'}
+
+
+@dataclass
+class FrameBytes:
+    """Bytes one frame of a method costs on the wire, by message kind."""
+
+    request: int = 0
+    reply: int = 0
+    connect: int = 0
+    feature: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.request + self.reply + self.connect + self.feature
+
+
+def frame_bytes(spec: WireSpec, feature_hw: tuple[int, int], supporters: int, selected: int, pose: bool,
+                dtypes: dict = DEFAULT_DTYPES) -> FrameBytes:
+    """Bytes of one requester's frame: a handshake (request + S replies + a connect per selected supporter)
+    and the features of the selected supporters; centralized methods receive every supporter's features
+    unasked; random selection asks one supporter directly (a connect, no matching)."""
+    if spec.features_sent == 'none':
+        return FrameBytes()
+    feature_shape = (spec.feature_shape[0],) + tuple(feature_hw)
+    one_feature = wire.feature_size(feature_shape, dtypes['feature'])
+    if spec.features_sent == 'all':
+        return FrameBytes(feature=supporters * one_feature)
+    out = FrameBytes(connect=selected * wire.connect_size(), feature=selected * one_feature)
+    if spec.handshake:
+        out.request = wire.request_size(spec.query_shape, dtypes['query'], pose=pose)
+        out.reply = supporters * wire.reply_size(spec.score_shape, dtypes['score'])
+    return out
+
+
+@torch.no_grad()
+def evaluate_model(model: CollabModel, loader: FrameLoader, setting: str, progress: bool = True,
+                   dtypes: dict = DEFAULT_DTYPES) -> dict:
+    model.eval()
+    fused = SegmentationScore(loader.num_classes)
+    own = SegmentationScore(loader.num_classes)
+    spec = model.wire()
+    pose = setting in WARPED_SETTINGS
+    kinds = FrameBytes()
+    generator = torch.Generator().manual_seed(0)
+    for batch in tqdm(loader, desc=f'evaluate {model.method_name}/{setting}', disable=not progress,
+                      dynamic_ncols=True, leave=False):
+        if model.method_name == 'random':
+            out = model(batch['target'], batch['supporters'], mode='eval', generator=generator)
+        else:
+            out = forward(model, batch, 'eval')
+        pred = out.logits.argmax(1).numpy()
+        labels = batch['labels'].numpy()
+        b, s = batch['supporters'].shape[:2]
+        h, w = batch['target'].shape[-2:]
+        feature_hw = (h // 4, w // 4)
+        for i in range(b):
+            n_sel = int(out.selected[i].sum()) if out.selected is not None else (1 if spec.features_sent == 'selected' else 0)
+            fb = frame_bytes(spec, feature_hw, s, n_sel, pose, dtypes)
+            for k in ('request', 'reply', 'connect', 'feature'):
+                setattr(kinds, k, getattr(kinds, k) + getattr(fb, k))
+            # Selection accuracy (handshake paper §V, Fig. 5): the best supporter is among those connected
+            # (exactly the one, for top-1 methods). Frames where no supporter sees the target do not count.
+            best = int(batch['best'][i])
+            correct = bool(out.selected[i, best]) if out.selected is not None and best >= 0 else None
+            fused.add(pred[i], labels[i], fb.total, selected_correctly=correct)
+            if out.own_logits is not None:
+                own.add(out.own_logits[i].argmax(0).numpy(), labels[i])
+    result = fused.summary()
+    frames = max(fused.frames, 1)
+    result['bytes_by_kind'] = {k: getattr(kinds, k) / frames for k in ('request', 'reply', 'connect', 'feature')}
+    if own.frames:
+        result['own_accuracy'] = own.summary()['overall_accuracy']
+        result['own_miou'] = own.summary()['miou']
+    return result
+
+
+def evaluate_run(run_dir: str, data_dir: str, split: str = 'test', batch_size: int = 16, progress: bool = True,
+                 force: bool = False) -> dict:
+    """Evaluate runs/.../best.pt once; the result is cached in <run>/eval_<split>.json (invalidated when the
+    checkpoint changes)."""
+    ckpt_path = os.path.join(run_dir, 'best.pt')
+    cache = os.path.join(run_dir, f'eval_{split}.json')
+    stamp = os.path.getmtime(ckpt_path)
+    if not force and os.path.exists(cache):
+        cached = json.load(open(cache))
+        if cached.get('checkpoint_mtime') == stamp:
+            return cached
+    model, ckpt = load_model(ckpt_path)
+    setting = ckpt['config']['setting']
+    loader = FrameLoader(data_dir, setting, split, batch_size, shuffle=False)
+    result = evaluate_model(model, loader, setting, progress)
+    result.update({'method': ckpt['config']['method'], 'setting': setting, 'split': split, 'step': ckpt['step'],
+                   'train_minutes': round(ckpt['elapsed_s'] / 60, 1), 'checkpoint_mtime': stamp,
+                   'iterations': ckpt['config']['iterations']})
+    with open(cache, 'w') as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def add_bis(results: dict[str, dict]) -> None:
+    """BIS and the recovered gap for every method of one setting, from its two bounds (in place)."""
+    low = results.get('single_degraded', {}).get('overall_accuracy')
+    high = results.get('single_normal', {}).get('overall_accuracy')
+    for r in results.values():
+        if low is None or high is None:
+            r['bis'] = r['gap_recovered'] = float('nan')
+            continue
+        r['bis'] = bis(100 * r['overall_accuracy'], 100 * low, 100 * high, r['bytes_per_frame'])
+        r['gap_recovered'] = gap_recovered(r['overall_accuracy'], low, high)
+
+
+def fmt(value: Optional[float], pct: bool = True, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return '-'
+    return f'{100 * value:.{digits}f}' if pct else f'{value:.{digits}f}'

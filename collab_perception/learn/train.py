@@ -1,0 +1,185 @@
+"""Training of one method on one setting (handshake paper §III-C, §IV-B), resumable.
+
+    collab-perception train --method who2com --setting hidden-target
+
+Adam with a cosine learning-rate decay over a fixed number of iterations (so a run is reproducible from its
+seed, whatever the machine's speed; `--max-minutes` only stops early), cross entropy on the target's labels
+(plus the own head's), left-right flips of whole frames. Every `eval_every` iterations and at the end the
+model is scored on (part of) the validation split; `last.pt` is written then and `best.pt` when the
+validation accuracy improves. The effective configuration is saved next to the checkpoints (config.json),
+the learning curve in history.json. A run directory: runs/train/<setting>/<method>/.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..runtime.metrics import ConfusionMatrix
+from .data import FrameLoader
+from .models import CollabModel, ModelConfig, create_model
+
+
+@dataclass
+class TrainConfig:
+    method: str
+    setting: str
+    data_dir: str = ''                  # default: datasets/<setting>
+    out_dir: str = ''                   # default: runs/train/<setting>/<method>
+    seed: int = 0
+    iterations: int = 1500
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    eval_every: int = 250
+    val_batches: int = 12               # validation batches per evaluation (the whole split at the end)
+    max_minutes: float = 0.0            # 0: no limit; else stop early (the run is marked truncated)
+    threads: int = 0                    # torch threads; 0: all cores
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def resolve(self) -> 'TrainConfig':
+        out = dataclasses.replace(self)
+        out.data_dir = self.data_dir or os.path.join('datasets', self.setting)
+        out.out_dir = self.out_dir or os.path.join('runs', 'train', self.setting, self.method)
+        return out
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def forward(model: CollabModel, batch: dict, mode: str):
+    return model(batch['target'], batch['supporters'], clean_target=batch['clean'], mode=mode)
+
+
+@torch.no_grad()
+def validate(model: CollabModel, loader: FrameLoader) -> dict:
+    model.eval()
+    cm = ConfusionMatrix(loader.num_classes)
+    for batch in loader:
+        out = forward(model, batch, 'eval')
+        cm.update(out.logits.argmax(1).numpy(), batch['labels'].numpy())
+    model.train()
+    return {'accuracy': cm.accuracy(), 'miou': cm.miou()}
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    warmup = max(1, cfg.iterations // 50)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, cfg.iterations - warmup)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def build_model(cfg: TrainConfig, agents: int, num_classes: int) -> CollabModel:
+    mcfg = dataclasses.replace(cfg.model, num_classes=num_classes, supporters=agents - 1)
+    return create_model(cfg.method, mcfg).to(memory_format=torch.channels_last)
+
+
+def save_checkpoint(path: str, model: CollabModel, optimizer, step: int, elapsed: float, cfg: TrainConfig,
+                    val: Optional[dict]) -> None:
+    tmp = path + '.tmp'
+    torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step, 'elapsed_s': elapsed,
+                'config': config_dict(cfg), 'val': val, 'torch_rng': torch.get_rng_state()}, tmp)
+    os.replace(tmp, path)
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def load_model(checkpoint: str) -> tuple[CollabModel, dict]:
+    """A trained model (eval mode) and its checkpoint dict."""
+    ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False)
+    c = ckpt['config']
+    model = create_model(c['method'], ModelConfig(**c['model']))
+    model.load_state_dict(ckpt['model'], strict=True)
+    model.eval()
+    return model, ckpt
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    cfg = cfg.resolve()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    train_loader = FrameLoader(cfg.data_dir, cfg.setting, 'train', cfg.batch_size, seed=cfg.seed, augment=True)
+    val_loader = FrameLoader(cfg.data_dir, cfg.setting, 'val', cfg.batch_size, shuffle=False, limit=cfg.val_batches)
+    model = build_model(cfg, train_loader.agents, train_loader.num_classes)
+    cfg.model = model.cfg
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    last_path = os.path.join(cfg.out_dir, 'last.pt')
+    best_path = os.path.join(cfg.out_dir, 'best.pt')
+    history_path = os.path.join(cfg.out_dir, 'history.json')
+    step, elapsed, history, best = 0, 0.0, [], -1.0
+    if resume and os.path.exists(last_path):
+        ckpt = torch.load(last_path, map_location='cpu', weights_only=False)
+        if ckpt['config']['method'] != cfg.method or ckpt['config']['setting'] != cfg.setting:
+            raise ValueError(f'{last_path} is a {ckpt["config"]["method"]} / {ckpt["config"]["setting"]} run')
+        model.load_state_dict(ckpt['model'], strict=True)
+        optimizer.load_state_dict(ckpt['optimizer'])
+        torch.set_rng_state(ckpt['torch_rng'])
+        step, elapsed = ckpt['step'], ckpt['elapsed_s']
+        if os.path.exists(history_path):
+            history = json.load(open(history_path))['history']
+            best = max((h['val_accuracy'] for h in history), default=-1.0)
+        train_loader.loader.epoch = step // max(1, len(train_loader))   # resume the data order, epoch-wise
+    with open(os.path.join(cfg.out_dir, 'config.json'), 'w') as f:
+        json.dump(config_dict(cfg), f, indent=2)
+
+    truncated = False
+    bar = tqdm(total=cfg.iterations, initial=step, desc=f'{cfg.method}/{cfg.setting}', disable=not progress,
+               dynamic_ncols=True)
+    start = time.monotonic() - elapsed
+    running = None
+    model.train()
+    while step < cfg.iterations and not truncated:
+        for batch in train_loader:
+            for group in optimizer.param_groups:
+                group['lr'] = lr_at(cfg, step)
+            out = forward(model, batch, 'train')
+            loss = model.loss(out, batch['labels'])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f'{running:.3f}')
+            done = step >= cfg.iterations
+            if cfg.max_minutes and time.monotonic() - start > 60 * cfg.max_minutes and not done:
+                truncated = True
+            if step % cfg.eval_every == 0 or done or truncated:
+                elapsed = time.monotonic() - start
+                val = validate(model, val_loader)
+                history.append({'step': step, 'loss': running, 'elapsed_s': round(elapsed, 1),
+                                'val_accuracy': val['accuracy'], 'val_miou': val['miou']})
+                bar.write(f'{cfg.method}/{cfg.setting} step {step}: loss {running:.3f}, val accuracy '
+                          f'{val["accuracy"]:.4f}, mIoU {val["miou"]:.4f} ({elapsed / 60:.1f} min)')
+                save_checkpoint(last_path, model, optimizer, step, elapsed, cfg, val)
+                if val['accuracy'] > best:
+                    best = val['accuracy']
+                    save_checkpoint(best_path, model, optimizer, step, elapsed, cfg, val)
+                with open(history_path, 'w') as f:
+                    json.dump({'history': history, 'truncated': truncated}, f, indent=2)
+            if done or truncated:
+                break
+    bar.close()
+    elapsed = time.monotonic() - start
+    result = {'method': cfg.method, 'setting': cfg.setting, 'steps': step, 'elapsed_s': round(elapsed, 1),
+              'truncated': truncated, 'best_val_accuracy': best, 'out_dir': cfg.out_dir}
+    with open(os.path.join(cfg.out_dir, 'train.json'), 'w') as f:
+        json.dump(result, f, indent=2)
+    return result

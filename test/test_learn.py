@@ -1,0 +1,160 @@
+"""The learning side (handshake paper §III-IV): model shapes, the gate, the byte accounting against the real
+serialized messages, ONNX Runtime against torch for every exported role, and a tiny end-to-end training."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from collab_perception.data import generate
+from collab_perception.learn.data import FrameLoader
+from collab_perception.learn.evaluate import frame_bytes
+from collab_perception.learn.models import ModelConfig, create_model, model_names
+
+SMALL = ModelConfig(channels=8, width=8, key_size=32, query_size=4)
+
+
+def batch(b=2, s=4, h=32, w=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, h, w, generator=g), torch.rand(b, s, 3, h, w, generator=g)
+
+
+@pytest.mark.parametrize('name', model_names())
+def test_every_model_gives_per_pixel_logits(name):
+    model = create_model(name, SMALL)
+    target, supporters = batch()
+    for mode in ('train', 'eval'):
+        out = model(target, supporters, clean_target=target, mode=mode)
+        assert out.logits.shape == (2, 8, 32, 32)
+        if out.selected is not None:
+            assert out.selected.shape == (2, 4) and out.selected.dtype == torch.bool
+    loss = model.loss(out, torch.randint(0, 8, (2, 32, 32)))
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_who2com_trains_soft_and_selects_argmax():
+    model = create_model('who2com', SMALL).eval()
+    target, supporters = batch()
+    soft = model(target, supporters, mode='train')
+    hard = model(target, supporters, mode='eval')
+    assert torch.allclose(soft.weights.sum(-1), torch.ones(2))
+    assert (hard.selected.sum(-1) == 1).all()
+    assert torch.equal(hard.selected.float().argmax(-1), hard.scores.argmax(-1))
+    # ours w/o msg: the query is a constant vector of ones
+    nomsg = create_model('who2com_nomsg', SMALL)
+    assert torch.equal(nomsg.query(torch.rand(3, 8, 8, 8)), torch.ones(3, SMALL.query_size))
+
+
+def test_when2com_gate_connects_to_no_one_when_its_own_view_wins():
+    model = create_model('when2com', ModelConfig(**{**SMALL.__dict__, 'gate_threshold': 0.3})).eval()
+    target, supporters = batch()
+    with torch.no_grad():
+        # make the self score dominate: the key of the target's own features matches the query best
+        model.match.W.zero_()
+        model.match.W[0, 0] = 1.0
+        model.key.fc.weight.zero_()
+        model.key.fc.bias.zero_()
+        model.key.fc.bias[0] = 0.0
+        out = model(target, supporters, mode='eval')
+    # equal scores everywhere: every weight 1/5 < 0.3 -> nobody selected, the target decodes alone
+    assert not out.selected.any()
+    assert torch.allclose(out.weights, torch.zeros_like(out.weights))
+    model.cfg.gate_threshold = 0.1
+    assert model(target, supporters, mode='eval').selected.all()
+
+
+def test_frame_bytes_equal_the_serialized_messages():
+    """What evaluation counts for a frame is what the swarm's messages serialize to."""
+    from rclpy.serialization import serialize_message
+    from collab_perception.msg import Connect, FeatureMap, Reply, Request
+    from collab_perception.runtime.codec import encode_tensor
+    model = create_model('who2com', ModelConfig())
+    fb = frame_bytes(model.wire(), (32, 32), supporters=4, selected=1, pose=True)
+    req = Request(sender=1, receiver=255, deadline_ms=300, pose=[0.0] * 7)
+    encode_tensor(np.zeros(8, np.float32), 'float32', req.query)
+    rep = Reply(sender=2, receiver=1)
+    encode_tensor(np.zeros(1, np.float32), 'float32', rep.score)
+    feat = FeatureMap(sender=2, receiver=1)
+    encode_tensor(np.zeros((32, 32, 32), np.float32), 'float16', feat.features)
+    sizes = [len(serialize_message(m)) for m in (req, rep, Connect(sender=1, receiver=2), feat)]
+    assert (fb.request, fb.reply, fb.connect, fb.feature) == (sizes[0], 4 * sizes[1], sizes[2], sizes[3])
+    catall = frame_bytes(create_model('catall', ModelConfig()).wire(), (32, 32), 4, 0, pose=False)
+    assert catall.total == 4 * sizes[3] and catall.request == 0
+    compression = frame_bytes(create_model('compression', ModelConfig()).wire(), (32, 32), 4, 0, pose=False)
+    assert compression.total < catall.total / 3.9   # 25% of the channels
+    assert frame_bytes(create_model('single_degraded', ModelConfig()).wire(), (32, 32), 4, 0, False).total == 0
+
+
+@pytest.mark.parametrize('name', ['who2com', 'when2com'])
+def test_onnx_roles_agree_with_torch(name, tmp_path):
+    import onnxruntime as ort
+    from collab_perception.learn.export import export_roles
+    torch.manual_seed(0)
+    model = create_model(name, SMALL).eval()
+    with torch.no_grad():   # decisive logits: an untrained net is full of near-ties that flip argmax
+        model.own_head.classify.weight.mul_(50)
+        model.decoder.classify.weight.mul_(50)
+    paths = export_roles(model, str(tmp_path), (32, 32))
+    enc = ort.InferenceSession(paths['encoder'], providers=['CPUExecutionProvider'])
+    mat = ort.InferenceSession(paths['matcher'], providers=['CPUExecutionProvider'])
+    dec = ort.InferenceSession(paths['decoder'], providers=['CPUExecutionProvider'])
+    target, supporters = batch(b=1)
+    outs = enc.run(None, {'image': target.numpy()})
+    with torch.no_grad():
+        f = model.encoder(target)
+        key, query = model.key(f), model.query(f)
+        own = model.own_head(f).argmax(1)
+        fs = model.encoder(supporters[:, 0])
+        ks = model.key(fs)
+        score = model.match(query, ks.unsqueeze(1))[:, 0]
+        ref = model.decoder(torch.cat([f, fs], 1)).argmax(1)
+    for got, want in zip(outs[:3], (f, key, query)):
+        assert np.abs(got - want.numpy()).max() < 1e-4
+    assert (outs[3] == own.numpy()).mean() > 0.999
+    assert abs(mat.run(None, {'query': outs[2], 'key': ks.numpy()})[0][0] - float(score)) < 1e-4
+    classes = dec.run(None, {'own': outs[0], 'received': fs.numpy()})[0]
+    assert (classes == ref.numpy()).mean() > 0.999
+    if name == 'when2com':
+        with torch.no_grad():
+            assert abs(outs[4][0] - float(model.match(query, key.unsqueeze(1))[0, 0])) < 1e-4
+
+
+@pytest.fixture(scope='module')
+def tiny_dataset(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('data') / 'hidden-target')
+    generate('hidden-target', 12, root, seed=1, size=32, shard_size=8, progress=False, snapshots_per_map=4,
+             cell_size=8, world={'shadow_map_size': 256, 'map_size_m': 200.0})
+    return root
+
+
+def test_frame_loader_pairs_target_and_supporters(tiny_dataset):
+    loader = FrameLoader(tiny_dataset, 'hidden-target', 'train', 2, shuffle=False)
+    b = next(iter(loader))
+    assert b['target'].shape == (2, 3, 32, 32) and b['supporters'].shape == (2, 4, 3, 32, 32)
+    assert b['target'].min() >= 0 and b['target'].max() <= 1
+    # hidden-target: the slot named `best` holds the clean target view
+    for i in range(2):
+        assert torch.allclose(b['supporters'][i, b['best'][i]], b['clean'][i])
+
+
+def test_tiny_training_lowers_the_loss(tiny_dataset, tmp_path):
+    import json
+    from collab_perception.learn.train import TrainConfig, build_model, forward, load_model, seed_everything, train
+    cfg = TrainConfig(method='who2com', setting='hidden-target', data_dir=tiny_dataset, out_dir=str(tmp_path / 'run'),
+                      iterations=30, batch_size=4, lr=5e-3, eval_every=15, val_batches=1, model=SMALL)
+    loader = FrameLoader(tiny_dataset, 'hidden-target', 'train', 8, shuffle=False)
+    frames = next(iter(loader))
+    seed_everything(cfg.seed)                       # the initial weights train() starts from
+    initial = build_model(cfg, loader.agents, loader.num_classes).eval()
+    result = train(cfg, progress=False)
+    trained, _ = load_model(str(tmp_path / 'run' / 'last.pt'))
+    with torch.no_grad():
+        before = initial.loss(forward(initial, frames, 'eval'), frames['labels']).item()
+        after = trained.loss(forward(trained, frames, 'eval'), frames['labels']).item()
+    assert result['steps'] == 30 and after < 0.8 * before, (before, after)
+    history = json.load(open(tmp_path / 'run' / 'history.json'))['history']
+    assert [h['step'] for h in history] == [15, 30]
+    assert os.path.exists(tmp_path / 'run' / 'best.pt') and os.path.exists(tmp_path / 'run' / 'config.json')
+    # resuming a finished run changes nothing
+    assert train(cfg, resume=True, progress=False)['steps'] == 30
