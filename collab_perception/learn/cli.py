@@ -30,7 +30,7 @@ def add_learn_parsers(sub) -> None:
     p.add_argument('--data', default='', help='dataset directory (default: datasets/<setting>, made with '
                    '`collab-perception dataset generate`)')
     p.add_argument('--out', default='', help='run directory (default: runs/train/<setting>/<method>)')
-    p.add_argument('--iterations', type=int, default=1500, help='optimizer steps (default 1500: ~15 min on 2 cores '
+    p.add_argument('--iterations', type=int, default=1000, help='optimizer steps (default 1000: ~16 min on 2 cores '
                    'for the collaborative models)')
     p.add_argument('--batch-size', type=int, default=16)
     p.add_argument('--lr', type=float, default=2e-3, help='peak learning rate (AdamW, cosine decay)')

@@ -36,7 +36,7 @@ class TrainConfig:
     data_dir: str = ''                  # default: datasets/<setting>
     out_dir: str = ''                   # default: runs/train/<setting>/<method>
     seed: int = 0
-    iterations: int = 1500
+    iterations: int = 1000
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
