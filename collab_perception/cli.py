@@ -64,26 +64,94 @@ def format_monitor_table(monitor: dict) -> str:
     return '\n'.join(lines)
 
 
-def build_swarm_summary(cfg, monitor: Optional[dict], result) -> dict:
-    monitor = monitor or {}
+def feature_bytes(cfg, drone) -> int:
+    """Serialized bytes of one FeatureMap of this drone's method, with the swarm's codec."""
+    from .runtime import wire
+    from .runtime.methods import feature_shape_of
+    return wire.feature_size(feature_shape_of(drone.method, drone.models.get('dir', '')),
+                             cfg.swarm['codec']['feature_dtype'])
+
+
+def build_swarm_summary(cfg, monitor: Optional[dict], evaluator: Optional[dict], result) -> dict:
+    """The run's JSON summary: frames, drones, `overall` and `per_drone` (issue: handshake on the swarm)."""
+    monitor, evaluator = monitor or {}, evaluator or {}
+    frames = monitor.get('frames') or evaluator.get('frames') or 0
+    ev_overall = evaluator.get('overall', {})
+    ev_drones = evaluator.get('per_drone', {})
+    senders = monitor.get('per_sender', {})
+    # CatAll on the same frames: every supporter sends its features to every frame's requester
+    requested = sum(ev_drones.get(d.name, {}).get('requested_frames', 0) for d in cfg.drones)
+    catall = sum(ev_drones.get(d.name, {}).get('requested_frames', 0) * (len(cfg.drones) - 1) * feature_bytes(cfg, d)
+                 for d in cfg.drones)
+    overall = {
+        'fused_accuracy': ev_overall.get('fused_accuracy'),
+        'own_accuracy': ev_overall.get('own_accuracy'),
+        'fused_miou': ev_overall.get('fused_miou'),
+        'own_miou': ev_overall.get('own_miou'),
+        'comm_bytes_per_frame': monitor.get('bytes_per_frame'),
+        'catall_bytes_per_frame': catall / frames if frames else None,
+        'fallback_frames': ev_overall.get('fallback_frames'),
+        'requested_frames': requested,
+        'latency_ms_p50': ev_overall.get('latency_ms_p50'),
+        'latency_ms_p95': ev_overall.get('latency_ms_p95'),
+        'comm_messages': monitor.get('total', {}).get('messages'),
+        'rejected_messages': sum(evaluator.get('rejected_by_node', {}).values()),
+    }
+    per_drone = {}
+    for d in cfg.drones:
+        e = ev_drones.get(d.name, {})
+        per_drone[d.name] = {
+            'role': d.role,
+            **{k: e.get(k) for k in ('fused_accuracy', 'own_accuracy', 'fused_miou', 'own_miou', 'fallback_frames',
+                                     'latency_ms_p50', 'latency_ms_p95', 'segmentations', 'requested_frames',
+                                     'frames_with_help', 'frames_without_segmentation',
+                                     'frames_with_several_segmentations')},
+            'comm_bytes_sent_per_frame': senders.get(d.name, {}).get('bytes_per_frame', 0.0),
+            'rejected': {k: v for k, v in evaluator.get('rejected_by_node', {}).items() if k.startswith(d.name + '/')},
+        }
     return {
-        'frames': monitor.get('frames', 0),
+        'frames': frames,
         'drones': cfg.names,
         'requesters': [d.name for d in cfg.drones if d.role != 'supporter'],
+        'methods': sorted({d.method for d in cfg.drones}),
         'process_layout': cfg.swarm['process_layout'],
         'duration_s': round(result.duration_s, 3),
         'returncode': result.returncode,
         'end_reason': result.reason,
-        'overall': {
-            'comm_bytes_per_frame': monitor.get('bytes_per_frame'),
-            'comm_messages': monitor.get('total', {}).get('messages'),
-        },
+        'lost_processes': result.lost,
+        'overall': overall,
+        'per_drone': per_drone,
         'per_kind_bytes_per_frame': {k: v['bytes_per_frame'] for k, v in monitor.get('per_kind', {}).items()},
-        'per_sender_bytes_per_frame': {k: v['bytes_per_frame'] for k, v in monitor.get('per_sender', {}).items()},
         'per_topic_bytes_per_frame': {k: v['bytes_per_frame'] for k, v in monitor.get('per_topic', {}).items()},
         'process_exits': result.exits,
         'monitor': monitor,
+        'evaluator': evaluator,
     }
+
+
+def format_overall(summary: dict) -> str:
+    o = summary['overall']
+
+    def pct(x):
+        return '-' if x is None else f'{100 * x:.2f}%'
+
+    def num(x, unit=''):
+        return '-' if x is None or x != x else f'{x:,.1f}{unit}'
+
+    lines = [f'Requesters ({", ".join(summary["requesters"]) or "none"}), method {", ".join(summary["methods"])}:',
+             f'  accuracy   fused {pct(o["fused_accuracy"])}  vs own only {pct(o["own_accuracy"])}   '
+             f'(mIoU {pct(o["fused_miou"])} vs {pct(o["own_miou"])})',
+             f'  bytes      {num(o["comm_bytes_per_frame"])} B/frame on the wire  vs CatAll '
+             f'{num(o["catall_bytes_per_frame"])} B/frame'
+             + (f'  ({o["comm_bytes_per_frame"] / o["catall_bytes_per_frame"]:.3f} of it)'
+                if o['comm_bytes_per_frame'] and o['catall_bytes_per_frame'] else ''),
+             f'  latency    p50 {num(o["latency_ms_p50"], " ms")}, p95 {num(o["latency_ms_p95"], " ms")} '
+             f'(camera stamp -> segmentation)',
+             f'  fallbacks  {o["fallback_frames"]} of {o["requested_frames"]} requested frames; rejected messages '
+             f'{o["rejected_messages"]}']
+    if summary.get('lost_processes'):
+        lines.append(f'  LOST       {", ".join(summary["lost_processes"])}')
+    return '\n'.join(lines)
 
 
 def cmd_swarm(args) -> int:
@@ -104,14 +172,18 @@ def cmd_swarm(args) -> int:
     def keep(label: str, line: str) -> bool:
         return not quiet or any(w in line for w in ('WARN', 'ERROR', 'FATAL', 'Traceback', 'Error'))
 
-    launcher = EmbeddedLauncher(processes, run_dir, env, line_filter=keep)
+    launcher = EmbeddedLauncher(processes, run_dir, env, line_filter=keep, on_node_exit=cfg.swarm['on_node_exit'])
     result = launcher.run(timeout_s=args.timeout)
-    monitor_path = os.path.join(run_dir, 'monitor', 'summary.json')
-    monitor = None
-    if os.path.exists(monitor_path):
-        with open(monitor_path, encoding='utf-8') as f:
-            monitor = json.load(f)
-    summary = build_swarm_summary(cfg, monitor, result)
+
+    def read(name):
+        path = os.path.join(run_dir, name, 'summary.json')
+        if os.path.exists(path):
+            with open(path, encoding='utf-8') as f:
+                return json.load(f)
+        return None
+
+    monitor = read('monitor')
+    summary = build_swarm_summary(cfg, monitor, read('evaluator'), result)
     summary_path = args.summary or os.path.join(run_dir, 'summary.json')
     with open(summary_path, 'w', encoding='utf-8') as f:
         json.dump(summary, f, indent=2)
@@ -119,6 +191,7 @@ def cmd_swarm(args) -> int:
     print()
     print(f'Swarm run: {len(cfg.drones)} drones, {summary["frames"]} frames, {result.duration_s:.1f} s, '
           f'{"OK" if result.returncode == 0 else "FAILED: " + result.reason}')
+    print(format_overall(summary))
     if monitor:
         print(format_monitor_table(monitor))
     else:

@@ -118,6 +118,11 @@ SWARM_SCHEMA = {
         'local': QOS_SCHEMA,
     },
     'monitor': MONITOR_SCHEMA,
+    'evaluator': {'enabled': Field(bool, True, help='score segmentations against camera/labels where the source '
+                                                    'publishes them')},
+    'on_node_exit': Field(str, 'shutdown', choices=('shutdown', 'continue'),
+                          help='a node that exits unexpectedly stops the swarm (shutdown), or is reported and '
+                               'the others go on (continue: for fault-injection runs)'),
 }
 
 DRONE_SCHEMA = {
@@ -138,7 +143,10 @@ DRONE_SCHEMA = {
     'score_threshold': Field(float, 0.0, help='used by select: threshold'),
     'cache_frames': Field(int, 16, minimum=1, maximum=1000, help='per-stamp ring buffer length'),
     'degraded': Field(bool, False, help="the drone's camera is degraded (blur + noise, handshake paper §IV-B)"),
-    'models': Field(dict, {}, help='role -> model path, e.g. {encoder: models/x.onnx}'),
+    'models': Field(dict, {}, help="{dir: models/<name>}: the exported model's directory (collab-perception export)",
+                    check=lambda v: None if set(v) <= {'dir'} and all(isinstance(x, str) for x in v.values())
+                    else "must be {dir: <path>}"),
+    'onnx_threads': Field(int, 1, minimum=1, maximum=64, help='ONNX Runtime threads per session'),
     'providers': Field(list, ['CPUExecutionProvider'], items=str,
                        check=lambda v: None if v else 'must name at least one provider',
                        help='ONNX Runtime execution providers in order of preference'),
@@ -219,6 +227,7 @@ class DroneConfig:
     score_threshold: float
     cache_frames: int
     models: dict
+    onnx_threads: int
     providers: list
     degraded: bool
 

@@ -7,7 +7,8 @@ from collab_perception.launch.plan, the same function the embedded launcher (`co
 `make demo`) uses, so the two cannot drift apart (test/test_launch_plan.py checks it).
 
 Like the embedded launcher: when the camera source finishes its `frames` the whole launch shuts down, and
-any other node that exits shuts the launch down too (a swarm with a dead drone node is not left running).
+any other node that exits shuts the launch down too (a swarm with a dead drone node is not left running),
+unless `swarm.on_node_exit: continue` (fault-injection runs).
 
 Network: this file uses the shell's ROS environment as it is (on real drones that is your DDS setup).
 For a single machine, source scripts/env.sh first: localhost-only discovery and the Fast DDS profile of
@@ -57,15 +58,17 @@ def launch_setup(context, *args, **kwargs):
             output='screen',
             emulate_tty=True,
         )
-        reason = (f'{process.label} finished' if process.ends_swarm
-                  else f'{process.label} exited; stopping the swarm')
-        handler = RegisterEventHandler(OnProcessExit(target_action=node,
-                                                     on_exit=[EmitEvent(event=Shutdown(reason=reason))]))
+        actions = [node]
+        if process.ends_swarm or cfg.swarm['on_node_exit'] == 'shutdown':
+            reason = (f'{process.label} finished' if process.ends_swarm
+                      else f'{process.label} exited; stopping the swarm')
+            actions.append(RegisterEventHandler(OnProcessExit(target_action=node,
+                                                              on_exit=[EmitEvent(event=Shutdown(reason=reason))])))
         drone = process.nodes[0].drone
         if drone:
-            drone_groups.setdefault(process.namespace, []).extend([node, handler])
+            drone_groups.setdefault(process.namespace, []).extend(actions)
         else:
-            swarm_actions.append(GroupAction([PushRosNamespace(process.namespace), node, handler]))
+            swarm_actions.append(GroupAction([PushRosNamespace(process.namespace), *actions]))
     groups = [GroupAction([PushRosNamespace(ns), *actions]) for ns, actions in drone_groups.items()]
     return swarm_actions + groups
 

@@ -112,7 +112,7 @@ def test_launch_file_and_embedded_launcher_start_the_same_nodes(monkeypatch, tmp
     plan = build_node_plan(cfg, run_dir)
     assert set(launched) == {n.fqn for n in plan}
     assert handlers == len(build_process_plan(cfg, run_dir))   # every process ends the launch on exit
-    assert len(plan) == 2 + 3 * len(cfg.drones)
+    assert len(plan) == 3 + 3 * len(cfg.drones)   # source, monitor, evaluator + 3 per drone
 
 
 def test_plan_gives_each_drone_its_namespace_and_the_swarm_its_drone_list():

@@ -75,12 +75,13 @@ class LaunchResult:
     reason: str
     exits: dict[str, int] = field(default_factory=dict)   # label -> exit code
     duration_s: float = 0.0
+    lost: dict[str, int] = field(default_factory=dict)    # processes that died while the swarm went on
 
 
 class EmbeddedLauncher:
     def __init__(self, processes: list[ProcessSpec], run_dir: str, env: dict[str, str],
                  out: TextIO = sys.stdout, grace_s: float = 10.0, log_to_files: bool = True,
-                 line_filter: Optional[Callable[[str, str], bool]] = None):
+                 line_filter: Optional[Callable[[str, str], bool]] = None, on_node_exit: str = 'shutdown'):
         self.processes = processes
         self.run_dir = run_dir
         self.env = env
@@ -88,6 +89,10 @@ class EmbeddedLauncher:
         self.grace_s = grace_s
         self.log_to_files = log_to_files
         self.line_filter = line_filter
+        if on_node_exit not in ('shutdown', 'continue'):
+            raise ValueError(f'on_node_exit must be shutdown or continue, got {on_node_exit!r}')
+        self.on_node_exit = on_node_exit
+        self.lost: dict[str, int] = {}      # label -> exit code of children that died while the swarm went on
         self.children: list[Child] = []
         self._lock = threading.Lock()
         self._stop_requested: Optional[str] = None
@@ -191,18 +196,23 @@ class EmbeddedLauncher:
                     returncode, reason = 1, f'timed out after {timeout_s:g} s'
                     self.say(f'[launch] ERROR: {reason}; stopping the swarm')
                     break
-                exited = [c for c in self.children if c.popen.poll() is not None]
+                exited = [c for c in self.children if c.popen.poll() is not None and c.spec.label not in self.lost]
                 if exited:
                     child = exited[0]
                     code = child.popen.returncode
                     if child.spec.ends_swarm and code == 0:
                         reason = f'{child.spec.label} finished'
                         self.say(f'[launch] {reason}; stopping the other processes')
-                    else:
-                        returncode = 1
-                        reason = f'{child.spec.label} exited unexpectedly with {describe_exit(code)}'
+                        break
+                    returncode = 1
+                    reason = f'{child.spec.label} exited unexpectedly with {describe_exit(code)}'
+                    if self.on_node_exit == 'continue' and not child.spec.ends_swarm:
+                        self.lost[child.spec.label] = code
                         self.say(f'[launch] ERROR: process {child.spec.label} (pid {child.popen.pid}) exited '
-                                 f'unexpectedly with {describe_exit(code)}; stopping the swarm')
+                                 f'unexpectedly with {describe_exit(code)}; the others go on (on_node_exit: continue)')
+                        continue
+                    self.say(f'[launch] ERROR: process {child.spec.label} (pid {child.popen.pid}) exited '
+                             f'unexpectedly with {describe_exit(code)}; stopping the swarm')
                     break
                 time.sleep(0.05)
         finally:
@@ -213,8 +223,11 @@ class EmbeddedLauncher:
         # A child that fails while being stopped (other than by our signals) makes the run fail too.
         clean = {0, -signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT}
         failed = [label for label, code in exits.items() if code not in clean]
+        failed = [label for label in failed if label not in self.lost]
         if failed and returncode == 0:
             returncode = 1
             reason = f'{", ".join(failed)} failed while stopping'
             self.say(f'[launch] ERROR: {reason}: ' + ', '.join(f'{l}: {describe_exit(exits[l])}' for l in failed))
-        return LaunchResult(returncode, reason, exits, time.monotonic() - t0)
+        if self.lost:
+            reason = 'lost during the run: ' + ', '.join(f'{l} ({describe_exit(c)})' for l, c in self.lost.items())
+        return LaunchResult(returncode, reason, exits, time.monotonic() - t0, dict(self.lost))

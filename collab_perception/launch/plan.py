@@ -37,6 +37,7 @@ NODE_EXECUTABLES = {
     'matcher': 'collab_perception.nodes.matcher_node',
     'fusion': 'collab_perception.nodes.fusion_node',
     'monitor': 'collab_perception.nodes.monitor_node',
+    'evaluator': 'collab_perception.nodes.evaluator_node',
     'drone_container': 'collab_perception.nodes.drone_container',
 }
 DRONE_NODES = ('perception', 'matcher', 'fusion')
@@ -187,6 +188,15 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
                 'output_dir': out_dir,
                 **_qos_params(cfg, 'comm'),
             }))
+    if sw['evaluator']['enabled']:
+        nodes.append(NodeSpec(
+            executable='evaluator', name='evaluator', namespace=SWARM_NAMESPACE,
+            parameters={
+                **_swarm_params(cfg),
+                'requesters': [d.name for d in cfg.drones if d.role != 'supporter'] or [''],
+                'output_dir': os.path.join(run_dir, 'evaluator') if run_dir else '',
+                **_qos_params(cfg, 'sensor', 'local'),
+            }))
     for d in cfg.drones:
         common = {
             **_swarm_params(cfg),
@@ -195,6 +205,7 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
             'method': d.method,
             **{f'model.{role}': path for role, path in sorted(d.models.items())},
             'providers': d.providers,
+            'onnx_threads': d.onnx_threads,
         }
         nodes.append(NodeSpec('perception', 'perception', d.namespace, {
             **common, 'role': d.role, 'deadline_ms': d.deadline_ms,

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -178,9 +179,10 @@ class RejectCounter:
 # ---------------------------------------------------------------------------------------------- drone nodes
 class DroneNode(Node):
     """Base of the per-drone nodes (perception, matcher, fusion): the swarm's drone list, this drone's
-    name and wire id, its method from the registry, and counted rejection of bad input."""
+    name and wire id, its method from the registry (only the `roles` of the network this node runs), counted
+    rejection of bad input, and a diagnostic_msgs status every second on /diagnostics (rqt_robot_monitor)."""
 
-    def __init__(self, node_name: str):
+    def __init__(self, node_name: str, roles: Sequence[str] = ()):
         super().__init__(node_name)
         self.names, self.ids = declare_swarm(self)
         self.drone = declare(self, 'drone_name', 'drone1', 'this drone (its namespace)')
@@ -189,10 +191,34 @@ class DroneNode(Node):
             raise ParameterError(f"parameter 'drone_id': {self.drone_id} is not in 'drone_ids' {self.ids}")
         self.method_name = declare(self, 'method', 'placeholder', 'method from the registry',
                                    choices=method_names())
-        self.method = create_method(self.method_name)
+        model_dir = declare(self, 'model.dir', '', 'exported model directory (collab-perception export)')
+        providers = list(declare(self, 'providers', ['CPUExecutionProvider'],
+                                 'ONNX Runtime execution providers, in order of preference'))
+        threads = declare(self, 'onnx_threads', 1, 'ONNX Runtime threads per session', minimum=1, maximum=64)
+        self.method = create_method(self.method_name, model_dir=model_dir, roles=roles, providers=providers,
+                                    threads=threads)
+        self.method.warmup()
         self.name_of = dict(zip(self.ids, self.names))
         self.log_prefix = f'[{self.drone}] '
         self.reject = RejectCounter(self.get_logger(), self.log_prefix)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self.create_timer(1.0, self.publish_diagnostics)
+
+    def counters(self) -> dict[str, int]:
+        """What this node did so far (subclasses add theirs); published on /diagnostics."""
+        return {}
+
+    def publish_diagnostics(self) -> None:
+        values = {**self.counters(), **{f'rejected.{k}': v for k, v in sorted(self.reject.counts.items())},
+                  'rejected': self.reject.total}
+        status = DiagnosticStatus(
+            level=DiagnosticStatus.WARN if self.reject.total else DiagnosticStatus.OK,
+            name=f'{self.drone}/{self.get_name()}', hardware_id=self.drone,
+            message=f'{self.reject.total} rejected' if self.reject.total else 'ok',
+            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_pub.publish(msg)
 
     def receive(self, data: bytes, msg_type, what: str, decode: Callable[[Any], Any],
                 allow_broadcast: bool = False) -> Optional[tuple[Any, int, Any]]:

@@ -30,7 +30,7 @@ from .common import DroneNode, array_to_image, declare, declare_codec, declare_q
 
 class FusionNode(DroneNode):
     def __init__(self):
-        super().__init__('fusion')
+        super().__init__('fusion', roles=('decoder',))
         deadline_ms = declare(self, 'deadline_ms', 300, 'camera stamp -> publish, with or without help',
                               minimum=1, maximum=60000)
         reply_ms = declare(self, 'reply_timeout_ms', 120, 'camera stamp -> stop waiting for replies',
@@ -62,6 +62,9 @@ class FusionNode(DroneNode):
         self.published = 0
         self.get_logger().info(f'{self.log_prefix}fusion ready: method {self.method.describe()}, '
                                f'deadline {deadline_ms} ms, replies {reply_ms} ms, select {select}')
+
+    def counters(self) -> dict[str, int]:
+        return {'published': self.published, **{k: int(v) for k, v in self.tracker.counters.items()}}
 
     # ------------------------------------------------------------------ helpers
     def now_ns(self) -> int:
@@ -106,6 +109,7 @@ class FusionNode(DroneNode):
         if msg.requested:
             self._count(stamp_ns, out=msg.request_bytes)
         self_score = None if math.isnan(msg.self_score) else float(msg.self_score)
+        own.self_score = self_score
         self._run(self.tracker.on_own(stamp_ns, own, msg.requested, self_score, self.now_ns()))
 
     def on_reply(self, data: bytes):
@@ -144,7 +148,12 @@ class FusionNode(DroneNode):
 
     def publish_outcome(self, outcome: FrameOutcome) -> None:
         own: EncoderOutput = outcome.own
-        classes = self.method.fuse(own, outcome.received) if outcome.received else own.own_classes
+        if outcome.received:
+            classes = self.method.fuse(own, outcome.received, outcome.scores)
+        elif getattr(self.method, 'gate', False) and outcome.requested and not outcome.fallback:
+            classes = self.method.fuse(own, {}, outcome.scores)   # When2com: the gate chose to decode alone
+        else:
+            classes = own.own_classes
         header = Header(frame_id=f'{self.drone}/camera')
         header.stamp.sec, header.stamp.nanosec = divmod(outcome.stamp_ns, 1_000_000_000)
         self.seg_pub.publish(array_to_image(classes, 'mono8', header))

@@ -2,13 +2,16 @@
 
 Publishes the drone's features, key and own prediction on the local `perception/output` topic for its
 matcher and fusion nodes. When the drone asks for help on this frame (role `requester`, or role `auto`
-and the method's gate says so) it broadcasts a Request with its compact query on /swarm/request.
+and the method's gate says so) it broadcasts a Request with its compact query on /swarm/request; with a
+pose-warping model (trained on a pose setting, Who2com §IV-B) the request also carries this camera's pose,
+joined to the image by stamp, so that supporters can warp their views into this one.
 """
 from __future__ import annotations
 
 import math
 
 from rclpy.serialization import serialize_message
+from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
@@ -17,12 +20,13 @@ from collab_perception.msg import PerceptionOutput, Request
 from ..config import BROADCAST_ID
 from ..runtime import topics
 from ..runtime.codec import CodecError, encode_tensor
+from ..runtime.sync import StampJoiner
 from .common import DroneNode, declare, declare_codec, declare_qos, image_to_array, stamp_label, stamp_to_ns
 
 
 class PerceptionNode(DroneNode):
     def __init__(self):
-        super().__init__('perception')
+        super().__init__('perception', roles=('encoder',))
         self.role = declare(self, 'role', 'supporter', 'requester: asks every frame; supporter: never; '
                             'auto: when the method gate says so', choices=('requester', 'supporter', 'auto'))
         self.deadline_ms = declare(self, 'deadline_ms', 300, 'how long the requester waits (sent along)',
@@ -34,24 +38,45 @@ class PerceptionNode(DroneNode):
         self.request_pub = self.create_publisher(Request, topics.REQUEST, comm_qos)
         self.output_pub = self.create_publisher(PerceptionOutput, topics.PERCEPTION, local_qos)
         self.create_subscription(Image, topics.IMAGE, self.on_image, sensor_qos)
+        if self.method.warp:
+            self.joiner = StampJoiner(('image', 'pose'), capacity=8)
+            self.create_subscription(PoseStamped, topics.POSE, self.on_pose, sensor_qos)
         self.frames = 0
         self.requests = 0
         self.get_logger().info(f'{self.log_prefix}perception ready: method {self.method.describe()}, '
                                f'role {self.role}')
 
+    def counters(self) -> dict[str, int]:
+        return {'frames': self.frames, 'requests': self.requests}
+
+    def on_pose(self, msg: PoseStamped):
+        p, o = msg.pose.position, msg.pose.orientation
+        pose = [p.x, p.y, p.z, o.x, o.y, o.z, o.w]
+        joined = self.joiner.add('pose', stamp_to_ns(msg.header.stamp), pose)
+        if joined:
+            self.process(joined['image'], joined['pose'])
+
     def on_image(self, msg: Image):
+        if self.method.warp:
+            joined = self.joiner.add('image', stamp_to_ns(msg.header.stamp), msg)
+            if joined:
+                self.process(joined['image'], joined['pose'])
+        else:
+            self.process(msg, None)
+
+    def process(self, msg: Image, pose):
         stamp_ns = stamp_to_ns(msg.header.stamp)
         try:
             image = image_to_array(msg, expect=('rgb8', 'bgr8'))
+            out = self.method.encode(image)
         except ValueError as e:
             self.reject('bad_image', f'frame {stamp_label(stamp_ns)}: {e}')
             return
-        out = self.method.encode(image)
         requested = self.role == 'requester' or (self.role == 'auto' and bool(out.needs_help))
         request_bytes = 0
         if requested:
             request = Request(header=Header(stamp=msg.header.stamp), sender=self.drone_id, receiver=BROADCAST_ID,
-                              deadline_ms=self.deadline_ms)
+                              deadline_ms=self.deadline_ms, pose=pose or [])
             try:
                 encode_tensor(out.query, self.dtypes['query_dtype'], request.query, 'request.query')
             except CodecError as e:

@@ -43,8 +43,15 @@ class Method:
     def match(self, query: np.ndarray, key: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def fuse(self, own: EncoderOutput, received: dict[int, np.ndarray]) -> np.ndarray:
+    def fuse(self, own: EncoderOutput, received: dict[int, np.ndarray],
+             scores: Optional[dict[int, float]] = None) -> np.ndarray:
         raise NotImplementedError
+
+    # Pose warping (Who2com §IV-B pose settings): supporters encode their view warped into the requester's.
+    warp = False
+
+    def warmup(self) -> None:
+        """Run each loaded part once so that the first frame does not pay one-time costs."""
 
     def feature_shape(self) -> Optional[tuple]:
         """The shape every FeatureMap must have (None: any); used to validate received features."""
@@ -67,6 +74,15 @@ def method_names() -> list[str]:
 
 def create_method(name: str, **args) -> Method:
     return METHODS.create(name, **args)
+
+
+def feature_shape_of(name: str, model_dir: str = '') -> tuple:
+    """The FeatureMap shape a method sends, without loading it (for byte accounting)."""
+    factory = METHODS.get(name)
+    shape = getattr(factory, 'static_feature_shape', None)
+    if shape is None:
+        raise ValueError(f'method {name!r} does not say its feature shape')
+    return tuple(shape(model_dir))
 
 
 @register_method('placeholder')
@@ -101,11 +117,20 @@ class PlaceholderMethod(Method):
     def match(self, query: np.ndarray, key: np.ndarray) -> np.ndarray:
         return np.array([-float(np.linalg.norm(query - key))], dtype=np.float32)
 
-    def fuse(self, own: EncoderOutput, received: dict[int, np.ndarray]) -> np.ndarray:
+    def fuse(self, own: EncoderOutput, received: dict[int, np.ndarray],
+             scores: Optional[dict[int, float]] = None) -> np.ndarray:
         return own.own_classes
 
     def feature_shape(self):
         return (3, self.grid, self.grid)
 
+    @staticmethod
+    def static_feature_shape(model_dir: str = '') -> tuple:
+        return (3, 8, 8)
+
     def query_shape(self):
         return (6,)
+
+
+# The ONNX Runtime methods register themselves on import (after this module is complete).
+from . import onnx_method  # noqa: E402,F401
