@@ -75,7 +75,7 @@ def feature_bytes(cfg, drone) -> int:
 def build_swarm_summary(cfg, monitor: Optional[dict], evaluator: Optional[dict], result) -> dict:
     """The run's JSON summary: frames, drones, `overall` and `per_drone` (issue: handshake on the swarm)."""
     monitor, evaluator = monitor or {}, evaluator or {}
-    frames = monitor.get('frames') or evaluator.get('frames') or 0
+    frames = evaluator.get('frames') or monitor.get('frames') or 0
     ev_overall = evaluator.get('overall', {})
     ev_drones = evaluator.get('per_drone', {})
     senders = monitor.get('per_sender', {})

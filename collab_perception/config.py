@@ -66,12 +66,18 @@ QOS_SCHEMA = {
 }
 
 SOURCE_SCHEMA = {
-    'type': Field(str, 'world', choices=('world', 'airsim'),
-                  help='camera source: the embedded world (sim_bridge) or AirSim / Cosys-AirSim (airsim_bridge)'),
+    'type': Field(str, 'world', choices=('world', 'airsim', 'replay'),
+                  help='camera source: the embedded world (sim_bridge), AirSim / Cosys-AirSim (airsim_bridge), or '
+                       'a generated dataset split replayed (replay_bridge)'),
     'world': Field(dict, {}, help='embedded world settings over the WorldConfig defaults (config/world.yaml '
                                   'keys; drones comes from the drone list)'),
     'airsim_config': Field(str, 'config/airsim.yaml', help='AirSim vehicles, cameras and segmentation colours '
                                                            '(relative paths: to the package)'),
+    'replay': {
+        'dataset': Field(str, 'datasets/hidden-target', help='a dataset made with `collab-perception dataset generate`'),
+        'split': Field(str, 'test', choices=('train', 'val', 'test')),
+        'target_drone': Field(str, '', help="the drone that gets each snapshot's target view (default: the first)"),
+    },
     'degrade': Field(dict, {}, help='sensor degradation of drones with degraded: true (DegradeConfig keys)'),
     'degrade_seed': Field(int, 0, minimum=0),
 }

@@ -73,3 +73,14 @@ def test_topic_helpers():
     assert len(topics) == 1 + 2 * 4
     assert topic_kind('/drone1/camera/image_raw') == 'other'
     assert topic_owner('/drone1/camera/image_raw') == 'drone1' and topic_owner('/swarm/request') == ''
+
+
+def test_frames_are_the_markers_when_the_source_publishes_them():
+    ledger = ledger_with_two_frames()
+    ledger.record('/drone1/comm/reply', 'id77', 999 * S, 40, 999 * S)   # injected, with a stamp of no frame
+    s = ledger.summary()
+    assert s['frames'] == 3 and s['total']['bytes'] == 2 * (66 + 44 + 44 + 36 + 432) + 40
+    bare = BandwidthLedger()
+    bare.record('/swarm/request', 'drone1', 5 * S, 66, 5 * S)
+    bare.record('/swarm/request', 'drone1', 6 * S, 66, 6 * S)
+    assert bare.frames == 2      # no frame markers: every stamp is a frame

@@ -33,6 +33,7 @@ PACKAGE = 'collab_perception'
 NODE_EXECUTABLES = {
     'sim_bridge': 'collab_perception.nodes.sim_bridge_node',
     'airsim_bridge': 'collab_perception.nodes.airsim_bridge_node',
+    'replay_bridge': 'collab_perception.nodes.replay_bridge_node',
     'perception': 'collab_perception.nodes.perception_node',
     'matcher': 'collab_perception.nodes.matcher_node',
     'fusion': 'collab_perception.nodes.fusion_node',
@@ -150,6 +151,14 @@ def source_node(cfg: SwarmConfig) -> NodeSpec:
         world = WorldConfig.from_mapping({**src['world'], 'drones': len(cfg.drones)}, cfg.source, 'swarm.source.world')
         params.update({f'world.{k}': v for k, v in _ros_values(dataclasses.asdict(world)).items()})
         return NodeSpec('sim_bridge', 'sim_bridge', SWARM_NAMESPACE, params)
+    if src['type'] == 'replay':
+        rep = src['replay']
+        target = rep['target_drone'] or cfg.names[0]
+        if target not in cfg.names:
+            raise ConfigError('swarm.source.replay.target_drone', f'{target!r} is not a drone ({", ".join(cfg.names)})',
+                              cfg.source)
+        params.update({'replay.dataset': rep['dataset'], 'replay.split': rep['split'], 'replay.target_drone': target})
+        return NodeSpec('replay_bridge', 'replay_bridge', SWARM_NAMESPACE, params)
     path = src['airsim_config']
     path = path if os.path.isabs(path) else resource_path(path)
     airsim = load_airsim_config(path, load_classes().names)

@@ -31,10 +31,11 @@ class AirSimBridgeNode(SwarmSource):
             f'{self.source.server_version}): ' + ', '.join(f'{v.name}/{v.camera} -> {v.drone}' for v in self.config.vehicles)
             + f' at {self.rate_hz:g} Hz')
 
-    def publish_snapshot(self, stamp) -> None:
+    def publish_snapshot(self, stamp) -> bool:
         for frame in self.source.snapshot():
             self.cameras.publish(stamp, self.index_of[frame.drone], self.maybe_degrade(frame.drone, frame.rgb),
                                  frame.depth, frame.labels, frame.K, frame.position, frame.orientation_xyzw)
+        return True
 
 
 def main(args=None) -> int:

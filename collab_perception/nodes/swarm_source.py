@@ -79,7 +79,9 @@ class SwarmSource(Node):
         if not self._graph_ready():
             return
         stamp = self.get_clock().now().to_msg()
-        self.publish_snapshot(stamp)
+        if not self.publish_snapshot(stamp):     # the source ran out (a replayed split): drain and stop
+            self._drain_until = time.monotonic() + self.drain_s
+            return
         self.cameras.publish_frame(stamp)
         self.index += 1
         if self.index % 50 == 0:
@@ -87,5 +89,6 @@ class SwarmSource(Node):
         if self.frames and self.index >= self.frames:
             self._drain_until = time.monotonic() + self.drain_s
 
-    def publish_snapshot(self, stamp) -> None:
+    def publish_snapshot(self, stamp) -> bool:
+        """Publish every drone's camera for one snapshot; False when the source has no more."""
         raise NotImplementedError

@@ -57,6 +57,7 @@ class BandwidthLedger:
         self._open: dict[int, tuple[int, dict[tuple[str, str], _Tally]]] = {}
         self._window: deque = deque()        # (recv_ns, stamp_ns, sender, topic, kind, nbytes)
         self._frames_seen: set[int] = set()  # every stamp ever seen (8 bytes each: fine for hours)
+        self._frame_markers: set[int] = set()
         self._frame_window: deque = deque()  # (recv_ns, stamp_ns) of frame markers
         self.per_topic: dict[str, _Tally] = defaultdict(_Tally)
         self.per_sender: dict[str, _Tally] = defaultdict(_Tally)
@@ -98,6 +99,7 @@ class BandwidthLedger:
         """A camera snapshot happened (counts as a frame even if no comm message carries its stamp)."""
         self._touch(recv_ns)
         self._frames_seen.add(stamp_ns)
+        self._frame_markers.add(stamp_ns)
         self._frame_window.append((recv_ns, stamp_ns))
 
     def reject(self, topic: str, reason: str) -> None:
@@ -106,7 +108,10 @@ class BandwidthLedger:
     # ------------------------------------------------------------------ output
     @property
     def frames(self) -> int:
-        return len(self._frames_seen)
+        """Camera frames: the stamps of the frame markers when a source publishes them (messages with other
+        stamps, e.g. injected or malformed ones, still count as bytes but are not frames); otherwise every
+        stamp seen on the measured topics."""
+        return len(self._frame_markers) if self._frame_markers else len(self._frames_seen)
 
     def fold(self, now_ns: Optional[int] = None) -> list[FrameRow]:
         """Close the frames first seen more than `horizon_ns` before `now_ns` (all if None) and return

@@ -1,0 +1,61 @@
+"""Dataset replay bridge: publishes the snapshots of a generated dataset split as the drones' cameras.
+
+The same frames can then be scored offline and through the running swarm (the handshake swarm's
+"same accuracy offline and online" check). Each snapshot's target agent (the degraded view the dataset was
+built around) is published as `target_drone`, the other agents as the other drones in slot order; per
+drone the same topics as the live bridges (image, depth, camera_info, labels, pose; one stamp) and
+/swarm/frame. Stops after `frames` snapshots (or the end of the split) plus `drain_s`.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..config import resource_path
+from ..data import iter_snapshots, load_manifest
+from ..runtime.offline import slot_order
+from .common import declare, spin_nodes
+from .swarm_source import SwarmSource
+
+REPLAY_KEYS = ['rgb', 'depth', 'labels', 'position', 'orientation_xyzw', 'K', 'target_index']
+
+
+class ReplayBridgeNode(SwarmSource):
+    def __init__(self):
+        super().__init__('replay_bridge')
+        path = declare(self, 'replay.dataset', 'datasets/hidden-target', 'dataset directory')
+        self.split = declare(self, 'replay.split', 'test', 'split to replay', choices=('train', 'val', 'test'))
+        self.target_drone = declare(self, 'replay.target_drone', self.drones[0], 'the drone that gets each '
+                                    "snapshot's target view", choices=tuple(self.drones))
+        self.root = path if os.path.exists(path) else resource_path(path)
+        manifest = load_manifest(self.root)
+        if manifest['agents'] != len(self.drones):
+            raise ValueError(f'replay.dataset {self.root} has {manifest["agents"]} agents per snapshot, the swarm '
+                             f'{len(self.drones)} drones')
+        self.snapshots = iter_snapshots(self.root, self.split, REPLAY_KEYS)
+        others = [d for d in self.drones if d != self.target_drone]
+        self.drone_order = [self.target_drone] + others
+        self.timer = self.create_timer(1.0 / self.rate_hz, self.tick)
+        self.get_logger().info(f'replaying {self.split} of {self.root} ({manifest["setting"]}): target -> '
+                               f'{self.target_drone}, at {self.rate_hz:g} Hz')
+
+    def publish_snapshot(self, stamp) -> bool:
+        snap = next(self.snapshots, None)
+        if snap is None:
+            self.get_logger().info(f'end of the {self.split} split after {self.index} snapshots')
+            return False
+        order = slot_order(int(snap['target_index']), len(self.drones))
+        for drone, slot in zip(self.drone_order, order):
+            self.cameras.publish(stamp, self.drones.index(drone), self.maybe_degrade(drone, snap['rgb'][slot]),
+                                 snap['depth'][slot].astype(np.float32), snap['labels'][slot], snap['K'][slot],
+                                 snap['position'][slot], snap['orientation_xyzw'][slot])
+        return True
+
+
+def main(args=None) -> int:
+    return spin_nodes([ReplayBridgeNode], args)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""The handshake over dataset frames without ROS: the same methods, the same wire dtypes, in one process.
+
+Used to check the swarm against an offline run of the very same models on the very same frames (the
+replay bridge publishes a dataset split; this replays it in-process): per frame, the target encodes its
+view, every supporter encodes its own and answers the query with a score, the target connects to the
+argmax, and the selected features cross a float16 (the swarm codec's) round trip before fusion.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from .codec import decode_tensor, encode_tensor
+from .metrics import SegmentationScore
+from .methods import Method
+
+
+def slot_order(target: int, agents: int) -> list[int]:
+    """Dataset slots in drone order: the target first, then the others in slot order."""
+    return [target] + [i for i in range(agents) if i != target]
+
+
+def handshake_offline(method: Method, snapshots: Iterable[dict], feature_dtype: str = 'float16') -> dict:
+    fused = SegmentationScore(method.num_classes)
+    own = SegmentationScore(method.num_classes)
+    for snap in snapshots:
+        order = slot_order(int(snap['target_index']), snap['rgb'].shape[0])
+        mine = method.encode(snap['rgb'][order[0]])
+        scores, features = {}, {}
+        for slot in order[1:]:
+            theirs = method.encode(snap['rgb'][slot])
+            scores[slot] = float(method.match(mine.query, theirs.key)[0])
+            features[slot] = theirs.features
+        best = max(sorted(scores), key=lambda k: scores[k])
+        received = {best: decode_tensor(encode_tensor(features[best], feature_dtype))}
+        labels = snap['labels'][order[0]]
+        fused.add(method.fuse(mine, received, {best: scores[best]}), labels)
+        own.add(mine.own_classes, labels)
+    return {'frames': fused.frames, 'fused_accuracy': fused.full.accuracy(), 'own_accuracy': own.full.accuracy(),
+            'fused_miou': fused.full.miou(), 'own_miou': own.full.miou()}

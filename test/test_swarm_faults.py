@@ -1,0 +1,91 @@
+"""Faults in a running swarm: a supporter killed mid-run, and malformed comm messages injected.
+
+The requester must keep publishing exactly one segmentation per camera frame (with another partner or as
+a fallback), the summary must report what happened, and no node may die of bad input."""
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+from rclpy.serialization import serialize_message
+from std_msgs.msg import Header
+
+from collab_perception.msg import Connect, FeatureMap, Reply, Request
+from collab_perception.runtime.codec import encode_tensor
+
+from rostools import spin_until
+from test_swarm import Swarm
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+
+def finish(swarm, tmp_path, timeout=90):
+    code = swarm.wait(timeout)
+    with open(tmp_path / 'summary.json') as f:
+        return code, json.load(f)
+
+
+def test_killed_supporter_is_reported_and_the_requester_keeps_publishing(tmp_path):
+    swarm = Swarm('--run-dir', str(tmp_path), '--frames', '30', '--layout', 'per_drone',
+                  '--set', 'swarm.on_node_exit=continue', '--set', 'swarm.rate_hz=5')
+    swarm.wait_for(r'\[drone1/container\] .*replies, selected', count=5)
+    os.kill(swarm.pids()['drone3/container'], signal.SIGKILL)
+    code, summary = finish(swarm, tmp_path)
+    assert code != 0, 'losing a drone must not look like a clean run'
+    assert 'drone3/container' in summary['lost_processes'] and 'lost during the run' in summary['end_reason']
+    d1 = summary['per_drone']['drone1']
+    assert summary['frames'] == 30
+    assert d1['segmentations'] == 30 and d1['frames_without_segmentation'] == 0
+    assert d1['frames_with_several_segmentations'] == 0
+    assert 'exited unexpectedly with signal SIGKILL; the others go on' in swarm.output
+    # after the kill drone1 still got help from drone2 on most frames (drone3 is dropped after it stays silent)
+    assert d1['frames_with_help'] >= 20, d1
+
+
+def test_malformed_messages_are_rejected_and_counted(tmp_path, ros):
+    swarm = Swarm('--run-dir', str(tmp_path), '--frames', '35', '--set', 'swarm.rate_hz=5')
+    swarm.wait_for(r'\[drone1/fusion\] .*replies, selected', count=3)
+    node = ros.create_node('test_injector')
+    pubs = {
+        'request': node.create_publisher(Request, '/swarm/request', 10),
+        'reply': node.create_publisher(Reply, '/drone1/comm/reply', 10),
+        'feature': node.create_publisher(FeatureMap, '/drone1/comm/feature', 10),
+        'connect': node.create_publisher(Connect, '/drone2/comm/connect', 10),
+    }
+    # each drone's matcher subscribes to /swarm/request; fusion of drone1 to its reply/feature topics
+    spin_until(node, lambda: pubs['request'].get_subscription_count() >= 4 and
+               all(p.get_subscription_count() >= 2 for p in pubs.values()), timeout=20)
+    stamp = Header(stamp=node.get_clock().now().to_msg()).stamp
+
+    def header():
+        return Header(stamp=stamp)
+
+    unknown = Request(header=header(), sender=77, receiver=255)              # 3 matchers: unknown_sender
+    encode_tensor(np.ones(6, np.float32), 'float32', unknown.query)
+    bad_dtype = Request(header=header(), sender=2, receiver=255)             # drone1 + drone3: unknown_dtype
+    encode_tensor(np.ones(6, np.float32), 'float32', bad_dtype.query)
+    bad_dtype.query.dtype = 9
+    bad_shape = Reply(header=header(), sender=2, receiver=1)                 # drone1 fusion: bad_shape
+    encode_tensor(np.ones((2, 2), np.float32), 'float32', bad_shape.score)
+    truncated = FeatureMap(header=header(), sender=3, receiver=1)            # drone1 fusion: bad_size
+    encode_tensor(np.ones((3, 8, 8), np.float32), 'float16', truncated.features)
+    truncated.features.data = truncated.features.data[:10]
+    stranger = Connect(header=header(), sender=99, receiver=2)               # drone2 matcher: unknown_sender
+    for key, msg in (('request', unknown), ('request', bad_dtype), ('reply', bad_shape), ('feature', truncated),
+                     ('connect', stranger)):
+        pubs[key].publish(serialize_message(msg))
+    pubs['reply'].publish(b'\x00\x01\x00\x00garbage')                       # drone1 fusion: undecodable
+    code, summary = finish(swarm, tmp_path)
+    node.destroy_node()
+    assert code == 0 and summary['lost_processes'] == {}, summary['end_reason']
+    rejected = summary['evaluator']['rejected_by_node']
+    expected = {'drone1/matcher': 2, 'drone2/matcher': 2, 'drone3/matcher': 2, 'drone1/fusion': 3}
+    assert {k: v for k, v in rejected.items() if v} == expected, rejected
+    diag = summary['evaluator']['diagnostics']
+    assert diag['drone1/fusion']['rejected.bad_shape'] == '1' and diag['drone1/fusion']['rejected.undecodable'] == '1'
+    assert diag['drone1/fusion']['rejected.bad_size'] == '1' and diag['drone3/matcher']['rejected.unknown_dtype'] == '1'
+    d1 = summary['per_drone']['drone1']
+    assert summary['frames'] == 35 and d1['segmentations'] == 35 and d1['frames_without_segmentation'] == 0
+    assert summary['overall']['rejected_messages'] == 9
