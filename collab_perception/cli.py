@@ -41,6 +41,14 @@ def _load_config(args):
         if not 1 <= drones <= len(cfg.drones):
             raise ConfigError('--drones', f'{drones} is not in 1..{len(cfg.drones)} (drones in {cfg.source})')
         cfg.drones = cfg.drones[:drones]
+    requesters = getattr(args, 'requesters', None)
+    if requesters is not None:
+        names = [] if requesters == 'none' else [n.strip() for n in requesters.split(',') if n.strip()]
+        unknown = sorted(set(names) - set(cfg.names))
+        if unknown:
+            raise ConfigError('--requesters', f'{", ".join(unknown)} not among the drones ({", ".join(cfg.names)})')
+        for d in cfg.drones:
+            d.role = 'requester' if d.name in names else 'supporter'
     return cfg
 
 
@@ -259,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--frames', type=int, default=None, help='stop after N camera snapshots (default: the config\'s '
                    'swarm.frames; 0 runs until Ctrl-C)')
     p.add_argument('--drones', type=int, default=None, help='use only the first N drones of the config')
+    p.add_argument('--requesters', default=None, metavar='NAMES',
+                   help='comma-separated drones that ask for help every frame, the others only answer ("none": '
+                        'every drone alone, the single-agent pipeline); default: the roles of the config')
     p.add_argument('--layout', choices=('per_node', 'per_drone'), default=None,
                    help='one process per node, or one per drone (default: the config\'s)')
     p.add_argument('--run-dir', default=None, help='where params files, logs, the monitor output and the summary '

@@ -157,7 +157,9 @@ def source_node(cfg: SwarmConfig) -> NodeSpec:
         if target not in cfg.names:
             raise ConfigError('swarm.source.replay.target_drone', f'{target!r} is not a drone ({", ".join(cfg.names)})',
                               cfg.source)
-        params.update({'replay.dataset': rep['dataset'], 'replay.split': rep['split'], 'replay.target_drone': target})
+        # replayed images already carry the dataset's degradation: never degrade them twice
+        params.update({'replay.dataset': rep['dataset'], 'replay.split': rep['split'], 'replay.target_drone': target,
+                       'degraded_drones': ['']})
         return NodeSpec('replay_bridge', 'replay_bridge', SWARM_NAMESPACE, params)
     path = src['airsim_config']
     path = path if os.path.isabs(path) else resource_path(path)

@@ -24,18 +24,15 @@ class AirSimBridgeNode(SwarmSource):
         if missing:
             raise ValueError(f'{path}: no AirSim vehicle feeds drone(s) {", ".join(missing)}')
         self.source = AirSimSource(self.config)
-        self.index_of = {d: i for i, d in enumerate(self.drones)}
         self.timer = self.create_timer(1.0 / self.rate_hz, self.tick)
         self.get_logger().info(
             f'{self.config.client} at {self.config.host}:{self.config.port} (server version '
             f'{self.source.server_version}): ' + ', '.join(f'{v.name}/{v.camera} -> {v.drone}' for v in self.config.vehicles)
             + f' at {self.rate_hz:g} Hz')
 
-    def publish_snapshot(self, stamp) -> bool:
-        for frame in self.source.snapshot():
-            self.cameras.publish(stamp, self.index_of[frame.drone], self.maybe_degrade(frame.drone, frame.rgb),
-                                 frame.depth, frame.labels, frame.K, frame.position, frame.orientation_xyzw)
-        return True
+    def capture(self):
+        frames = {f.drone: f for f in self.source.snapshot()}
+        return [frames[d] for d in self.drones]
 
 
 def main(args=None) -> int:

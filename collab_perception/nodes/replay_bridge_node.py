@@ -9,6 +9,7 @@ drone the same topics as the live bridges (image, depth, camera_info, labels, po
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -40,17 +41,16 @@ class ReplayBridgeNode(SwarmSource):
         self.get_logger().info(f'replaying {self.split} of {self.root} ({manifest["setting"]}): target -> '
                                f'{self.target_drone}, at {self.rate_hz:g} Hz')
 
-    def publish_snapshot(self, stamp) -> bool:
+    def capture(self):
         snap = next(self.snapshots, None)
         if snap is None:
             self.get_logger().info(f'end of the {self.split} split after {self.index} snapshots')
-            return False
-        order = slot_order(int(snap['target_index']), len(self.drones))
-        for drone, slot in zip(self.drone_order, order):
-            self.cameras.publish(stamp, self.drones.index(drone), self.maybe_degrade(drone, snap['rgb'][slot]),
-                                 snap['depth'][slot].astype(np.float32), snap['labels'][slot], snap['K'][slot],
-                                 snap['position'][slot], snap['orientation_xyzw'][slot])
-        return True
+            return None
+        slots = dict(zip(self.drone_order, slot_order(int(snap['target_index']), len(self.drones))))
+        return [SimpleNamespace(rgb=snap['rgb'][k], depth=snap['depth'][k].astype(np.float32),
+                                labels=snap['labels'][k], K=snap['K'][k], position=snap['position'][k],
+                                orientation_xyzw=snap['orientation_xyzw'][k])
+                for k in (slots[d] for d in self.drones)]
 
 
 def main(args=None) -> int:

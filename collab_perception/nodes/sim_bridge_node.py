@@ -34,12 +34,8 @@ class SimBridgeNode(SwarmSource):
             + (f'{self.frames} frames' if self.frames else 'until stopped')
             + (f'; degraded: {", ".join(sorted(self.degraded_drones))}' if self.degraded_drones else ''))
 
-    def publish_snapshot(self, stamp) -> bool:
-        snap = self.world.step()
-        for i, (drone, view) in enumerate(zip(self.drones, snap.views)):
-            self.cameras.publish(stamp, i, self.maybe_degrade(drone, view.rgb), view.depth, view.labels, view.K,
-                                 view.position, view.orientation_xyzw)
-        return True
+    def capture(self):
+        return self.world.step().views
 
     def close(self):
         self.world.close()

@@ -4,6 +4,7 @@ drones, readiness before frame 1, and a bounded run that ends the swarm.
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 import numpy as np
 from rclpy.node import Node
@@ -78,10 +79,16 @@ class SwarmSource(Node):
             return
         if not self._graph_ready():
             return
-        stamp = self.get_clock().now().to_msg()
-        if not self.publish_snapshot(stamp):     # the source ran out (a replayed split): drain and stop
+        frames = self.capture()
+        if frames is None:                      # the source ran out (a replayed split): drain and stop
             self._drain_until = time.monotonic() + self.drain_s
             return
+        # The stamp is taken when the images exist (after rendering / fetching), as a camera driver stamps
+        # at capture: latency downstream is then transport and processing, not the simulator's rendering.
+        stamp = self.get_clock().now().to_msg()
+        for i, f in enumerate(frames):
+            self.cameras.publish(stamp, i, self.maybe_degrade(self.drones[i], f.rgb), f.depth, f.labels, f.K,
+                                 f.position, f.orientation_xyzw)
         self.cameras.publish_frame(stamp)
         self.index += 1
         if self.index % 50 == 0:
@@ -89,6 +96,7 @@ class SwarmSource(Node):
         if self.frames and self.index >= self.frames:
             self._drain_until = time.monotonic() + self.drain_s
 
-    def publish_snapshot(self, stamp) -> bool:
-        """Publish every drone's camera for one snapshot; False when the source has no more."""
+    def capture(self) -> Optional[list]:
+        """One snapshot: a frame per drone, in `drone_names` order (objects with rgb, depth, labels, K,
+        position, orientation_xyzw), or None when the source has no more."""
         raise NotImplementedError

@@ -1,0 +1,71 @@
+"""Latency of the swarm against the single-agent pipeline, as a ratio measured in one run.
+
+    python bench/bench_swarm.py --drones 3 5 --frames 40
+
+For each swarm size, two runs back to back through ROS 2 (`collab-perception swarm`, the config's method
+and models, localhost DDS): every drone alone (no requester: camera -> perception -> fusion -> its own
+segmentation) and the handshake (drone1 asks every frame: request, replies, connect, features, decode).
+Latency is camera stamp (taken when the images exist) -> segmentation published, from fusion/info, over
+every frame of the run. The ratios (handshake requester / single agent, p50 and p95) are what to compare across machines;
+the milliseconds depend on the machine and its load. Results: a Markdown table on stdout (and --out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+
+def run_swarm(drones: int, frames: int, requesters: str, extra: list[str], workdir: str) -> dict:
+    summary = os.path.join(workdir, f'swarm-{drones}-{requesters}.json')
+    cmd = [sys.executable, '-m', 'collab_perception.cli', 'swarm', '--drones', str(drones), '--frames', str(frames),
+           '--requesters', requesters, '--run-dir', os.path.join(workdir, f'run-{drones}-{requesters}'),
+           '--summary', summary, '--quiet', *extra]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f'swarm run failed ({" ".join(cmd)}):\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}')
+    with open(summary) as f:
+        return json.load(f)
+
+
+def latencies(summary: dict, drone: str) -> tuple[float, float]:
+    d = summary['per_drone'][drone]
+    return d['latency_ms_p50'], d['latency_ms_p95']
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument('--drones', type=int, nargs='+', default=[3, 5], help='swarm sizes (default 3 5)')
+    parser.add_argument('--frames', type=int, default=40, help='frames per run (default 40)')
+    parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='config overrides')
+    parser.add_argument('--out', default=None, help='also write the table to this file')
+    args = parser.parse_args(argv)
+    extra = [x for kv in args.set for x in ('--set', kv)]
+    rows = ['| drones | method | single agent p50 / p95 (ms) | handshake requester p50 / p95 (ms) | ratio p50 | '
+            'ratio p95 | fused vs own accuracy | comm B/frame |', '|---|---|---|---|---|---|---|---|']
+    with tempfile.TemporaryDirectory(prefix='bench-swarm-') as work:
+        for n in args.drones:
+            alone = run_swarm(n, args.frames, 'none', extra, work)
+            shake = run_swarm(n, args.frames, 'drone1', extra, work)
+            a50, a95 = latencies(alone, 'drone1')
+            h50, h95 = latencies(shake, 'drone1')
+            o = shake['overall']
+            acc = (f'{100 * o["fused_accuracy"]:.1f}% vs {100 * o["own_accuracy"]:.1f}%'
+                   if o['fused_accuracy'] is not None else '-')
+            rows.append(f'| {n} | {", ".join(shake["methods"])} | {a50:.1f} / {a95:.1f} | {h50:.1f} / {h95:.1f} | '
+                        f'{h50 / a50:.2f} | {h95 / a95:.2f} | {acc} | {o["comm_bytes_per_frame"]:.0f} |')
+            print(rows[-1], flush=True)
+    table = '\n'.join(rows)
+    print(table)
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write(table + '\n')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
