@@ -28,7 +28,7 @@ def test_every_model_gives_per_pixel_logits(name):
         assert out.logits.shape == (2, 8, 32, 32)
         if out.selected is not None:
             assert out.selected.shape == (2, 4) and out.selected.dtype == torch.bool
-    loss = model.loss(out, torch.randint(0, 8, (2, 32, 32)))
+    loss = model.loss(out, {'labels': torch.randint(0, 8, (2, 32, 32))})
     loss.backward()
     assert torch.isfinite(loss)
 
@@ -150,8 +150,8 @@ def test_tiny_training_lowers_the_loss(tiny_dataset, tmp_path):
     result = train(cfg, progress=False)
     trained, _ = load_model(str(tmp_path / 'run' / 'last.pt'))
     with torch.no_grad():
-        before = initial.loss(forward(initial, frames, 'eval'), frames['labels']).item()
-        after = trained.loss(forward(trained, frames, 'eval'), frames['labels']).item()
+        before = initial.loss(forward(initial, frames, 'eval'), frames).item()
+        after = trained.loss(forward(trained, frames, 'eval'), frames).item()
     assert result['steps'] == 30 and after < 0.8 * before, (before, after)
     history = json.load(open(tmp_path / 'run' / 'history.json'))['history']
     assert [h['step'] for h in history] == [15, 30]

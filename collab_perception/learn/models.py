@@ -135,7 +135,13 @@ class CollabModel(nn.Module):
     def wire(self) -> WireSpec:
         raise NotImplementedError
 
-    def loss(self, out: Output, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    def forward_batch(self, batch: dict, mode: str) -> Output:
+        """One batch of the data loader of the model's settings (learn/data.py) -> Output. Models of other
+        settings (MASH on the obstruction setting) override this and `loss` with their own batch keys."""
+        return self(batch['target'], batch['supporters'], clean_target=batch['clean'], mode=mode)
+
+    def loss(self, out: Output, batch: dict, ignore_index: int = 255) -> torch.Tensor:
+        labels = batch['labels']
         loss = F.cross_entropy(out.logits, labels, ignore_index=ignore_index)
         if out.own_logits is not None and self.cfg.own_loss_weight > 0:
             loss = loss + self.cfg.own_loss_weight * F.cross_entropy(out.own_logits, labels, ignore_index=ignore_index)

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ..runtime.metrics import ConfusionMatrix
-from .data import FrameLoader
+from .data import HANDSHAKE_SETTINGS, FrameLoader
 from .models import CollabModel, ModelConfig, create_model
 
 
@@ -53,6 +53,18 @@ class TrainConfig:
         return out
 
 
+LOADERS: dict[str, type] = {s: FrameLoader for s in HANDSHAKE_SETTINGS}
+
+
+def loader_for(setting: str) -> type:
+    """The data loader class of a setting: (root, setting, split, batch_size, seed=, shuffle=, augment=,
+    limit=) -> iterable of batch dicts with at least 'labels', plus `agents` and `num_classes`."""
+    try:
+        return LOADERS[setting]
+    except KeyError:
+        raise ValueError(f'unknown setting {setting!r}; valid: {", ".join(LOADERS)}') from None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -60,7 +72,7 @@ def seed_everything(seed: int) -> None:
 
 
 def forward(model: CollabModel, batch: dict, mode: str):
-    return model(batch['target'], batch['supporters'], clean_target=batch['clean'], mode=mode)
+    return model.forward_batch(batch, mode)
 
 
 @torch.no_grad()
@@ -114,8 +126,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    train_loader = FrameLoader(cfg.data_dir, cfg.setting, 'train', cfg.batch_size, seed=cfg.seed, augment=True)
-    val_loader = FrameLoader(cfg.data_dir, cfg.setting, 'val', cfg.batch_size, shuffle=False, limit=cfg.val_batches)
+    loader_cls = loader_for(cfg.setting)
+    train_loader = loader_cls(cfg.data_dir, cfg.setting, 'train', cfg.batch_size, seed=cfg.seed, augment=True)
+    val_loader = loader_cls(cfg.data_dir, cfg.setting, 'val', cfg.batch_size, shuffle=False, limit=cfg.val_batches)
     model = build_model(cfg, train_loader.agents, train_loader.num_classes)
     cfg.model = model.cfg
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -150,7 +163,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             for group in optimizer.param_groups:
                 group['lr'] = lr_at(cfg, step)
             out = forward(model, batch, 'train')
-            loss = model.loss(out, batch['labels'])
+            loss = model.loss(out, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
