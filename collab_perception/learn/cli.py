@@ -10,9 +10,10 @@ import os
 
 from ..config import ConfigError
 
-SETTINGS = ('hidden-target', 'accurate-pose', 'noisy-pose', 'random-exploration')
+SETTINGS = ('hidden-target', 'accurate-pose', 'noisy-pose', 'random-exploration', 'obstruction')
 METHODS = ('single_normal', 'single_degraded', 'catall', 'attention', 'compression', 'random', 'who2com',
-           'who2com_nomsg', 'when2com')
+           'who2com_nomsg', 'when2com',
+           'mash', 'mash_stacked', 'inpainting', 'inputstack', 'outputstack', 'warped_outputstack')
 
 
 def add_learn_parsers(sub) -> None:

@@ -196,3 +196,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     with open(os.path.join(cfg.out_dir, 'train.json'), 'w') as f:
         json.dump(result, f, indent=2)
     return result
+
+
+# MASH on the obstruction setting: its loader, and its models in the MODELS registry (learn/mash.py)
+from . import mash  # noqa: E402,F401
+from .mash_data import SETTING as _OBSTRUCTION, ObstructionLoader  # noqa: E402
+
+LOADERS[_OBSTRUCTION] = ObstructionLoader

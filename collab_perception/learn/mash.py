@@ -1,0 +1,534 @@
+"""MASH, the Multi-Agent Spatial Handshaking network (shared/papers/mash-spatial-handshake.txt, §III), and the
+baselines of its Table I (§IV "Baselines"), on the `obstruction` setting, registered by name:
+
+    mash                MASH, HardSelection fusion at inference (the paper's highlighted variant, Table I);
+                        `fusion='soft'` switches the same weights to SoftSelection (see "Training" below)
+    mash_stacked        MASH with StackedFusion: the warped distributions go through a small conv net
+    inpainting          the target image alone, trained to predict its unobstructed labels ("hallucinate")
+    inputstack          the unwarped RGB of all agents concatenated into one backbone
+    outputstack         a shared backbone per agent, the output distributions concatenated and fused by convs
+    warped_outputstack  outputstack with the supporters' distributions warped into the target by the
+                        ground-truth cell correspondences (the upper bound: needs ground truth at inference)
+
+Every model takes one batch of mash_data.ObstructionLoader (the target's obstructed image and its S = N - 1
+supporters' images) and returns the target's class scores over the unobstructed labels.
+
+MASH (§III, Fig. 2), per agent and for one target T and one supporter S:
+  (1) backbone: the SegNet-like encoder-decoder of backbone.py. Its 1/4-resolution feature map is pooled 2x2
+      to the cell grid (8-px cells, the dataset's 16 x 16 correspondence grid at 128 px): f, Hs x Ws x F.
+      Its output class distribution (softmax of the logits, "pre-ArgMax") is averaged per cell: the value a
+      supporter sends for a cell (msg/PatchSegments.msg carries one distribution per cell).
+  (2) data compression: query and key encoders, 1x1 convolutions, f -> q (Q channels, sent by T, quantized
+      uint8 as the codec sends it) and f -> k (K channels, kept by S); asymmetric, Q <= K.
+  (3) data correspondence: the query-key transform (1x1 conv Q -> K) gives p_T; the dense distance volume
+      D_TS[x, y, x', y'] = -||p_T[x, y] - k_S[x', y']|| (Eq. 1) reshaped to Ht x Wt x (Hs Ws), plus the
+      no-match score -||p_T[x, y] - 0|| (Eq. 2): Ht x Wt x (Hs Ws + 1).
+  (4) correspondence smoothing and infilling: a convolutional autoencoder over that volume (same size in and
+      out), then a softmax over the Hs Ws + 1 bins; channel-wise argmax -> warping grid, max -> confidence.
+  (5) sampling: each supporter samples its per-cell class distribution with the grid (no match -> the
+      target's own cell is used, i.e. the supporter contributes nothing there).
+  (6) fusion: HardSelection (per cell, the agent with the strongest confidence, the target included),
+      SoftSelection (confidence-weighted sum) or StackedFusion (concatenation + small conv net).
+
+Distributed inference as the swarm runs it (and as evaluation scores it): the requester broadcasts q; each
+supporter replies with only the cells whose argmax is a real match and whose confidence reaches a threshold
+(bandwidth, Eq. 3's selection factor r); the requester fuses what it received. The target's own candidate
+in the fusion is scored by a self-confidence computed from its own features (the role the no-match bin plays
+per supporter, "a self-attention mechanism for evaluating the descriptiveness of its own features", §III
+after Eq. 2): a supporter's cell replaces the target's own cell only when its confidence is higher. This is
+how "the target itself included" is decided without the supporters' no-match scores, which are never sent.
+
+Training (§III "Training"): cross entropy on the fused segmentation (the target's unobstructed labels), on
+every agent's own backbone output (per-agent segmentation masks) and on the correspondence volume against the
+world's ground-truth cell correspondences, no-match bin included. Argmax sampling is not differentiable, so
+`mash` is trained on the fusion's soft counterpart: per target cell, a mixture of the target's own
+distribution (weight: its self-confidence) and every supporter cell j (weight: its matching probability),
+i.e. softmax-weighted sampling. HardSelection at inference is the mixture's largest component and
+SoftSelection its confidence-weighted mean over the argmax matches, so both come from the same weights (as
+Who2com trains on the softmax-weighted sum and selects the argmax). StackedFusion trains its conv net on the
+softmax-weighted samples of the cells the supporter would send.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .backbone import Decoder, Encoder, conv_block
+from .models import CollabModel, ModelConfig, Output, register
+
+CELL_SIZE = 8                        # px per cell: the encoder's 1/4 map pooled 2x2; = the dataset's cell_size
+IMAGE_SIZE = (128, 128)              # (H, W) of the datasets (docs/DATASETS.md): a 16 x 16 cell grid
+CORRESPONDENCE_LOSS_WEIGHT = 1.0     # correspondence cross entropy, summed with the segmentation ones
+CONFIDENCE_THRESHOLD = 0.5           # a supporter sends a matched cell only from this confidence on
+QUERY_DTYPE = 'uint8'                # the query map on the wire (msg/Request.msg, codec quantization)
+PATCH_DTYPE = 'uint8'                # confidences and class distributions on the wire (msg/PatchSegments.msg)
+DISTANCE_EPS = 1e-6                  # keeps sqrt differentiable at distance 0
+_QUANT_RANGE = {'uint8': (0, 255), 'int8': (-128, 127)}
+
+
+# ---------------------------------------------------------------------------------------------- wire helpers
+def quantize_dequantize(x: torch.Tensor, dims: tuple[int, ...], dtype: str,
+                        mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """What the codec's per-tensor affine quantization (runtime/codec.py, `encode_tensor` then
+    `decode_tensor`) does to `x`, one tensor per index of the axes not in `dims`; `mask` (broadcastable to x)
+    marks the elements the tensor holds (e.g. the sent cells), the others pass unchanged. float dtypes are
+    returned as they are (float16 rounding included)."""
+    if dtype == 'float32':
+        return x
+    if dtype == 'float16':
+        return x.half().to(x.dtype)
+    lo, hi = _QUANT_RANGE[dtype]
+    inside = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.expand_as(x)
+    xmin = torch.where(inside, x, torch.full_like(x, float('inf'))).amin(dims, keepdim=True).clamp(max=0.0)
+    xmax = torch.where(inside, x, torch.full_like(x, float('-inf'))).amax(dims, keepdim=True).clamp(min=0.0)
+    span = xmax - xmin
+    scale = torch.where(span > 0, span / (hi - lo), torch.ones_like(span))
+    zero_point = torch.clamp(torch.round(lo - xmin / scale), lo, hi)
+    q = torch.clamp(torch.round(x / scale) + zero_point, lo, hi)
+    return torch.where(inside, (q - zero_point) * scale, x)
+
+
+def straight_through(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+    """Forward: the quantized value; backward: the identity (training sees the wire's rounding)."""
+    return x + (quantized - x).detach()
+
+
+def upsample_cells(x: torch.Tensor, cell_size: int) -> torch.Tensor:
+    """[B, C, Hc, Wc] -> [B, C, Hc * cell, Wc * cell]: each cell's value over its pixels."""
+    return F.interpolate(x, scale_factor=float(cell_size), mode='nearest')
+
+
+def sample_cells(values: torch.Tensor, index: torch.Tensor, cell_size: int) -> torch.Tensor:
+    """Torch version of world.geometry.sample_cells, batched: values [B, C, H, W], index [B, Hc*Wc] long (a
+    source cell per target cell, row-major; Hc*Wc = no match) -> [B, C, H, W], target cell i holding source
+    cell index[i] (cell_size x cell_size pixels each), zeros where there is no match."""
+    b, c, h, w = values.shape
+    hc, wc = h // cell_size, w // cell_size
+    cells = values.view(b, c, hc, cell_size, wc, cell_size).permute(0, 2, 4, 1, 3, 5).reshape(b, hc * wc, -1)
+    cells = torch.cat([cells, cells.new_zeros(b, 1, cells.shape[-1])], 1)
+    picked = cells.gather(1, index[:, :, None].expand(-1, -1, cells.shape[-1]))
+    return picked.view(b, hc, wc, c, cell_size, cell_size).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+# ---------------------------------------------------------------------------------------------- MASH parts
+def distance_volume(p: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The dense distance volume with its no-match bin (§III "Data Correspondence", Eq. 1-2).
+
+    p [N, K, Ht, Wt] (the target's transformed query), k [N, K, Hs, Ws] (the supporter's key) ->
+    [N, Hs*Ws + 1, Ht, Wt]: channel j < Hs*Ws (row-major source cell) holds -||p_T[x, y] - k_S[j]||, the last
+    channel -||p_T[x, y] - 0||. Channels are the flattened source grid so that the smoothing network can
+    convolve over the target grid."""
+    n, kd, ht, wt = p.shape
+    pt = p.flatten(2)                                            # [N, K, Ct]
+    ks = k.flatten(2)                                            # [N, K, Cs]
+    p2 = (pt * pt).sum(1)                                        # [N, Ct]
+    k2 = (ks * ks).sum(1)                                        # [N, Cs]
+    cross = torch.bmm(ks.transpose(1, 2), pt)                    # [N, Cs, Ct]
+    squared = k2[:, :, None] + p2[:, None, :] - 2.0 * cross
+    matches = -torch.sqrt(squared.clamp_min(DISTANCE_EPS))
+    no_match = -torch.sqrt(p2.clamp_min(DISTANCE_EPS))[:, None, :]
+    return torch.cat([matches, no_match], 1).view(n, -1, ht, wt)
+
+
+def _strided_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class CorrespondenceAutoencoder(nn.Module):
+    """Smoothing and infilling of the correspondence volume (§III "Correspondence Smoothing and Infilling"):
+    [N, Hs*Ws + 1, Ht, Wt] -> the same size, a convolutional encoder-decoder over the target grid (two
+    stride-2 stages, skip connections) whose channels are the matching distribution of each target cell.
+
+    Choices the paper leaves open: the volume enters as per-cell log-probabilities (independent of the feature
+    norms that set the raw distances' offset); two coordinate channels tell the network where a target cell
+    is (the "dataset priors", e.g. gravity-aligned views); the output is a residual on the input with its last
+    layer initialized to zero, so training starts from the raw matching and the correspondence loss reaches
+    the query and key encoders from the first step."""
+
+    def __init__(self, bins: int, width: int):
+        super().__init__()
+        self.enc0 = conv_block(bins + 2, width)
+        self.enc1 = _strided_block(width, 2 * width)
+        self.enc2 = _strided_block(2 * width, 2 * width)
+        self.dec1 = conv_block(4 * width, width)
+        self.dec0 = conv_block(2 * width, width)
+        self.out = nn.Conv2d(width, bins, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = volume.shape
+        log_probs = volume.log_softmax(1)
+        ys = torch.linspace(-1.0, 1.0, h, dtype=volume.dtype, device=volume.device)
+        xs = torch.linspace(-1.0, 1.0, w, dtype=volume.dtype, device=volume.device)
+        coords = torch.stack([ys[:, None].expand(h, w), xs[None, :].expand(h, w)])[None].expand(n, 2, h, w)
+        e0 = self.enc0(torch.cat([log_probs, coords], 1))
+        e1 = self.enc1(e0)
+        e2 = self.enc2(e1)
+        d1 = self.dec1(torch.cat([F.interpolate(e2, size=e1.shape[-2:], mode='nearest'), e1], 1))
+        d0 = self.dec0(torch.cat([F.interpolate(d1, size=e0.shape[-2:], mode='nearest'), e0], 1))
+        return log_probs + self.out(d0)
+
+
+def _pointwise_encoder(cin: int, cout: int) -> nn.Sequential:
+    """A sequence of 1x1 convolutions (§III "Data Compression")."""
+    return nn.Sequential(nn.Conv2d(cin, cin, 1, bias=False), nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
+                         nn.Conv2d(cin, cout, 1))
+
+
+class StackFusion(nn.Module):
+    """A small conv net from stacked per-agent maps [B, C, H, W] to class logits [B, K, H, W]: OutputStack's
+    learned fusion (§IV Baselines) and MASH's StackedFusion (§III)."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int):
+        super().__init__()
+        self.net = nn.Sequential(conv_block(in_channels, 2 * width), conv_block(2 * width, width),
+                                 nn.Conv2d(width, num_classes, 1))
+
+    def forward(self, stack: torch.Tensor) -> torch.Tensor:
+        return self.net(stack)
+
+
+# ---------------------------------------------------------------------------------------------- base
+class ObstructionModel(CollabModel):
+    """Shared by MASH and its baselines: batches of the obstruction setting (mash_data.ObstructionLoader), one
+    backbone for every agent (encoder + own_head, same weights on every drone), and the loss: cross entropy of
+    the fused prediction on the target's unobstructed labels plus `own_loss_weight` x that of every agent's own
+    backbone output on its labels (MASH §III "Training": per-agent segmentation masks)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.agents = cfg.supporters + 1
+
+    def forward_batch(self, batch: dict, mode: str) -> Output:
+        return self(batch, mode)
+
+    def backbone(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [B, A, 3, H, W] -> features [B, A, F, H/4, W/4], own logits [B, A, K, H, W]."""
+        b, a = images.shape[:2]
+        features = self.encoder(images.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+        logits = self.own_head(features)
+        return features.view(b, a, *features.shape[1:]), logits.view(b, a, *logits.shape[1:])
+
+    @staticmethod
+    def all_images(batch: dict) -> torch.Tensor:
+        return torch.cat([batch['target'].unsqueeze(1), batch['supporters']], 1)
+
+    def loss(self, out: Output, batch: dict, ignore_index: int = 255) -> torch.Tensor:
+        loss = F.cross_entropy(out.logits, batch['labels'], ignore_index=ignore_index)
+        if out.own_logits is not None and self.cfg.own_loss_weight > 0:
+            own = out.own_logits                                              # [B, A, K, H, W]
+            labels = torch.cat([batch['labels'].unsqueeze(1), batch['supporter_labels']], 1)
+            loss = loss + self.cfg.own_loss_weight * F.cross_entropy(own.flatten(0, 1), labels.flatten(0, 1),
+                                                                     ignore_index=ignore_index)
+        return loss
+
+
+# ---------------------------------------------------------------------------------------------- baselines
+@register('inpainting')
+class Inpainting(ObstructionModel):
+    """SegNet on the (obstructed) target image alone, trained on its unobstructed labels (§IV Baselines,
+    "Inpainting (Trained on Target View)")."""
+
+    needs_supporters = False
+
+    def forward(self, batch: dict, mode: str = 'train') -> Output:
+        return Output(logits=self.own_head(self.encoder(batch['target'])))
+
+
+class StackedImageEncoder(Encoder):
+    """The backbone encoder over `images` RGB images concatenated along the channels (InputStack)."""
+
+    def __init__(self, images: int, channels: int, width: int):
+        super().__init__(channels, width)
+        self.stages[0] = conv_block(3 * images, width)
+        self.mean = self.mean.repeat(1, images, 1, 1)
+        self.std = self.std.repeat(1, images, 1, 1)
+
+
+@register('inputstack')
+class InputStack(ObstructionModel):
+    """The unwarped RGB images of all agents concatenated and segmented by one SegNet (§IV Baselines)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.encoder = StackedImageEncoder(self.agents, cfg.channels, cfg.width)
+
+    def forward(self, batch: dict, mode: str = 'train') -> Output:
+        stack = self.all_images(batch).flatten(1, 2).contiguous(memory_format=torch.channels_last)
+        return Output(logits=self.own_head(self.encoder(stack)))
+
+
+@register('outputstack')
+class OutputStack(ObstructionModel):
+    """A shared SegNet per agent; the output distributions, unwarped, concatenated (target first) and fused
+    by a learned conv net (§IV Baselines)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.stack_fusion = StackFusion(self.agents * cfg.num_classes, cfg.num_classes, cfg.width)
+
+    def supporter_distributions(self, probs: torch.Tensor, batch: dict) -> torch.Tensor:
+        """probs [B, A, K, H, W] -> the supporters' maps that are stacked with the target's."""
+        return probs[:, 1:]
+
+    def forward(self, batch: dict, mode: str = 'train') -> Output:
+        _, own_logits = self.backbone(self.all_images(batch))
+        probs = own_logits.softmax(2)
+        stack = torch.cat([probs[:, :1], self.supporter_distributions(probs, batch)], 1).flatten(1, 2)
+        return Output(logits=self.stack_fusion(stack), own_logits=own_logits)
+
+
+@register('warped_outputstack')
+class WarpedOutputStack(OutputStack):
+    """OutputStack with each supporter's distribution warped into the target by the ground-truth warping grid
+    (the world's cell correspondences, `batch['correspondence']`, at inference too): the upper bound (§IV
+    Baselines). Where a target cell has no match in a supporter, the target's own cell is used, as MASH does
+    (§III "Output Sampling and Fusion")."""
+
+    def supporter_distributions(self, probs: torch.Tensor, batch: dict) -> torch.Tensor:
+        b, a, k, h, w = probs.shape
+        s = a - 1
+        index = batch['correspondence'].flatten(0, 1)                         # [B*S, C]
+        warped = sample_cells(probs[:, 1:].flatten(0, 1), index, CELL_SIZE)   # [B*S, K, H, W]
+        no_match = (index == (h // CELL_SIZE) * (w // CELL_SIZE)).float().view(b * s, 1, h // CELL_SIZE, -1)
+        own = probs[:, :1].expand(b, s, k, h, w).flatten(0, 1)
+        warped = torch.where(upsample_cells(no_match, CELL_SIZE) > 0.5, own, warped)
+        return warped.view(b, s, k, h, w)
+
+
+# ---------------------------------------------------------------------------------------------- MASH
+@register('mash')
+class Mash(ObstructionModel):
+    """MASH (§III) with HardSelection (default) or SoftSelection fusion; see the module docstring.
+
+    `fusion_kind` ('hard' | 'soft'), `confidence_threshold` (a supporter sends a matched cell from this
+    confidence on), `query_dtype` and `patch_dtype` (the wire) are inference settings, not weights: evaluation
+    and export may change them on a trained model. `image_size` fixes the cell grid, hence the number of
+    channels of the smoothing network (the flattened source grid + 1); ModelConfig has no image size, so it
+    defaults to the datasets' 128 x 128 and a checkpoint's grid is restored from its weights."""
+
+    def __init__(self, cfg: ModelConfig, image_size: tuple[int, int] = IMAGE_SIZE):
+        super().__init__(cfg)
+        if cfg.query_size > cfg.key_size:
+            raise ValueError(f'MASH needs query_size <= key_size (asymmetric encoders, §III), got '
+                             f'{cfg.query_size} > {cfg.key_size}')
+        f, q, k = cfg.channels, cfg.query_size, cfg.key_size
+        self.query_encoder = _pointwise_encoder(f, q)
+        self.key_encoder = _pointwise_encoder(f, k)
+        self.transform = nn.Conv2d(q, k, 1)                  # "K learned convolutional kernels of size 1x1xQ"
+        self.self_confidence_head = nn.Sequential(conv_block(f, f), nn.AvgPool2d(2), nn.Conv2d(f, 1, 1))
+        self.smoothing_width = 2 * f
+        self.set_image_size(image_size)
+        self.fusion_kind = 'hard'
+        self.confidence_threshold = CONFIDENCE_THRESHOLD
+        self.query_dtype = QUERY_DTYPE
+        self.patch_dtype = PATCH_DTYPE
+
+    def set_image_size(self, image_size: tuple[int, int]) -> None:
+        """(Re)build the smoothing autoencoder for images of `image_size` (H, W): new, untrained weights."""
+        h, w = image_size
+        if h % CELL_SIZE or w % CELL_SIZE:
+            raise ValueError(f'MASH needs images divisible by its {CELL_SIZE}-px cells, got {w}x{h}')
+        self.image_size = (h, w)
+        self.grid = (h // CELL_SIZE, w // CELL_SIZE)
+        self.smoothing = CorrespondenceAutoencoder(self.grid[0] * self.grid[1] + 1, self.smoothing_width)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        bins = state_dict.get('smoothing.out.bias')
+        if bins is not None and bins.numel() != self.grid[0] * self.grid[1] + 1:
+            side = int(round((bins.numel() - 1) ** 0.5))
+            if side * side != bins.numel() - 1:
+                raise ValueError(f'checkpoint of a non-square cell grid ({bins.numel() - 1} cells): call '
+                                 'set_image_size((H, W)) before loading it')
+            self.set_image_size((side * CELL_SIZE, side * CELL_SIZE))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    # -- the per-agent steps (also the ONNX roles, mash_export.py)
+    @staticmethod
+    def cell_features(features: torch.Tensor) -> torch.Tensor:
+        """Backbone features [N, F, H/4, W/4] -> f on the cell grid [N, F, H/8, W/8] (§III backbone (A))."""
+        return F.avg_pool2d(features, 2)
+
+    @staticmethod
+    def cell_distributions(own_logits: torch.Tensor) -> torch.Tensor:
+        """Own logits [N, K, H, W] -> the pre-argmax class distribution per cell [N, Hc*Wc, K] (§III (B))."""
+        probs = F.avg_pool2d(own_logits.softmax(1), CELL_SIZE)
+        return probs.flatten(2).transpose(1, 2)
+
+    def query_map(self, features: torch.Tensor) -> torch.Tensor:
+        """Target: features -> q [N, Q, Hc, Wc], rounded as the wire's dtype rounds it (straight-through)."""
+        q = self.query_encoder(self.cell_features(features))
+        return straight_through(q, quantize_dequantize(q, (1, 2, 3), self.query_dtype))
+
+    def self_confidence(self, features: torch.Tensor) -> torch.Tensor:
+        """Target: features -> the weight of its own cells in the fusion [N, Hc, Wc], positive."""
+        return F.softplus(self.self_confidence_head(features))[:, 0]
+
+    def match_volume(self, query: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Supporter: the target's q [N, Q, Hc, Wc] and its own features -> the smoothed correspondence logits
+        [N, Hc*Wc + 1, Hc, Wc] (§III (2b)-(3)); a softmax over dim 1 gives the matching distribution."""
+        p = self.transform(query)
+        k = self.key_encoder(self.cell_features(features))
+        return self.smoothing(distance_volume(p, k))
+
+    @staticmethod
+    def hard_matches(volume: torch.Tensor, cell_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Supporter: channel-wise max and argmax of the matching distribution (§III (4)) and the sampling (5):
+        volume [N, C + 1, Hc, Wc], cell_probs [N, C, K] -> confidence [N, C] float, match [N, C] long (C = no
+        match), class_probs [N, C, K] (the supporter's distribution at the match; zeros where there is none)."""
+        confidence, match = volume.softmax(1).flatten(2).max(1)
+        padded = torch.cat([cell_probs, cell_probs.new_zeros(cell_probs.shape[0], 1, cell_probs.shape[2])], 1)
+        class_probs = padded.gather(1, match[:, :, None].expand(-1, -1, cell_probs.shape[2]))
+        return confidence, match, class_probs
+
+    def select_patches(self, confidence: torch.Tensor, match: torch.Tensor, class_probs: torch.Tensor,
+                       threshold: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Supporter: the cells that go into PatchSegments, rounded as the wire rounds them. confidence, match
+        [N, C], class_probs [N, C, K] -> sent [N, C] bool, confidence [N, C] and class_probs [N, C, K] as the
+        requester decodes them (zeros for the cells not sent)."""
+        threshold = self.confidence_threshold if threshold is None else threshold
+        sent = (match != confidence.shape[1]) & (confidence >= threshold)
+        conf = quantize_dequantize(confidence, (1,), self.patch_dtype, sent) * sent
+        probs = quantize_dequantize(class_probs, (1, 2), self.patch_dtype, sent[:, :, None]) * sent[:, :, None]
+        return sent, conf, probs
+
+    def fuse(self, own_probs: torch.Tensor, self_confidence: torch.Tensor, patch_probs: torch.Tensor,
+             patch_confidence: torch.Tensor) -> torch.Tensor:
+        """Requester (§III (6)): own_probs [B, K, H, W], self_confidence [B, Hc, Wc], the received cells
+        patch_probs [B, S, C, K] and patch_confidence [B, S, C] (0 where nothing was received) -> class scores
+        [B, K, H, W] (here probabilities). HardSelection: per cell the most confident candidate, the target's
+        own cell (weight: its self-confidence) included; SoftSelection: the confidence-weighted mean of all."""
+        b, k, h, w = own_probs.shape
+        hc, wc = self_confidence.shape[-2:]
+        if self.fusion_kind == 'hard':
+            best_conf, best = patch_confidence.max(1)                          # [B, C]
+            chosen = patch_probs.gather(1, best[:, None, :, None].expand(-1, 1, -1, k))[:, 0]   # [B, C, K]
+            use = (best_conf > self_confidence.flatten(1)).to(own_probs.dtype).view(b, 1, hc, wc)
+            chosen = chosen.transpose(1, 2).reshape(b, k, hc, wc)
+            return torch.where(upsample_cells(use, CELL_SIZE) > 0.5, upsample_cells(chosen, CELL_SIZE), own_probs)
+        if self.fusion_kind == 'soft':
+            weighted = (patch_confidence[..., None] * patch_probs).sum(1).transpose(1, 2).reshape(b, k, hc, wc)
+            total = (self_confidence + patch_confidence.sum(1).view(b, hc, wc))[:, None]
+            own_w = upsample_cells(self_confidence[:, None], CELL_SIZE)
+            return (own_w * own_probs + upsample_cells(weighted, CELL_SIZE)) / upsample_cells(total, CELL_SIZE)
+        raise ValueError(f'unknown fusion {self.fusion_kind!r} for {type(self).__name__}; valid: hard, soft')
+
+    def scores_to_logits(self, scores: torch.Tensor) -> torch.Tensor:
+        """`fuse`'s output -> log-probabilities (cross entropy and argmax take them as logits)."""
+        return scores.clamp_min(1e-8).log()
+
+    # -- the whole swarm, for a batch
+    def handshake(self, batch: dict) -> dict:
+        """Everything before the supporters' cell selection, for every agent of the batch: own logits
+        [B, A, K, H, W], per-cell distributions [B, A, C, K], the target's self-confidence [B, Hc, Wc] and every
+        supporter's smoothed correspondence logits [B, S, C + 1, Hc, Wc]."""
+        images = self.all_images(batch)
+        b, a = images.shape[:2]
+        if tuple(images.shape[-2:]) != self.image_size:
+            raise ValueError(f'this MASH model was built for {self.image_size[1]}x{self.image_size[0]} images '
+                             f'(its cell grid sets the smoothing network\'s channels), got '
+                             f'{images.shape[-1]}x{images.shape[-2]}: construct it with image_size=(H, W)')
+        features, own_logits = self.backbone(images)
+        query = self.query_map(features[:, 0])
+        s = a - 1
+        volume = self.match_volume(query[:, None].expand(b, s, *query.shape[1:]).flatten(0, 1),
+                                   features[:, 1:].flatten(0, 1))
+        cell_probs = self.cell_distributions(own_logits.flatten(0, 1))
+        return {'own_logits': own_logits, 'cell_probs': cell_probs.view(b, a, *cell_probs.shape[1:]),
+                'self_confidence': self.self_confidence(features[:, 0]),
+                'volume': volume.view(b, s, *volume.shape[1:])}
+
+    def infer(self, state: dict, threshold: Optional[float] = None) -> dict:
+        """Distributed inference from a handshake state, as the swarm runs it: each supporter's argmax matches,
+        the cells it sends (threshold, wire rounding), the requester's fusion. -> scores [B, K, H, W] (argmax:
+        the prediction), sent, match (C = no match), confidence: [B, S, C]."""
+        b, s = state['volume'].shape[:2]
+        confidence, match, class_probs = self.hard_matches(state['volume'].flatten(0, 1),
+                                                           state['cell_probs'][:, 1:].flatten(0, 1))
+        sent, conf, probs = self.select_patches(confidence, match, class_probs, threshold)
+        scores = self.fuse(state['own_logits'][:, 0].softmax(1), state['self_confidence'],
+                           probs.view(b, s, *probs.shape[1:]), conf.view(b, s, -1))
+        return {'scores': scores, 'sent': sent.view(b, s, -1), 'match': match.view(b, s, -1),
+                'confidence': confidence.view(b, s, -1)}
+
+    def train_scores(self, state: dict) -> torch.Tensor:
+        """Training's soft fusion (module docstring): per target cell a mixture of the target's own distribution,
+        weighted by its self-confidence, and of every supporter cell j, weighted by its matching probability (a
+        supporter's no-match mass drops out: it leaves the cell to the target) -> probabilities [B, K, H, W]."""
+        volume = state['volume']
+        b, s, _, hc, wc = volume.shape
+        matching = volume.softmax(2).flatten(3)                                # [B, S, C + 1, C]
+        sampled = torch.einsum('bsjc,bsjk->bkc', matching[:, :, :-1], state['cell_probs'][:, 1:])
+        matched_mass = (1.0 - matching[:, :, -1]).sum(1).view(b, 1, hc, wc)
+        own_w = state['self_confidence'][:, None]
+        own_probs = state['own_logits'][:, 0].softmax(1)
+        return ((upsample_cells(own_w, CELL_SIZE) * own_probs + upsample_cells(sampled.reshape(b, -1, hc, wc), CELL_SIZE))
+                / upsample_cells(own_w + matched_mass, CELL_SIZE))
+
+    def forward(self, batch: dict, mode: str = 'train') -> Output:
+        state = self.handshake(batch)
+        extra = {'volume': state['volume'], 'self_confidence': state['self_confidence']}
+        if mode == 'train':
+            scores = self.train_scores(state)
+        else:
+            result = self.infer(state)
+            scores = result.pop('scores')
+            extra.update(result)
+        return Output(logits=self.scores_to_logits(scores), own_logits=state['own_logits'], extra=extra)
+
+    def loss(self, out: Output, batch: dict, ignore_index: int = 255) -> torch.Tensor:
+        """The segmentation cross entropies (fused, every agent's own) + the correspondence cross entropy of
+        every target cell's matching distribution against its ground-truth source cell or no-match (§III)."""
+        volume = out.extra['volume']                                           # [B, S, C + 1, Hc, Wc]
+        truth = batch['correspondence'].view(volume.shape[0], volume.shape[1], *volume.shape[-2:])
+        correspondence = F.cross_entropy(volume.flatten(0, 1), truth.flatten(0, 1))
+        return super().loss(out, batch, ignore_index) + CORRESPONDENCE_LOSS_WEIGHT * correspondence
+
+
+@register('mash_stacked')
+class MashStacked(Mash):
+    """MASH with StackedFusion (§III): the target's own distribution and, per supporter slot, its sampled
+    distribution (the target's own where the supporter sent nothing) and its confidence, concatenated and fused
+    by a small conv net. Training samples softmax-weighted over the real matches of the cells the supporter
+    would send (the same cells as at inference; gradients flow through the matching probabilities)."""
+
+    def __init__(self, cfg: ModelConfig, image_size: tuple[int, int] = IMAGE_SIZE):
+        super().__init__(cfg, image_size)
+        self.fusion_kind = 'stacked'
+        self.stack_fusion = StackFusion(cfg.num_classes + cfg.supporters * (cfg.num_classes + 1), cfg.num_classes,
+                                        cfg.width)
+
+    def fuse(self, own_probs, self_confidence, patch_probs, patch_confidence) -> torch.Tensor:
+        """As Mash.fuse, with StackedFusion: -> class logits [B, K, H, W]. `self_confidence` is not used."""
+        b, k, h, w = own_probs.shape
+        s = patch_probs.shape[1]
+        hc, wc = h // CELL_SIZE, w // CELL_SIZE
+        if s != self.cfg.supporters:
+            raise ValueError(f'mash_stacked was built for {self.cfg.supporters} supporters, got {s}')
+        received = (patch_confidence > 0).to(own_probs.dtype).view(b * s, 1, hc, wc)
+        cells = patch_probs.transpose(2, 3).reshape(b * s, k, hc, wc)
+        own = own_probs[:, None].expand(b, s, k, h, w).flatten(0, 1)
+        sampled = torch.where(upsample_cells(received, CELL_SIZE) > 0.5, upsample_cells(cells, CELL_SIZE), own)
+        conf = upsample_cells(patch_confidence.reshape(b * s, 1, hc, wc), CELL_SIZE)
+        stack = torch.cat([sampled, conf], 1).view(b, s * (k + 1), h, w)
+        return self.stack_fusion(torch.cat([own_probs, stack], 1))
+
+    def scores_to_logits(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores
+
+    def train_scores(self, state: dict) -> torch.Tensor:
+        b, s = state['volume'].shape[:2]
+        volume = state['volume'].flatten(0, 1)
+        cell_probs = state['cell_probs'][:, 1:].flatten(0, 1)                  # [N, C, K]
+        matching = volume.softmax(1).flatten(2)                                # [N, C + 1, C]
+        confidence, match = matching.max(1)
+        sent = (match != confidence.shape[1]) & (confidence >= self.confidence_threshold)
+        real = matching[:, :-1]
+        sampled = torch.einsum('njc,njk->nck', real, cell_probs) / real.sum(1).clamp_min(1e-8)[:, :, None]
+        return self.fuse(state['own_logits'][:, 0].softmax(1), state['self_confidence'],
+                         (sampled * sent[:, :, None]).view(b, s, *sampled.shape[1:]), (confidence * sent).view(b, s, -1))
