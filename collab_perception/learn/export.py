@@ -68,7 +68,7 @@ def _export(module: nn.Module, args: tuple, path: str, inputs: list[str], output
     program.save(path, external_data=False)
 
 
-def export_roles(model: CollabModel, out_dir: str, image_size: tuple[int, int],
+def export_roles(model: CollabModel, out_dir: str, image_size: tuple[int, int], setting: str = '',
                  card: Optional[dict] = None) -> dict[str, str]:
     """Write encoder.onnx, matcher.onnx, decoder.onnx (and model_card.yaml) for a handshake model."""
     if not isinstance(model, _Handshake):
@@ -92,7 +92,8 @@ def export_roles(model: CollabModel, out_dir: str, image_size: tuple[int, int],
         with open(os.path.join(out_dir, 'model_card.yaml'), 'w') as f:
             yaml.safe_dump(card, f, sort_keys=False)
     with open(os.path.join(out_dir, 'roles.json'), 'w') as f:
-        json.dump({'method': model.method_name, 'image_size': [h, w], 'feature_shape': list(features.shape[1:]),
+        json.dump({'method': model.method_name, 'setting': setting, 'image_size': [h, w],
+                   'feature_shape': list(features.shape[1:]),
                    'query_size': cfg.query_size, 'key_size': cfg.key_size, 'num_classes': cfg.num_classes,
                    'gate': enc.gate, 'gate_threshold': cfg.gate_threshold}, f, indent=2)
     return paths
@@ -112,7 +113,7 @@ def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', chec
     data = os.path.join(datasets_root, c['setting'])
     loader = FrameLoader(data, c['setting'], 'test', 1, shuffle=False, limit=check_frames)
     size = (loader.manifest['image']['height'], loader.manifest['image']['width'])
-    paths = export_roles(model, out_dir, size)
+    paths = export_roles(model, out_dir, size, setting=c['setting'])
     sessions = {r: ort.InferenceSession(p, providers=['CPUExecutionProvider']) for r, p in paths.items()}
     max_diff, agree, pixels = 0.0, 0, 0
     with torch.no_grad():

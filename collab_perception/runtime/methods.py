@@ -34,8 +34,12 @@ class EncoderOutput:
 class Method:
     """Base class of every method. Subclasses set `name` and implement the three roles."""
 
-    name = 'base'
+    registry_name = 'base'     # set by the registry
     num_classes = 0
+
+    @property
+    def name(self) -> str:
+        return self.registry_name
 
     def encode(self, image: np.ndarray) -> EncoderOutput:
         raise NotImplementedError
