@@ -115,6 +115,11 @@ def test_onnx_roles_agree_with_torch(name, tmp_path):
     assert abs(mat.run(None, {'query': outs[2], 'key': ks.numpy()})[0][0] - float(score)) < 1e-4
     classes = dec.run(None, {'own': outs[0], 'received': fs.numpy()})[0]
     assert (classes == ref.numpy()).mean() > 0.999
+    import onnx
+    for path in paths.values():   # every declared input is really used (the exporter once folded own/received)
+        graph = onnx.load(path).graph
+        consumed = {i for node in graph.node for i in node.input}
+        assert all(i.name in consumed for i in graph.input), (path, [i.name for i in graph.input])
     if name == 'when2com':
         with torch.no_grad():
             assert abs(outs[4][0] - float(model.match(query, key.unsqueeze(1))[0, 0])) < 1e-4

@@ -14,13 +14,14 @@ import pytest
 from rostools import descendants, pid_alive
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
+TEST_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'swarm_test.yaml')
 
 
 class Swarm:
     """`collab-perception swarm ...` as a child process whose output is collected line by line."""
 
-    def __init__(self, *args):
-        self.proc = subprocess.Popen([sys.executable, '-m', 'collab_perception.cli', 'swarm', *args],
+    def __init__(self, *args, config=TEST_CONFIG):
+        self.proc = subprocess.Popen([sys.executable, '-m', 'collab_perception.cli', 'swarm', '--config', config, *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines = []
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -93,8 +94,8 @@ def test_three_drone_swarm_per_drone_containers(tmp_path):
     code, summary, output = run_swarm(tmp_path, '--frames', '5', '--layout', 'per_drone', '--quiet')
     assert code == 0, output[-4000:]
     check_handshake_counts(summary, 5, 3)
-    assert set(summary['process_exits']) == {'swarm/sim_bridge', 'swarm/monitor', 'drone1/container',
-                                             'drone2/container', 'drone3/container'}
+    assert set(summary['process_exits']) == {'swarm/sim_bridge', 'swarm/monitor', 'swarm/evaluator',
+                                             'drone1/container', 'drone2/container', 'drone3/container'}
 
 
 def test_sigint_stops_every_child(tmp_path):
@@ -102,12 +103,12 @@ def test_sigint_stops_every_child(tmp_path):
     swarm.wait_for(r'\[drone\d/fusion\] .*fusion ready', count=3)
     swarm.wait_for(r'\[drone1/fusion\] .*replies, selected', count=1)
     pids = swarm.pids()
-    assert len(pids) == 11
+    assert len(pids) == 12   # source, monitor, evaluator + 3 nodes x 3 drones
     family = descendants(swarm.proc.pid)
     swarm.proc.send_signal(signal.SIGINT)
     code = swarm.wait(60)
     assert code == 0, swarm.output[-3000:]
-    assert 'received SIGINT: stopping 11 processes' in swarm.output
+    assert 'received SIGINT: stopping 12 processes' in swarm.output
     leftovers = [label for label, pid in pids.items() if pid_alive(pid)] + [p for p in family if pid_alive(p)]
     assert leftovers == [], leftovers
     assert os.path.exists(tmp_path / 'monitor' / 'summary.json')
@@ -126,9 +127,11 @@ def test_crashing_child_stops_the_swarm_and_is_named(tmp_path):
 
 
 def test_bad_config_fails_at_start_naming_the_field(tmp_path):
-    result = subprocess.run([sys.executable, '-m', 'collab_perception.cli', 'swarm', '--run-dir', str(tmp_path),
-                             '--set', 'swarm.rate_hz=-2'], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, '-m', 'collab_perception.cli', 'swarm', '--config', TEST_CONFIG,
+                             '--run-dir', str(tmp_path), '--set', 'swarm.rate_hz=-2'],
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and 'swarm.rate_hz' in result.stderr and '>= 0.1' in result.stderr
-    result = subprocess.run([sys.executable, '-m', 'collab_perception.cli', 'swarm', '--run-dir', str(tmp_path),
-                             '--set', 'drone_defaults.method=magic'], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, '-m', 'collab_perception.cli', 'swarm', '--config', TEST_CONFIG,
+                             '--run-dir', str(tmp_path), '--set', 'drone_defaults.method=magic'],
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "drones[0].method: unknown method 'magic'" in result.stderr

@@ -87,7 +87,9 @@ def export_roles(model: CollabModel, out_dir: str, image_size: tuple[int, int], 
             ['features', 'key', 'query', 'own_classes'] + (['self_score'] if enc.gate else []))
     _export(MatcherRole(model), (torch.rand(1, cfg.query_size), torch.rand(1, cfg.key_size)), paths['matcher'],
             ['query', 'key'], ['score'])
-    _export(DecoderRole(model), (features, features), paths['decoder'], ['own', 'received'], ['classes'])
+    # two distinct example tensors: the exporter folds one tensor passed twice into a single graph input
+    _export(DecoderRole(model), (features, torch.rand_like(features)), paths['decoder'], ['own', 'received'],
+            ['classes'])
     if card is not None:
         with open(os.path.join(out_dir, 'model_card.yaml'), 'w') as f:
             yaml.safe_dump(card, f, sort_keys=False)
