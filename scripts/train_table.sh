@@ -6,10 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 runs=(
-  hidden-target:who2com hidden-target:random hidden-target:single_degraded hidden-target:single_normal
-  hidden-target:catall
-  accurate-pose:who2com accurate-pose:single_degraded accurate-pose:single_normal accurate-pose:catall
-  accurate-pose:random
+  hidden-target:who2com accurate-pose:who2com
+  hidden-target:random hidden-target:single_degraded hidden-target:single_normal hidden-target:catall
+  accurate-pose:single_degraded accurate-pose:single_normal accurate-pose:catall accurate-pose:random
   hidden-target:who2com_nomsg hidden-target:attention hidden-target:compression hidden-target:when2com
   noisy-pose:who2com noisy-pose:catall noisy-pose:random noisy-pose:single_degraded noisy-pose:single_normal
   random-exploration:who2com random-exploration:catall random-exploration:random
