@@ -2,7 +2,7 @@
 baselines of its Table I (§IV "Baselines"), on the `obstruction` setting, registered by name:
 
     mash                MASH, HardSelection fusion at inference (the paper's highlighted variant, Table I);
-                        `fusion='soft'` switches the same weights to SoftSelection (see "Training" below)
+                        `fusion_kind = 'soft'` runs the same weights with SoftSelection (see "Training")
     mash_stacked        MASH with StackedFusion: the warped distributions go through a small conv net
     inpainting          the target image alone, trained to predict its unobstructed labels ("hallucinate")
     inputstack          the unwarped RGB of all agents concatenated into one backbone
@@ -15,14 +15,17 @@ supporters' images) and returns the target's class scores over the unobstructed 
 
 MASH (§III, Fig. 2), per agent and for one target T and one supporter S:
   (1) backbone: the SegNet-like encoder-decoder of backbone.py. Its 1/4-resolution feature map is pooled 2x2
-      to the cell grid (8-px cells, the dataset's 16 x 16 correspondence grid at 128 px): f, Hs x Ws x F.
+      to the cell grid (8-px cells, the dataset's 16 x 16 correspondence grid at 128 px) and passed through two
+      3x3 conv blocks (context: our backbone's features see about 25 px, SegNet's intermediate layers far
+      more; an 8-px cell of grass is only told apart from another by its surroundings): f, Hs x Ws x F.
       Its output class distribution (softmax of the logits, "pre-ArgMax") is averaged per cell: the value a
       supporter sends for a cell (msg/PatchSegments.msg carries one distribution per cell).
   (2) data compression: query and key encoders, 1x1 convolutions, f -> q (Q channels, sent by T, quantized
       uint8 as the codec sends it) and f -> k (K channels, kept by S); asymmetric, Q <= K.
   (3) data correspondence: the query-key transform (1x1 conv Q -> K) gives p_T; the dense distance volume
       D_TS[x, y, x', y'] = -||p_T[x, y] - k_S[x', y']|| (Eq. 1) reshaped to Ht x Wt x (Hs Ws), plus the
-      no-match score -||p_T[x, y] - 0|| (Eq. 2): Ht x Wt x (Hs Ws + 1).
+      no-match score -||p_T[x, y] - 0|| (Eq. 2): Ht x Wt x (Hs Ws + 1); all times a learned positive scale
+      (an inverse temperature, so the softmax can sharpen without rescaling every feature).
   (4) correspondence smoothing and infilling: a convolutional autoencoder over that volume (same size in and
       out), then a softmax over the Hs Ws + 1 bins; channel-wise argmax -> warping grid, max -> confidence.
   (5) sampling: each supporter samples its per-cell class distribution with the grid (no match -> the
@@ -46,17 +49,18 @@ distribution (weight: its self-confidence) and every supporter cell j (weight: i
 i.e. softmax-weighted sampling. HardSelection at inference is the mixture's largest component and
 SoftSelection its confidence-weighted mean over the argmax matches, so both come from the same weights (as
 Who2com trains on the softmax-weighted sum and selects the argmax). StackedFusion trains its conv net on the
-softmax-weighted samples of the cells the supporter would send.
+softmax-weighted samples of the cells the supporter would send (and the target's self-confidence map).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbone import Decoder, Encoder, conv_block
+from .backbone import Encoder, conv_block
 from .models import CollabModel, ModelConfig, Output, register
 
 CELL_SIZE = 8                        # px per cell: the encoder's 1/4 map pooled 2x2; = the dataset's cell_size
@@ -66,6 +70,7 @@ CONFIDENCE_THRESHOLD = 0.5           # a supporter sends a matched cell only fro
 QUERY_DTYPE = 'uint8'                # the query map on the wire (msg/Request.msg, codec quantization)
 PATCH_DTYPE = 'uint8'                # confidences and class distributions on the wire (msg/PatchSegments.msg)
 DISTANCE_EPS = 1e-6                  # keeps sqrt differentiable at distance 0
+DISTANCE_SCALE = 4.0                 # initial inverse temperature of the distances (learned)
 _QUANT_RANGE = {'uint8': (0, 255), 'int8': (-128, 127)}
 
 
@@ -186,8 +191,7 @@ class StackFusion(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, width: int):
         super().__init__()
-        self.net = nn.Sequential(conv_block(in_channels, 2 * width), conv_block(2 * width, width),
-                                 nn.Conv2d(width, num_classes, 1))
+        self.net = nn.Sequential(conv_block(in_channels, width), nn.Conv2d(width, num_classes, 1))
 
     def forward(self, stack: torch.Tensor) -> torch.Tensor:
         return self.net(stack)
@@ -320,7 +324,9 @@ class Mash(ObstructionModel):
         f, q, k = cfg.channels, cfg.query_size, cfg.key_size
         self.query_encoder = _pointwise_encoder(f, q)
         self.key_encoder = _pointwise_encoder(f, k)
+        self.context = nn.Sequential(conv_block(f, f), conv_block(f, f))
         self.transform = nn.Conv2d(q, k, 1)                  # "K learned convolutional kernels of size 1x1xQ"
+        self.log_distance_scale = nn.Parameter(torch.tensor(math.log(DISTANCE_SCALE)))
         self.self_confidence_head = nn.Sequential(conv_block(f, f), nn.AvgPool2d(2), nn.Conv2d(f, 1, 1))
         self.smoothing_width = 2 * f
         self.set_image_size(image_size)
@@ -349,10 +355,11 @@ class Mash(ObstructionModel):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # -- the per-agent steps (also the ONNX roles, mash_export.py)
-    @staticmethod
-    def cell_features(features: torch.Tensor) -> torch.Tensor:
-        """Backbone features [N, F, H/4, W/4] -> f on the cell grid [N, F, H/8, W/8] (§III backbone (A))."""
-        return F.avg_pool2d(features, 2)
+    def cell_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Backbone features [N, F, H/4, W/4] -> f on the cell grid [N, F, H/8, W/8] (§III backbone (A)),
+        with context: two 3x3 conv blocks at the cell resolution widen the receptive field of our small
+        backbone's features (about 25 px) towards that of SegNet's intermediate layers."""
+        return self.context(F.avg_pool2d(features, 2))
 
     @staticmethod
     def cell_distributions(own_logits: torch.Tensor) -> torch.Tensor:
@@ -374,7 +381,7 @@ class Mash(ObstructionModel):
         [N, Hc*Wc + 1, Hc, Wc] (§III (2b)-(3)); a softmax over dim 1 gives the matching distribution."""
         p = self.transform(query)
         k = self.key_encoder(self.cell_features(features))
-        return self.smoothing(distance_volume(p, k))
+        return self.smoothing(self.log_distance_scale.exp() * distance_volume(p, k))
 
     @staticmethod
     def hard_matches(volume: torch.Tensor, cell_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -467,8 +474,9 @@ class Mash(ObstructionModel):
         matched_mass = (1.0 - matching[:, :, -1]).sum(1).view(b, 1, hc, wc)
         own_w = state['self_confidence'][:, None]
         own_probs = state['own_logits'][:, 0].softmax(1)
-        return ((upsample_cells(own_w, CELL_SIZE) * own_probs + upsample_cells(sampled.reshape(b, -1, hc, wc), CELL_SIZE))
-                / upsample_cells(own_w + matched_mass, CELL_SIZE))
+        sampled = upsample_cells(sampled.reshape(b, -1, hc, wc), CELL_SIZE)
+        total = upsample_cells(own_w + matched_mass, CELL_SIZE)
+        return (upsample_cells(own_w, CELL_SIZE) * own_probs + sampled) / total
 
     def forward(self, batch: dict, mode: str = 'train') -> Output:
         state = self.handshake(batch)
@@ -492,19 +500,20 @@ class Mash(ObstructionModel):
 
 @register('mash_stacked')
 class MashStacked(Mash):
-    """MASH with StackedFusion (§III): the target's own distribution and, per supporter slot, its sampled
-    distribution (the target's own where the supporter sent nothing) and its confidence, concatenated and fused
-    by a small conv net. Training samples softmax-weighted over the real matches of the cells the supporter
-    would send (the same cells as at inference; gradients flow through the matching probabilities)."""
+    """MASH with StackedFusion (§III): the target's own distribution and self-confidence and, per supporter
+    slot, its sampled distribution (the target's own where the supporter sent nothing) and its confidence,
+    concatenated and fused by a small conv net. Training samples softmax-weighted over the real matches of the
+    cells the supporter would send (the same cells as at inference; gradients flow through the matching
+    probabilities)."""
 
     def __init__(self, cfg: ModelConfig, image_size: tuple[int, int] = IMAGE_SIZE):
         super().__init__(cfg, image_size)
         self.fusion_kind = 'stacked'
-        self.stack_fusion = StackFusion(cfg.num_classes + cfg.supporters * (cfg.num_classes + 1), cfg.num_classes,
+        self.stack_fusion = StackFusion((cfg.supporters + 1) * (cfg.num_classes + 1), cfg.num_classes,
                                         cfg.width)
 
     def fuse(self, own_probs, self_confidence, patch_probs, patch_confidence) -> torch.Tensor:
-        """As Mash.fuse, with StackedFusion: -> class logits [B, K, H, W]. `self_confidence` is not used."""
+        """As Mash.fuse, with StackedFusion: -> class logits [B, K, H, W]."""
         b, k, h, w = own_probs.shape
         s = patch_probs.shape[1]
         hc, wc = h // CELL_SIZE, w // CELL_SIZE
@@ -516,7 +525,8 @@ class MashStacked(Mash):
         sampled = torch.where(upsample_cells(received, CELL_SIZE) > 0.5, upsample_cells(cells, CELL_SIZE), own)
         conf = upsample_cells(patch_confidence.reshape(b * s, 1, hc, wc), CELL_SIZE)
         stack = torch.cat([sampled, conf], 1).view(b, s * (k + 1), h, w)
-        return self.stack_fusion(torch.cat([own_probs, stack], 1))
+        own_conf = upsample_cells(self_confidence[:, None], CELL_SIZE)
+        return self.stack_fusion(torch.cat([own_probs, own_conf, stack], 1))
 
     def scores_to_logits(self, scores: torch.Tensor) -> torch.Tensor:
         return scores
@@ -530,5 +540,6 @@ class MashStacked(Mash):
         sent = (match != confidence.shape[1]) & (confidence >= self.confidence_threshold)
         real = matching[:, :-1]
         sampled = torch.einsum('njc,njk->nck', real, cell_probs) / real.sum(1).clamp_min(1e-8)[:, :, None]
-        return self.fuse(state['own_logits'][:, 0].softmax(1), state['self_confidence'],
-                         (sampled * sent[:, :, None]).view(b, s, *sampled.shape[1:]), (confidence * sent).view(b, s, -1))
+        patch_probs = (sampled * sent[:, :, None]).view(b, s, *sampled.shape[1:])
+        return self.fuse(state['own_logits'][:, 0].softmax(1), state['self_confidence'], patch_probs,
+                         (confidence * sent).view(b, s, -1))

@@ -1,0 +1,561 @@
+"""MASH's Table I on the obstruction setting (MASH §IV "Results"): evaluation, compute, report section, plot.
+
+For each run (runs/train/obstruction/<run>/best.pt) on a split of datasets/obstruction:
+  segmentation: accuracy and mIoU on the full image and in the target's obstructed region (its obstruction
+      mask: the pixels of the inserted object, scored against the unobstructed labels behind it);
+  bandwidth, from the serialized sizes of the messages the swarm sends (runtime/wire.py):
+      per target: the Request carrying the query map [Hs, Ws, Q] in the wire dtype, as a fraction x of the
+          raw image (H x W x 3 bytes);
+      per supporting agent: its PatchSegments reply with the cells it sends (real match, confidence at least
+          the threshold; cell indices, confidences and class distributions quantized uint8), one reply per
+          supporter and frame (empty ones too: they tell the requester not to wait), averaged over supporters
+          and frames, as a fraction y of the label image (H x W bytes). Baselines that send images or dense
+          distributions are counted as FeatureMap messages of those tensors;
+  MASH's matching: the warping grid's agreement with the ground-truth correspondences (all cells, no-match
+      included), the fraction of cells sent (the paper's selection factor r) and how many of them are exactly
+      (or within one cell) right, and for the cells that do have a match, how often the best real bin is it
+      (the descriptors' quality, whether or not the no-match bin wins);
+  compute: per target and per supporter, relative to the backbone alone on one image (t), all measured in one
+      run on this machine (one thread, batch 1, the fastest of interleaved repetitions): MASH's target runs the
+      requester and fusion roles, a supporter the supporter role (mash_export.py); OutputStack's target runs
+      its backbone and the fusion net, its supporters their backbone.
+
+`mash_section()` returns the Markdown section "MASH on the obstruction setting" for docs/RESULTS.md (rows not
+trained yet are listed as such, with the command that trains them) and writes docs/img/mash_miou_vs_bytes.png.
+Evaluations are cached next to each checkpoint (eval_mash_<split>.json) until the checkpoint changes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..runtime import wire
+from ..runtime.metrics import SegmentationScore
+from .mash import CELL_SIZE, CONFIDENCE_THRESHOLD, Mash, sample_cells
+from .mash_data import SETTING, ObstructionLoader
+from .models import ModelConfig, create_model
+
+THRESHOLDS = (0.3, 0.5, 0.7, 0.9)     # confidence thresholds evaluated for MASH (bytes against mIoU)
+
+
+@dataclass(frozen=True)
+class Row:
+    group: str
+    run: str                 # run directory name under runs/train/obstruction
+    method: str
+    title: str
+    fusion: Optional[str] = None
+    query_size: Optional[int] = None
+    key_size: Optional[int] = None
+
+
+# Our backbone's feature map has F = 32 channels on a 16 x 16 grid of 8-px cells (the paper: SegNet features,
+# a 32 x 32 grid at 256 px, Q 16-64 and K 64-256). Q = 8 / 16 / 32 uint8 query channels cost 0.04 / 0.08 /
+# 0.17 of the raw image, the paper's two lowest settings and one below; K = 32 (= F) and 64.
+MAIN = Row('MASH', 'mash', 'mash', 'MASH HardSelection', 'hard', 16, 32)
+ROWS = (
+    Row('Baselines', 'inpainting', 'inpainting', 'Inpainting (trained on target view)'),
+    Row('Baselines', 'inputstack', 'inputstack', 'InputStack'),
+    Row('Baselines', 'outputstack', 'outputstack', 'OutputStack'),
+    Row('Baselines', 'warped_outputstack', 'warped_outputstack', 'WarpedOutputStack* (ground-truth warping)'),
+    Row('MASH', 'mash_q8_k32', 'mash', 'MASH HardSelection', 'hard', 8, 32),
+    MAIN,
+    Row('MASH', 'mash_q32_k32', 'mash', 'MASH HardSelection', 'hard', 32, 32),
+    Row('MASH', 'mash_q32_k64', 'mash', 'MASH HardSelection', 'hard', 32, 64),
+    Row('MASH', 'mash', 'mash', 'MASH SoftSelection (the HardSelection run\'s weights)', 'soft', 16, 32),
+    Row('MASH', 'mash_stacked', 'mash_stacked', 'MASH StackedFusion', 'stacked', 16, 32),
+)
+TRAINING = {'iterations': 2000, 'batch_size': 8}      # the planned runs (about 1.5 s per iteration on one core)
+
+
+# ---------------------------------------------------------------------------------------------- bytes
+def query_bytes(grid: tuple[int, int], query_size: int, dtype: str) -> int:
+    """The requester's Request with its query map [Hs, Ws, Q]."""
+    return wire.request_size((grid[0], grid[1], query_size), dtype)
+
+
+def patches_bytes(cells: int, num_classes: int, dtype: str) -> int:
+    """A supporter's PatchSegments reply with `cells` cells (confidences and distributions in `dtype`)."""
+    return wire.patches_size(cells, num_classes, dtype, dtype)
+
+
+def baseline_supporter_bytes(method: str, image_size: tuple[int, int], num_classes: int) -> Optional[int]:
+    """What one supporter sends per frame in a baseline: its raw image (InputStack) or its dense class
+    distribution quantized uint8 (OutputStack), as a FeatureMap; nothing for Inpainting; undefined for
+    WarpedOutputStack (its warping needs the ground truth)."""
+    h, w = image_size
+    if method == 'inputstack':
+        return wire.feature_size((h, w, 3), 'uint8')
+    if method == 'outputstack':
+        return wire.feature_size((num_classes, h, w), 'uint8')
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+class _Variant:
+    """Scores of one way of running a model (a fusion kind and threshold)."""
+
+    def __init__(self, num_classes: int):
+        self.score = SegmentationScore(num_classes)
+        self.target_bytes = 0
+        self.supporter_bytes = 0
+        self.replies = 0
+        self.cells = 0
+        self.sent = 0
+        self.sent_exact = 0
+        self.sent_near = 0
+
+    def summary(self, image_size: tuple[int, int]) -> dict:
+        h, w = image_size
+        s = self.score.summary()
+        out = {'frames': s['frames'], 'accuracy': s['overall_accuracy'], 'miou': s['miou'],
+               'region_accuracy': s.get('region_accuracy', float('nan')),
+               'region_miou': s.get('region_miou', float('nan')),
+               'target_bytes': self.target_bytes / max(s['frames'], 1),
+               'supporter_bytes': self.supporter_bytes / max(self.replies, 1) if self.replies else None}
+        out['target_x'] = out['target_bytes'] / (h * w * 3)
+        out['supporter_y'] = None if out['supporter_bytes'] is None else out['supporter_bytes'] / (h * w)
+        if self.cells:
+            out['sent_fraction'] = self.sent / self.cells
+            out['sent_precision'] = self.sent_exact / max(self.sent, 1)
+            out['sent_precision_within_one_cell'] = self.sent_near / max(self.sent, 1)
+        return out
+
+
+def _within_one_cell(match: torch.Tensor, truth: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Matches in the 3x3 cell neighbourhood of a real ground-truth match (never true for no-match truth)."""
+    hc, wc = grid
+    rows = (torch.div(match, wc, rounding_mode='floor') - torch.div(truth, wc, rounding_mode='floor')).abs()
+    cols = (match % wc - truth % wc).abs()
+    return (rows <= 1) & (cols <= 1) & (truth != hc * wc) & (match != hc * wc)
+
+
+@torch.no_grad()
+def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, progress: bool = True) -> dict:
+    """Score a model on a loader's frames. MASH models: every fusion kind they have at every threshold
+    (variants 'hard@0.5', ...); baselines: one variant 'default'."""
+    model.eval()
+    k = loader.num_classes
+    h, w = loader.image_size
+    hc, wc = loader.grid
+    is_mash = isinstance(model, Mash)
+    fusions = ['stacked'] if model.method_name == 'mash_stacked' else ['hard', 'soft'] if is_mash else ['default']
+    variants = {f'{f}@{t:g}' if is_mash else f: _Variant(k) for f in fusions for t in (thresholds if is_mash else [0])}
+    match_correct = match_total = real_correct = real_near = real_total = 0
+    request = query_bytes((hc, wc), model.cfg.query_size, model.query_dtype) if is_mash else 0
+    sup_bytes = None if is_mash else baseline_supporter_bytes(model.method_name, (h, w), k)
+    default_fusion = getattr(model, 'fusion_kind', None)
+    for batch in tqdm(loader, desc=f'evaluate {model.method_name}/{SETTING}', disable=not progress,
+                      dynamic_ncols=True, leave=False):
+        labels = batch['labels'].numpy()
+        masks = batch['obstruction_mask'].numpy()
+        b, s = batch['supporters'].shape[:2]
+        if not is_mash:
+            pred = model.forward_batch(batch, 'eval').logits.argmax(1).numpy()
+            v = variants['default']
+            for i in range(b):
+                v.score.add(pred[i], labels[i], region=masks[i])
+                if sup_bytes is not None:
+                    v.supporter_bytes += s * sup_bytes
+                    v.replies += s
+            continue
+        state = model.handshake(batch)
+        truth = batch['correspondence']
+        for name, v in variants.items():
+            fusion, threshold = name.split('@')
+            model.fusion_kind = fusion
+            result = model.infer(state, float(threshold))
+            pred = result['scores'].argmax(1).numpy()
+            sent = result['sent']
+            for i in range(b):
+                v.score.add(pred[i], labels[i], region=masks[i])
+            v.target_bytes += b * request
+            for n in sent.sum(-1).flatten().tolist():
+                v.supporter_bytes += patches_bytes(int(n), k, model.patch_dtype)
+            v.replies += b * s
+            v.cells += sent.numel()
+            v.sent += int(sent.sum())
+            v.sent_exact += int((sent & (result['match'] == truth)).sum())
+            v.sent_near += int((sent & _within_one_cell(result['match'], truth, (hc, wc))).sum())
+            if name == next(iter(variants)):
+                match_correct += int((result['match'] == truth).sum())
+                match_total += truth.numel()
+                real = truth != hc * wc
+                best_real = state['volume'].flatten(3)[:, :, :-1].argmax(2)        # ignoring the no-match bin
+                real_correct += int(((best_real == truth) & real).sum())
+                real_near += int(_within_one_cell(best_real, truth, (hc, wc)).sum())
+                real_total += int(real.sum())
+        model.fusion_kind = default_fusion
+    out = {'variants': {name: v.summary((h, w)) for name, v in variants.items()}}
+    if is_mash:
+        out['match_accuracy'] = match_correct / max(match_total, 1)
+        out['real_match_top1'] = real_correct / max(real_total, 1)
+        out['real_match_within_one_cell'] = real_near / max(real_total, 1)
+    return out
+
+
+def load_run(run_dir: str):
+    from .train import load_model
+    return load_model(os.path.join(run_dir, 'best.pt'))
+
+
+def evaluate_mash_run(run_dir: str, data_dir: str, split: str = 'test', batch_size: int = 16, progress: bool = True,
+                      force: bool = False) -> dict:
+    """Evaluate runs/.../best.pt once; cached in <run>/eval_mash_<split>.json (invalidated when the checkpoint
+    changes)."""
+    ckpt_path = os.path.join(run_dir, 'best.pt')
+    cache = os.path.join(run_dir, f'eval_mash_{split}.json')
+    stamp = os.path.getmtime(ckpt_path)
+    if not force and os.path.exists(cache):
+        cached = json.load(open(cache))
+        if cached.get('checkpoint_mtime') == stamp:
+            return cached
+    model, ckpt = load_run(run_dir)
+    loader = ObstructionLoader(data_dir, SETTING, split, batch_size, shuffle=False)
+    result = evaluate_model(model, loader, progress=progress)
+    c = ckpt['config']
+    result.update({'method': c['method'], 'image_size': list(loader.image_size), 'split': split,
+                   'run': os.path.basename(os.path.normpath(run_dir)), 'step': ckpt['step'],
+                   'iterations': c['iterations'], 'train_minutes': round(ckpt['elapsed_s'] / 60, 1),
+                   'query_size': c['model']['query_size'], 'key_size': c['model']['key_size'],
+                   'command': train_command(c, run_dir), 'checkpoint_mtime': stamp})
+    with open(cache, 'w') as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def train_command(config: dict, run_dir: Optional[str] = None) -> str:
+    """The `collab-perception train` command of a run's config (TrainConfig as a dict)."""
+    m = config['model']
+    cmd = (f'collab-perception train --method {config["method"]} --setting {config["setting"]} '
+           f'--iterations {config["iterations"]} --batch-size {config["batch_size"]} --lr {config["lr"]} '
+           f'--seed {config["seed"]}')
+    if config['method'].startswith('mash'):
+        cmd += f' --query-size {m["query_size"]} --key-size {m["key_size"]}'
+    default_out = os.path.join('runs', 'train', config['setting'], config['method'])
+    out = config.get('out_dir') or run_dir
+    if out and os.path.normpath(out) != default_out:
+        cmd += f' --out {out}'
+    return cmd
+
+
+def planned_command(row: Row) -> str:
+    cmd = (f'collab-perception train --method {row.method} --setting {SETTING} --iterations {TRAINING["iterations"]} '
+           f'--batch-size {TRAINING["batch_size"]}')
+    if row.query_size is not None:
+        cmd += f' --query-size {row.query_size} --key-size {row.key_size}'
+    if row.run != row.method:
+        cmd += f' --out runs/train/{SETTING}/{row.run}'
+    return cmd
+
+
+# ---------------------------------------------------------------------------------------------- compute
+def _fastest_seconds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """The fastest of `repeats` runs of each callable, interleaved so that load changes hit all of them alike
+    (on a shared machine the fastest run is the least disturbed one: the most reproducible ratio)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(ts) for name, ts in times.items()}
+
+
+def role_callables(model, image_size: tuple[int, int]) -> dict[str, Callable[[], object]]:
+    """What each agent runs per frame, on one image: 'target' (for MASH its two roles, 'requester' and
+    'fusion') and, where the method has one, 'supporter'."""
+    h, w = image_size
+    s = model.cfg.supporters
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    if isinstance(model, Mash):
+        from .mash_export import role_modules
+        roles = role_modules(model)
+        query, own_probs, self_conf, _ = roles['requester'](image)
+        c, k = self_conf.shape[1] * self_conf.shape[2], own_probs.shape[1]
+        patch_probs = torch.rand(1, s, c, k, generator=g).softmax(-1)
+        patch_conf = torch.rand(1, s, c, generator=g)
+        return {'requester': lambda: roles['requester'](image),
+                'fusion': lambda: roles['fusion'](own_probs, self_conf, patch_probs, patch_conf),
+                'supporter': lambda: roles['supporter'](query, image)}
+    if model.method_name == 'inpainting':
+        return {'target': lambda: model.own_head(model.encoder(image))}
+    if model.method_name == 'inputstack':
+        stack = torch.rand(1, 3 * (s + 1), h, w, generator=g)
+        return {'target': lambda: model.own_head(model.encoder(stack))}
+    received = torch.rand(1, s, model.cfg.num_classes, h, w, generator=g).softmax(2)
+    cells = (h // CELL_SIZE) * (w // CELL_SIZE)
+    index = torch.randint(0, cells + 1, (s, cells), generator=g)
+
+    def outputstack_target():
+        own = model.own_head(model.encoder(image)).softmax(1)
+        others = received
+        if model.method_name == 'warped_outputstack':
+            others = sample_cells(received[0], index, CELL_SIZE)[None]
+        return model.stack_fusion(torch.cat([own[:, None], others], 1).flatten(1, 2))
+
+    return {'target': outputstack_target, 'supporter': lambda: model.own_head(model.encoder(image))}
+
+
+@torch.no_grad()
+def measure_compute(models: dict[str, object], image_size: tuple[int, int], repeats: int = 30,
+                    threads: int = 1) -> dict[str, dict]:
+    """Per model name: target and supporter seconds relative to the backbone alone (encoder + decoder on one
+    image, the paper's t), all in one interleaved measurement. Weights do not matter, only architectures."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        any_model = next(iter(models.values()))
+        h, w = image_size
+        image = torch.rand(1, 3, h, w).contiguous(memory_format=torch.channels_last)
+        fns = {'backbone': lambda: any_model.own_head(any_model.encoder(image))}
+        for name, model in models.items():
+            model.eval()
+            for role, fn in role_callables(model, image_size).items():
+                fns[f'{name}/{role}'] = fn
+        seconds = _fastest_seconds(fns, repeats)
+    finally:
+        torch.set_num_threads(previous)
+    t = seconds['backbone']
+    out = {'backbone_ms': 1000 * t, 'threads': threads, 'repeats': repeats}
+    for name in models:
+        out[name] = {role: seconds[key] / t for role in ('target', 'requester', 'fusion', 'supporter')
+                     if (key := f'{name}/{role}') in seconds}
+        if 'requester' in out[name]:
+            out[name]['target'] = out[name]['requester'] + out[name]['fusion']
+    return out
+
+
+def row_model(row: Row, result: Optional[dict], runs_root: str, num_classes: int, supporters: int):
+    """The model a row describes (a trained run's config, else the planned one) for compute timing."""
+    if result is not None:
+        cfg = json.load(open(os.path.join(runs_root, SETTING, row.run, 'config.json')))['model']
+        model = create_model(row.method, ModelConfig(**cfg))
+    else:
+        kw = {} if row.query_size is None else {'query_size': row.query_size, 'key_size': row.key_size}
+        model = create_model(row.method, ModelConfig(num_classes=num_classes, supporters=supporters, **kw))
+    if isinstance(model, Mash) and row.fusion in ('hard', 'soft'):
+        model.fusion_kind = row.fusion
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _pct(v: Optional[float]) -> str:
+    return '-' if v is None or (isinstance(v, float) and np.isnan(v)) else f'{100 * v:.2f}'
+
+
+def _frac(v: Optional[float], unit: str) -> str:
+    return '-' if v is None else f'{v:.3f}{unit}'
+
+
+def row_variant(row: Row, result: dict, threshold: float) -> dict:
+    if row.fusion is None:
+        return result['variants']['default']
+    return result['variants'][f'{row.fusion}@{threshold:g}']
+
+
+def table(results: dict[Row, Optional[dict]], compute: dict, threshold: float) -> str:
+    lines = ['| | Method | Full acc | Full mIoU | Obstructed acc | Obstructed mIoU | Query dim Q | Key dim K | '
+             'Bytes per target | Bytes per supporter | Compute per target | Compute per supporter |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+    for row, result in results.items():
+        q = row.query_size if result is None else result.get('query_size') if row.fusion else None
+        k = row.key_size if result is None else result.get('key_size') if row.fusion else None
+        comp = compute.get(_row_key(row), {})
+        times = [f'{comp["target"]:.2f}t' if 'target' in comp else '-',
+                 f'{comp["supporter"]:.2f}t' if 'supporter' in comp else '-']
+        qk = ['-' if q is None else str(q), '-' if k is None else str(k)]
+        if result is None:
+            lines.append(f'| {row.group} | {row.title} | not trained | | | | {" | ".join(qk)} | | | '
+                         f'{" | ".join(times)} |')
+            continue
+        v = row_variant(row, result, threshold)
+        if row.method == 'inputstack':
+            per_supporter = _frac(v['supporter_bytes'] / (3 * _pixels(result)), 'x')
+        else:
+            per_supporter = _frac(v['supporter_y'], 'y')
+        per_target = _frac(v['target_x'], 'x') if v['target_bytes'] else '-'
+        lines.append(f'| {row.group} | {row.title} | {_pct(v["accuracy"])} | {_pct(v["miou"])} | '
+                     f'{_pct(v["region_accuracy"])} | {_pct(v["region_miou"])} | {" | ".join(qk)} | {per_target} | '
+                     f'{per_supporter} | {" | ".join(times)} |')
+    return '\n'.join(lines)
+
+
+def _pixels(result: dict) -> int:
+    return result['image_size'][0] * result['image_size'][1]
+
+
+def _row_key(row: Row) -> str:
+    return f'{row.run}:{row.fusion or "default"}'
+
+
+def matching_table(results: dict[Row, Optional[dict]]) -> str:
+    lines = ['| Run | Q | K | threshold | fusion | Full mIoU | Obstructed mIoU | cells sent (r) | '
+             'sent cells exactly right | within one cell | bytes per supporter | '
+             'warping grid = ground truth (all cells) | best real bin = ground truth (exact, within one cell) | '
+             'trained (steps, min) |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+    done = set()
+    for row, result in results.items():
+        if result is None or row.fusion is None or row.run in done:
+            continue
+        done.add(row.run)
+        for name, v in result['variants'].items():
+            fusion, threshold = name.split('@')
+            lines.append(f'| {row.run} | {result["query_size"]} | {result["key_size"]} | {threshold} | {fusion} | '
+                         f'{_pct(v["miou"])} | {_pct(v["region_miou"])} | {_pct(v.get("sent_fraction"))}% | '
+                         f'{_pct(v.get("sent_precision"))}% | {_pct(v.get("sent_precision_within_one_cell"))}% | '
+                         f'{v["supporter_bytes"]:.0f} B ({v["supporter_y"]:.3f}y) | '
+                         f'{_pct(result["match_accuracy"])}% | {_pct(result["real_match_top1"])}%, '
+                         f'{_pct(result["real_match_within_one_cell"])}% | '
+                         f'{result["step"]} of {result["iterations"]}, {result["train_minutes"]} |')
+    return '\n'.join(lines)
+
+
+def plot(results: dict[Row, Optional[dict]], path: str, threshold: float, supporters: int) -> Optional[str]:
+    """Full-image and obstructed-region mIoU against the bytes one target frame costs (the request plus every
+    supporter's reply), MASH at every evaluated threshold; methods without communication as lines."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    trained = {row: r for row, r in results.items() if r is not None}
+    if not trained:
+        return None
+    from matplotlib.ticker import FormatStrFormatter
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    span = [x for row, r in trained.items() for x in _frame_kb(row, r, supporters)]
+    colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    for ax, key, title in ((axes[0], 'miou', 'full image'), (axes[1], 'region_miou', 'obstructed region')):
+        for i, (row, result) in enumerate(trained.items()):
+            color = colors[i % len(colors)]
+            if row.fusion is None:
+                v = result['variants']['default']
+                label = row.title
+                if v['supporter_bytes'] is None:
+                    style = '--' if row.method == 'inpainting' else ':'
+                    ax.axhline(100 * v[key], color=color, ls=style, lw=1, label=label)
+                else:
+                    ax.scatter([(v['target_bytes'] + supporters * v['supporter_bytes']) / 1024], [100 * v[key]],
+                               color=color, marker='s', label=label, zorder=3)
+                continue
+            points = sorted((float(name.split('@')[1]), v) for name, v in result['variants'].items()
+                            if name.startswith(row.fusion + '@'))
+            xs = [(v['target_bytes'] + supporters * v['supporter_bytes']) / 1024 for _, v in points]
+            ys = [100 * v[key] for _, v in points]
+            label = f'{row.title.split(" (")[0]} Q{result["query_size"]} K{result["key_size"]}'
+            ax.plot(xs, ys, '-o', color=color, ms=3, lw=1, label=label)
+            for (t, v), x, y in zip(points, xs, ys):
+                if t == threshold:
+                    ax.scatter([x], [y], color=color, s=40, zorder=3)
+        ax.set_xscale('log')
+        if span:
+            ax.set_xlim(min(span) / 2, max(span) * 2)
+        ax.xaxis.set_major_formatter(FormatStrFormatter('%g'))
+        ax.xaxis.set_minor_formatter(FormatStrFormatter(''))
+        ax.set_xlabel('kB per target frame (request + all replies; log)')
+        ax.set_ylabel(f'mIoU, {title} (%)')
+        ax.set_title(f'MASH on the obstruction setting: {title}')
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc='lower center', ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _frame_kb(row: Row, result: dict, supporters: int) -> list[float]:
+    """kB one target frame costs (request + every supporter's reply), per evaluated variant of a row."""
+    out = []
+    for name, v in result['variants'].items():
+        if v['supporter_bytes'] is not None and (row.fusion is None or name.startswith(row.fusion + '@')):
+            out.append((v['target_bytes'] + supporters * v['supporter_bytes']) / 1024)
+    return out
+
+
+def collect(runs_root: str, datasets_root: str, split: str = 'test',
+            progress: bool = True) -> dict[Row, Optional[dict]]:
+    """Row -> its run's evaluation (None: not trained)."""
+    data = os.path.join(datasets_root, SETTING)
+    out: dict[Row, Optional[dict]] = {}
+    for row in ROWS:
+        run = os.path.join(runs_root, SETTING, row.run)
+        if not os.path.exists(os.path.join(run, 'best.pt')):
+            out[row] = None
+            continue
+        out[row] = evaluate_mash_run(run, data, split, progress=progress)
+    return out
+
+
+def mash_section(runs_root: str, datasets_root: str, split: str = 'test', progress: bool = True,
+                 plot_path: str = 'docs/img/mash_miou_vs_bytes.png', markdown_dir: str = 'docs',
+                 compute_repeats: int = 30) -> str:
+    """The Markdown section "MASH on the obstruction setting" (for docs/RESULTS.md, which lives in
+    `markdown_dir`), evaluating every trained run (cached) and measuring compute; writes the plot."""
+    data = os.path.join(datasets_root, SETTING)
+    loader = ObstructionLoader(data, SETTING, split, 1)
+    image_size, num_classes, supporters = loader.image_size, loader.num_classes, loader.agents - 1
+    results = collect(runs_root, datasets_root, split, progress)
+    models = {}
+    for row in results:
+        models.setdefault(_row_key(row), row_model(row, results[row], runs_root, num_classes, supporters))
+    compute = measure_compute(models, image_size, compute_repeats)
+    threshold = CONFIDENCE_THRESHOLD
+    h, w = image_size
+    lines = ['## MASH on the obstruction setting', '',
+             'MASH (`shared/papers/mash-spatial-handshake.txt`) and the baselines of its Table I on our `obstruction` '
+             f'setting (docs/DATASETS.md: {supporters + 1} drones, {w}x{h} images, a 3D obstruction in front of the '
+             f'target; {split} split, maps never seen in training). Segmentation is scored against the unobstructed '
+             'labels, on the full image and inside the target\'s obstruction mask. Bytes are the serialized messages '
+             f'(runtime/wire.py): per target the Request with the uint8 query map on the {h // CELL_SIZE}x'
+             f'{w // CELL_SIZE} grid of {CELL_SIZE}-px cells, as a fraction of the raw image (x = {h}x{w}x3 bytes); '
+             'per supporter its PatchSegments reply (cells whose argmax is a real match with confidence >= '
+             f'{threshold:g}; indices, uint8 confidences and class distributions), one per supporter and frame, as a '
+             f'fraction of the label image (y = {h}x{w} bytes); InputStack\'s supporters send their raw image (x), '
+             'OutputStack\'s their dense uint8 class distribution (y). Compute is relative to the backbone alone on '
+             f'one image (t = {compute["backbone_ms"]:.1f} ms here, {compute["threads"]} CPU thread, the fastest of '
+             f'{compute["repeats"]} interleaved runs, measured together for every row, trained or not, while other '
+             'work may share the machine): MASH\'s target runs requester + fusion, a supporter the supporter role '
+             '(backbone, key encoder, query-key transform, cost volume, smoothing, argmax/max, sampling).', '',
+             '*WarpedOutputStack warps with the ground-truth correspondences (not available at inference): an upper '
+             'bound. SoftSelection uses the HardSelection run\'s weights (both are trained on the same soft fusion, '
+             'learn/mash.py).', '',
+             table(results, compute, threshold), '']
+    main = compute[_row_key(MAIN)]
+    lines += [f'MASH\'s target compute (the `{MAIN.run}` row) is its requester role '
+              f'({main["requester"]:.2f}t: backbone, context, query encoder, self-confidence) plus its fusion role '
+              f'({main["fusion"]:.2f}t, with {supporters} supporters\' patches).', '']
+    missing = [row for row, r in results.items() if r is None]
+    trained = [r for r in results.values() if r is not None]
+    lines += ['Reproduce (dataset, then each row, then this section):', '', '```bash',
+              f'collab-perception dataset generate --setting {SETTING} --frames 2400 --out {data} --workers 2']
+    commands = []
+    for row, result in results.items():
+        cmd = result['command'] if result is not None else planned_command(row)
+        if cmd not in commands:
+            commands.append(cmd)
+    lines += commands + ['collab-perception evaluate   # docs/RESULTS.md with this section', '```', '']
+    if missing:
+        lines += ['Not trained yet: ' + ', '.join(f'{r.title} (Q {r.query_size}, K {r.key_size})' if r.query_size
+                                                  else r.title for r in missing) + '.', '']
+    if any(r['method'].startswith('mash') for r in trained):
+        lines += ['### MASH\'s matching and the confidence threshold', '',
+                  'Per run, threshold and fusion: cells sent (the selection factor r of Eq. 3), the fraction of them '
+                  'whose match is the ground-truth cell (exactly, or within one cell), the bytes per supporter, and '
+                  'how often the warping grid (argmax, all target cells and supporters) equals the ground truth.', '',
+                  matching_table(results), '']
+    if plot(results, plot_path, threshold, supporters):
+        rel = os.path.relpath(plot_path, markdown_dir)
+        lines += [f'![mIoU against bytes per target frame]({rel})', '']
+    return '\n'.join(lines)

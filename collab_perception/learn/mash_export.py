@@ -1,0 +1,300 @@
+"""MASH exported to ONNX by role, so that each drone runs only its part of the network (MASH §III, Fig. 2):
+
+    requester.onnx  image [1, 3, H, W] float32 (RGB / 255)
+                    -> query [1, Hc, Wc, Q] float32       the query map to broadcast (msg/Request.msg `query`,
+                                                          [Hs, Ws, Q] once the batch axis is dropped; the codec
+                                                          quantizes it, uint8 by default)
+                       own_probs [1, K, H, W] float32     the requester's own class distribution (kept for fusion)
+                       self_confidence [1, Hc, Wc] float32  the weight of its own cells in the fusion (kept)
+                       own_classes [1, H, W] int64        its own prediction (what it publishes without help)
+    supporter.onnx  query [1, Hc, Wc, Q] float32 (the received query, decoded), image [1, 3, H, W] float32
+                    -> confidence [1, C] float32          per requester cell (row-major, C = Hc * Wc): the max
+                                                          of the smoothed matching distribution
+                       match [1, C] int64                 its argmax: a cell of the supporter's grid, or C for
+                                                          no match (the warping grid)
+                       class_probs [1, C, K] float32      the supporter's per-cell class distribution at `match`
+                                                          (zeros where match == C)
+                    The node sends the cells with match != C and confidence >= the threshold of roles.json
+                    (msg/PatchSegments.msg: grid_height Hc, grid_width Wc, the cell indices ascending, their
+                    confidence and class_probs rows, quantized by the codec, uint8 by default).
+    fusion.onnx     own_probs [1, K, H, W], self_confidence [1, Hc, Wc] float32 (from requester.onnx),
+                    patch_probs [1, S, C, K], patch_confidence [1, S, C] float32 (every supporter slot's received
+                    cells decoded and scattered into the requester's grid; zeros for cells and supporters that
+                    sent nothing; slots: the other drones in ascending id)
+                    -> classes [1, H, W] int64            the fused segmentation
+
+The backbone runs once per role; a drone that is both requester and supporter in a frame runs it twice.
+Models are single files (weights inside), written with torch 2.13's exporter (dynamo; needs onnxscript).
+`export_mash_run` also writes roles.json (these tensors, the threshold and the wire dtypes) and
+model_card.yaml (training command, measured metrics, the ONNX Runtime check).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from .mash import CELL_SIZE, Mash
+
+OPSET = 18
+ROLES = ('requester', 'supporter', 'fusion')
+
+
+class RequesterRole(nn.Module):
+    def __init__(self, model: Mash):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        m = self.model
+        features = m.encoder(image)
+        own_logits = m.own_head(features)
+        query = m.query_encoder(m.cell_features(features))
+        return (query.permute(0, 2, 3, 1), own_logits.softmax(1), m.self_confidence(features),
+                own_logits.max(1).indices)     # = argmax(1); torch's CPU argmax over channels is 6x slower
+
+
+class SupporterRole(nn.Module):
+    def __init__(self, model: Mash):
+        super().__init__()
+        self.model = model
+
+    def forward(self, query: torch.Tensor, image: torch.Tensor):
+        m = self.model
+        features = m.encoder(image)
+        cell_probs = m.cell_distributions(m.own_head(features))
+        volume = m.match_volume(query.permute(0, 3, 1, 2), features)
+        return m.hard_matches(volume, cell_probs)
+
+
+class FusionRole(nn.Module):
+    def __init__(self, model: Mash):
+        super().__init__()
+        self.model = model
+
+    def forward(self, own_probs, self_confidence, patch_probs, patch_confidence):
+        return self.model.fuse(own_probs, self_confidence, patch_probs, patch_confidence).max(1).indices
+
+
+ROLE_IO = {
+    'requester': (['image'], ['query', 'own_probs', 'self_confidence', 'own_classes']),
+    'supporter': (['query', 'image'], ['confidence', 'match', 'class_probs']),
+    'fusion': (['own_probs', 'self_confidence', 'patch_probs', 'patch_confidence'], ['classes']),
+}
+
+
+def role_modules(model: Mash) -> dict[str, nn.Module]:
+    return {'requester': RequesterRole(model).eval(), 'supporter': SupporterRole(model).eval(),
+            'fusion': FusionRole(model).eval()}
+
+
+def example_inputs(model: Mash) -> dict[str, tuple]:
+    """Inputs of the right shapes and dtypes for each role (random values)."""
+    h, w = model.image_size
+    hc, wc = model.grid
+    k, s = model.cfg.num_classes, model.cfg.supporters
+    g = torch.Generator().manual_seed(0)
+    return {
+        'requester': (torch.rand(1, 3, h, w, generator=g),),
+        'supporter': (torch.randn(1, hc, wc, model.cfg.query_size, generator=g), torch.rand(1, 3, h, w, generator=g)),
+        'fusion': (torch.rand(1, k, h, w, generator=g).softmax(1), torch.rand(1, hc, wc, generator=g),
+                   torch.rand(1, s, hc * wc, k, generator=g).softmax(-1), torch.rand(1, s, hc * wc, generator=g)),
+    }
+
+
+def tensor_spec(model: Mash) -> dict:
+    """roles.json's description of every role's tensors."""
+    h, w = model.image_size
+    hc, wc = model.grid
+    c, k, q, s = hc * wc, model.cfg.num_classes, model.cfg.query_size, model.cfg.supporters
+
+    def t(shape, dtype, meaning):
+        return {'shape': list(shape), 'dtype': dtype, 'meaning': meaning}
+
+    return {
+        'requester': {'file': 'requester.onnx',
+                      'inputs': {'image': t((1, 3, h, w), 'float32', 'RGB / 255, channels first')},
+                      'outputs': {'query': t((1, hc, wc, q), 'float32', 'query map: Request.query as [Hs, Ws, Q]'),
+                                  'own_probs': t((1, k, h, w), 'float32', 'own class distribution, for fusion'),
+                                  'self_confidence': t((1, hc, wc), 'float32', 'own cells\' weight, for fusion'),
+                                  'own_classes': t((1, h, w), 'int64', 'own segmentation (no help)')}},
+        'supporter': {'file': 'supporter.onnx',
+                      'inputs': {'query': t((1, hc, wc, q), 'float32', 'the received query map, decoded'),
+                                 'image': t((1, 3, h, w), 'float32', 'the supporter\'s RGB / 255')},
+                      'outputs': {'confidence': t((1, c), 'float32', 'per requester cell: max matching probability'),
+                                  'match': t((1, c), 'int64', f'per requester cell: matched own cell, {c} = no match'),
+                                  'class_probs': t((1, c, k), 'float32', 'own cell distribution at match (0: none)')}},
+        'fusion': {'file': 'fusion.onnx',
+                   'inputs': {'own_probs': t((1, k, h, w), 'float32', 'requester.onnx own_probs'),
+                              'self_confidence': t((1, hc, wc), 'float32', 'requester.onnx self_confidence'),
+                              'patch_probs': t((1, s, c, k), 'float32', 'received class_probs per supporter slot, '
+                                               'scattered into the grid; 0 where nothing came'),
+                              'patch_confidence': t((1, s, c), 'float32', 'received confidences, same layout; 0 '
+                                                    'where nothing came')},
+                   'outputs': {'classes': t((1, h, w), 'int64', 'fused segmentation')}},
+    }
+
+
+def _export(module: nn.Module, args: tuple, path: str, inputs: list[str], outputs: list[str]) -> None:
+    logging.getLogger('torch.onnx').setLevel(logging.ERROR)
+    program = torch.onnx.export(module, args, input_names=inputs, output_names=outputs, opset_version=OPSET,
+                                dynamo=True, external_data=False, verbose=False)
+    program.save(path, external_data=False)
+
+
+def export_roles(model: Mash, out_dir: str) -> dict[str, str]:
+    """Write requester.onnx, supporter.onnx, fusion.onnx and roles.json for a MASH model (its current fusion
+    kind and confidence threshold)."""
+    if not isinstance(model, Mash):
+        raise ValueError(f'{type(model).__name__} has no MASH roles to export (only mash and mash_stacked do)')
+    model.eval()
+    os.makedirs(out_dir, exist_ok=True)
+    modules, examples = role_modules(model), example_inputs(model)
+    paths = {}
+    for role in ROLES:
+        paths[role] = os.path.join(out_dir, f'{role}.onnx')
+        _export(modules[role], examples[role], paths[role], *ROLE_IO[role])
+    hc, wc = model.grid
+    with open(os.path.join(out_dir, 'roles.json'), 'w') as f:
+        json.dump({'method': getattr(model, 'method_name', type(model).__name__), 'fusion': model.fusion_kind,
+                   'image_size': list(model.image_size), 'cell_size': CELL_SIZE, 'grid': [hc, wc],
+                   'no_match': hc * wc, 'num_classes': model.cfg.num_classes, 'query_size': model.cfg.query_size,
+                   'key_size': model.cfg.key_size, 'supporters': model.cfg.supporters,
+                   'confidence_threshold': model.confidence_threshold,
+                   'wire': {'query_dtype': model.query_dtype, 'patch_confidence_dtype': model.patch_dtype,
+                            'patch_probs_dtype': model.patch_dtype},
+                   'roles': tensor_spec(model)}, f, indent=2)
+    return paths
+
+
+def run_swarm_onnx(sessions: dict, target: np.ndarray, supporters: np.ndarray, threshold: float,
+                   query_dtype: str, patch_dtype: str) -> tuple[np.ndarray, dict]:
+    """One frame through the exported roles as the swarm runs them, the wire's codec in between: target
+    [1, 3, H, W] and supporters [S, 3, H, W] float32 -> fused classes [H, W] and the intermediate outputs."""
+    from ..runtime.codec import decode_tensor, encode_tensor
+    query, own_probs, self_conf, own_classes = sessions['requester'].run(None, {'image': target})
+    sent_query = decode_tensor(encode_tensor(query[0], query_dtype))[None]
+    s = supporters.shape[0]
+    c, k = self_conf.shape[1] * self_conf.shape[2], own_probs.shape[1]
+    patch_probs = np.zeros((1, s, c, k), np.float32)
+    patch_conf = np.zeros((1, s, c), np.float32)
+    replies = []
+    for i in range(s):
+        confidence, match, class_probs = sessions['supporter'].run(None, {'query': sent_query,
+                                                                         'image': supporters[i:i + 1]})
+        cells = np.flatnonzero((match[0] != c) & (confidence[0] >= threshold))
+        if cells.size:
+            patch_conf[0, i, cells] = decode_tensor(encode_tensor(confidence[0, cells], patch_dtype))
+            patch_probs[0, i, cells] = decode_tensor(encode_tensor(class_probs[0, cells], patch_dtype))
+        replies.append({'confidence': confidence, 'match': match, 'class_probs': class_probs, 'cells': cells})
+    classes = sessions['fusion'].run(None, {'own_probs': own_probs, 'self_confidence': self_conf,
+                                            'patch_probs': patch_probs, 'patch_confidence': patch_conf})[0]
+    return classes[0], {'query': query, 'own_probs': own_probs, 'self_confidence': self_conf,
+                        'own_classes': own_classes, 'replies': replies}
+
+
+@torch.no_grad()
+def check_onnx(model: Mash, paths: dict[str, str], loader, frames: int) -> dict:
+    """ONNX Runtime against torch on dataset frames: each role's outputs on the same inputs (max abs
+    difference, argmax / match agreement), and the whole swarm pipeline (roles + codec) against the model's
+    batched inference (`Mash.infer`, what evaluation scores)."""
+    import onnxruntime as ort
+    sessions = {r: ort.InferenceSession(p, providers=['CPUExecutionProvider']) for r, p in paths.items()}
+    modules = role_modules(model)
+    diff = {'requester': 0.0, 'supporter': 0.0}
+    own_agree = match_agree = fusion_agree = pipeline_agree = 0
+    own_n = match_n = fusion_n = pipeline_n = 0
+    seen = 0
+    for batch in loader:
+        for i in range(batch['target'].shape[0]):
+            if seen >= frames:
+                break
+            seen += 1
+            target = batch['target'][i:i + 1].contiguous()
+            supporters = batch['supporters'][i].contiguous()
+            classes, mid = run_swarm_onnx(sessions, target.numpy(), supporters.numpy(), model.confidence_threshold,
+                                          model.query_dtype, model.patch_dtype)
+            ref = modules['requester'](target)
+            for got, want in zip((mid['query'], mid['own_probs'], mid['self_confidence']), ref[:3]):
+                diff['requester'] = max(diff['requester'], float(np.abs(got - want.numpy()).max()))
+            own_agree += int((mid['own_classes'] == ref[3].numpy()).sum())
+            own_n += ref[3].numel()
+            query = torch.from_numpy(mid['query'])
+            for j, reply in enumerate(mid['replies']):
+                conf, match, probs = modules['supporter'](query, supporters[j:j + 1])
+                diff['supporter'] = max(diff['supporter'], float(np.abs(reply['confidence'] - conf.numpy()).max()),
+                                        float(np.abs(reply['class_probs'] - probs.numpy()).max()))
+                match_agree += int((reply['match'] == match.numpy()).sum())
+                match_n += match.numel()
+            fusion_in = [torch.from_numpy(x) for x in (mid['own_probs'], mid['self_confidence'])]
+            s, c, k = len(mid['replies']), mid['replies'][0]['match'].shape[1], mid['own_probs'].shape[1]
+            patch_probs, patch_conf = torch.zeros(1, s, c, k), torch.zeros(1, s, c)
+            for j, reply in enumerate(mid['replies']):
+                patch_probs[0, j, reply['cells']] = torch.from_numpy(reply['class_probs'][0, reply['cells']])
+                patch_conf[0, j, reply['cells']] = torch.from_numpy(reply['confidence'][0, reply['cells']])
+            fused = modules['fusion'](*fusion_in, patch_probs, patch_conf)
+            onnx_fused = sessions['fusion'].run(None, {'own_probs': mid['own_probs'],
+                                                       'self_confidence': mid['self_confidence'],
+                                                       'patch_probs': patch_probs.numpy(),
+                                                       'patch_confidence': patch_conf.numpy()})[0]
+            fusion_agree += int((onnx_fused == fused.numpy()).sum())
+            fusion_n += fused.numel()
+            frame = {'target': target, 'supporters': supporters[None]}
+            offline = model.infer(model.handshake(frame))
+            pipeline_agree += int((classes == offline['scores'].argmax(1)[0].numpy()).sum())
+            pipeline_n += classes.size
+        if seen >= frames:
+            break
+    return {'frames': seen,
+            'requester_max_abs_diff': diff['requester'],
+            'requester_own_classes_agreement': own_agree / max(own_n, 1),
+            'supporter_max_abs_diff': diff['supporter'],
+            'supporter_match_agreement': match_agree / max(match_n, 1),
+            'fusion_classes_agreement': fusion_agree / max(fusion_n, 1),
+            'swarm_pipeline_vs_offline_agreement': pipeline_agree / max(pipeline_n, 1)}
+
+
+def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', fusion: Optional[str] = None,
+                    threshold: Optional[float] = None, check_frames: int = 16) -> dict:
+    """Export a MASH run's best.pt by role (optionally with another fusion kind or threshold), check ONNX
+    Runtime against torch on test frames, write roles.json and model_card.yaml. Returns the card."""
+    from .mash_data import ObstructionLoader
+    from .mash_eval import evaluate_mash_run, train_command
+    from .train import load_model
+
+    model, ckpt = load_model(os.path.join(run_dir, 'best.pt'))
+    if fusion is not None:
+        model.fusion_kind = fusion
+    if threshold is not None:
+        model.confidence_threshold = threshold
+    c = ckpt['config']
+    data = os.path.join(datasets_root, c['setting'])
+    paths = export_roles(model, out_dir)
+    loader = ObstructionLoader(data, c['setting'], 'test', 4, shuffle=False)
+    check = check_onnx(model, paths, loader, check_frames)
+    test = evaluate_mash_run(run_dir, data, 'test', progress=False)
+    variant = test['variants'].get(f'{model.fusion_kind}@{model.confidence_threshold:g}')
+    card = {
+        'name': os.path.basename(os.path.normpath(out_dir)),
+        'method': c['method'], 'setting': c['setting'], 'seed': c['seed'], 'fusion': model.fusion_kind,
+        'confidence_threshold': model.confidence_threshold,
+        'trained_with': train_command(c, run_dir),
+        'exported_with': f'python -c "from collab_perception.learn.mash_export import export_mash_run; '
+                         f'export_mash_run({run_dir!r}, {out_dir!r}, fusion={model.fusion_kind!r}, '
+                         f'threshold={model.confidence_threshold!r})"',
+        'training': {'steps': ckpt['step'], 'minutes': round(ckpt['elapsed_s'] / 60, 1), 'model': c['model']},
+        'dataset': {'path': data, 'frames': loader.manifest['frames'], 'seed': loader.manifest['seed']},
+        'metrics_test_split': ({k: (round(v, 4) if isinstance(v, float) else v) for k, v in variant.items()}
+                               if variant else 'not evaluated for this fusion / threshold'),
+        'onnx_check': check,
+        'files': {r: os.path.basename(p) for r, p in paths.items()} | {'roles': 'roles.json'},
+    }
+    with open(os.path.join(out_dir, 'model_card.yaml'), 'w') as f:
+        yaml.safe_dump(card, f, sort_keys=False)
+    return card

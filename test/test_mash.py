@@ -1,0 +1,298 @@
+"""MASH and its baselines on the obstruction setting (MASH §III-IV): shapes of every model, the cost volume's
+no-match bin, warping with the ground-truth grid against world.geometry.sample_cells, the fusions, the wire's
+rounding and bytes against the codec and the serialized messages, the loader's mirroring, ONNX Runtime against
+torch for every role, and a tiny end-to-end training."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from collab_perception.data import generate
+from collab_perception.learn.mash import (CELL_SIZE, Mash, MashStacked, distance_volume, quantize_dequantize,
+                                          sample_cells)
+from collab_perception.learn.mash_data import ObstructionLoader, mirror_correspondence
+from collab_perception.learn.models import ModelConfig, create_model
+from collab_perception.world.geometry import sample_cells as sample_cells_np
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: the machine's cores are shared with training runs (two threads oversubscribe them)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+SMALL = ModelConfig(channels=8, width=8, query_size=4, key_size=8, supporters=5)
+METHODS = ('inpainting', 'inputstack', 'outputstack', 'warped_outputstack', 'mash', 'mash_stacked')
+
+
+def make(name, size=32, cfg=SMALL):
+    if name == 'mash':
+        model = Mash(cfg, image_size=(size, size))
+    elif name == 'mash_stacked':
+        model = MashStacked(cfg, image_size=(size, size))
+    else:
+        model = create_model(name, cfg)
+    model.method_name = name
+    return model
+
+
+def synthetic_batch(b=2, s=5, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cells = (size // CELL_SIZE) ** 2
+    return {'target': torch.rand(b, 3, size, size, generator=g),
+            'supporters': torch.rand(b, s, 3, size, size, generator=g),
+            'labels': torch.randint(0, 8, (b, size, size), generator=g),
+            'supporter_labels': torch.randint(0, 8, (b, s, size, size), generator=g),
+            'obstruction_mask': torch.rand(b, size, size, generator=g) > 0.7,
+            'correspondence': torch.randint(0, cells + 1, (b, s, cells), generator=g)}
+
+
+@pytest.mark.parametrize('name', METHODS)
+def test_every_model_gives_per_pixel_scores_in_train_and_eval(name):
+    model = make(name)
+    batch = synthetic_batch()
+    for mode in ('train', 'eval'):
+        model.train(mode == 'train')
+        out = model.forward_batch(batch, mode)
+        assert out.logits.shape == (2, 8, 32, 32) and torch.isfinite(out.logits).all()
+        loss = model.loss(out, batch)
+        assert torch.isfinite(loss)
+        if name.startswith('mash'):
+            assert out.extra['volume'].shape == (2, 5, 17, 4, 4)        # 4 x 4 cells + no-match
+            assert out.own_logits.shape == (2, 6, 8, 32, 32)
+            if mode == 'eval':
+                assert out.extra['sent'].shape == out.extra['match'].shape == (2, 5, 16)
+    model.train()
+    model.loss(model.forward_batch(batch, 'train'), batch).backward()
+    assert all(p.grad is not None for p in model.parameters())       # every part is trained
+
+
+def test_query_key_sizes_are_asymmetric():
+    with pytest.raises(ValueError, match='query_size <= key_size'):
+        Mash(ModelConfig(channels=8, width=8, query_size=16, key_size=8), image_size=(32, 32))
+
+
+def test_distance_volume_and_its_no_match_bin():
+    g = torch.Generator().manual_seed(1)
+    p, k = torch.randn(3, 6, 2, 4, generator=g), torch.randn(3, 6, 2, 4, generator=g)
+    p[0, :, 1, 2] = 0.0                                  # a target cell whose transformed query is the zero vector
+    volume = distance_volume(p, k)
+    assert volume.shape == (3, 9, 2, 4)
+    expected = -torch.cdist(k.flatten(2).transpose(1, 2), p.flatten(2).transpose(1, 2))   # [N, source, target]
+    assert torch.allclose(volume[:, :8].flatten(2), expected, atol=1e-4)
+    assert torch.allclose(volume[:, 8].flatten(1), -p.flatten(2).norm(dim=1), atol=2e-3)   # sqrt(eps) at 0
+    assert volume[0, :, 1, 2].argmax() == 8            # nearest to 0: the no-match bin wins
+    k[1, :, 0, 3] = p[1, :, 1, 1]                       # a source cell identical to target cell (1, 1)
+    assert distance_volume(p, k)[1, :, 1, 1].argmax() == 3
+
+
+def test_warping_with_the_ground_truth_grid_reproduces_sample_cells():
+    rng = np.random.default_rng(2)
+    size, hc = 32, 4
+    values = rng.random((2, 8, size, size)).astype(np.float32)
+    corr = rng.integers(0, hc * hc + 1, (2, hc * hc))
+    corr[:, :3] = hc * hc                                # no-match cells
+    got = sample_cells(torch.from_numpy(values), torch.from_numpy(corr), CELL_SIZE).numpy()
+    for i in range(2):
+        want = sample_cells_np(values[i].transpose(1, 2, 0), corr[i], CELL_SIZE).transpose(2, 0, 1)
+        assert np.array_equal(got[i], want)
+    # MASH's own sampling: a volume peaked on the ground truth samples the supporter's per-cell distribution
+    # exactly as sample_cells does on the cell grid (cell size 1), zeros for no match
+    cell_probs = torch.from_numpy(rng.random((2, hc * hc, 8)).astype(np.float32))
+    volume = 20.0 * torch.nn.functional.one_hot(torch.from_numpy(corr), hc * hc + 1).float()   # [N, C, C + 1]
+    volume = volume.transpose(1, 2).reshape(2, hc * hc + 1, hc, hc)
+    confidence, match, class_probs = Mash.hard_matches(volume, cell_probs)
+    assert torch.equal(match, torch.from_numpy(corr)) and (confidence > 0.99).all()
+    for i in range(2):
+        grid_map = cell_probs[i].numpy().reshape(hc, hc, 8)
+        want = sample_cells_np(grid_map, corr[i], 1).reshape(hc * hc, 8)
+        assert np.array_equal(class_probs[i].numpy(), want)
+
+
+def test_warped_outputstack_falls_back_to_the_target_where_nothing_matches():
+    model = make('warped_outputstack').eval()
+    batch = synthetic_batch(b=1)
+    batch['correspondence'][:] = 16                      # no supporter cell matches
+    probs = torch.rand(1, 6, 8, 32, 32).softmax(2)
+    warped = model.supporter_distributions(probs, batch)
+    assert torch.equal(warped, probs[:, :1].expand(1, 5, 8, 32, 32))
+
+
+def test_hard_and_soft_selection():
+    model = make('mash').eval()
+    own = torch.rand(1, 8, 32, 32).softmax(1)
+    self_conf = torch.full((1, 4, 4), 0.6)
+    patch_probs = torch.zeros(1, 5, 16, 8)
+    patch_conf = torch.zeros(1, 5, 16)
+    patch_probs[0, 2, 5, 3] = 1.0                        # cell 5 (row 1, col 1): supporter 2 is sure, class 3
+    patch_conf[0, 2, 5] = 0.9
+    patch_probs[0, 4, 5, 6] = 1.0                        # a less confident supporter for the same cell
+    patch_conf[0, 4, 5] = 0.7
+    patch_probs[0, 1, 9, 1] = 1.0                        # cell 9: less confident than the target itself
+    patch_conf[0, 1, 9] = 0.5
+    fused = model.fuse(own, self_conf, patch_probs, patch_conf)
+    cell5 = (slice(None), slice(8, 16), slice(8, 16))
+    assert (fused[0][cell5].argmax(0) == 3).all() and torch.allclose(fused[0][cell5][3], torch.ones(8, 8))
+    mask = torch.ones(32, 32, dtype=torch.bool)
+    mask[8:16, 8:16] = False
+    assert torch.equal(fused[0][:, mask], own[0][:, mask])
+    model.fusion_kind = 'soft'
+    fused = model.fuse(own, self_conf, patch_probs, patch_conf)
+    sup2, sup4 = patch_probs[0, 2, 5][:, None, None], patch_probs[0, 4, 5][:, None, None]
+    want = (0.6 * own[0][cell5] + 0.9 * sup2 + 0.7 * sup4) / 2.2
+    assert torch.allclose(fused[0][cell5], want, atol=1e-6)
+    assert torch.allclose(fused.sum(1), torch.ones(1, 32, 32), atol=1e-5)
+
+
+def test_training_fusion_is_a_mixture_whose_mode_is_hard_selection():
+    """With peaked matches the soft training fusion and HardSelection agree wherever one candidate dominates."""
+    torch.manual_seed(0)
+    model = make('mash').eval()
+    batch = synthetic_batch(b=1)
+    with torch.no_grad():
+        state = model.handshake(batch)
+        state['volume'] = 30.0 * torch.nn.functional.one_hot(batch['correspondence'], 17).float() \
+            .transpose(2, 3).reshape(1, 5, 17, 4, 4)
+        state['self_confidence'] = torch.full((1, 4, 4), 1e-4)
+        soft = model.train_scores(state)
+        hard = model.infer(state, threshold=0.0)['scores']
+    assert torch.allclose(soft.sum(1), torch.ones(1, 32, 32), atol=1e-4)
+    # cells matched by exactly one supporter: the mixture is that supporter's cell distribution
+    single = (batch['correspondence'][0] != 16).sum(0) == 1
+    for cell in torch.nonzero(single).flatten().tolist():
+        r, c = divmod(cell, 4)
+        block = (slice(None), slice(8 * r, 8 * r + 8), slice(8 * c, 8 * c + 8))
+        assert torch.allclose(soft[0][block], hard[0][block], atol=1e-2)
+
+
+def test_wire_rounding_is_the_codec_s():
+    from collab_perception.runtime.codec import decode_tensor, encode_tensor
+    g = torch.Generator().manual_seed(3)
+    for dtype in ('uint8', 'int8', 'float16'):
+        x = torch.randn(2, 6, 4, 4, generator=g) * 3
+        got = quantize_dequantize(x, (1, 2, 3), dtype)
+        for i in range(2):
+            want = decode_tensor(encode_tensor(x[i].permute(1, 2, 0).numpy(), dtype))
+            assert np.abs(got[i].permute(1, 2, 0).numpy() - want).max() <= 1e-6
+    probs = torch.rand(3, 16, 8, generator=g)
+    sent = torch.rand(3, 16, generator=g) > 0.5
+    got = quantize_dequantize(probs, (1, 2), 'uint8', sent[:, :, None])
+    for i in range(3):
+        want = decode_tensor(encode_tensor(probs[i][sent[i]].numpy(), 'uint8'))
+        assert np.abs(got[i][sent[i]].numpy() - want).max() <= 1e-6
+        assert torch.equal(got[i][~sent[i]], probs[i][~sent[i]])
+
+
+def test_bytes_equal_the_serialized_messages():
+    from rclpy.serialization import serialize_message
+    from collab_perception.learn.mash_eval import baseline_supporter_bytes, patches_bytes, query_bytes
+    from collab_perception.msg import FeatureMap, PatchSegments, Request
+    from collab_perception.runtime.codec import encode_tensor
+    req = Request(sender=1, receiver=255, deadline_ms=300)
+    encode_tensor(np.random.default_rng(0).normal(size=(16, 16, 8)).astype(np.float32), 'uint8', req.query)
+    assert query_bytes((16, 16), 8, 'uint8') == len(serialize_message(req))
+    for cells in (0, 1, 37, 256):
+        msg = PatchSegments(sender=2, receiver=1, grid_height=16, grid_width=16, cells=list(range(cells)))
+        encode_tensor(np.random.default_rng(cells).random(cells).astype(np.float32), 'uint8', msg.confidence)
+        encode_tensor(np.random.default_rng(cells).random((cells, 8)).astype(np.float32), 'uint8', msg.class_probs)
+        assert patches_bytes(cells, 8, 'uint8') == len(serialize_message(msg))
+    feat = FeatureMap(sender=2, receiver=1)
+    encode_tensor(np.zeros((128, 128, 3), np.uint8), 'uint8', feat.features)
+    assert baseline_supporter_bytes('inputstack', (128, 128), 8) == len(serialize_message(feat))
+    assert baseline_supporter_bytes('inpainting', (128, 128), 8) is None
+
+
+def test_mirrored_correspondences_warp_the_mirrored_views():
+    rng = np.random.default_rng(4)
+    supporter = rng.random((32, 32, 3))
+    corr = rng.integers(0, 17, 16)
+    warped = sample_cells_np(supporter, corr, 8)
+    mirrored = sample_cells_np(supporter[:, ::-1], mirror_correspondence(corr, (4, 4)), 8)
+    assert np.array_equal(mirrored, warped[:, ::-1])
+    assert np.array_equal(mirror_correspondence(mirror_correspondence(corr, (4, 4)), (4, 4)), corr)
+
+
+@pytest.fixture(scope='module')
+def tiny_dataset(tmp_path_factory):
+    """12 snapshots at 128 px (MASH's default 16 x 16 cell grid), 4 maps."""
+    root = str(tmp_path_factory.mktemp('data') / 'obstruction')
+    generate('obstruction', 12, root, seed=1, size=128, shard_size=8, progress=False, snapshots_per_map=3,
+             world={'shadow_map_size': 256, 'map_size_m': 200.0})
+    return root
+
+
+def test_loader_gives_the_target_its_supporters_and_ground_truth(tiny_dataset):
+    from collab_perception.data import iter_snapshots
+    from collab_perception.learn.train import loader_for
+    assert loader_for('obstruction') is ObstructionLoader
+    loader = ObstructionLoader(tiny_dataset, 'obstruction', 'train', 2, shuffle=False)
+    batch = next(iter(loader))
+    snap = next(iter_snapshots(tiny_dataset, 'train'))
+    t = int(snap['target_index'])
+    others = [i for i in range(6) if i != t]
+    assert batch['target'].shape == (2, 3, 128, 128) and batch['supporters'].shape == (2, 5, 3, 128, 128)
+    assert np.array_equal(batch['labels'][0].numpy(), snap['labels'][t])
+    assert np.array_equal(batch['correspondence'][0].numpy(), snap['correspondence'][t, others])
+    assert np.array_equal(batch['obstruction_mask'][0].numpy(), snap['obstruction_mask'][t])
+    assert np.allclose(batch['supporters'][0, 0].permute(1, 2, 0).numpy() * 255, snap['rgb'][others[0]], atol=1e-3)
+    # mirrored frames stay consistent: the supporter's labels warped by the mirrored correspondences are the
+    # mirror of the originally warped ones
+    flipped = ObstructionLoader(tiny_dataset, 'obstruction', 'train', 2, shuffle=False, augment=True)
+    flipped.rng = np.random.default_rng(0)
+    fb = next(iter(flipped))
+    for i in range(2):
+        same = torch.equal(fb['labels'][i], batch['labels'][i])
+        assert same or torch.equal(fb['labels'][i], batch['labels'][i].flip(-1))
+        for s in range(5):
+            warped = sample_cells_np(batch['supporter_labels'][i, s].numpy(), batch['correspondence'][i, s].numpy(),
+                                     8, fill=255)
+            fwarped = sample_cells_np(fb['supporter_labels'][i, s].numpy(), fb['correspondence'][i, s].numpy(),
+                                      8, fill=255)
+            assert np.array_equal(fwarped, warped if same else warped[:, ::-1])
+
+
+def test_onnx_roles_agree_with_torch(tiny_dataset, tmp_path):
+    from collab_perception.learn.mash_export import check_onnx, export_roles
+    torch.manual_seed(0)
+    model = Mash(SMALL).eval()
+    model.method_name = 'mash'
+    with torch.no_grad():   # decisive outputs: an untrained net is full of near-ties that flip argmax
+        model.own_head.classify.weight.mul_(50)
+        model.smoothing.out.weight.normal_(0, 0.5)
+    paths = export_roles(model, str(tmp_path))
+    roles = json.load(open(tmp_path / 'roles.json'))
+    assert roles['grid'] == [16, 16] and roles['no_match'] == 256
+    assert roles['roles']['supporter']['outputs']['class_probs']['shape'] == [1, 256, 8]
+    loader = ObstructionLoader(tiny_dataset, 'obstruction', 'test', 2, shuffle=False)
+    model.confidence_threshold = 0.0                     # send every matched cell: the fusion sees patches
+    check = check_onnx(model, paths, loader, frames=2)
+    assert check['requester_max_abs_diff'] < 1e-4 and check['supporter_max_abs_diff'] < 1e-4, check
+    assert check['requester_own_classes_agreement'] > 0.999 and check['supporter_match_agreement'] > 0.99, check
+    assert check['fusion_classes_agreement'] > 0.999, check
+    assert check['swarm_pipeline_vs_offline_agreement'] > 0.99, check
+
+
+def test_tiny_training_lowers_the_loss(tiny_dataset, tmp_path):
+    from collab_perception.learn.mash_eval import evaluate_mash_run
+    from collab_perception.learn.train import TrainConfig, build_model, load_model, seed_everything, train
+    cfg = TrainConfig(method='mash', setting='obstruction', data_dir=tiny_dataset, out_dir=str(tmp_path / 'run'),
+                      iterations=12, batch_size=2, lr=5e-3, eval_every=12, val_batches=1, threads=1, model=SMALL)
+    loader = ObstructionLoader(tiny_dataset, 'obstruction', 'train', 4, shuffle=False)
+    frames = next(iter(loader))
+    seed_everything(cfg.seed)
+    initial = build_model(cfg, loader.agents, loader.num_classes).train()
+    result = train(cfg, progress=False)
+    trained, _ = load_model(str(tmp_path / 'run' / 'last.pt'))
+    trained.train()
+    with torch.no_grad():
+        before = initial.loss(initial.forward_batch(frames, 'train'), frames).item()
+        after = trained.loss(trained.forward_batch(frames, 'train'), frames).item()
+    assert result['steps'] == 12 and after < 0.9 * before, (before, after)
+    evaluation = evaluate_mash_run(str(tmp_path / 'run'), tiny_dataset, 'test', batch_size=4, progress=False)
+    hard = evaluation['variants']['hard@0.5']
+    assert 0 <= hard['miou'] <= 1 and hard['target_x'] > 0 and 0 <= evaluation['match_accuracy'] <= 1
+    assert os.path.exists(tmp_path / 'run' / 'eval_mash_test.json')
