@@ -79,8 +79,8 @@ def quantize_dequantize(x: torch.Tensor, dims: tuple[int, ...], dtype: str,
                         mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """What the codec's per-tensor affine quantization (runtime/codec.py, `encode_tensor` then
     `decode_tensor`) does to `x`, one tensor per index of the axes not in `dims`; `mask` (broadcastable to x)
-    marks the elements the tensor holds (e.g. the sent cells), the others pass unchanged. float dtypes are
-    returned as they are (float16 rounding included)."""
+    marks the elements the tensor holds (e.g. the sent cells), the others pass unchanged. float32 passes
+    unchanged, float16 is rounded to half precision."""
     if dtype == 'float32':
         return x
     if dtype == 'float16':

@@ -42,7 +42,7 @@ from .mash import CELL_SIZE, CONFIDENCE_THRESHOLD, Mash, sample_cells
 from .mash_data import SETTING, ObstructionLoader
 from .models import ModelConfig, create_model
 
-THRESHOLDS = (0.3, 0.5, 0.7, 0.9)     # confidence thresholds evaluated for MASH (bytes against mIoU)
+THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)     # confidence thresholds evaluated for MASH (bytes against mIoU)
 
 
 @dataclass(frozen=True)
@@ -209,13 +209,13 @@ def load_run(run_dir: str):
 def evaluate_mash_run(run_dir: str, data_dir: str, split: str = 'test', batch_size: int = 16, progress: bool = True,
                       force: bool = False) -> dict:
     """Evaluate runs/.../best.pt once; cached in <run>/eval_mash_<split>.json (invalidated when the checkpoint
-    changes)."""
+    or the evaluated thresholds change)."""
     ckpt_path = os.path.join(run_dir, 'best.pt')
     cache = os.path.join(run_dir, f'eval_mash_{split}.json')
     stamp = os.path.getmtime(ckpt_path)
     if not force and os.path.exists(cache):
         cached = json.load(open(cache))
-        if cached.get('checkpoint_mtime') == stamp:
+        if cached.get('checkpoint_mtime') == stamp and cached.get('thresholds') == list(THRESHOLDS):
             return cached
     model, ckpt = load_run(run_dir)
     loader = ObstructionLoader(data_dir, SETTING, split, batch_size, shuffle=False)
@@ -225,7 +225,7 @@ def evaluate_mash_run(run_dir: str, data_dir: str, split: str = 'test', batch_si
                    'run': os.path.basename(os.path.normpath(run_dir)), 'step': ckpt['step'],
                    'iterations': c['iterations'], 'train_minutes': round(ckpt['elapsed_s'] / 60, 1),
                    'query_size': c['model']['query_size'], 'key_size': c['model']['key_size'],
-                   'command': train_command(c, run_dir), 'checkpoint_mtime': stamp})
+                   'command': train_command(c, run_dir), 'checkpoint_mtime': stamp, 'thresholds': list(THRESHOLDS)})
     with open(cache, 'w') as f:
         json.dump(result, f, indent=2)
     return result
@@ -504,6 +504,12 @@ def mash_section(runs_root: str, datasets_root: str, split: str = 'test', progre
     """The Markdown section "MASH on the obstruction setting" (for docs/RESULTS.md, which lives in
     `markdown_dir`), evaluating every trained run (cached) and measuring compute; writes the plot."""
     data = os.path.join(datasets_root, SETTING)
+    if not os.path.exists(os.path.join(data, 'manifest.json')):
+        return '\n'.join(['## MASH on the obstruction setting', '', f'No dataset at {data} yet: make it, train the '
+                          'rows, then evaluate:', '', '```bash',
+                          f'collab-perception dataset generate --setting {SETTING} --frames 2400 --out {data} '
+                          '--workers 2'] + [planned_command(row) for row in ROWS if row.fusion != 'soft']
+                         + ['collab-perception evaluate', '```', ''])
     loader = ObstructionLoader(data, SETTING, split, 1)
     image_size, num_classes, supporters = loader.image_size, loader.num_classes, loader.agents - 1
     results = collect(runs_root, datasets_root, split, progress)

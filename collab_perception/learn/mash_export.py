@@ -195,7 +195,7 @@ def run_swarm_onnx(sessions: dict, target: np.ndarray, supporters: np.ndarray, t
         replies.append({'confidence': confidence, 'match': match, 'class_probs': class_probs, 'cells': cells})
     classes = sessions['fusion'].run(None, {'own_probs': own_probs, 'self_confidence': self_conf,
                                             'patch_probs': patch_probs, 'patch_confidence': patch_conf})[0]
-    return classes[0], {'query': query, 'own_probs': own_probs, 'self_confidence': self_conf,
+    return classes[0], {'query': query, 'sent_query': sent_query, 'own_probs': own_probs, 'self_confidence': self_conf,
                         'own_classes': own_classes, 'replies': replies}
 
 
@@ -225,7 +225,7 @@ def check_onnx(model: Mash, paths: dict[str, str], loader, frames: int) -> dict:
                 diff['requester'] = max(diff['requester'], float(np.abs(got - want.numpy()).max()))
             own_agree += int((mid['own_classes'] == ref[3].numpy()).sum())
             own_n += ref[3].numel()
-            query = torch.from_numpy(mid['query'])
+            query = torch.from_numpy(mid['sent_query'])     # what the supporter received
             for j, reply in enumerate(mid['replies']):
                 conf, match, probs = modules['supporter'](query, supporters[j:j + 1])
                 diff['supporter'] = max(diff['supporter'], float(np.abs(reply['confidence'] - conf.numpy()).max()),
