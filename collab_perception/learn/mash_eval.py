@@ -431,7 +431,7 @@ def plot(results: dict[Row, Optional[dict]], path: str, threshold: float, suppor
     trained = {row: r for row, r in results.items() if r is not None}
     if not trained:
         return None
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter, FuncFormatter
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     span = [x for row, r in trained.items() for x in _frame_kb(row, r, supporters)]
     colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
@@ -461,7 +461,7 @@ def plot(results: dict[Row, Optional[dict]], path: str, threshold: float, suppor
         if span:
             ax.set_xlim(min(span) / 2, max(span) * 2)
         ax.xaxis.set_major_formatter(FormatStrFormatter('%g'))
-        ax.xaxis.set_minor_formatter(FormatStrFormatter(''))
+        ax.xaxis.set_minor_formatter(FuncFormatter(_two_five_label))
         ax.set_xlabel('kB per target frame (request + all replies; log)')
         ax.set_ylabel(f'mIoU, {title} (%)')
         ax.set_title(f'MASH on the obstruction setting: {title}')
@@ -473,6 +473,12 @@ def plot(results: dict[Row, Optional[dict]], path: str, threshold: float, suppor
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _two_five_label(value: float, _position) -> str:
+    """Labels of minor log ticks: only 2x and 5x powers of ten."""
+    leading = round(value / 10 ** np.floor(np.log10(value)))
+    return f'{value:g}' if leading in (2, 5) else ''
 
 
 def _frame_kb(row: Row, result: dict, supporters: int) -> list[float]:
