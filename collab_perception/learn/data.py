@@ -73,20 +73,16 @@ def to_tensors(batch: dict, flip: Optional[np.ndarray] = None) -> dict:
     return out
 
 
-class FrameLoader:
-    """Batches of collaborative frames of one split, streamed from the shards (data.BatchLoader)."""
+class ShardFrameLoader:
+    """Batches of one split streamed from the shards (data.BatchLoader), converted to tensors, with optional
+    left-right flips: what every setting's loader shares. Subclasses give the keys, the per-snapshot
+    `transform` and `tensors(batch, flip)`; train.LOADERS maps settings to them."""
 
-    def __init__(self, root: str, setting: str, split: str, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 augment: bool = False, limit: Optional[int] = None):
-        manifest = load_manifest(root)
-        if manifest['setting'] != setting:
-            raise ValueError(f'{root} holds the {manifest["setting"]!r} setting, not {setting!r}')
-        if setting not in HANDSHAKE_SETTINGS:
-            raise ValueError(f'setting {setting!r} is not a handshake setting; valid: {", ".join(HANDSHAKE_SETTINGS)}')
-        self.manifest = manifest
+    def __init__(self, root: str, setting: str, split: str, batch_size: int, keys: list[str], transform,
+                 seed: int = 0, shuffle: bool = True, augment: bool = False, limit: Optional[int] = None):
+        self.manifest = load_manifest(root)
         self.setting = setting
-        self.loader = BatchLoader(root, split, batch_size, keys=dataset_keys(setting), shuffle=shuffle,
-                                  seed=seed, transform=lambda s: collab_frame(s, setting))
+        self.loader = BatchLoader(root, split, batch_size, keys=keys, shuffle=shuffle, seed=seed, transform=transform)
         self.augment = augment
         self.rng = np.random.default_rng(seed + 7919)
         self.limit = limit
@@ -99,12 +95,36 @@ class FrameLoader:
     def num_classes(self) -> int:
         return len(self.manifest['classes'])
 
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.manifest['image']['height']), int(self.manifest['image']['width'])
+
     def __len__(self) -> int:
         return len(self.loader) if self.limit is None else min(self.limit, len(self.loader))
+
+    def tensors(self, batch: dict, flip: Optional[np.ndarray]) -> dict:
+        raise NotImplementedError
 
     def __iter__(self) -> Iterator[dict]:
         for i, batch in enumerate(self.loader):
             if self.limit is not None and i >= self.limit:
                 break
             flip = self.rng.random(len(batch['labels'])) < 0.5 if self.augment else None
-            yield to_tensors(batch, flip)
+            yield self.tensors(batch, flip)
+
+
+class FrameLoader(ShardFrameLoader):
+    """Batches of collaborative frames of one split of a handshake setting."""
+
+    def __init__(self, root: str, setting: str, split: str, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 augment: bool = False, limit: Optional[int] = None):
+        manifest = load_manifest(root)
+        if manifest['setting'] != setting:
+            raise ValueError(f'{root} holds the {manifest["setting"]!r} setting, not {setting!r}')
+        if setting not in HANDSHAKE_SETTINGS:
+            raise ValueError(f'setting {setting!r} is not a handshake setting; valid: {", ".join(HANDSHAKE_SETTINGS)}')
+        super().__init__(root, setting, split, batch_size, dataset_keys(setting), lambda s: collab_frame(s, setting),
+                         seed=seed, shuffle=shuffle, augment=augment, limit=limit)
+
+    def tensors(self, batch: dict, flip: Optional[np.ndarray]) -> dict:
+        return to_tensors(batch, flip)

@@ -104,27 +104,34 @@ def evaluate_model(model: CollabModel, loader: FrameLoader, setting: str, progre
     return result
 
 
-def evaluate_run(run_dir: str, data_dir: str, split: str = 'test', batch_size: int = 16, progress: bool = True,
-                 force: bool = False) -> dict:
-    """Evaluate runs/.../best.pt once; the result is cached in <run>/eval_<split>.json (invalidated when the
-    checkpoint changes)."""
-    ckpt_path = os.path.join(run_dir, 'best.pt')
-    cache = os.path.join(run_dir, f'eval_{split}.json')
-    stamp = os.path.getmtime(ckpt_path)
+def cached_evaluation(run_dir: str, name: str, compute, force: bool = False, **key) -> dict:
+    """Run `compute()` once per checkpoint: the result is cached in <run>/<name>.json and recomputed when
+    best.pt changes or any of `key` (e.g. the evaluated thresholds) differs."""
+    stamp = os.path.getmtime(os.path.join(run_dir, 'best.pt'))
+    cache = os.path.join(run_dir, f'{name}.json')
     if not force and os.path.exists(cache):
-        cached = json.load(open(cache))
-        if cached.get('checkpoint_mtime') == stamp:
+        with open(cache) as f:
+            cached = json.load(f)
+        if cached.get('checkpoint_mtime') == stamp and all(cached.get(k) == v for k, v in key.items()):
             return cached
-    model, ckpt = load_model(ckpt_path)
-    setting = ckpt['config']['setting']
-    loader = FrameLoader(data_dir, setting, split, batch_size, shuffle=False)
-    result = evaluate_model(model, loader, setting, progress)
-    result.update({'method': ckpt['config']['method'], 'setting': setting, 'split': split, 'step': ckpt['step'],
-                   'train_minutes': round(ckpt['elapsed_s'] / 60, 1), 'checkpoint_mtime': stamp,
-                   'iterations': ckpt['config']['iterations']})
+    result = {**compute(), 'checkpoint_mtime': stamp, **key}
     with open(cache, 'w') as f:
         json.dump(result, f, indent=2)
     return result
+
+
+def evaluate_run(run_dir: str, data_dir: str, split: str = 'test', batch_size: int = 16, progress: bool = True,
+                 force: bool = False) -> dict:
+    """Evaluate runs/.../best.pt on a split (cached in <run>/eval_<split>.json)."""
+    def compute() -> dict:
+        model, ckpt = load_model(os.path.join(run_dir, 'best.pt'))
+        setting = ckpt['config']['setting']
+        loader = FrameLoader(data_dir, setting, split, batch_size, shuffle=False)
+        result = evaluate_model(model, loader, setting, progress)
+        result.update({'method': ckpt['config']['method'], 'setting': setting, 'split': split, 'step': ckpt['step'],
+                       'train_minutes': round(ckpt['elapsed_s'] / 60, 1), 'iterations': ckpt['config']['iterations']})
+        return result
+    return cached_evaluation(run_dir, f'eval_{split}', compute, force)
 
 
 def add_bis(results: dict[str, dict]) -> None:

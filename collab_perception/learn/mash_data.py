@@ -16,12 +16,13 @@ Augmentation mirrors whole frames left-right: every view and label map, and the 
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
-from ..data import BatchLoader, load_manifest
+from ..data import load_manifest
+from .data import ShardFrameLoader
 from .mash import CELL_SIZE
 
 SETTING = 'obstruction'
@@ -79,9 +80,9 @@ def to_tensors(batch: dict, grid: tuple[int, int], flip: Optional[np.ndarray] = 
     }
 
 
-class ObstructionLoader:
-    """Batches of MASH frames of one split, streamed from the shards (data.BatchLoader); the loader of the
-    `obstruction` setting in train.LOADERS (same constructor and attributes as data.FrameLoader)."""
+class ObstructionLoader(ShardFrameLoader):
+    """Batches of MASH frames of one split, streamed from the shards; the loader of the `obstruction`
+    setting in train.LOADERS."""
 
     def __init__(self, root: str, setting: str, split: str, batch_size: int, seed: int = 0, shuffle: bool = True,
                  augment: bool = False, limit: Optional[int] = None):
@@ -92,37 +93,13 @@ class ObstructionLoader:
         if manifest['cell_size'] != CELL_SIZE:
             raise ValueError(f'{root} has {manifest["cell_size"]}-px correspondence cells; MASH\'s cell grid is '
                              f'{CELL_SIZE} px (generate with --cell-size {CELL_SIZE})')
-        self.manifest = manifest
-        self.setting = setting
-        self.loader = BatchLoader(root, split, batch_size, keys=KEYS, shuffle=shuffle, seed=seed,
-                                  transform=obstruction_frame)
-        self.augment = augment
-        self.rng = np.random.default_rng(seed + 7919)
-        self.limit = limit
-
-    @property
-    def agents(self) -> int:
-        return int(self.manifest['agents'])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.manifest['classes'])
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return int(self.manifest['image']['height']), int(self.manifest['image']['width'])
+        super().__init__(root, setting, split, batch_size, KEYS, obstruction_frame, seed=seed, shuffle=shuffle,
+                         augment=augment, limit=limit)
 
     @property
     def grid(self) -> tuple[int, int]:
         hc, wc = self.manifest['cells']
         return int(hc), int(wc)
 
-    def __len__(self) -> int:
-        return len(self.loader) if self.limit is None else min(self.limit, len(self.loader))
-
-    def __iter__(self) -> Iterator[dict]:
-        for i, batch in enumerate(self.loader):
-            if self.limit is not None and i >= self.limit:
-                break
-            flip = self.rng.random(len(batch['labels'])) < 0.5 if self.augment else None
-            yield to_tensors(batch, self.grid, flip)
+    def tensors(self, batch: dict, flip: Optional[np.ndarray]) -> dict:
+        return to_tensors(batch, self.grid, flip)

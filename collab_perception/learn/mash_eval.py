@@ -39,6 +39,7 @@ from tqdm import tqdm
 from ..runtime import wire
 from ..runtime.metrics import SegmentationScore
 from .mash import CELL_SIZE, CONFIDENCE_THRESHOLD, Mash, sample_cells
+from .evaluate import cached_evaluation
 from .mash_data import SETTING, ObstructionLoader
 from .models import ModelConfig, create_model
 
@@ -210,25 +211,18 @@ def evaluate_mash_run(run_dir: str, data_dir: str, split: str = 'test', batch_si
                       force: bool = False) -> dict:
     """Evaluate runs/.../best.pt once; cached in <run>/eval_mash_<split>.json (invalidated when the checkpoint
     or the evaluated thresholds change)."""
-    ckpt_path = os.path.join(run_dir, 'best.pt')
-    cache = os.path.join(run_dir, f'eval_mash_{split}.json')
-    stamp = os.path.getmtime(ckpt_path)
-    if not force and os.path.exists(cache):
-        cached = json.load(open(cache))
-        if cached.get('checkpoint_mtime') == stamp and cached.get('thresholds') == list(THRESHOLDS):
-            return cached
-    model, ckpt = load_run(run_dir)
-    loader = ObstructionLoader(data_dir, SETTING, split, batch_size, shuffle=False)
-    result = evaluate_model(model, loader, progress=progress)
-    c = ckpt['config']
-    result.update({'method': c['method'], 'image_size': list(loader.image_size), 'split': split,
-                   'run': os.path.basename(os.path.normpath(run_dir)), 'step': ckpt['step'],
-                   'iterations': c['iterations'], 'train_minutes': round(ckpt['elapsed_s'] / 60, 1),
-                   'query_size': c['model']['query_size'], 'key_size': c['model']['key_size'],
-                   'command': train_command(c, run_dir), 'checkpoint_mtime': stamp, 'thresholds': list(THRESHOLDS)})
-    with open(cache, 'w') as f:
-        json.dump(result, f, indent=2)
-    return result
+    def compute() -> dict:
+        model, ckpt = load_run(run_dir)
+        loader = ObstructionLoader(data_dir, SETTING, split, batch_size, shuffle=False)
+        result = evaluate_model(model, loader, progress=progress)
+        c = ckpt['config']
+        result.update({'method': c['method'], 'image_size': list(loader.image_size), 'split': split,
+                       'run': os.path.basename(os.path.normpath(run_dir)), 'step': ckpt['step'],
+                       'iterations': c['iterations'], 'train_minutes': round(ckpt['elapsed_s'] / 60, 1),
+                       'query_size': c['model']['query_size'], 'key_size': c['model']['key_size'],
+                       'command': train_command(c, run_dir)})
+        return result
+    return cached_evaluation(run_dir, f'eval_mash_{split}', compute, force, thresholds=list(THRESHOLDS))
 
 
 def train_command(config: dict, run_dir: Optional[str] = None) -> str:

@@ -175,6 +175,8 @@ def write_results(runs_root: str, datasets_root: str, out_md: Optional[str], plo
     if plot(results, plot_path):
         rel = os.path.relpath(plot_path, os.path.dirname(out_md) if out_md else '.')
         lines += ['## Accuracy against bytes', '', f'![accuracy against bytes per frame]({rel})', '']
+    from .mash_eval import mash_section   # MASH on the obstruction setting (its own Table I)
+    lines += [mash_section(runs_root, datasets_root, split, progress), '']
     text = '\n'.join(lines)
     if out_md is None:
         print(text)
