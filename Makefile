@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 .PHONY: help setup demo test clean
 
 help:
-	@echo "make demo    run 3 drones through ROS 2 (embedded launcher) and print bytes per frame"
+	@echo "make demo    5 drones through ROS 2 on the embedded world: fused vs own accuracy, bytes per frame"
 	@echo "make test    run the test suite (real rclpy + Fast DDS, localhost only)"
 	@echo "make setup   .venv with pinned wheels + colcon build of this package (idempotent)"
 	@echo "make clean   remove build/, install/, log/, .ws/ (keeps .venv)"
@@ -17,7 +17,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@$(ENV) && collab-perception swarm --frames 20 $(DEMO_ARGS)
+	@$(ENV) && collab-perception swarm --frames 30 $(DEMO_ARGS)
 
 test: setup
 	@$(ENV) && python -m pytest $(PYTEST_ARGS)

@@ -172,6 +172,7 @@ def cmd_swarm(args) -> int:
     os.makedirs(run_dir, exist_ok=True)
     processes = build_process_plan(cfg, run_dir)
     env = safe_ros_env(domain_id=args.domain_id, ros_home=os.path.join(run_dir, 'ros_home'))
+    env.setdefault('PYTHONFAULTHANDLER', '1')   # a crashing node prints its Python stack (logs/<process>.log)
     print(f'[launch] {len(cfg.drones)} drones ({", ".join(cfg.names)}), {len(processes)} processes, layout '
           f'{cfg.swarm["process_layout"]}, ROS_DOMAIN_ID {env["ROS_DOMAIN_ID"]} on localhost; run dir {run_dir}',
           flush=True)

@@ -4,7 +4,7 @@ import csv
 import pytest
 
 from collab_perception.runtime.bandwidth import BandwidthLedger, CsvFrameWriter
-from collab_perception.runtime.topics import comm_topics, topic_kind, topic_owner
+from collab_perception.runtime.topics import comm_topics, comm_topology, topic_kind, topic_owner
 
 S = 1_000_000_000
 
@@ -84,3 +84,9 @@ def test_frames_are_the_markers_when_the_source_publishes_them():
     bare.record('/swarm/request', 'drone1', 5 * S, 66, 5 * S)
     bare.record('/swarm/request', 'drone1', 6 * S, 66, 6 * S)
     assert bare.frames == 2      # no frame markers: every stamp is a frame
+
+
+def test_comm_topology():
+    t = comm_topology(['a', 'b', 'c'], monitor=True)
+    assert t['/swarm/request'] == (3, 4) and t['/a/comm/reply'] == (2, 2) and t['/c/comm/feature'] == (2, 2)
+    assert comm_topology(['a', 'b'], monitor=False)['/b/comm/connect'] == (1, 1)

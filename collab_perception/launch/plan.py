@@ -231,6 +231,8 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
             **_codec_params(cfg), **_qos_params(cfg, 'comm', 'local')}, drone=d.name))
     source = nodes[0]
     source.parameters['expected_nodes'] = [n.fqn for n in nodes if n is not source]
+    source.parameters['expected_endpoints'] = [
+        f'{topic}:{pubs}:{subs}' for topic, (pubs, subs) in topics.comm_topology(cfg.names, mon['enabled']).items()]
     return nodes
 
 

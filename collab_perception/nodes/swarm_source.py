@@ -30,6 +30,11 @@ class SwarmSource(Node):
         self.expected_nodes = set(filter(None, declare(
             self, 'expected_nodes', [''], 'fully qualified names of every node of the swarm (from the node plan); '
             'frame 1 waits until all are in the graph')))
+        self.expected_endpoints = []
+        for item in filter(None, declare(self, 'expected_endpoints', [''], "'topic:publishers:subscribers' of "
+                                         'the comm graph (from the node plan); frame 1 waits until all are matched')):
+            topic, pubs, subs = item.rsplit(':', 2)
+            self.expected_endpoints.append((topic, int(pubs), int(subs)))
         self.degraded_drones = set(filter(None, declare(
             self, 'degraded_drones', [''], "drones whose camera is degraded (blur + noise)")))
         unknown = self.degraded_drones - set(self.drones)
@@ -46,9 +51,14 @@ class SwarmSource(Node):
         self._drain_until = None
 
     def _missing(self) -> list[str]:
-        """What the swarm still lacks: planned nodes not yet in the graph, cameras without a subscriber."""
+        """What the swarm still lacks: planned nodes not yet in the graph, comm topics without all their
+        endpoints, cameras without a subscriber."""
         seen = {f'{ns.rstrip("/")}/{name}' for name, ns in self.get_node_names_and_namespaces()}
         missing = sorted(self.expected_nodes - seen)
+        for topic, pubs, subs in self.expected_endpoints:
+            have_pubs, have_subs = self.count_publishers(topic), self.count_subscribers(topic)
+            if have_pubs < pubs or have_subs < subs:
+                missing.append(f'{topic} ({have_pubs}/{pubs} publishers, {have_subs}/{subs} subscribers)')
         return missing + [f'subscriber of /{d}/{topics.IMAGE}' for d in self.cameras.image_subscribers_missing()]
 
     def _graph_ready(self) -> bool:
