@@ -189,3 +189,19 @@ def test_addressing():
         with pytest.raises(AddressError) as info:
             check_addressing(*args, 1, [1, 2, 3], allow_broadcast=False)
         assert info.value.reason == reason
+
+
+def test_spatial_frame_fuses_the_patches_that_arrived_by_the_deadline():
+    t = tracker(spatial=True)
+    t.on_own(S0, 'own', True, now_ns=S0)
+    assert t.on_reply(S0, 2, 0.4, S0 + MS, payload='patches2') == []
+    assert t.next_wakeup() == S0 + 300 * MS          # spatial: no reply timeout, no connect stage
+    assert t.on_reply(S0, 3, 0.9, S0 + 2 * MS, payload='patches3') == []
+    out = only(t.on_time(S0 + 300 * MS), FrameOutcome)
+    assert out.received == {2: 'patches2', 3: 'patches3'} and out.selected == [2, 3]
+    assert not out.fallback and not out.deadline_met and out.reason == 'deadline: partial patches'
+    t.on_own(S0 + 1, 'own', True, now_ns=S0)
+    for peer in (2, 3, 4):
+        actions = t.on_reply(S0 + 1, peer, 0.1, S0, payload=f'p{peer}')
+    out = only(actions, FrameOutcome)
+    assert out.deadline_met and out.reason == 'complete' and len(out.received) == 3

@@ -153,8 +153,11 @@ class RequesterTracker:
 
     def __init__(self, my_id: int, peers: Iterable[int], deadline_ns: int, reply_timeout_ns: int,
                  select: str = 'argmax', top_n: int = 1, threshold: float = 0.0, capacity: int = 16,
-                 silent_after: int = 3):
+                 silent_after: int = 3, spatial: bool = False):
         self.my_id = my_id
+        # spatial (MASH §III): replies carry the payload (warped patches) and there is no connect stage;
+        # the frame is fused when every expected supporter answered, or at the deadline.
+        self.spatial = spatial
         self.peers = sorted(set(peers) - {my_id})
         if reply_timeout_ns >= deadline_ns:
             raise ValueError('reply_timeout must be shorter than the frame deadline')
@@ -194,7 +197,7 @@ class RequesterTracker:
         times = []
         for stamp, frame in self._frames.items():
             if frame.phase == 'collecting':
-                times.append(stamp + self.reply_timeout_ns)
+                times.append(stamp + (self.deadline_ns if self.spatial else self.reply_timeout_ns))
             elif frame.phase == 'connecting':
                 times.append(stamp + self.deadline_ns)
         return min(times) if times else None
@@ -216,7 +219,8 @@ class RequesterTracker:
         frame.asked = list(self.peers)
         return self._advance(frame, now_ns)
 
-    def on_reply(self, stamp_ns: int, sender: int, score: float, now_ns: Optional[int] = None) -> list:
+    def on_reply(self, stamp_ns: int, sender: int, score: float, now_ns: Optional[int] = None,
+                 payload: Any = None) -> list:
         if sender not in self.peers:
             self.counters['unknown_sender'] += 1
             return []
@@ -233,6 +237,8 @@ class RequesterTracker:
             self.counters['duplicate'] += 1
             return []
         frame.scores[sender] = float(score)
+        if self.spatial:
+            frame.received[sender] = payload
         return self._advance(frame, now_ns)
 
     def on_features(self, stamp_ns: int, sender: int, features: Any, now_ns: Optional[int] = None) -> list:
@@ -272,11 +278,18 @@ class RequesterTracker:
         if frame.phase == 'collecting':
             expected = set(self.expected_repliers())
             all_in = expected.issubset(frame.scores) and (expected or frame.scores or not self.peers)
-            timed_out = now_ns is not None and now_ns >= frame.stamp_ns + self.reply_timeout_ns
+            wait_ns = self.deadline_ns if self.spatial else self.reply_timeout_ns
+            timed_out = now_ns is not None and now_ns >= frame.stamp_ns + wait_ns
             if not (all_in or timed_out):
                 return actions
             for peer in self.peers:
                 self._missed[peer] = 0 if peer in frame.scores else self._missed[peer] + 1
+            if self.spatial:
+                frame.selected = sorted(frame.received)
+                reason = 'complete' if all_in else ('deadline: partial patches' if frame.received else 'no replies in time')
+                actions.append(self._finish(frame, fallback=not frame.received, deadline_met=bool(all_in),
+                                            reason=reason))
+                return actions
             frame.selected = self.selector(frame.scores, frame.self_score, self.top_n, self.threshold)
             if not frame.selected:
                 reason = 'no replies in time' if not frame.scores else 'gate chose no partner'
