@@ -73,11 +73,41 @@ def format_monitor_table(monitor: dict) -> str:
 
 
 def feature_bytes(cfg, drone) -> int:
-    """Serialized bytes of one FeatureMap of this drone's method, with the swarm's codec."""
+    """Serialized bytes of what one supporter would send to a requester if it sent everything, with the
+    swarm's codec: its FeatureMap (CatAll), or for a spatial method every cell's patch (MASH without the
+    confidence threshold)."""
     from .runtime import wire
-    from .runtime.methods import feature_shape_of
-    return wire.feature_size(feature_shape_of(drone.method, drone.models.get('dir', '')),
-                             cfg.swarm['codec']['feature_dtype'])
+    from .runtime.methods import feature_shape_of, is_spatial
+    shape = feature_shape_of(drone.method, drone.models.get('dir', ''))
+    if is_spatial(drone.method):
+        dtype = cfg.swarm['codec']['patch_dtype']
+        return wire.patches_size(shape[0], shape[1], dtype, dtype)
+    return wire.feature_size(shape, cfg.swarm['codec']['feature_dtype'])
+
+
+def spatial_summary(cfg, monitor: dict) -> Optional[dict]:
+    """MASH's bytes as its Table I reports them (§IV): the requester's query per request as a fraction x of
+    its raw image (H x W x 3 bytes) and each supporter's patches per frame as a fraction y of its label
+    image (H x W bytes), from the monitor's measurement."""
+    from .runtime.methods import is_spatial
+    from .runtime.onnx_method import read_roles_json
+    if not cfg.drones or not is_spatial(cfg.drones[0].method):
+        return None
+    h, w = read_roles_json(cfg.drones[0].models.get('dir', ''))['image_size']
+    rows = monitor.get('per_sender_topic', [])
+    requests = [r for r in rows if r['topic'] == '/swarm/request']
+    messages = sum(r['messages'] for r in requests)
+    query = sum(r['bytes'] for r in requests) / messages if messages else None
+    patches = {r['sender']: r['bytes_per_frame'] for r in rows if r['topic'].endswith('/comm/patches')}
+    fractions = {k: v / (h * w) for k, v in patches.items()}
+    return {
+        'image_bytes': h * w * 3, 'label_bytes': h * w,
+        'query_bytes_per_request': query,
+        'query_fraction_of_image': query / (h * w * 3) if query else None,
+        'patch_bytes_per_frame': patches,
+        'patch_fraction_of_labels': fractions,
+        'max_patch_fraction_of_labels': max(fractions.values()) if fractions else None,
+    }
 
 
 def build_swarm_summary(cfg, monitor: Optional[dict], evaluator: Optional[dict], result) -> dict:
@@ -129,6 +159,7 @@ def build_swarm_summary(cfg, monitor: Optional[dict], evaluator: Optional[dict],
         'lost_processes': result.lost,
         'overall': overall,
         'per_drone': per_drone,
+        'spatial': spatial_summary(cfg, monitor),
         'per_kind_bytes_per_frame': {k: v['bytes_per_frame'] for k, v in monitor.get('per_kind', {}).items()},
         'per_topic_bytes_per_frame': {k: v['bytes_per_frame'] for k, v in monitor.get('per_topic', {}).items()},
         'process_exits': result.exits,
@@ -157,6 +188,13 @@ def format_overall(summary: dict) -> str:
              f'(camera stamp -> segmentation)',
              f'  fallbacks  {o["fallback_frames"]} of {o["requested_frames"]} requested frames; rejected messages '
              f'{o["rejected_messages"]}']
+    sp = summary.get('spatial')
+    if sp and sp['query_fraction_of_image'] is not None:
+        worst = sp['max_patch_fraction_of_labels']
+        lines.append(f'  MASH       query {num(sp["query_bytes_per_request"], " B")} = '
+                     f'{sp["query_fraction_of_image"]:.3f} of the raw image; patches per supporter '
+                     + ', '.join(f'{k} {v:.3f}' for k, v in sp['patch_fraction_of_labels'].items())
+                     + (f' of the label image (max {worst:.3f})' if worst is not None else ''))
     if summary.get('lost_processes'):
         lines.append(f'  LOST       {", ".join(summary["lost_processes"])}')
     return '\n'.join(lines)

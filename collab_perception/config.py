@@ -86,6 +86,8 @@ CODEC_SCHEMA = {
     'query_dtype': Field(str, 'float32', choices=('float32', 'float16', 'int8', 'uint8')),
     'score_dtype': Field(str, 'float32', choices=('float32', 'float16', 'int8', 'uint8')),
     'feature_dtype': Field(str, 'float16', choices=('float32', 'float16', 'int8', 'uint8')),
+    'patch_dtype': Field(str, 'uint8', choices=('float32', 'float16', 'int8', 'uint8'),
+                         help="wire dtype of MASH's patch confidences and class distributions (PatchSegments)"),
     'local_dtype': Field(str, 'float32', choices=('float32', 'float16'),
                          help='dtype of the perception -> matcher/fusion topic inside one drone'),
     'max_elements': Field(int, 1 << 20, minimum=1, maximum=1 << 28),
@@ -149,6 +151,8 @@ DRONE_SCHEMA = {
     'score_threshold': Field(float, 0.0, help='used by select: threshold'),
     'cache_frames': Field(int, 16, minimum=1, maximum=1000, help='per-stamp ring buffer length'),
     'degraded': Field(bool, False, help="the drone's camera is degraded (blur + noise, handshake paper §IV-B)"),
+    'obstructed': Field(bool, False, help='a 3D obstruction in front of this drone\'s camera every frame (MASH §IV; '
+                                          'embedded world only)'),
     'models': Field(dict, {}, help="{dir: models/<name>}: the exported model's directory (collab-perception export)",
                     check=lambda v: None if set(v) <= {'dir'} and all(isinstance(x, str) for x in v.values())
                     else "must be {dir: <path>}"),
@@ -236,6 +240,7 @@ class DroneConfig:
     onnx_threads: int
     providers: list
     degraded: bool
+    obstructed: bool = False
 
     @property
     def namespace(self) -> str:

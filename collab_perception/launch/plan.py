@@ -24,7 +24,7 @@ from ..config import ConfigError, SwarmConfig, resource_path
 from ..world.airsim_adapter import load_airsim_config
 from ..world.config import WorldConfig
 from ..world.degrade import DegradeConfig
-from ..runtime.methods import method_names
+from ..runtime.methods import is_spatial, method_names
 from ..runtime import topics
 
 PACKAGE = 'collab_perception'
@@ -143,6 +143,7 @@ def source_node(cfg: SwarmConfig) -> NodeSpec:
         'settle_s': sw['settle_s'],
         'drain_s': sw['drain_s'],
         'degraded_drones': [d.name for d in cfg.drones if d.degraded] or [''],
+        'obstructed_drones': [d.name for d in cfg.drones if d.obstructed] or [''],
         'degrade_seed': src['degrade_seed'],
         **{f'degrade.{k}': v for k, v in _ros_values(dataclasses.asdict(degrade)).items()},
         **_qos_params(cfg, 'sensor'),
@@ -159,8 +160,12 @@ def source_node(cfg: SwarmConfig) -> NodeSpec:
                               cfg.source)
         # replayed images already carry the dataset's degradation: never degrade them twice
         params.update({'replay.dataset': rep['dataset'], 'replay.split': rep['split'], 'replay.target_drone': target,
-                       'degraded_drones': ['']})
+                       'degraded_drones': [''], 'obstructed_drones': ['']})
         return NodeSpec('replay_bridge', 'replay_bridge', SWARM_NAMESPACE, params)
+    if any(d.obstructed for d in cfg.drones):
+        i = next(i for i, d in enumerate(cfg.drones) if d.obstructed)
+        raise ConfigError(f'drones[{i}].obstructed', 'obstructions are rendered by the embedded world only '
+                          '(swarm.source.type: world); in AirSim, place them in the scene', cfg.source)
     path = src['airsim_config']
     path = path if os.path.isabs(path) else resource_path(path)
     airsim = load_airsim_config(path, load_classes().names)
@@ -181,6 +186,7 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
         if d.method not in method_names():
             raise ConfigError(f'drones[{i}].method', f'unknown method {d.method!r}; valid: {", ".join(method_names())}',
                               cfg.source)
+    spatial = swarm_is_spatial(cfg)
     nodes: list[NodeSpec] = []
     nodes.append(source_node(cfg))
     mon = sw['monitor']
@@ -232,8 +238,21 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
     source = nodes[0]
     source.parameters['expected_nodes'] = [n.fqn for n in nodes if n is not source]
     source.parameters['expected_endpoints'] = [
-        f'{topic}:{pubs}:{subs}' for topic, (pubs, subs) in topics.comm_topology(cfg.names, mon['enabled']).items()]
+        f'{topic}:{pubs}:{subs}' for topic, (pubs, subs)
+        in topics.comm_topology(cfg.names, mon['enabled'], spatial).items()]
     return nodes
+
+
+def swarm_is_spatial(cfg: SwarmConfig) -> bool:
+    """Whether the swarm speaks MASH's spatial protocol. Every matcher answers every request with its own
+    method, so one swarm speaks one protocol: mixing spatial and non-spatial methods is a config error."""
+    kinds = [is_spatial(d.method) for d in cfg.drones]
+    if any(kinds) and not all(kinds):
+        i = kinds.index(not kinds[0])
+        raise ConfigError(f'drones[{i}].method', f'{cfg.drones[i].method!r} and {cfg.drones[0].method!r} '
+                          '(drones[0]) speak different protocols (spatial MASH vs whole-drone handshake); a '
+                          'swarm uses one', cfg.source)
+    return bool(kinds) and kinds[0]
 
 
 def build_process_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[ProcessSpec]:

@@ -92,7 +92,7 @@ def declare_qos(node: Node, name: str, reliability: str = 'reliable', depth: int
 def declare_codec(node: Node) -> tuple[dict[str, str], TensorLimits]:
     dtypes = {}
     for key, default in (('query_dtype', 'float32'), ('score_dtype', 'float32'), ('feature_dtype', 'float16'),
-                         ('local_dtype', 'float32')):
+                         ('patch_dtype', 'uint8'), ('local_dtype', 'float32')):
         dtypes[key] = declare(node, f'codec.{key}', default, f'wire dtype of {key[:-6]} tensors',
                               choices=('float32', 'float16', 'int8', 'uint8'))
     limits = TensorLimits(

@@ -6,6 +6,10 @@ comm/reply until all expected ones are in or `reply_timeout_ms` after the camera
 `deadline_ms`, and fuses. With nothing usable in time it publishes its own prediction, flagged as
 fallback. Frames on which it did not ask are published at once from its own prediction.
 
+With a spatial method (MASH §III) there is no connect stage: supporters answer the query map with patches
+(PatchSegments on comm/patches); the frame is fused when every expected supporter answered, or at
+`deadline_ms` with what came. Supporter slots of the fusion model are the other drones in ascending id.
+
 Outputs: `segmentation` (mono8 class ids), `segmentation/color` (rgb8 class colours) and `fusion/info`
 (who was asked, who answered, scores, selection, deadline met, bytes in and out, latency), exactly one of
 each per camera frame whose perception output arrived.
@@ -18,13 +22,14 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from collab_perception.msg import Connect, FeatureMap, FusionInfo, PerceptionOutput, Reply
+from collab_perception.msg import Connect, FeatureMap, FusionInfo, PatchSegments, PerceptionOutput, Reply
 
 from ..classes import load_classes
 from ..runtime import topics
 from ..runtime.codec import CodecError, decode_tensor
 from ..runtime.handshake import SELECTORS, Connect as ConnectAction, FrameOutcome, RequesterTracker, StampRing
 from ..runtime.methods import EncoderOutput
+from ..runtime.onnx_mash import decode_patches
 from .common import DroneNode, array_to_image, declare, declare_codec, declare_qos, stamp_label, stamp_to_ns
 
 
@@ -46,18 +51,31 @@ class FusionNode(DroneNode):
         comm_qos = declare_qos(self, 'comm', 'reliable', 10)
         local_qos = declare_qos(self, 'local', 'reliable', 10)
         self.classes = load_classes()
+        spatial = self.method.spatial
         self.tracker = RequesterTracker(self.drone_id, self.ids, deadline_ms * 1_000_000, reply_ms * 1_000_000,
-                                        select=select, top_n=top_n, threshold=threshold, capacity=cache_frames)
+                                        select=select, top_n=top_n, threshold=threshold, capacity=cache_frames,
+                                        spatial=spatial)
         self.bytes: StampRing[list[int]] = StampRing(4 * cache_frames)   # stamp -> [out, in]
-        self.connect_pubs = {i: self.create_publisher(Connect, topics.connect_topic(n), comm_qos)
-                             for i, n in zip(self.ids, self.names) if i != self.drone_id}
+        if spatial:
+            # the fusion model's supporter slots: the other drones in ascending id, as in training
+            self.slots = {peer: i for i, peer in enumerate(self.tracker.peers)}
+            if len(self.slots) > self.method.supporters:
+                raise ValueError(f'the swarm has {len(self.slots)} other drones but the model '
+                                 f'({self.method.model_dir}) fuses at most {self.method.supporters} supporters')
+            self.connect_pubs = {}
+            self.create_subscription(PatchSegments, topics.patches_topic(self.drone), self.on_patches, comm_qos,
+                                     raw=True)
+        else:
+            self.connect_pubs = {i: self.create_publisher(Connect, topics.connect_topic(n), comm_qos)
+                                 for i, n in zip(self.ids, self.names) if i != self.drone_id}
         self.seg_pub = self.create_publisher(Image, topics.SEGMENTATION, local_qos)
         self.color_pub = self.create_publisher(Image, topics.SEGMENTATION_COLOR, local_qos)
         self.info_pub = self.create_publisher(FusionInfo, topics.FUSION_INFO, local_qos)
         self.create_subscription(PerceptionOutput, topics.PERCEPTION, self.on_own, local_qos)
-        self.create_subscription(Reply, topics.reply_topic(self.drone), self.on_reply, comm_qos, raw=True)
-        self.create_subscription(FeatureMap, topics.feature_topic(self.drone), self.on_features, comm_qos,
-                                 raw=True)
+        if not spatial:
+            self.create_subscription(Reply, topics.reply_topic(self.drone), self.on_reply, comm_qos, raw=True)
+            self.create_subscription(FeatureMap, topics.feature_topic(self.drone), self.on_features, comm_qos,
+                                     raw=True)
         self.wake_timer = self.create_timer(1.0, self.on_wake, autostart=False)
         self.published = 0
         self.get_logger().info(f'{self.log_prefix}fusion ready: method {self.method.describe()}, '
@@ -100,7 +118,9 @@ class FusionNode(DroneNode):
         try:
             own = EncoderOutput(
                 features=decode_tensor(msg.features, self.limits, 'perception.features'),
-                key=None, query=None,
+                # spatial methods keep their self-confidence map in `key` (runtime/onnx_mash.py)
+                key=decode_tensor(msg.key, self.limits, 'perception.key') if self.method.spatial else None,
+                query=None,
                 own_classes=decode_tensor(msg.own_classes, self.limits, 'perception.own_classes',
                                           out_dtype='uint8'))
         except CodecError as e:
@@ -134,6 +154,17 @@ class FusionNode(DroneNode):
         self._count(stamp_ns, inc=len(data))
         self._run(self.tracker.on_features(stamp_ns, msg.sender, features, self.now_ns()))
 
+    def on_patches(self, data: bytes):
+        got = self.receive(data, PatchSegments, 'patches', decode=lambda m: decode_patches(
+            m, self.method.grid, self.method.num_classes, self.limits))
+        if got is None:
+            return
+        msg, stamp_ns, patches = got
+        self._count(stamp_ns, inc=len(data))
+        # the score reported in fusion/info: the mean confidence of the cells sent (0 for none)
+        score = float(patches.confidence.mean()) if patches.count else 0.0
+        self._run(self.tracker.on_reply(stamp_ns, msg.sender, score, self.now_ns(), payload=patches))
+
     def on_wake(self):
         self._run(self.tracker.on_time(self.now_ns()))
 
@@ -148,7 +179,9 @@ class FusionNode(DroneNode):
 
     def publish_outcome(self, outcome: FrameOutcome) -> None:
         own: EncoderOutput = outcome.own
-        if outcome.received:
+        if outcome.received and self.method.spatial:
+            classes = self.method.fuse(own, {self.slots[s]: p for s, p in outcome.received.items()})
+        elif outcome.received:
             classes = self.method.fuse(own, outcome.received, outcome.scores)
         elif getattr(self.method, 'gate', False) and outcome.requested and not outcome.fallback:
             classes = self.method.fuse(own, {}, outcome.scores)   # When2com: the gate chose to decode alone
@@ -170,10 +203,14 @@ class FusionNode(DroneNode):
         self.info_pub.publish(info)
         self.published += 1
         if outcome.requested:
-            chosen = ','.join(self.name_of.get(i, str(i)) for i in outcome.selected) or 'none'
+            if self.method.spatial:
+                chosen = ','.join(f'{self.name_of.get(i, str(i))}:{p.count}' for i, p in sorted(outcome.received.items()))
+                chosen = f'cells {chosen or "none"}'
+            else:
+                chosen = 'selected ' + (','.join(self.name_of.get(i, str(i)) for i in outcome.selected) or 'none')
             self.get_logger().info(
                 f'{self.log_prefix}frame {stamp_label(outcome.stamp_ns)}: {len(answered)}/{len(outcome.asked)} '
-                f'replies, selected {chosen}, {outcome.reason}'
+                f'replies, {chosen}, {outcome.reason}'
                 f'{" (FALLBACK)" if outcome.fallback else ""}, {latency_ms:.1f} ms, '
                 f'{out_bytes} B out / {in_bytes} B in')
 

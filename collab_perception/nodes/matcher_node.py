@@ -11,6 +11,11 @@ drone's view warped into the requester's with this drone's depth and the two pos
 in the Request; both cameras share one camera model, whose intrinsics come from camera_info): the
 matcher joins its camera image, depth and pose by stamp and encodes the warp per request.
 
+With a spatial method (MASH §III) the matcher keeps this drone's camera images per stamp and answers a
+request's query map with the supporter role (cost volume, smoothing, sampling) on /<requester>/comm/patches:
+a PatchSegments with only the requester's cells it matched above the confidence threshold. There is no
+connect stage.
+
 Comm topics are subscribed raw and deserialized here, so that a malformed payload is rejected and
 counted instead of raising inside the executor. Own outputs are kept per stamp in a ring buffer.
 """
@@ -22,12 +27,13 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from collab_perception.msg import Connect, FeatureMap, PerceptionOutput, Reply, Request
+from collab_perception.msg import Connect, FeatureMap, PatchSegments, PerceptionOutput, Reply, Request
 
 from ..runtime import topics
 from ..runtime.codec import CodecError, decode_tensor, encode_tensor
 from ..runtime.handshake import StampRing, SupporterCache
 from ..runtime.methods import EncoderOutput
+from ..runtime.onnx_mash import encode_patches
 from ..runtime.sync import StampJoiner
 from ..world import geometry
 from .common import DroneNode, declare, declare_codec, declare_qos, image_to_array, stamp_label, stamp_to_ns
@@ -44,9 +50,19 @@ class MatcherNode(DroneNode):
         local_qos = declare_qos(self, 'local', 'reliable', 10)
         self.cache = SupporterCache(cache_frames)
         peers = [(i, n) for i, n in zip(self.ids, self.names) if i != self.drone_id]
-        self.reply_pubs = {i: self.create_publisher(Reply, topics.reply_topic(n), comm_qos) for i, n in peers}
-        self.feature_pubs = {i: self.create_publisher(FeatureMap, topics.feature_topic(n), comm_qos)
-                             for i, n in peers}
+        self.replies = 0
+        self.features_sent = 0
+        self.patch_cells = 0
+        if self.method.spatial:
+            # MASH: patches answer the request directly (the supporter role encodes its camera image)
+            self.patch_pubs = {i: self.create_publisher(PatchSegments, topics.patches_topic(n), comm_qos)
+                               for i, n in peers}
+            sensor_qos = declare_qos(self, 'sensor', 'reliable', 5)
+            self.create_subscription(Image, topics.IMAGE, self.on_image, sensor_qos)
+        else:
+            self.reply_pubs = {i: self.create_publisher(Reply, topics.reply_topic(n), comm_qos) for i, n in peers}
+            self.feature_pubs = {i: self.create_publisher(FeatureMap, topics.feature_topic(n), comm_qos)
+                                 for i, n in peers}
         if self.method.warp:
             self.method.load(('encoder',))          # the warped view is encoded here, per request
             sensor_qos = declare_qos(self, 'sensor', 'reliable', 5)
@@ -57,17 +73,16 @@ class MatcherNode(DroneNode):
             self.create_subscription(Image, topics.DEPTH, lambda m: self.on_camera('depth', m), sensor_qos)
             self.create_subscription(PoseStamped, topics.POSE, lambda m: self.on_camera('pose', m), sensor_qos)
             self.create_subscription(CameraInfo, topics.CAMERA_INFO, self.on_camera_info, sensor_qos)
-        else:
+        elif not self.method.spatial:
             self.create_subscription(PerceptionOutput, topics.PERCEPTION, self.on_own, local_qos)
         self.create_subscription(Request, topics.REQUEST, self.on_request, comm_qos, raw=True)
-        self.create_subscription(Connect, topics.connect_topic(self.drone), self.on_connect, comm_qos, raw=True)
+        if not self.method.spatial:
+            self.create_subscription(Connect, topics.connect_topic(self.drone), self.on_connect, comm_qos, raw=True)
         self.create_timer(0.1, self.expire)
-        self.replies = 0
-        self.features_sent = 0
         self.get_logger().info(f'{self.log_prefix}matcher ready: method {self.method.describe()}')
 
     def counters(self) -> dict[str, int]:
-        return {'replies': self.replies, 'features_sent': self.features_sent,
+        return {'replies': self.replies, 'features_sent': self.features_sent, 'patch_cells': self.patch_cells,
                 'expired_requests': self.cache.counters['expired_requests']}
 
     # ------------------------------------------------------------------ local input
@@ -86,6 +101,16 @@ class MatcherNode(DroneNode):
     def _own_ready(self, stamp_ns: int, own) -> None:
         for pending in self.cache.add_own(stamp_ns, own):
             self.answer(pending.stamp_ns, pending.sender, pending.query, own)
+
+    def on_image(self, msg: Image):
+        """Spatial mode: this drone's camera image of one stamp (the supporter role encodes it per request)."""
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        try:
+            image = image_to_array(msg, expect=('rgb8', 'bgr8'))
+        except ValueError as e:
+            self.reject('bad_image', f'frame {stamp_label(stamp_ns)}: {e}')
+            return
+        self._own_ready(stamp_ns, image)
 
     def on_camera_info(self, msg: CameraInfo):
         self.K = np.array(msg.k, dtype=np.float64).reshape(3, 3)
@@ -133,6 +158,9 @@ class MatcherNode(DroneNode):
 
     def answer(self, stamp_ns: int, requester: int, request, own):
         query, pose = request
+        if self.method.spatial:
+            self.answer_patches(stamp_ns, requester, query, own)
+            return
         if self.method.warp and self.K is None:
             self.reject('no_camera_info', f'frame {stamp_label(stamp_ns)}: no camera_info yet, cannot warp')
             return
@@ -143,6 +171,18 @@ class MatcherNode(DroneNode):
         encode_tensor(score, self.dtypes['score_dtype'], reply.score, 'reply.score')
         self.reply_pubs[requester].publish(serialize_message(reply))
         self.replies += 1
+
+    def answer_patches(self, stamp_ns: int, requester: int, query: np.ndarray, image: np.ndarray) -> None:
+        """MASH §III-A: match the requester's query map against this view, send the confident cells."""
+        patches = self.method.patches(query, image)
+        msg = PatchSegments(header=Header(), sender=self.drone_id, receiver=requester)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+        encode_patches(patches, self.method.grid, self.dtypes['patch_dtype'], msg)
+        self.patch_pubs[requester].publish(serialize_message(msg))
+        self.replies += 1
+        self.patch_cells += patches.count
+        self.get_logger().debug(f'{self.log_prefix}frame {stamp_label(stamp_ns)}: {patches.count} cells -> '
+                                f'{self.name_of[requester]}')
 
     def on_connect(self, data: bytes):
         got = self.receive(data, Connect, 'connect', decode=lambda m: None)

@@ -4,12 +4,15 @@ Publishes the drone's features, key and own prediction on the local `perception/
 matcher and fusion nodes. When the drone asks for help on this frame (role `requester`, or role `auto`
 and the method's gate says so) it broadcasts a Request with its compact query on /swarm/request; with a
 pose-warping model (trained on a pose setting, Who2com §IV-B) the request also carries this camera's pose,
-joined to the image by stamp, so that supporters can warp their views into this one.
+joined to the image by stamp, so that supporters can warp their views into this one. With a spatial method
+(MASH §III) the query is a quantized query map and the locally published output holds what fusion needs
+(own class distribution, self-confidence) only on frames this drone asks about.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 from rclpy.serialization import serialize_message
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import Image
@@ -43,6 +46,10 @@ class PerceptionNode(DroneNode):
             self.create_subscription(PoseStamped, topics.POSE, self.on_pose, sensor_qos)
         self.frames = 0
         self.requests = 0
+        wire = getattr(self.method, 'wire', {}).get('query_dtype')
+        if wire and wire != self.dtypes['query_dtype']:
+            self.get_logger().warning(f'{self.log_prefix}codec.query_dtype is {self.dtypes["query_dtype"]} but the '
+                                      f'model was trained with {wire} queries on the wire')
         self.get_logger().info(f'{self.log_prefix}perception ready: method {self.method.describe()}, '
                                f'role {self.role}')
 
@@ -90,8 +97,12 @@ class PerceptionNode(DroneNode):
         local = PerceptionOutput(header=Header(stamp=msg.header.stamp, frame_id=self.drone), drone=self.drone_id, requested=requested,
                                  request_bytes=request_bytes,
                                  self_score=math.nan if out.self_score is None else float(out.self_score))
-        encode_tensor(out.features, self.dtypes['local_dtype'], local.features, 'features')
-        encode_tensor(out.key, self.dtypes['local_dtype'], local.key, 'key')
+        # a spatial method's local output is the full-resolution class distribution: only fusion needs it, and
+        # only on frames it fuses
+        keep = requested or not self.method.spatial
+        empty = np.zeros(0, np.float32)
+        encode_tensor(out.features if keep else empty, self.dtypes['local_dtype'], local.features, 'features')
+        encode_tensor(out.key if keep else empty, self.dtypes['local_dtype'], local.key, 'key')
         encode_tensor(out.own_classes, 'uint8', local.own_classes, 'own_classes')
         self.output_pub.publish(local)
         self.frames += 1

@@ -53,6 +53,9 @@ class Method:
 
     # Pose warping (Who2com §IV-B pose settings): supporters encode their view warped into the requester's.
     warp = False
+    # Spatial handshake (MASH §III): supporters answer a query map with patches, no connect stage
+    # (runtime/onnx_mash.py); the nodes switch their protocol on this.
+    spatial = False
 
     def warmup(self) -> None:
         """Run each loaded part once so that the first frame does not pay one-time costs."""
@@ -78,6 +81,11 @@ def method_names() -> list[str]:
 
 def create_method(name: str, **args) -> Method:
     return METHODS.create(name, **args)
+
+
+def is_spatial(name: str) -> bool:
+    """Whether a registered method speaks the spatial (MASH) protocol."""
+    return bool(getattr(METHODS.get(name), 'spatial', False))
 
 
 def feature_shape_of(name: str, model_dir: str = '') -> tuple:
@@ -137,4 +145,4 @@ class PlaceholderMethod(Method):
 
 
 # The ONNX Runtime methods register themselves on import (after this module is complete).
-from . import onnx_method  # noqa: E402,F401
+from . import onnx_method, onnx_mash  # noqa: E402,F401

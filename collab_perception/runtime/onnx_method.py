@@ -30,24 +30,33 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-class OnnxHandshake(Method):
-    """Who2com / When2com from exported ONNX roles. `roles` lists the roles this node needs."""
+def resolve_model_dir(model_dir: str) -> str:
+    return model_dir if os.path.isabs(model_dir) else resource_path(model_dir)
+
+
+def read_roles_json(model_dir: str) -> dict:
+    path = resolve_model_dir(model_dir)
+    info_path = os.path.join(path, 'roles.json')
+    if not os.path.exists(info_path):
+        raise FileNotFoundError(f'{path}: no roles.json; export a model with `collab-perception export`')
+    with open(info_path) as f:
+        return json.load(f)
+
+
+class OnnxRoleMethod(Method):
+    """A method whose network is exported as one ONNX file per role. A node asks for its node roles
+    (encoder: perception, matcher: matcher, decoder: fusion); ROLE_FILES maps them to the files."""
+
+    ROLE_FILES = {'encoder': 'encoder', 'matcher': 'matcher', 'decoder': 'decoder'}
 
     def __init__(self, model_dir: str = '', roles: Sequence[str] = ROLES,
                  providers: Sequence[str] = ('CPUExecutionProvider',), threads: int = 1, **_unused):
         import onnxruntime as ort
         if not model_dir:
             raise ValueError(f'method {self.name!r} needs a model directory (drones[].models.dir in config/swarm.yaml)')
-        path = model_dir if os.path.isabs(model_dir) else resource_path(model_dir)
-        info_path = os.path.join(path, 'roles.json')
-        if not os.path.exists(info_path):
-            raise FileNotFoundError(f'{path}: no roles.json; export a model with `collab-perception export`')
-        with open(info_path) as f:
-            self.info = json.load(f)
-        self.model_dir = path
+        self.info = read_roles_json(model_dir)
+        self.model_dir = resolve_model_dir(model_dir)
         self.num_classes = int(self.info['num_classes'])
-        self.gate = bool(self.info.get('gate'))
-        self.warp = self.info.get('setting') in WARPED_SETTINGS
         available = set(ort.get_available_providers())
         wanted = [p for p in providers if p in available]
         if not wanted:
@@ -62,37 +71,26 @@ class OnnxHandshake(Method):
         self.load(roles)
 
     def load(self, roles: Sequence[str]) -> None:
-        """Open ONNX Runtime sessions for these roles (those already open stay)."""
+        """Open ONNX Runtime sessions for these node roles (those already open stay)."""
         import onnxruntime as ort
         for role in roles:
-            if role not in ROLES:
-                raise ValueError(f'unknown role {role!r}; roles: {", ".join(ROLES)}')
+            if role not in self.ROLE_FILES:
+                raise ValueError(f'unknown role {role!r}; roles: {", ".join(self.ROLE_FILES)}')
             if role in self.sessions:
                 continue
-            file = os.path.join(self.model_dir, f'{role}.onnx')
+            file = os.path.join(self.model_dir, f'{self.ROLE_FILES[role]}.onnx')
             if not os.path.exists(file):
                 raise FileNotFoundError(f'{file} is missing')
             self.sessions[role] = ort.InferenceSession(file, sess_options=self._options, providers=self._providers)
 
     @property
     def providers_used(self) -> dict[str, list[str]]:
-        return {role: s.get_providers() for role, s in self.sessions.items()}
+        """What each session really got (not what is available)."""
+        return {self.ROLE_FILES[role]: s.get_providers() for role, s in self.sessions.items()}
 
     def describe(self) -> str:
         used = ', '.join(f'{r}: {"/".join(p)}' for r, p in self.providers_used.items())
         return f'{self.name} ({os.path.basename(self.model_dir)}; {used})'
-
-    def feature_shape(self):
-        return tuple(self.info['feature_shape'])
-
-    @staticmethod
-    def static_feature_shape(model_dir: str) -> tuple:
-        path = model_dir if os.path.isabs(model_dir) else resource_path(model_dir)
-        with open(os.path.join(path, 'roles.json')) as f:
-            return tuple(json.load(f)['feature_shape'])
-
-    def query_shape(self):
-        return (int(self.info['query_size']),)
 
     def _session(self, role: str):
         try:
@@ -100,12 +98,34 @@ class OnnxHandshake(Method):
         except KeyError:
             raise RuntimeError(f'this node did not load the {role} role') from None
 
-    def encode(self, image: np.ndarray) -> EncoderOutput:
+    def image_input(self, image: np.ndarray) -> np.ndarray:
+        """An HxWx3 uint8 camera image -> the [1, 3, H, W] float32 (RGB / 255) every role takes."""
         h, w = self.info['image_size']
         if image.shape != (h, w, 3):
             raise ValueError(f'expected a {h}x{w}x3 image (the model was trained at that size), got {image.shape}')
-        x = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255.0)
-        outs = self._session('encoder').run(None, {'image': x})
+        return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255.0)
+
+
+class OnnxHandshake(OnnxRoleMethod):
+    """Who2com / When2com from exported ONNX roles. `roles` lists the roles this node needs."""
+
+    def __init__(self, model_dir: str = '', roles: Sequence[str] = ROLES, **kwargs):
+        super().__init__(model_dir, roles, **kwargs)
+        self.gate = bool(self.info.get('gate'))
+        self.warp = self.info.get('setting') in WARPED_SETTINGS
+
+    def feature_shape(self):
+        return tuple(self.info['feature_shape'])
+
+    @staticmethod
+    def static_feature_shape(model_dir: str) -> tuple:
+        return tuple(read_roles_json(model_dir)['feature_shape'])
+
+    def query_shape(self):
+        return (int(self.info['query_size']),)
+
+    def encode(self, image: np.ndarray) -> EncoderOutput:
+        outs = self._session('encoder').run(None, {'image': self.image_input(image)})
         features, key, query, own = outs[:4]
         return EncoderOutput(features=features[0], key=key[0], query=query[0], own_classes=own[0].astype(np.uint8),
                              self_score=float(outs[4][0]) if self.gate else None)

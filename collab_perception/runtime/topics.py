@@ -66,13 +66,16 @@ def topic_owner(topic: str) -> str:
     return '' if not parts or parts[0] == 'swarm' else parts[0]
 
 
-def comm_topology(drones: list[str], monitor: bool) -> dict[str, tuple[int, int]]:
+def comm_topology(drones: list[str], monitor: bool, spatial: bool = False) -> dict[str, tuple[int, int]]:
     """topic -> (publishers, subscribers) of the handshake's comm topics when the whole swarm is up: every
     perception node can request and every matcher answers; every fusion node connects to the others; the
-    monitor subscribes to everything. The camera source waits for this graph before frame 1 (a message
-    published before its subscribers are matched is lost), and a test checks it against a live swarm."""
+    monitor subscribes to everything. In the spatial protocol (MASH) matchers answer with patches and there
+    is no connect stage. The camera source waits for this graph before frame 1 (a message published before
+    its subscribers are matched is lost), and a test checks it against a live swarm."""
     n, m = len(drones), int(monitor)
     topology = {REQUEST: (n, n + m)}
+    if spatial:
+        return {**topology, **{patches_topic(d): (n - 1, 1 + m) for d in drones}}
     for d in drones:
         topology[reply_topic(d)] = (n - 1, 1 + m)
         topology[connect_topic(d)] = (n - 1, 1 + m)

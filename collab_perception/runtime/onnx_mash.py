@@ -1,0 +1,146 @@
+"""MASH's spatial handshake on ONNX Runtime (MASH §III, Fig. 2): each drone node loads only its role.
+
+    perception (every drone)  requester.onnx: image -> query map [Hc, Wc, Q] (broadcast when asking), own class
+                              distribution [K, H, W] and self-confidence [Hc, Wc] (kept for fusion), own classes
+    matcher (supporters)      supporter.onnx: (received query map, own image) -> per requester cell: match
+                              confidence, matched own cell (or no match) and the class distribution there;
+                              only the cells with a match at or above the confidence threshold are sent
+                              (msg/PatchSegments.msg): the heavy work (cost volume, smoothing) stays here
+    fusion (requester)        fusion.onnx: own distribution + self-confidence + every supporter slot's patches
+                              scattered into the requester's cell grid (zeros where nothing came) -> classes
+
+A model directory is what `export_mash_run` (learn/mash_export.py) writes: the three .onnx files and
+roles.json (grid, no-match index, threshold, supporter slots, wire dtypes). Supporter slots are the other
+drones of the swarm in ascending id, as in training (the fusion sees at most `supporters` of them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .codec import CodecError, TensorLimits, decode_tensor, encode_tensor
+from .methods import EncoderOutput, register_method
+from .onnx_method import OnnxRoleMethod, read_roles_json
+
+
+@dataclass
+class PatchReply:
+    """One supporter's answer for one frame: the requester's cells it matched, confident enough."""
+
+    cells: np.ndarray          # [n] int, ascending, row-major in the requester's grid
+    confidence: np.ndarray     # [n] float32
+    class_probs: np.ndarray    # [n, K] float32
+
+    @property
+    def count(self) -> int:
+        return int(self.cells.size)
+
+
+def encode_patches(reply: PatchReply, grid: Sequence[int], dtype: str, out: Any) -> Any:
+    """Fill a PatchSegments message's grid, cells, confidence and class_probs (header and addressing are the
+    caller's)."""
+    out.grid_height, out.grid_width = int(grid[0]), int(grid[1])
+    out.cells = [int(c) for c in reply.cells]
+    encode_tensor(reply.confidence.astype(np.float32), dtype, out.confidence, 'patches.confidence')
+    encode_tensor(reply.class_probs.astype(np.float32), dtype, out.class_probs, 'patches.class_probs')
+    return out
+
+
+def decode_patches(msg: Any, grid: Sequence[int], num_classes: int,
+                   limits: TensorLimits) -> PatchReply:
+    """Validate a PatchSegments message against the requester's grid and classes; CodecError names the field."""
+    hc, wc = int(grid[0]), int(grid[1])
+    if (msg.grid_height, msg.grid_width) != (hc, wc):
+        raise CodecError('patches.grid', 'bad_shape', f'grid {msg.grid_height}x{msg.grid_width} is not the '
+                         f'requester\'s {hc}x{wc}')
+    cells = np.asarray(msg.cells, dtype=np.int64)
+    n = cells.size
+    if n and (cells.min() < 0 or cells.max() >= hc * wc):
+        raise CodecError('patches.cells', 'bad_index', f'cell indices must lie in 0..{hc * wc - 1}')
+    if n > 1 and not (np.diff(cells) > 0).all():
+        raise CodecError('patches.cells', 'bad_index', 'cell indices must be strictly ascending')
+    confidence = decode_tensor(msg.confidence, limits, 'patches.confidence', expect_shape=(n,))
+    probs = decode_tensor(msg.class_probs, limits, 'patches.class_probs', expect_shape=(n, num_classes))
+    if n and (confidence.min() < -1e-3 or confidence.max() > 1.0 + 1e-2):
+        raise CodecError('patches.confidence', 'bad_value', 'confidences must lie in [0, 1]')
+    return PatchReply(cells, confidence, probs)
+
+
+@register_method('mash')
+class MashOnnx(OnnxRoleMethod):
+    """MASH from exported ONNX roles (HardSelection or SoftSelection, as exported)."""
+
+    ROLE_FILES = {'encoder': 'requester', 'matcher': 'supporter', 'decoder': 'fusion'}
+    spatial = True
+
+    def __init__(self, model_dir: str = '', roles: Sequence[str] = tuple(ROLE_FILES), **kwargs):
+        super().__init__(model_dir, roles, **kwargs)
+        self.grid = tuple(int(g) for g in self.info['grid'])
+        self.cells = self.grid[0] * self.grid[1]
+        self.no_match = int(self.info['no_match'])
+        self.supporters = int(self.info['supporters'])
+        self.threshold = float(self.info['confidence_threshold'])
+        self.wire = dict(self.info.get('wire', {}))
+
+    # ------------------------------------------------------------------ shapes
+    def query_shape(self):
+        return (*self.grid, int(self.info['query_size']))
+
+    @staticmethod
+    def static_feature_shape(model_dir: str) -> tuple:
+        """What sending everything would cost: every cell's class distribution (the patch reply without the
+        confidence threshold), the spatial analogue of CatAll's feature map."""
+        info = read_roles_json(model_dir)
+        return (int(info['grid'][0]) * int(info['grid'][1]), int(info['num_classes']))
+
+    def image_shape(self) -> tuple:
+        return tuple(self.info['image_size'])
+
+    # ------------------------------------------------------------------ roles
+    def encode(self, image: np.ndarray) -> EncoderOutput:
+        """Requester role (run on every drone for its own prediction): features = own class distribution
+        [K, H, W], key = self-confidence [Hc, Wc] (both stay on the drone), query = the query map."""
+        query, own_probs, self_conf, own_classes = self._session('encoder').run(None, {'image': self.image_input(image)})
+        return EncoderOutput(features=own_probs[0], key=self_conf[0], query=query[0],
+                             own_classes=own_classes[0].astype(np.uint8))
+
+    def patches(self, query: np.ndarray, image: np.ndarray, threshold: Optional[float] = None) -> PatchReply:
+        """Supporter role: match the requester's query map against this drone's view and keep the cells that
+        found a match with at least `threshold` confidence (default: the exported one)."""
+        if query.shape != self.query_shape():
+            raise ValueError(f'query map of shape {query.shape}, expected {self.query_shape()}')
+        confidence, match, class_probs = self._session('matcher').run(
+            None, {'query': query[None].astype(np.float32), 'image': self.image_input(image)})
+        t = self.threshold if threshold is None else threshold
+        cells = np.flatnonzero((match[0] != self.no_match) & (confidence[0] >= t))
+        return PatchReply(cells, confidence[0, cells].astype(np.float32), class_probs[0, cells].astype(np.float32))
+
+    def fuse(self, own: EncoderOutput, received: dict[int, PatchReply],
+             scores: Optional[dict[int, float]] = None) -> np.ndarray:
+        """Fusion role. `received`: supporter slot (0..supporters-1) -> its patches."""
+        k = self.num_classes
+        patch_probs = np.zeros((1, self.supporters, self.cells, k), np.float32)
+        patch_conf = np.zeros((1, self.supporters, self.cells), np.float32)
+        for slot, reply in received.items():
+            if not 0 <= slot < self.supporters:
+                raise ValueError(f'supporter slot {slot} outside 0..{self.supporters - 1}')
+            patch_probs[0, slot, reply.cells] = reply.class_probs
+            patch_conf[0, slot, reply.cells] = reply.confidence
+        classes = self._session('decoder').run(None, {
+            'own_probs': own.features[None].astype(np.float32), 'self_confidence': own.key[None].astype(np.float32),
+            'patch_probs': patch_probs, 'patch_confidence': patch_conf})[0]
+        return classes[0].astype(np.uint8)
+
+    def warmup(self) -> None:
+        h, w = self.image_shape()
+        image = np.zeros((h, w, 3), np.uint8)
+        own = self.encode(image) if 'encoder' in self.sessions else None
+        if 'matcher' in self.sessions:
+            self.patches(np.zeros(self.query_shape(), np.float32), image)
+        if 'decoder' in self.sessions:
+            k = self.num_classes
+            own = own or EncoderOutput(np.full((k, h, w), 1.0 / k, np.float32), np.zeros(self.grid, np.float32),
+                                       None, None)
+            self.fuse(own, {})
