@@ -57,6 +57,7 @@ def test_malformed_messages_are_rejected_and_counted(tmp_path, ros):
     # each drone's matcher subscribes to /swarm/request; fusion of drone1 to its reply/feature topics
     spin_until(node, lambda: pubs['request'].get_subscription_count() >= 4 and
                all(p.get_subscription_count() >= 2 for p in pubs.values()), timeout=20)
+    spin_until(node, lambda: False, timeout=1.5)   # the subscribers' side of the match may still be under way
     stamp = Header(stamp=node.get_clock().now().to_msg()).stamp
 
     def header():

@@ -145,4 +145,4 @@ class PlaceholderMethod(Method):
 
 
 # The ONNX Runtime methods register themselves on import (after this module is complete).
-from . import onnx_method, onnx_mash  # noqa: E402,F401
+from . import onnx_method  # noqa: E402,F401  (which imports onnx_mash)

@@ -1,4 +1,4 @@
-"""The handshake over dataset frames without ROS: the same methods, the same wire dtypes, in one process.
+"""The handshakes over dataset frames without ROS: the same methods, the same wire dtypes, in one process.
 
 Used to check the swarm against an offline run of the very same models on the very same frames (the
 replay bridge publishes a dataset split; this replays it in-process): per frame, the target encodes its
@@ -39,3 +39,33 @@ def handshake_offline(method: Method, snapshots: Iterable[dict], feature_dtype: 
         own.add(mine.own_classes, labels)
     return {'frames': fused.frames, 'fused_accuracy': fused.full.accuracy(), 'own_accuracy': own.full.accuracy(),
             'fused_miou': fused.full.miou(), 'own_miou': own.full.miou()}
+
+
+def mash_offline(method: Method, snapshots: Iterable[dict], query_dtype: str = 'uint8',
+                 patch_dtype: str = 'uint8') -> dict:
+    """MASH's spatial handshake over dataset frames in one process, as the swarm runs it (MASH §III): the
+    target's query map and every supporter's patches cross the codec; supporter slots in drone order.
+    Also scores the obstructed region (the cells the target cannot see, MASH Table I)."""
+    from .onnx_mash import PatchReply
+    fused, own = SegmentationScore(method.num_classes), SegmentationScore(method.num_classes)
+    cells_sent = []
+    for snap in snapshots:
+        order = slot_order(int(snap['target_index']), snap['rgb'].shape[0])
+        mine = method.encode(snap['rgb'][order[0]])
+        query = decode_tensor(encode_tensor(mine.query, query_dtype))
+        received = {}
+        for slot, agent in enumerate(order[1:]):
+            p = method.patches(query, snap['rgb'][agent])
+            conf = decode_tensor(encode_tensor(p.confidence, patch_dtype))
+            probs = decode_tensor(encode_tensor(p.class_probs, patch_dtype))
+            received[slot] = PatchReply(p.cells, conf, probs)
+            cells_sent.append(p.count)
+        labels = snap['labels'][order[0]]
+        mask = snap['obstruction_mask'][order[0]] if 'obstruction_mask' in snap else None
+        fused.add(method.fuse(mine, received), labels, region=mask)
+        own.add(mine.own_classes, labels, region=mask)
+    return {'frames': fused.frames, 'fused_accuracy': fused.full.accuracy(), 'own_accuracy': own.full.accuracy(),
+            'fused_miou': fused.full.miou(), 'own_miou': own.full.miou(),
+            'fused_obstructed_accuracy': fused.region.accuracy() if fused.region.pixels else None,
+            'own_obstructed_accuracy': own.region.accuracy() if own.region.pixels else None,
+            'mean_cells_per_supporter': float(np.mean(cells_sent)) if cells_sent else 0.0}

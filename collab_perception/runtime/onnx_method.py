@@ -178,3 +178,7 @@ class Who2comOnnx(OnnxHandshake):
 @register_method('when2com')
 class When2comOnnx(OnnxHandshake):
     """Ours with the When2com gate (select: threshold in config)."""
+
+
+# MASH's roles build on OnnxRoleMethod; they register themselves on import.
+from . import onnx_mash  # noqa: E402,F401

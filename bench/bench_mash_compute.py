@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""MASH's compute per role in units of the backbone's time t (MASH §IV, Table I: target 1.09t, supporter 1.69t).
+
+    python bench/bench_mash_compute.py --model models/mash_obstruction --repeats 50
+
+What a drone really runs, on ONNX Runtime (one thread per session, batch 1, CPU unless --providers says
+otherwise):
+  t           the backbone segmentation network alone: image -> class distribution, cut out of the shipped
+              requester.onnx itself (onnx.utils.extract_model, inputs 'image' -> output 'own_probs'), so the
+              weights and kernels are those of the roles
+  requester   requester.onnx (backbone + query encoder + self-confidence) + fusion.onnx (with every supporter
+              slot's patches filled: the most the fusion ever does)
+  supporter   supporter.onnx (backbone + query-key transform, cost volume, smoothing, sampling)
+
+The four are timed interleaved (t, requester, fusion, supporter, t, ...) in one process, so machine noise
+hits them alike; the report gives medians and the ratios to t. Results: docs/BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+
+from collab_perception.runtime.onnx_method import read_roles_json, resolve_model_dir  # noqa: E402
+
+
+def session(path: str, providers: list[str], threads: int):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(path, sess_options=opts, providers=providers)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--model', default='models/mash_obstruction', help='exported MASH model directory')
+    p.add_argument('--repeats', type=int, default=50, help='timed rounds (each runs every network once)')
+    p.add_argument('--warmup', type=int, default=5, help='untimed rounds first')
+    p.add_argument('--threads', type=int, default=1, help='ONNX Runtime threads per session (default 1)')
+    p.add_argument('--providers', default='CPUExecutionProvider', help='comma-separated execution providers')
+    p.add_argument('--json', metavar='PATH', help='also write the results as JSON')
+    args = p.parse_args(argv)
+    import onnx
+    from onnx.utils import extract_model
+
+    model_dir = resolve_model_dir(args.model)
+    info = read_roles_json(model_dir)
+    providers = args.providers.split(',')
+    h, w = info['image_size']
+    hc, wc = info['grid']
+    k, s, q = info['num_classes'], info['supporters'], info['query_size']
+    with tempfile.TemporaryDirectory() as tmp:
+        backbone_path = os.path.join(tmp, 'backbone.onnx')
+        extract_model(os.path.join(model_dir, 'requester.onnx'), backbone_path, ['image'], ['own_probs'])
+        onnx.checker.check_model(backbone_path)
+        nets = {'backbone': session(backbone_path, providers, args.threads)}
+        for role in ('requester', 'supporter', 'fusion'):
+            nets[role] = session(os.path.join(model_dir, f'{role}.onnx'), providers, args.threads)
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 3, h, w), dtype=np.float32)
+    _, own_probs, self_conf, _ = nets['requester'].run(None, {'image': image})
+    probs = rng.random((1, s, hc * wc, k), dtype=np.float32)
+    inputs = {
+        'backbone': {'image': image},
+        'requester': {'image': image},
+        'fusion': {'own_probs': own_probs, 'self_confidence': self_conf,
+                   'patch_probs': probs / probs.sum(-1, keepdims=True),
+                   'patch_confidence': rng.random((1, s, hc * wc), dtype=np.float32)},
+        'supporter': {'query': rng.random((1, hc, wc, q), dtype=np.float32), 'image': image},
+    }
+    times: dict[str, list[float]] = {name: [] for name in nets}
+    for i in range(args.warmup + args.repeats):
+        for name, sess in nets.items():
+            t0 = time.perf_counter()
+            sess.run(None, inputs[name])
+            if i >= args.warmup:
+                times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(v) * 1e3 for name, v in times.items()}
+    t = med['backbone']
+    result = {
+        'model': args.model, 'providers': nets['backbone'].get_providers(), 'threads': args.threads,
+        'repeats': args.repeats, 'image': [h, w], 'grid': [hc, wc], 'supporter_slots': s,
+        'median_ms': {name: round(v, 3) for name, v in med.items()},
+        'requester_t': round((med['requester'] + med['fusion']) / t, 3),
+        'requester_without_fusion_t': round(med['requester'] / t, 3),
+        'fusion_t': round(med['fusion'] / t, 3),
+        'supporter_t': round(med['supporter'] / t, 3),
+    }
+    print(f'MASH compute on {result["providers"][0]} ({args.threads} thread(s), {args.repeats} interleaved rounds, '
+          f'{h}x{w}, {hc}x{wc} cells):')
+    print(f'  t (backbone alone)   {t:8.2f} ms')
+    print(f'  requester            {med["requester"] + med["fusion"]:8.2f} ms = {result["requester_t"]:.2f} t  '
+          f'(query/own {result["requester_without_fusion_t"]:.2f} t + fusion {result["fusion_t"]:.2f} t)   '
+          f'[MASH Table I: 1.09 t]')
+    print(f'  supporter            {med["supporter"]:8.2f} ms = {result["supporter_t"]:.2f} t   [MASH Table I: 1.69 t]')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

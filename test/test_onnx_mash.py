@@ -1,0 +1,154 @@
+"""MASH's runtime (runtime/onnx_mash.py) without ROS: the roles a node loads give what the exported pipeline
+gives, patches survive the wire exactly as sized, malformed patches are rejected with the field named, and a
+swarm config speaks one protocol."""
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from collab_perception.config import ConfigError, build_config, load_swarm_config
+from collab_perception.launch.plan import build_node_plan
+from collab_perception.learn.mash import Mash
+from collab_perception.learn.mash_export import export_roles, run_swarm_onnx
+from collab_perception.learn.models import ModelConfig
+from collab_perception.runtime import topics, wire
+from collab_perception.runtime.codec import DEFAULT_LIMITS, CodecError, decode_tensor, encode_tensor
+from collab_perception.runtime.methods import create_method, is_spatial
+from collab_perception.runtime.offline import mash_offline
+from collab_perception.runtime.onnx_mash import PatchReply, decode_patches, encode_patches
+
+SMALL = ModelConfig(channels=8, width=8, query_size=4, key_size=8, supporters=5)
+
+
+@pytest.fixture(scope='module')
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    model = Mash(SMALL).eval()
+    model.method_name = 'mash'
+    with torch.no_grad():   # decisive outputs (an untrained net is full of near-ties)
+        model.own_head.classify.weight.mul_(50)
+        model.smoothing.out.weight.normal_(0, 0.5)
+    out = tmp_path_factory.mktemp('mash_model')
+    export_roles(model, str(out))
+    return str(out)
+
+
+@pytest.fixture(scope='module')
+def images():
+    return np.random.default_rng(3).integers(0, 256, (6, 128, 128, 3), dtype=np.uint8)
+
+
+def patches_msg():
+    from collab_perception.msg import PatchSegments
+    return PatchSegments()
+
+
+def test_roles_give_what_the_exported_pipeline_gives(model_dir, images):
+    method = create_method('mash', model_dir=model_dir)
+    assert method.spatial and is_spatial('mash') and not is_spatial('who2com')
+    assert method.query_shape() == (16, 16, 4) and method.supporters == 5
+    own = method.encode(images[0])
+    assert own.features.shape == (8, 128, 128) and own.key.shape == (16, 16) and own.own_classes.dtype == np.uint8
+    query = decode_tensor(encode_tensor(own.query, 'uint8'))
+    # a threshold that keeps about half of one supporter's matched cells (an untrained net is unsure)
+    t = float(np.median(method.patches(query, images[1], threshold=0.0).confidence))
+    received = {}
+    for slot in range(5):
+        reply = method.patches(query, images[slot + 1], threshold=t)
+        msg = encode_patches(reply, method.grid, 'uint8', patches_msg())
+        received[slot] = decode_patches(msg, method.grid, method.num_classes, DEFAULT_LIMITS)
+        assert received[slot].count == reply.count and (reply.confidence >= t).all()
+    sent = sum(r.count for r in received.values())
+    assert 0 < sent < 5 * 256, 'the threshold should keep some cells and drop others'
+    classes = method.fuse(own, received)
+    sessions = {r: ort.InferenceSession(f'{model_dir}/{r}.onnx', providers=['CPUExecutionProvider'])
+                for r in ('requester', 'supporter', 'fusion')}
+    x = images.transpose(0, 3, 1, 2).astype(np.float32) / 255
+    reference, _ = run_swarm_onnx(sessions, x[:1], x[1:], t, 'uint8', 'uint8')
+    assert np.array_equal(classes, reference)
+    # nothing received: the fusion still decodes (own distribution, self-confidence)
+    alone = method.fuse(own, {})
+    assert alone.shape == (128, 128)
+
+
+def test_patch_message_size_is_what_wire_predicts(model_dir, images):
+    from rclpy.serialization import serialize_message
+    method = create_method('mash', model_dir=model_dir, roles=('matcher',))
+    reply = method.patches(np.zeros(method.query_shape(), np.float32), images[1], threshold=0.0)
+    for n in (0, 1, 37):
+        part = PatchReply(reply.cells[:n], reply.confidence[:n], reply.class_probs[:n])
+        msg = encode_patches(part, method.grid, 'uint8', patches_msg())
+        assert len(serialize_message(msg)) == wire.patches_size(n, method.num_classes, 'uint8', 'uint8')
+
+
+def test_malformed_patches_are_rejected_with_the_field_named(model_dir):
+    method = create_method('mash', model_dir=model_dir, roles=('decoder',))
+    cells = np.array([3, 10, 200])
+    good = PatchReply(cells, np.array([0.9, 0.5, 0.7], np.float32), np.full((3, 8), 0.125, np.float32))
+
+    def msg(**changes):
+        m = encode_patches(good, method.grid, 'uint8', patches_msg())
+        for k, v in changes.items():
+            setattr(m, k, v)
+        return m
+
+    assert decode_patches(msg(), method.grid, 8, DEFAULT_LIMITS).count == 3
+    bad_probs = encode_tensor(np.full((3, 5), 0.2, np.float32), 'uint8')
+    truncated = msg()
+    truncated.class_probs.data = truncated.class_probs.data[:-1]
+    cases = {
+        'patches.grid': msg(grid_height=8),
+        'patches.cells': msg(cells=[3, 300, 400]),
+        'patches.cells ': msg(cells=[10, 3, 200]),
+        'patches.confidence.shape': msg(cells=[3, 10]),
+        'patches.class_probs.shape': msg(class_probs=patches_msg().class_probs.__class__(
+            shape=bad_probs.shape, dtype=bad_probs.dtype, scale=bad_probs.scale, zero_point=bad_probs.zero_point,
+            data=bad_probs.data)),
+        'patches.class_probs.data': truncated,
+        'patches.confidence': msg(confidence=patches_msg().confidence.__class__(
+            shape=[3], dtype=0, data=np.array([0.5, 3.0, 0.2], np.float32).tobytes())),
+    }
+    for field, m in cases.items():
+        with pytest.raises(CodecError) as e:
+            decode_patches(m, method.grid, 8, DEFAULT_LIMITS)
+        assert e.value.field.startswith(field.strip()), (field, e.value.field, str(e.value))
+
+
+def test_offline_spatial_handshake_scores_frames(model_dir, images):
+    method = create_method('mash', model_dir=model_dir)
+    labels = np.random.default_rng(0).integers(0, 8, (6, 128, 128), dtype=np.uint8)
+    mask = np.zeros((6, 128, 128), bool)
+    mask[0, 40:80, 40:80] = True
+    snaps = [{'rgb': images, 'labels': labels, 'target_index': np.int64(0), 'obstruction_mask': mask}] * 2
+    out = mash_offline(method, snaps)
+    assert out['frames'] == 2 and 0 <= out['fused_accuracy'] <= 1 and out['fused_obstructed_accuracy'] is not None
+    query = decode_tensor(encode_tensor(method.encode(images[0]).query, 'uint8'))
+    expected = np.mean([method.patches(query, images[k]).count for k in range(1, 6)])
+    assert out['mean_cells_per_supporter'] == pytest.approx(expected)
+    assert out['own_obstructed_accuracy'] == pytest.approx(
+        float((method.encode(images[0]).own_classes == labels[0])[mask[0]].mean()))
+
+
+def test_a_swarm_speaks_one_protocol(model_dir):
+    base = load_swarm_config().raw
+    data = json.loads(json.dumps(base))
+    data['drone_defaults']['method'] = 'mash'
+    data['drone_defaults']['models'] = {'dir': model_dir}
+    cfg = build_config(data)
+    plan = build_node_plan(cfg)
+    expected = plan[0].parameters['expected_endpoints']
+    assert f'{topics.patches_topic("drone1")}:{len(cfg.drones) - 1}:2' in expected
+    assert not any('/comm/reply' in e or '/comm/connect' in e for e in expected)
+    data['drones'][2]['method'] = 'who2com'
+    with pytest.raises(ConfigError, match=r'drones\[2\]\.method'):
+        build_node_plan(build_config(data))
+    data = json.loads(json.dumps(base))
+    data['drones'][0]['obstructed'] = True
+    data['swarm']['source']['type'] = 'airsim'
+    with pytest.raises(ConfigError, match=r'drones\[0\]\.obstructed'):
+        build_node_plan(build_config(data))
+    data['drones'][0]['obstructed'] = 'yes'
+    with pytest.raises(ConfigError, match=r'drones\[0\]\.obstructed'):
+        build_config(data)
