@@ -121,17 +121,22 @@ def cached_evaluation(run_dir: str, name: str, compute, force: bool = False, **k
 
 
 def evaluate_run(run_dir: str, data_dir: str, split: str = 'test', batch_size: int = 16, progress: bool = True,
-                 force: bool = False) -> dict:
-    """Evaluate runs/.../best.pt on a split (cached in <run>/eval_<split>.json)."""
+                 force: bool = False, setting: str = '') -> dict:
+    """Evaluate runs/.../best.pt on a split (cached in <run>/eval_<split>.json). `setting`: evaluate on another
+    setting's dataset than the run's (cached in <run>/eval_<split>_<setting>.json)."""
     def compute() -> dict:
         model, ckpt = load_model(os.path.join(run_dir, 'best.pt'))
-        setting = ckpt['config']['setting']
-        loader = FrameLoader(data_dir, setting, split, batch_size, shuffle=False)
-        result = evaluate_model(model, loader, setting, progress)
-        result.update({'method': ckpt['config']['method'], 'setting': setting, 'split': split, 'step': ckpt['step'],
+        loader = FrameLoader(data_dir, evaluated_setting, split, batch_size, shuffle=False)
+        result = evaluate_model(model, loader, evaluated_setting, progress)
+        result.update({'method': ckpt['config']['method'], 'setting': evaluated_setting, 'split': split,
+                       'step': ckpt['step'],
                        'train_minutes': round(ckpt['elapsed_s'] / 60, 1), 'iterations': ckpt['config']['iterations']})
         return result
-    return cached_evaluation(run_dir, f'eval_{split}', compute, force)
+    with open(os.path.join(run_dir, 'config.json')) as f:
+        trained_setting = json.load(f)['setting']
+    evaluated_setting = setting or trained_setting
+    name = f'eval_{split}' if evaluated_setting == trained_setting else f'eval_{split}_{evaluated_setting}'
+    return cached_evaluation(run_dir, name, compute, force)
 
 
 def add_bis(results: dict[str, dict]) -> None:
