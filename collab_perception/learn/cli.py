@@ -5,6 +5,7 @@ Imported lazily by collab_perception/cli.py, so that the ROS commands never load
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 
@@ -61,13 +62,20 @@ def add_learn_parsers(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
-        'export', help='export a trained handshake model to ONNX by role (encoder, matcher, decoder)',
-        description='Write encoder.onnx, matcher.onnx and decoder.onnx of a trained who2com / who2com_nomsg / '
-                    'when2com run, each a single file, plus model_card.yaml (training command, setting, seed, '
-                    'measured metrics) and roles.json; checks ONNX Runtime against torch on test frames.')
+        'export', help='export a trained model to ONNX by role (handshake: encoder, matcher, decoder; MASH: '
+                       'requester, supporter, fusion)',
+        description='Write the roles of a trained run, each a single .onnx file, plus model_card.yaml (training '
+                    'command, setting, seed, measured metrics) and roles.json; checks ONNX Runtime against torch '
+                    'on test frames. who2com / who2com_nomsg / when2com runs give encoder.onnx, matcher.onnx and '
+                    'decoder.onnx; mash / mash_stacked runs give requester.onnx, supporter.onnx and fusion.onnx '
+                    '(MASH §III; the swarm runs them in spatial mode, config/swarm_mash.yaml).')
     p.add_argument('--run', required=True, help='run directory with best.pt (e.g. runs/train/hidden-target/who2com)')
     p.add_argument('--out', required=True, help='output directory (e.g. models/who2com_hidden_target)')
     p.add_argument('--datasets', default='datasets')
+    p.add_argument('--fusion', choices=('hard', 'soft'), default=None,
+                   help='MASH only: HardSelection or SoftSelection (default: as trained)')
+    p.add_argument('--threshold', type=float, default=None,
+                   help='MASH only: a supporter sends a matched cell from this confidence on (default: as trained)')
     p.set_defaults(func=cmd_export)
 
 
@@ -106,6 +114,16 @@ def cmd_evaluate(args) -> int:
 
 def cmd_export(args) -> int:
     _quiet_torch_export_logs()
+    with open(os.path.join(args.run, 'config.json')) as f:
+        method = json.load(f)['method']
+    if method in ('mash', 'mash_stacked'):
+        from .mash_export import export_mash_run
+        card = export_mash_run(args.run, args.out, args.datasets, fusion=args.fusion, threshold=args.threshold)
+        print(f'{args.out}: ' + ', '.join(f'{k} {v}' for k, v in card['onnx_check'].items()))
+        print(f'test split: {card["metrics_test_split"]}')
+        return 0
+    if args.fusion is not None or args.threshold is not None:
+        raise ConfigError('--fusion/--threshold', f'only MASH runs have them; {args.run} is a {method} run')
     from .export import export_run
     report = export_run(args.run, args.out, args.datasets)
     print(f'{args.out}: ' + ', '.join(f'{k} {v}' for k, v in report.items()))

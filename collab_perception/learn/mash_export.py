@@ -285,9 +285,8 @@ def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets',
         'method': c['method'], 'setting': c['setting'], 'seed': c['seed'], 'fusion': model.fusion_kind,
         'confidence_threshold': model.confidence_threshold,
         'trained_with': train_command(c, run_dir),
-        'exported_with': f'python -c "from collab_perception.learn.mash_export import export_mash_run; '
-                         f'export_mash_run({run_dir!r}, {out_dir!r}, fusion={model.fusion_kind!r}, '
-                         f'threshold={model.confidence_threshold!r})"',
+        'exported_with': f'collab-perception export --run {run_dir} --out {out_dir} --fusion {model.fusion_kind} '
+                         f'--threshold {model.confidence_threshold:g}',
         'training': {'steps': ckpt['step'], 'minutes': round(ckpt['elapsed_s'] / 60, 1), 'model': c['model']},
         'dataset': {'path': data, 'frames': loader.manifest['frames'], 'seed': loader.manifest['seed']},
         'metrics_test_split': ({k: (round(v, 4) if isinstance(v, float) else v) for k, v in variant.items()}
