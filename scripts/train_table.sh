@@ -46,10 +46,10 @@ for run in "${runs[@]}"; do
     echo "[train_table] $setting/$method: done already"
   else
     extra=()
-    # MASH's runs as planned in learn/mash_eval.py (the main row: Q16/K32; 1000 iterations of batch 8)
+    # MASH's runs as planned in learn/mash_eval.py (the main row: Q16/K32; 2000 iterations of batch 8)
     case $method in
-      mash) extra=(--iterations 1000 --batch-size 8 --query-size 16 --key-size 32) ;;
-      inpainting|outputstack|warped_outputstack|inputstack) extra=(--iterations 1000 --batch-size 8) ;;
+      mash) extra=(--iterations 2000 --batch-size 8 --query-size 16 --key-size 32) ;;
+      inpainting|outputstack|warped_outputstack|inputstack) extra=(--iterations 2000 --batch-size 8) ;;
     esac
     echo "[train_table] $setting/$method: $(date +%H:%M:%S)"
     collab-perception train --method "$method" --setting "$setting" --resume --quiet "${threads[@]}" "${extra[@]}"

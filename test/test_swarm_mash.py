@@ -48,7 +48,7 @@ def test_spatial_swarm_equals_offline_and_sends_few_bytes(replay_split, tmp_path
     frames = sum(1 for _ in iter_snapshots(replay_split, split))
     swarm = Swarm('--run-dir', str(tmp_path), '--frames', str(frames), '--set', 'swarm.source.type=replay',
                   '--set', f'swarm.source.replay.dataset={replay_split}', '--set', f'swarm.source.replay.split={split}',
-                  '--set', 'swarm.rate_hz=3', '--quiet', config=CONFIG)
+                  '--set', 'swarm.rate_hz=3', '--layout', 'per_drone', '--quiet', config=CONFIG)
     code = swarm.wait(240)
     assert code == 0, swarm.output[-3000:]
     online = load_summary(tmp_path)

@@ -73,7 +73,7 @@ ROWS = (
     Row('MASH', 'mash', 'mash', 'MASH SoftSelection (the HardSelection run\'s weights)', 'soft', 16, 32),
     Row('MASH', 'mash_stacked', 'mash_stacked', 'MASH StackedFusion', 'stacked', 16, 32),
 )
-TRAINING = {'iterations': 1000, 'batch_size': 8}      # the planned runs (about 1.5 s per iteration on one core)
+TRAINING = {'iterations': 2000, 'batch_size': 8}      # the planned runs (about 1.5 s per iteration on one core)
 
 
 # ---------------------------------------------------------------------------------------------- bytes
