@@ -180,7 +180,8 @@ def format_overall(summary: dict) -> str:
     lines = [f'Requesters ({", ".join(summary["requesters"]) or "none"}), method {", ".join(summary["methods"])}:',
              f'  accuracy   fused {pct(o["fused_accuracy"])}  vs own only {pct(o["own_accuracy"])}   '
              f'(mIoU {pct(o["fused_miou"])} vs {pct(o["own_miou"])})',
-             f'  bytes      {num(o["comm_bytes_per_frame"])} B/frame on the wire  vs CatAll '
+             f'  bytes      {num(o["comm_bytes_per_frame"])} B/frame on the wire  vs '
+             f'{"every cell of every supporter" if summary.get("spatial") else "CatAll"} '
              f'{num(o["catall_bytes_per_frame"])} B/frame'
              + (f'  ({o["comm_bytes_per_frame"] / o["catall_bytes_per_frame"]:.3f} of it)'
                 if o['comm_bytes_per_frame'] and o['catall_bytes_per_frame'] else ''),
