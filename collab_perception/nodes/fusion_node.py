@@ -166,7 +166,13 @@ class FusionNode(DroneNode):
         self._run(self.tracker.on_reply(stamp_ns, msg.sender, score, self.now_ns(), payload=patches))
 
     def on_wake(self):
+        lost = self.tracker.counters['lost_own']
         self._run(self.tracker.on_time(self.now_ns()))
+        if self.tracker.counters['lost_own'] > lost:
+            self.get_logger().warning(
+                f'{self.log_prefix}{self.tracker.counters["lost_own"] - lost} frame(s) got replies but this drone\'s '
+                f'own perception output never arrived by the deadline: nothing to publish for them '
+                f'({self.tracker.counters["lost_own"]} so far)')
 
     # ------------------------------------------------------------------ output
     def send_connect(self, action: ConnectAction) -> None:

@@ -101,7 +101,8 @@ class PerceptionNode(DroneNode):
         # only on frames it fuses
         keep = requested or not self.method.spatial
         empty = np.zeros(0, np.float32)
-        encode_tensor(out.features if keep else empty, self.dtypes['local_dtype'], local.features, 'features')
+        encode_tensor(out.features if keep else empty, self.method.local_feature_dtype or self.dtypes['local_dtype'],
+                      local.features, 'features')
         encode_tensor(out.key if keep else empty, self.dtypes['local_dtype'], local.key, 'key')
         encode_tensor(out.own_classes, 'uint8', local.own_classes, 'own_classes')
         self.output_pub.publish(local)

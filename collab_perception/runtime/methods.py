@@ -56,6 +56,8 @@ class Method:
     # Spatial handshake (MASH §III): supporters answer a query map with patches, no connect stage
     # (runtime/onnx_mash.py); the nodes switch their protocol on this.
     spatial = False
+    # dtype of `features` on the drone's local perception -> fusion topic (None: codec.local_dtype)
+    local_feature_dtype: Optional[str] = None
 
     def warmup(self) -> None:
         """Run each loaded part once so that the first frame does not pay one-time costs."""

@@ -52,6 +52,8 @@ def mash_offline(method: Method, snapshots: Iterable[dict], query_dtype: str = '
     for snap in snapshots:
         order = slot_order(int(snap['target_index']), snap['rgb'].shape[0])
         mine = method.encode(snap['rgb'][order[0]])
+        # what fusion receives from perception on the drone's local topic
+        mine.features = decode_tensor(encode_tensor(mine.features, method.local_feature_dtype or 'float32'))
         query = decode_tensor(encode_tensor(mine.query, query_dtype))
         received = {}
         for slot, agent in enumerate(order[1:]):
