@@ -58,8 +58,8 @@ class Row:
 
 
 # Our backbone's feature map has F = 32 channels on a 16 x 16 grid of 8-px cells (the paper: SegNet features,
-# a 32 x 32 grid at 256 px, Q 16-64 and K 64-256). Q = 8 / 16 / 32 uint8 query channels cost 0.04 / 0.08 /
-# 0.17 of the raw image, the paper's two lowest settings and one below; K = 32 (= F) and 64.
+# a 32 x 32 grid at 256 px, Q 16-64 and K 64-256). Q = 8 / 16 / 32 / 48 uint8 query channels cost 0.04 / 0.08 /
+# 0.17 / 0.25 of the raw image (the paper's Q 16 / 32 / 64 rows: 0.08 / 0.17 / 0.33); K = 32 (= F) and 64.
 MAIN = Row('MASH', 'mash', 'mash', 'MASH HardSelection', 'hard', 16, 32)
 ROWS = (
     Row('Baselines', 'inpainting', 'inpainting', 'Inpainting (trained on target view)'),
@@ -70,6 +70,7 @@ ROWS = (
     MAIN,
     Row('MASH', 'mash_q32_k32', 'mash', 'MASH HardSelection', 'hard', 32, 32),
     Row('MASH', 'mash_q32_k64', 'mash', 'MASH HardSelection', 'hard', 32, 64),
+    Row('MASH', 'mash_q48_k64', 'mash', 'MASH HardSelection', 'hard', 48, 64),
     Row('MASH', 'mash', 'mash', 'MASH SoftSelection (the HardSelection run\'s weights)', 'soft', 16, 32),
     Row('MASH', 'mash_stacked', 'mash_stacked', 'MASH StackedFusion', 'stacked', 16, 32),
 )
