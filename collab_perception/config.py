@@ -151,6 +151,9 @@ DRONE_SCHEMA = {
     'score_threshold': Field(float, 0.0, help='used by select: threshold'),
     'cache_frames': Field(int, 16, minimum=1, maximum=1000, help='per-stamp ring buffer length'),
     'degraded': Field(bool, False, help="the drone's camera is degraded (blur + noise, handshake paper §IV-B)"),
+    'patch_budget': Field(float, 0.1, minimum=0.0, maximum=1.0,
+                          help='MASH supporters: the most bytes of one patches reply, as a fraction of the label '
+                               'image (the least confident matched cells are dropped); 0: no cap'),
     'obstructed': Field(bool, False, help='a 3D obstruction in front of this drone\'s camera every frame (MASH §IV; '
                                           'embedded world only)'),
     'models': Field(dict, {}, help="{dir: models/<name>}: the exported model's directory (collab-perception export)",
@@ -241,6 +244,7 @@ class DroneConfig:
     providers: list
     degraded: bool
     obstructed: bool = False
+    patch_budget: float = 0.1
 
     @property
     def namespace(self) -> str:

@@ -83,6 +83,18 @@ def test_patch_message_size_is_what_wire_predicts(model_dir, images):
         assert len(serialize_message(msg)) == wire.patches_size(n, method.num_classes, 'uint8', 'uint8')
 
 
+def test_a_byte_budget_caps_a_reply_to_its_most_confident_cells(model_dir, images):
+    method = create_method('mash', model_dir=model_dir, roles=('matcher',))
+    n = method.max_cells(0.1)
+    assert wire.patches_size(n, 8, 'uint8', 'uint8') <= 0.1 * 128 * 128 < wire.patches_size(n + 1, 8, 'uint8', 'uint8')
+    assert method.max_cells(0.0) is None
+    query = np.zeros(method.query_shape(), np.float32)
+    everything = method.patches(query, images[1], threshold=0.0)
+    capped = method.patches(query, images[1], threshold=0.0, max_cells=10)
+    assert everything.count > 10 and capped.count == 10 and (np.diff(capped.cells) > 0).all()
+    assert capped.confidence.min() >= np.sort(everything.confidence)[-10]
+
+
 def test_malformed_patches_are_rejected_with_the_field_named(model_dir):
     method = create_method('mash', model_dir=model_dir, roles=('decoder',))
     cells = np.array([3, 10, 200])

@@ -228,7 +228,7 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
             **common, 'role': d.role, 'deadline_ms': d.deadline_ms,
             **_codec_params(cfg), **_qos_params(cfg, 'sensor', 'comm', 'local')}, drone=d.name))
         nodes.append(NodeSpec('matcher', 'matcher', d.namespace, {
-            **common, 'cache_frames': d.cache_frames,
+            **common, 'cache_frames': d.cache_frames, 'patch_budget': d.patch_budget,
             **_codec_params(cfg), **_qos_params(cfg, 'comm', 'local')}, drone=d.name))
         nodes.append(NodeSpec('fusion', 'fusion', d.namespace, {
             **common, 'deadline_ms': d.deadline_ms, 'reply_timeout_ms': d.reply_timeout_ms,

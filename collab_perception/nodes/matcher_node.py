@@ -55,6 +55,9 @@ class MatcherNode(DroneNode):
         self.patch_cells = 0
         if self.method.spatial:
             # MASH: patches answer the request directly (the supporter role encodes its camera image)
+            budget = declare(self, 'patch_budget', 0.1, 'most bytes of a patches reply, as a fraction of the '
+                             'label image (0: no cap)', minimum=0.0, maximum=1.0)
+            self.max_cells = self.method.max_cells(budget, self.dtypes['patch_dtype'])
             self.patch_pubs = {i: self.create_publisher(PatchSegments, topics.patches_topic(n), comm_qos)
                                for i, n in peers}
             sensor_qos = declare_qos(self, 'sensor', 'reliable', 5)
@@ -174,7 +177,7 @@ class MatcherNode(DroneNode):
 
     def answer_patches(self, stamp_ns: int, requester: int, query: np.ndarray, image: np.ndarray) -> None:
         """MASH §III-A: match the requester's query map against this view, send the confident cells."""
-        patches = self.method.patches(query, image)
+        patches = self.method.patches(query, image, max_cells=self.max_cells)
         msg = PatchSegments(header=Header(), sender=self.drone_id, receiver=requester)
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
         encode_patches(patches, self.method.grid, self.dtypes['patch_dtype'], msg)

@@ -42,13 +42,14 @@ def handshake_offline(method: Method, snapshots: Iterable[dict], feature_dtype: 
 
 
 def mash_offline(method: Method, snapshots: Iterable[dict], query_dtype: str = 'uint8',
-                 patch_dtype: str = 'uint8') -> dict:
+                 patch_dtype: str = 'uint8', patch_budget: float = 0.1) -> dict:
     """MASH's spatial handshake over dataset frames in one process, as the swarm runs it (MASH §III): the
     target's query map and every supporter's patches cross the codec; supporter slots in drone order.
     Also scores the obstructed region (the cells the target cannot see, MASH Table I)."""
     from .onnx_mash import PatchReply
     fused, own = SegmentationScore(method.num_classes), SegmentationScore(method.num_classes)
     cells_sent = []
+    max_cells = method.max_cells(patch_budget, patch_dtype)
     for snap in snapshots:
         order = slot_order(int(snap['target_index']), snap['rgb'].shape[0])
         mine = method.encode(snap['rgb'][order[0]])
@@ -57,7 +58,7 @@ def mash_offline(method: Method, snapshots: Iterable[dict], query_dtype: str = '
         query = decode_tensor(encode_tensor(mine.query, query_dtype))
         received = {}
         for slot, agent in enumerate(order[1:]):
-            p = method.patches(query, snap['rgb'][agent])
+            p = method.patches(query, snap['rgb'][agent], max_cells=max_cells)
             conf = decode_tensor(encode_tensor(p.confidence, patch_dtype))
             probs = decode_tensor(encode_tensor(p.class_probs, patch_dtype))
             received[slot] = PatchReply(p.cells, conf, probs)

@@ -110,15 +110,33 @@ class MashOnnx(OnnxRoleMethod):
         return EncoderOutput(features=own_probs[0], key=self_conf[0], query=query[0],
                              own_classes=own_classes[0].astype(np.uint8))
 
-    def patches(self, query: np.ndarray, image: np.ndarray, threshold: Optional[float] = None) -> PatchReply:
+    def max_cells(self, budget: float, dtype: str = 'uint8') -> Optional[int]:
+        """The most cells one PatchSegments may carry to stay within `budget` x the label image's bytes
+        (None: no cap for budget 0)."""
+        if budget <= 0:
+            return None
+        from .wire import patches_size
+        h, w = self.image_shape()
+        limit = budget * h * w
+        n = 0
+        while n < self.cells and patches_size(n + 1, self.num_classes, dtype, dtype) <= limit:
+            n += 1
+        return n
+
+    def patches(self, query: np.ndarray, image: np.ndarray, threshold: Optional[float] = None,
+                max_cells: Optional[int] = None) -> PatchReply:
         """Supporter role: match the requester's query map against this drone's view and keep the cells that
-        found a match with at least `threshold` confidence (default: the exported one)."""
+        found a match with at least `threshold` confidence (default: the exported one); with `max_cells`, only
+        that many of them, the most confident (a hard byte budget per reply, whatever the scene)."""
         if query.shape != self.query_shape():
             raise ValueError(f'query map of shape {query.shape}, expected {self.query_shape()}')
         confidence, match, class_probs = self._session('matcher').run(
             None, {'query': query[None].astype(np.float32), 'image': self.image_input(image)})
         t = self.threshold if threshold is None else threshold
         cells = np.flatnonzero((match[0] != self.no_match) & (confidence[0] >= t))
+        if max_cells is not None and cells.size > max_cells:
+            keep = np.argsort(-confidence[0, cells], kind='stable')[:max_cells]
+            cells = np.sort(cells[keep])
         return PatchReply(cells, confidence[0, cells].astype(np.float32), class_probs[0, cells].astype(np.float32))
 
     def fuse(self, own: EncoderOutput, received: dict[int, PatchReply],
