@@ -37,7 +37,7 @@ def test_swarm_accuracy_equals_offline_on_the_same_frames(replay_split, tmp_path
                   '--set', 'swarm.source.type=replay', '--set', f'swarm.source.replay.dataset={replay_split}',
                   '--set', f'swarm.source.replay.split={split}', '--set', 'drone_defaults.method=who2com',
                   '--set', f'drone_defaults.models={{dir: {MODEL}}}',
-                  '--set', 'swarm.rate_hz=4', '--quiet', config=FIVE_DRONES)
+                  '--set', 'swarm.rate_hz=2', '--quiet', config=FIVE_DRONES)
     code = swarm.wait(180)
     assert code == 0, swarm.output[-3000:]
     with open(tmp_path / 'summary.json') as f:
