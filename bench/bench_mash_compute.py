@@ -29,16 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
-from collab_perception.runtime.onnx_method import read_roles_json, resolve_model_dir  # noqa: E402
-
-
-def session(path: str, providers: list[str], threads: int):
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(path, sess_options=opts, providers=providers)
+from collab_perception.runtime.onnx_method import onnx_session, read_roles_json, resolve_model_dir  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -63,9 +54,9 @@ def main(argv=None) -> int:
         backbone_path = os.path.join(tmp, 'backbone.onnx')
         extract_model(os.path.join(model_dir, 'requester.onnx'), backbone_path, ['image'], ['own_probs'])
         onnx.checker.check_model(backbone_path)
-        nets = {'backbone': session(backbone_path, providers, args.threads)}
+        nets = {'backbone': onnx_session(backbone_path, providers, args.threads)}
         for role in ('requester', 'supporter', 'fusion'):
-            nets[role] = session(os.path.join(model_dir, f'{role}.onnx'), providers, args.threads)
+            nets[role] = onnx_session(os.path.join(model_dir, f'{role}.onnx'), providers, args.threads)
     rng = np.random.default_rng(0)
     image = rng.random((1, 3, h, w), dtype=np.float32)
     _, own_probs, self_conf, _ = nets['requester'].run(None, {'image': image})

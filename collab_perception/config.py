@@ -243,8 +243,8 @@ class DroneConfig:
     onnx_threads: int
     providers: list
     degraded: bool
-    obstructed: bool = False
-    patch_budget: float = 0.1
+    obstructed: bool
+    patch_budget: float
 
     @property
     def namespace(self) -> str:

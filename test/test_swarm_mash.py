@@ -15,12 +15,13 @@ from rclpy.serialization import serialize_message
 from std_msgs.msg import Header
 
 from collab_perception.config import resource_path
-from collab_perception.data import generate, iter_snapshots
+from collab_perception.data import iter_snapshots
 from collab_perception.msg import PatchSegments, Request
 from collab_perception.runtime.codec import encode_tensor
 from collab_perception.runtime.methods import create_method
 from collab_perception.runtime.offline import mash_offline
 
+from replaytools import SPLIT, generate_split, replay_args, replay_frames
 from rostools import spin_until
 from test_swarm import Swarm
 
@@ -32,9 +33,7 @@ FRAMES = 16
 
 @pytest.fixture(scope='module')
 def replay_split(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp('replay') / 'obstruction')
-    generate('obstruction', FRAMES, root, seed=4321, size=128, progress=False, snapshots_per_map=FRAMES)
-    return root
+    return generate_split(tmp_path_factory, 'obstruction', FRAMES, seed=4321)
 
 
 def load_summary(tmp_path):
@@ -44,15 +43,12 @@ def load_summary(tmp_path):
 
 def test_spatial_swarm_equals_offline_and_sends_few_bytes(replay_split, tmp_path):
     assert os.path.exists(resource_path(MODEL, 'roles.json')), f'{MODEL} is not shipped'
-    split = 'train'   # the largest split of the fresh maps (none of them was seen in training)
-    frames = sum(1 for _ in iter_snapshots(replay_split, split))
-    swarm = Swarm('--run-dir', str(tmp_path), '--frames', str(frames), '--set', 'swarm.source.type=replay',
-                  '--set', f'swarm.source.replay.dataset={replay_split}', '--set', f'swarm.source.replay.split={split}',
-                  '--set', 'swarm.rate_hz=3', '--layout', 'per_drone', '--quiet', config=CONFIG)
+    frames = replay_frames(replay_split)
+    swarm = Swarm('--run-dir', str(tmp_path), *replay_args(replay_split), '--set', 'swarm.rate_hz=3', '--layout', 'per_drone', '--quiet', config=CONFIG)
     code = swarm.wait(240)
     assert code == 0, swarm.output[-3000:]
     online = load_summary(tmp_path)
-    offline = mash_offline(create_method('mash', model_dir=MODEL), iter_snapshots(replay_split, split))
+    offline = mash_offline(create_method('mash', model_dir=MODEL), iter_snapshots(replay_split, SPLIT))
     o, sp = online['overall'], online['spatial']
     assert online['frames'] == frames == offline['frames']
     assert o['fallback_frames'] == 0 and online['per_drone']['drone1']['segmentations'] == frames

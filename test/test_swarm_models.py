@@ -1,7 +1,7 @@
 """The shipped learned model through the ROS 2 swarm: the same accuracy as offline on the same frames.
 
-A small split of the hidden-target setting is generated here (fresh maps), replayed through the swarm
-(replay bridge -> perception/matcher/fusion running the exported ONNX roles -> evaluator) and run offline
+A small split of the hidden-target setting is generated here (fresh maps, test/replaytools.py), replayed
+through the swarm (replay bridge -> perception/matcher/fusion running the exported ONNX roles -> evaluator) and run offline
 through the same ONNX models in one process (runtime/offline.py); the fused accuracies must agree within
 one point."""
 import json
@@ -10,10 +10,11 @@ import os
 import pytest
 
 from collab_perception.config import resource_path
-from collab_perception.data import generate, iter_snapshots
+from collab_perception.data import iter_snapshots
 from collab_perception.runtime.methods import create_method
 from collab_perception.runtime.offline import handshake_offline
 
+from replaytools import SPLIT, generate_split, replay_args, replay_frames
 from test_swarm import Swarm
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -24,25 +25,21 @@ FRAMES = 20
 
 @pytest.fixture(scope='module')
 def replay_split(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp('replay') / 'hidden-target')
-    generate('hidden-target', FRAMES, root, seed=1234, size=128, progress=False, snapshots_per_map=FRAMES)
-    return root
+    return generate_split(tmp_path_factory, 'hidden-target', FRAMES, seed=1234)
 
 
 def test_swarm_accuracy_equals_offline_on_the_same_frames(replay_split, tmp_path):
     assert os.path.exists(resource_path(MODEL, 'roles.json')), f'{MODEL} is not shipped'
-    split = 'train'   # the largest split of the freshly generated maps (none of them was seen in training)
-    frames = sum(1 for _ in iter_snapshots(replay_split, split))
-    swarm = Swarm('--run-dir', str(tmp_path), '--frames', str(frames), '--requesters', 'drone1',
-                  '--set', 'swarm.source.type=replay', '--set', f'swarm.source.replay.dataset={replay_split}',
-                  '--set', f'swarm.source.replay.split={split}', '--set', 'drone_defaults.method=who2com',
+    frames = replay_frames(replay_split)
+    swarm = Swarm('--run-dir', str(tmp_path), *replay_args(replay_split), '--requesters', 'drone1',
+                  '--set', 'drone_defaults.method=who2com',
                   '--set', f'drone_defaults.models={{dir: {MODEL}}}',
                   '--set', 'swarm.rate_hz=2', '--quiet', config=FIVE_DRONES)
     code = swarm.wait(180)
     assert code == 0, swarm.output[-3000:]
     with open(tmp_path / 'summary.json') as f:
         online = json.load(f)
-    offline = handshake_offline(create_method('who2com', model_dir=MODEL), iter_snapshots(replay_split, split))
+    offline = handshake_offline(create_method('who2com', model_dir=MODEL), iter_snapshots(replay_split, SPLIT))
     o = online['overall']
     assert online['frames'] == frames == offline['frames']
     assert o['fallback_frames'] == 0 and online['per_drone']['drone1']['segmentations'] == frames

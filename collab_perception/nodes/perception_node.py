@@ -27,6 +27,9 @@ from ..runtime.sync import StampJoiner
 from .common import DroneNode, declare, declare_codec, declare_qos, image_to_array, stamp_label, stamp_to_ns
 
 
+_EMPTY = np.zeros(0, np.float32)   # what a spatial method's drone keeps locally on frames it does not fuse
+
+
 class PerceptionNode(DroneNode):
     def __init__(self):
         super().__init__('perception', roles=('encoder',))
@@ -100,10 +103,9 @@ class PerceptionNode(DroneNode):
         # a spatial method's local output is the full-resolution class distribution: only fusion needs it, and
         # only on frames it fuses
         keep = requested or not self.method.spatial
-        empty = np.zeros(0, np.float32)
-        encode_tensor(out.features if keep else empty, self.method.local_feature_dtype or self.dtypes['local_dtype'],
+        encode_tensor(out.features if keep else _EMPTY, self.method.local_feature_dtype or self.dtypes['local_dtype'],
                       local.features, 'features')
-        encode_tensor(out.key if keep else empty, self.dtypes['local_dtype'], local.key, 'key')
+        encode_tensor(out.key if keep else _EMPTY, self.dtypes['local_dtype'], local.key, 'key')
         encode_tensor(out.own_classes, 'uint8', local.own_classes, 'own_classes')
         self.output_pub.publish(local)
         self.frames += 1

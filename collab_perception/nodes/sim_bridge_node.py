@@ -14,7 +14,7 @@ and the process exits 0, which ends an embedded or launched swarm run.
 from __future__ import annotations
 
 from ..world import World, WorldConfig
-from .common import declare, declare_dataclass, spin_nodes
+from .common import declare_dataclass, spin_nodes
 from .swarm_source import SwarmSource
 
 
@@ -23,11 +23,7 @@ class SimBridgeNode(SwarmSource):
         super().__init__('sim_bridge')
         values = declare_dataclass(self, 'world', WorldConfig(), 'embedded world (config/world.yaml)')
         values['drones'] = len(self.drones)
-        obstructed = set(filter(None, declare(self, 'obstructed_drones', [''],
-                                              'drones with an obstruction in front of the camera')))
-        unknown = obstructed - set(self.drones)
-        if unknown:
-            raise ValueError(f"parameter 'obstructed_drones': {', '.join(sorted(unknown))} not in 'drone_names'")
+        obstructed = self.declare_drones('obstructed_drones', 'drones with an obstruction in front of the camera')
         self.obstruct = [i for i, d in enumerate(self.drones) if d in obstructed]
         if self.obstruct:
             values['obstructions'] = True

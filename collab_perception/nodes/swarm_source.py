@@ -35,11 +35,7 @@ class SwarmSource(Node):
                                          'the comm graph (from the node plan); frame 1 waits until all are matched')):
             topic, pubs, subs = item.rsplit(':', 2)
             self.expected_endpoints.append((topic, int(pubs), int(subs)))
-        self.degraded_drones = set(filter(None, declare(
-            self, 'degraded_drones', [''], "drones whose camera is degraded (blur + noise)")))
-        unknown = self.degraded_drones - set(self.drones)
-        if unknown:
-            raise ValueError(f"parameter 'degraded_drones': {', '.join(sorted(unknown))} not in 'drone_names'")
+        self.degraded_drones = self.declare_drones('degraded_drones', 'drones whose camera is degraded (blur + noise)')
         self.degrade_config = DegradeConfig(**declare_dataclass(self, 'degrade', DegradeConfig(), 'sensor degradation'))
         self.degrade_rng = np.random.default_rng(declare(self, 'degrade_seed', 0, 'seed of the degradation draws',
                                                          minimum=0))
@@ -49,6 +45,14 @@ class SwarmSource(Node):
         self._created = time.monotonic()
         self._ready_at = None
         self._drain_until = None
+
+    def declare_drones(self, name: str, description: str) -> set[str]:
+        """A parameter naming some of the swarm's drones ([''] for none); an unknown name fails start-up."""
+        chosen = set(filter(None, declare(self, name, [''], description)))
+        unknown = chosen - set(self.drones)
+        if unknown:
+            raise ValueError(f"parameter '{name}': {', '.join(sorted(unknown))} not in 'drone_names'")
+        return chosen
 
     def _missing(self) -> list[str]:
         """What the swarm still lacks: planned nodes not yet in the graph, comm topics without all their

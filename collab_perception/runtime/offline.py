@@ -7,13 +7,15 @@ argmax, and the selected features cross a float16 (the swarm codec's) round trip
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Iterable
 
 import numpy as np
 
-from .codec import decode_tensor, encode_tensor
+from .codec import DEFAULT_LIMITS, decode_tensor, encode_tensor, tensor_fields
 from .metrics import SegmentationScore
 from .methods import Method
+from .onnx_mash import decode_patches, encode_patches
 
 
 def slot_order(target: int, agents: int) -> list[int]:
@@ -46,7 +48,6 @@ def mash_offline(method: Method, snapshots: Iterable[dict], query_dtype: str = '
     """MASH's spatial handshake over dataset frames in one process, as the swarm runs it (MASH §III): the
     target's query map and every supporter's patches cross the codec; supporter slots in drone order.
     Also scores the obstructed region (the cells the target cannot see, MASH Table I)."""
-    from .onnx_mash import PatchReply
     fused, own = SegmentationScore(method.num_classes), SegmentationScore(method.num_classes)
     cells_sent = []
     max_cells = method.max_cells(patch_budget, patch_dtype)
@@ -59,9 +60,9 @@ def mash_offline(method: Method, snapshots: Iterable[dict], query_dtype: str = '
         received = {}
         for slot, agent in enumerate(order[1:]):
             p = method.patches(query, snap['rgb'][agent], max_cells=max_cells)
-            conf = decode_tensor(encode_tensor(p.confidence, patch_dtype))
-            probs = decode_tensor(encode_tensor(p.class_probs, patch_dtype))
-            received[slot] = PatchReply(p.cells, conf, probs)
+            msg = SimpleNamespace(confidence=tensor_fields(), class_probs=tensor_fields())
+            encode_patches(p, method.grid, patch_dtype, msg)
+            received[slot] = decode_patches(msg, method.grid, method.num_classes, DEFAULT_LIMITS)
             cells_sent.append(p.count)
         labels = snap['labels'][order[0]]
         mask = snap['obstruction_mask'][order[0]] if 'obstruction_mask' in snap else None

@@ -43,6 +43,17 @@ def read_roles_json(model_dir: str) -> dict:
         return json.load(f)
 
 
+def onnx_session(path: str, providers: Sequence[str], threads: int = 1):
+    """An ONNX Runtime session as every drone node opens one: `threads` intra-op threads, one inter-op
+    thread, warnings off; `providers` must be available ones."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(path, sess_options=options, providers=list(providers))
+
+
 class OnnxRoleMethod(Method):
     """A method whose network is exported as one ONNX file per role. A node asks for its node roles
     (encoder: perception, matcher: matcher, decoder: fusion); ROLE_FILES maps them to the files."""
@@ -62,17 +73,13 @@ class OnnxRoleMethod(Method):
         if not wanted:
             raise ValueError(f'none of the execution providers {list(providers)} is available '
                              f'(available: {sorted(available)})')
-        self._options = ort.SessionOptions()
-        self._options.intra_op_num_threads = threads
-        self._options.inter_op_num_threads = 1
-        self._options.log_severity_level = 3
+        self._threads = threads
         self._providers = wanted
         self.sessions = {}
         self.load(roles)
 
     def load(self, roles: Sequence[str]) -> None:
         """Open ONNX Runtime sessions for these node roles (those already open stay)."""
-        import onnxruntime as ort
         for role in roles:
             if role not in self.ROLE_FILES:
                 raise ValueError(f'unknown role {role!r}; roles: {", ".join(self.ROLE_FILES)}')
@@ -81,7 +88,7 @@ class OnnxRoleMethod(Method):
             file = os.path.join(self.model_dir, f'{self.ROLE_FILES[role]}.onnx')
             if not os.path.exists(file):
                 raise FileNotFoundError(f'{file} is missing')
-            self.sessions[role] = ort.InferenceSession(file, sess_options=self._options, providers=self._providers)
+            self.sessions[role] = onnx_session(file, self._providers, self._threads)
 
     @property
     def providers_used(self) -> dict[str, list[str]]:
