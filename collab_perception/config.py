@@ -115,7 +115,7 @@ SWARM_SCHEMA = {
     'startup_timeout_s': Field(float, 30.0, minimum=0.0, maximum=600.0,
                                help='the source waits at most this long for every drone to subscribe'),
     'settle_s': Field(float, 1.0, minimum=0.0, maximum=60.0,
-                      help='then this long for the rest of discovery, before frame 1'),
+                      help='once every planned endpoint has matched its peers, wait this long before frame 1'),
     'drain_s': Field(float, 1.5, minimum=0.0, maximum=120.0,
                      help='after the last snapshot, time for the last frames to finish before exit'),
     'source': SOURCE_SCHEMA,

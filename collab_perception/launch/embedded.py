@@ -169,7 +169,9 @@ class EmbeddedLauncher:
             self._signal_all(signal.SIGTERM)
             if not self._wait_all(5.0):
                 stuck = [c.spec.label for c in self.children if c.popen.poll() is None]
-                self.say(f'[launch] killing: {", ".join(stuck)}')
+                self.say(f'[launch] killing: {", ".join(stuck)} (their Python stacks go to their logs first)')
+                self._signal_all(signal.SIGUSR1)        # nodes/common.spin_nodes: faulthandler dumps stacks
+                time.sleep(0.5)
                 self._signal_all(signal.SIGKILL)
                 self._wait_all(5.0)
         for child in self.children:

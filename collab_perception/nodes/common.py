@@ -6,6 +6,7 @@ Only this layer (and launch) imports rclpy.
 from __future__ import annotations
 
 import array
+import faulthandler
 import math
 import signal
 import sys
@@ -27,6 +28,7 @@ from sensor_msgs.msg import Image
 from ..runtime.codec import CodecError, TensorLimits
 from ..runtime.handshake import AddressError, check_addressing
 from ..runtime.methods import create_method, method_names
+from ..runtime.readiness import NODE_KEY, endpoint_values
 
 
 class ParameterError(ValueError):
@@ -176,11 +178,42 @@ class RejectCounter:
         return sum(self.counts.values())
 
 
+# ---------------------------------------------------------------------------------------------- status
+def endpoint_diagnostics(node: Node) -> dict[str, str]:
+    """The node's name and, per topic it publishes or subscribes, how many peers each endpoint has matched
+    (runtime/readiness.py: the camera source starts frame 1 when every planned endpoint is matched)."""
+    return {NODE_KEY: node.get_fully_qualified_name(),
+            **endpoint_values(((p.topic_name, p.get_subscription_count()) for p in node.publishers),
+                              ((s.topic_name, s.get_publisher_count()) for s in node.subscriptions))}
+
+
+class StatusPublisher:
+    """A diagnostic_msgs status on /diagnostics every `period_s` (rqt_robot_monitor shows it): what
+    `values()` returns as (level, message, key/values), plus the node's matched endpoints."""
+
+    def __init__(self, node: Node, name: str, hardware_id: str,
+                 values: Callable[[], tuple[int, str, dict]] = lambda: (DiagnosticStatus.OK, 'ok', {}),
+                 period_s: float = 1.0):
+        self.node, self.name, self.hardware_id, self.values = node, name, hardware_id, values
+        self.pub = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        node.create_timer(period_s, self.publish)
+
+    def publish(self) -> None:
+        level, message, values = self.values()
+        values = {**{k: str(v) for k, v in values.items()}, **endpoint_diagnostics(self.node)}
+        status = DiagnosticStatus(level=level, name=self.name, hardware_id=self.hardware_id, message=message,
+                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        self.pub.publish(msg)
+
+
 # ---------------------------------------------------------------------------------------------- drone nodes
 class DroneNode(Node):
     """Base of the per-drone nodes (perception, matcher, fusion): the swarm's drone list, this drone's
     name and wire id, its method from the registry (only the `roles` of the network this node runs), counted
-    rejection of bad input, and a diagnostic_msgs status every second on /diagnostics (rqt_robot_monitor)."""
+    rejection of bad input, and a diagnostic_msgs status every second on /diagnostics (rqt_robot_monitor) with
+    its counters and its matched endpoints."""
 
     def __init__(self, node_name: str, roles: Sequence[str] = ()):
         super().__init__(node_name)
@@ -201,24 +234,18 @@ class DroneNode(Node):
         self.name_of = dict(zip(self.ids, self.names))
         self.log_prefix = f'[{self.drone}] '
         self.reject = RejectCounter(self.get_logger(), self.log_prefix)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self.create_timer(1.0, self.publish_diagnostics)
+        self.status = StatusPublisher(self, f'{self.drone}/{self.get_name()}', self.drone, self.status_values)
 
     def counters(self) -> dict[str, int]:
         """What this node did so far (subclasses add theirs); published on /diagnostics."""
         return {}
 
-    def publish_diagnostics(self) -> None:
+    def status_values(self) -> tuple[int, str, dict]:
         values = {**self.counters(), **{f'rejected.{k}': v for k, v in sorted(self.reject.counts.items())},
                   'rejected': self.reject.total}
-        status = DiagnosticStatus(
-            level=DiagnosticStatus.WARN if self.reject.total else DiagnosticStatus.OK,
-            name=f'{self.drone}/{self.get_name()}', hardware_id=self.drone,
-            message=f'{self.reject.total} rejected' if self.reject.total else 'ok',
-            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.diagnostics_pub.publish(msg)
+        if self.reject.total:
+            return DiagnosticStatus.WARN, f'{self.reject.total} rejected', values
+        return DiagnosticStatus.OK, 'ok', values
 
     def receive(self, data: bytes, msg_type, what: str, decode: Callable[[Any], Any],
                 allow_broadcast: bool = False) -> Optional[tuple[Any, int, Any]]:
@@ -269,6 +296,9 @@ def spin_nodes(factories: Sequence[Callable[[], Node]], args: Optional[list[str]
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGUSR1 prints every thread's Python stack to stderr, even while blocked in C: the launcher sends it
+    # to a process that ignored SIGINT and SIGTERM before it kills it, so the log says where it hung.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     nodes: list[Node] = []
     executors: list[SingleThreadedExecutor] = []
 

@@ -26,8 +26,9 @@ from ..classes import load_classes
 from ..runtime import topics
 from ..runtime.codec import CodecError, decode_tensor
 from ..runtime.metrics import SegmentationScore
+from ..runtime.readiness import MATCHED_PREFIX, NODE_KEY
 from ..runtime.sync import StampJoiner
-from .common import declare, declare_qos, declare_swarm, image_to_array, spin_nodes, stamp_to_ns
+from .common import StatusPublisher, declare, declare_qos, declare_swarm, image_to_array, spin_nodes, stamp_to_ns
 
 
 def percentile(values, q) -> float:
@@ -82,6 +83,7 @@ class EvaluatorNode(Node):
             self.create_subscription(FusionInfo, f'/{d}/{topics.FUSION_INFO}', self._on_info(d), local_qos)
         self.create_subscription(Header, topics.FRAME, lambda m: self.frames.add(stamp_to_ns(m.stamp)), 10)
         self.create_subscription(DiagnosticArray, '/diagnostics', self.on_diagnostics, 50)
+        self.status = StatusPublisher(self, 'swarm/evaluator', 'swarm')
         self.get_logger().info(f'scoring {", ".join(self.drones)}')
 
     def _on(self, drone: str, kind: str):
@@ -119,7 +121,10 @@ class EvaluatorNode(Node):
 
     def on_diagnostics(self, msg: DiagnosticArray):
         for status in msg.status:
-            self.diagnostics[status.name] = {kv.key: kv.value for kv in status.values}
+            values = {kv.key: kv.value for kv in status.values
+                      if kv.key != NODE_KEY and not kv.key.startswith(MATCHED_PREFIX)}
+            if 'rejected' in values:            # the drone nodes' counters (not the swarm nodes' endpoints)
+                self.diagnostics[status.name] = values
 
     def summary(self) -> dict:
         per_drone = {d: s.summary() for d, s in self.scores.items()}

@@ -29,7 +29,7 @@ from collab_perception.msg import BandwidthStats, Connect, FeatureMap, PatchSegm
 from ..runtime import topics
 from ..runtime.bandwidth import BandwidthLedger, CsvFrameWriter, write_json
 from ..runtime.cdr import CdrError, read_comm_prefix, read_header
-from .common import declare, declare_qos, declare_swarm, ns_to_stamp
+from .common import StatusPublisher, declare, declare_qos, declare_swarm, ns_to_stamp
 
 COMM_TYPES = {'request': Request, 'reply': Reply, 'connect': Connect, 'feature': FeatureMap,
               'patches': PatchSegments}
@@ -98,6 +98,7 @@ class MonitorNode(Node):
         self.create_subscription(Header, frame_topic, self.on_frame, 10)
         self.stats_pub = self.create_publisher(BandwidthStats, topics.BANDWIDTH, 10)
         self.create_timer(period, self.publish_stats)
+        self.status = StatusPublisher(self, 'swarm/monitor', 'swarm')
         self.get_logger().info(f'measuring {len(self.topics)} topics for {", ".join(self.names)}; '
                                f'summary -> {self.output_dir}')
 

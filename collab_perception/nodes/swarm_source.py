@@ -7,12 +7,14 @@ import time
 from typing import Optional
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 
 from ..runtime import topics
+from ..runtime.readiness import NODE_KEY, Endpoints, parse_endpoint_values, unmatched
 from ..world.degrade import DegradeConfig, degrade
 from .camera_publishers import CameraPublishers
-from .common import declare, declare_dataclass, declare_qos, declare_swarm
+from .common import declare, declare_dataclass, declare_qos, declare_swarm, endpoint_diagnostics
 
 
 class SwarmSource(Node):
@@ -25,7 +27,7 @@ class SwarmSource(Node):
         self.frames = declare(self, 'frames', 0, '0: run until stopped; N: stop after N snapshots', minimum=0)
         self.startup_timeout_s = declare(self, 'startup_timeout_s', 30.0,
                                          'wait at most this long for the swarm to come up', minimum=0.0)
-        self.settle_s = declare(self, 'settle_s', 1.0, 'then this long for the rest of discovery', minimum=0.0)
+        self.settle_s = declare(self, 'settle_s', 1.0, 'once every planned endpoint has matched, wait this long before frame 1', minimum=0.0)
         self.drain_s = declare(self, 'drain_s', 1.5, 'after the last snapshot, wait before exiting', minimum=0.0)
         self.expected_nodes = set(filter(None, declare(
             self, 'expected_nodes', [''], 'fully qualified names of every node of the swarm (from the node plan); '
@@ -40,6 +42,10 @@ class SwarmSource(Node):
         self.degrade_rng = np.random.default_rng(declare(self, 'degrade_seed', 0, 'seed of the degradation draws',
                                                          minimum=0))
         self.cameras = CameraPublishers(self, self.drones, declare_qos(self, 'sensor', 'reliable', 5))
+        # the planned nodes' matched endpoints, from their /diagnostics status (runtime/readiness.py)
+        self.reports: dict[str, Endpoints] = {}
+        self.create_subscription(DiagnosticArray, '/diagnostics', self.on_diagnostics, 50)
+        self._next_wait_log = time.monotonic() + 5.0
         self.index = 0
         self.finished = False
         self._created = time.monotonic()
@@ -54,29 +60,53 @@ class SwarmSource(Node):
             raise ValueError(f"parameter '{name}': {', '.join(sorted(unknown))} not in 'drone_names'")
         return chosen
 
+    def on_diagnostics(self, msg: DiagnosticArray):
+        if self._ready_at is not None:
+            return
+        for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            node = values.get(NODE_KEY)
+            if node not in self.expected_nodes:
+                continue
+            try:
+                self.reports[node] = parse_endpoint_values(values)
+            except ValueError as e:
+                self.get_logger().warning(f'status of {node}: {e}')
+
     def _missing(self) -> list[str]:
         """What the swarm still lacks: planned nodes not yet in the graph, comm topics without all their
-        endpoints, cameras without a subscriber."""
+        planned endpoints, planned endpoints that have not matched all their peers (each node's own count,
+        runtime/readiness.py), cameras without a subscriber."""
         seen = {f'{ns.rstrip("/")}/{name}' for name, ns in self.get_node_names_and_namespaces()}
         missing = sorted(self.expected_nodes - seen)
         for topic, pubs, subs in self.expected_endpoints:
             have_pubs, have_subs = self.count_publishers(topic), self.count_subscribers(topic)
             if have_pubs < pubs or have_subs < subs:
                 missing.append(f'{topic} ({have_pubs}/{pubs} publishers, {have_subs}/{subs} subscribers)')
+        if self.expected_nodes:
+            me = self.get_fully_qualified_name()
+            reports = {**self.reports, me: parse_endpoint_values(endpoint_diagnostics(self))}
+            missing += unmatched(reports, self.expected_nodes | {me})
         return missing + [f'subscriber of /{d}/{topics.IMAGE}' for d in self.cameras.image_subscribers_missing()]
 
     def _graph_ready(self) -> bool:
-        """The whole swarm is up (or the wait timed out), then settle_s more for endpoint discovery: frames
-        published before the comm topics are matched would be lost, and the monitor would miss messages."""
+        """The whole swarm is up and every planned endpoint matched (or the wait timed out), then settle_s
+        more: frames published before the endpoints are matched would be lost, and the monitor would miss
+        messages."""
         now = time.monotonic()
         if self._ready_at is None:
             missing = self._missing()
             if missing and now - self._created < self.startup_timeout_s:
+                if now >= self._next_wait_log:
+                    self._next_wait_log = now + 5.0
+                    shown = ', '.join(missing[:6]) + (f' and {len(missing) - 6} more' if len(missing) > 6 else '')
+                    self.get_logger().info(f'waiting {now - self._created:.0f} s for: {shown}')
                 return False
             if missing:
                 self.get_logger().warning(f'starting after {self.startup_timeout_s:g} s without: {", ".join(missing)}')
             else:
-                self.get_logger().info(f'swarm up after {now - self._created:.1f} s; first frame in {self.settle_s:g} s')
+                self.get_logger().info(f'swarm up and matched after {now - self._created:.1f} s; '
+                                       f'first frame in {self.settle_s:g} s')
             self._ready_at = now + self.settle_s
         return now >= self._ready_at
 
