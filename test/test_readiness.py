@@ -58,3 +58,57 @@ def test_nodes_that_have_not_reported_come_first():
         'report of /d1/matcher', 'report of /swarm/monitor']
     # without the matcher's report its subscription is not planned yet: it is the missing report that waits
     assert unmatched(reports, ['/d1/perception']) == []
+
+
+def test_status_reports_matches_and_recreates_a_subscription_left_unmatched(ros):
+    """nodes/common.StatusPublisher on real rclpy: its status lists the node's endpoints with their matches,
+    and a subscription that stays short of the publishers in the graph (here one it can never match: a
+    best-effort writer for a reliable reader) is created again once, and still receives afterwards."""
+    import time
+
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+
+    from collab_perception.nodes.common import StatusPublisher
+
+    listener, talker = ros.create_node('listener', namespace='/readiness'), ros.create_node('talker')
+    received, statuses = [], []
+    listener.create_subscription(String, '/readiness/chatter', lambda m: received.append(m.data), 10)
+    status = StatusPublisher(listener, 'readiness/listener', 'test', period_s=0.2, rematch_after=3)
+    talker.create_subscription(DiagnosticArray, '/diagnostics', statuses.append, 10)
+    best_effort = talker.create_publisher(String, '/readiness/chatter',
+                                          QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
+    executor = SingleThreadedExecutor()
+    executor.add_node(listener)
+    executor.add_node(talker)
+
+    def spin_until(done, timeout=10.0):
+        end = time.monotonic() + timeout
+        while not done() and time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.05)
+        return done()
+
+    assert spin_until(lambda: status.recreated)
+    assert status.recreated == {'/readiness/chatter'}
+    chatter = [s for s in listener.subscriptions if s.topic_name == '/readiness/chatter']
+    assert len(chatter) == 1
+    talker.destroy_publisher(best_effort)
+    reliable = talker.create_publisher(String, '/readiness/chatter', 10)
+    assert spin_until(lambda: chatter[0].get_publisher_count() == 1)
+    reliable.publish(String(data='after'))
+    assert spin_until(lambda: received == ['after'])
+
+    def listener_values():
+        for msg in statuses:
+            for s in msg.status:
+                if s.name == 'readiness/listener':
+                    yield {kv.key: kv.value for kv in s.values}
+    assert spin_until(lambda: any(v.get('matched sub /readiness/chatter') == '1' for v in listener_values()))
+    latest = list(listener_values())[-1]
+    assert latest[NODE_KEY] == '/readiness/listener'
+    assert 'matched pub /diagnostics' not in latest                 # infrastructure topics are left out
+    executor.shutdown()
+    listener.destroy_node()
+    talker.destroy_node()

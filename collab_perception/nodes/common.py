@@ -28,7 +28,7 @@ from sensor_msgs.msg import Image
 from ..runtime.codec import CodecError, TensorLimits
 from ..runtime.handshake import AddressError, check_addressing
 from ..runtime.methods import create_method, method_names
-from ..runtime.readiness import NODE_KEY, endpoint_values
+from ..runtime.readiness import INFRASTRUCTURE_TOPICS, NODE_KEY, endpoint_values
 
 
 class ParameterError(ValueError):
@@ -189,16 +189,27 @@ def endpoint_diagnostics(node: Node) -> dict[str, str]:
 
 class StatusPublisher:
     """A diagnostic_msgs status on /diagnostics every `period_s` (rqt_robot_monitor shows it): what
-    `values()` returns as (level, message, key/values), plus the node's matched endpoints."""
+    `values()` returns as (level, message, key/values), plus the node's matched endpoints.
+
+    It also watches the node's subscriptions: one that for `rematch_after` reports in a row has matched
+    fewer publishers than the node's own graph shows on its topic is destroyed and created again, once per
+    topic, with a warning. Under load Fast DDS has left a reader unmatched to a writer that had matched it
+    (a 3-drone test swarm: /drone3/matcher never matched /drone3/perception's output in 30 s, so that drone
+    never replied); a new reader is discovered afresh. A publisher the subscription can never match (another
+    type, incompatible QoS) costs one re-creation and the warning that names it."""
 
     def __init__(self, node: Node, name: str, hardware_id: str,
                  values: Callable[[], tuple[int, str, dict]] = lambda: (DiagnosticStatus.OK, 'ok', {}),
-                 period_s: float = 1.0):
+                 period_s: float = 1.0, rematch_after: int = 3):
         self.node, self.name, self.hardware_id, self.values = node, name, hardware_id, values
+        self.period_s, self.rematch_after = period_s, rematch_after
+        self.short: Counter[str] = Counter()       # topic -> reports in a row short of the graph's publishers
+        self.recreated: set[str] = set()
         self.pub = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
         node.create_timer(period_s, self.publish)
 
     def publish(self) -> None:
+        self.rematch()
         level, message, values = self.values()
         values = {**{k: str(v) for k, v in values.items()}, **endpoint_diagnostics(self.node)}
         status = DiagnosticStatus(level=level, name=self.name, hardware_id=self.hardware_id, message=message,
@@ -206,6 +217,26 @@ class StatusPublisher:
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.node.get_clock().now().to_msg()
         self.pub.publish(msg)
+
+    def rematch(self) -> None:
+        for sub in list(self.node.subscriptions):
+            topic = sub.topic_name
+            if topic in INFRASTRUCTURE_TOPICS or topic in self.recreated:
+                continue
+            graph, matched = self.node.count_publishers(topic), sub.get_publisher_count()
+            if matched >= graph:
+                self.short.pop(topic, None)
+                continue
+            self.short[topic] += 1
+            if self.short[topic] < self.rematch_after:
+                continue
+            self.recreated.add(topic)
+            self.node.get_logger().warning(
+                f'subscription {topic} matched {matched} of the {graph} publishers in the graph for '
+                f'{self.short[topic] * self.period_s:g} s: creating it again')
+            self.node.destroy_subscription(sub)
+            self.node.create_subscription(sub.msg_type, topic, sub.callback, sub.qos_profile,
+                                          callback_group=sub.callback_group, raw=sub.raw)
 
 
 # ---------------------------------------------------------------------------------------------- drone nodes
