@@ -34,16 +34,20 @@ SETTING_TITLES = {'hidden-target': 'Hidden target view', 'accurate-pose': 'Accur
 
 
 def collect(runs_root: str, datasets_root: str, split: str = 'test', progress: bool = True) -> dict:
-    """setting -> method -> evaluation result, for every run with a best.pt."""
+    """setting -> method -> evaluation result, for every finished run (best.pt and train.json: a run still
+    training, or interrupted, counts as not trained yet)."""
+    def finished(run: str) -> bool:
+        return all(os.path.exists(os.path.join(run, f)) for f in ('best.pt', 'train.json'))
+
     results: dict[str, dict] = {}
     for setting in HANDSHAKE_SETTINGS:
         for _, method, _ in ROWS:
             run = os.path.join(runs_root, setting, method)
             trained_on = setting
-            if not os.path.exists(os.path.join(run, 'best.pt')) and (setting, method) in SHARED_RUNS:
+            if not finished(run) and (setting, method) in SHARED_RUNS:
                 trained_on = SHARED_RUNS[setting, method]
                 run = os.path.join(runs_root, trained_on, method)
-            if os.path.exists(os.path.join(run, 'best.pt')):
+            if finished(run):
                 data = os.path.join(datasets_root, setting)
                 r = evaluate_run(run, data, split, progress=progress, setting=setting)
                 if trained_on != setting:
