@@ -401,7 +401,7 @@ def matching_table(results: dict[Row, Optional[dict]]) -> str:
     lines = ['| Run | Q | K | threshold | fusion | Full mIoU | Obstructed mIoU | cells sent (r) | '
              'sent cells exactly right | within one cell | bytes per supporter | '
              'warping grid = ground truth (all cells) | best real bin = ground truth (exact, within one cell) | '
-             'trained (steps, min) |',
+             'best checkpoint (step of iterations, min of training) |',
              '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     done = set()
     for row, result in results.items():

@@ -81,7 +81,7 @@ def table(results: dict) -> str:
 
 def detail_table(results: dict, setting: str) -> str:
     lines = ['| Method | kB/frame (request + replies + connect + features) | Overall acc | mIoU | BIS | '
-             'gap recovered | selection acc | own-head acc | trained (iterations, min) |',
+             'gap recovered | selection acc | own-head acc | best checkpoint (step of iterations, min of training) |',
              '|---|---|---|---|---|---|---|---|---|']
     for _, method, title in ROWS:
         r = results.get(setting, {}).get(method)
