@@ -27,7 +27,8 @@ class SwarmSource(Node):
         self.frames = declare(self, 'frames', 0, '0: run until stopped; N: stop after N snapshots', minimum=0)
         self.startup_timeout_s = declare(self, 'startup_timeout_s', 30.0,
                                          'wait at most this long for the swarm to come up', minimum=0.0)
-        self.settle_s = declare(self, 'settle_s', 1.0, 'once every planned endpoint has matched, wait this long before frame 1', minimum=0.0)
+        self.settle_s = declare(self, 'settle_s', 1.0,
+                                'once every planned endpoint has matched, wait this long before frame 1', minimum=0.0)
         self.drain_s = declare(self, 'drain_s', 1.5, 'after the last snapshot, wait before exiting', minimum=0.0)
         self.expected_nodes = set(filter(None, declare(
             self, 'expected_nodes', [''], 'fully qualified names of every node of the swarm (from the node plan); '
