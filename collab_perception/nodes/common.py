@@ -179,12 +179,16 @@ class RejectCounter:
 
 
 # ---------------------------------------------------------------------------------------------- status
+def endpoint_pairs(node: Node) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(topic, matched peers) of each of the node's publishers and of each of its subscriptions."""
+    return ([(p.topic_name, p.get_subscription_count()) for p in node.publishers],
+            [(s.topic_name, s.get_publisher_count()) for s in node.subscriptions])
+
+
 def endpoint_diagnostics(node: Node) -> dict[str, str]:
     """The node's name and, per topic it publishes or subscribes, how many peers each endpoint has matched
     (runtime/readiness.py: the camera source starts frame 1 when every planned endpoint is matched)."""
-    return {NODE_KEY: node.get_fully_qualified_name(),
-            **endpoint_values(((p.topic_name, p.get_subscription_count()) for p in node.publishers),
-                              ((s.topic_name, s.get_publisher_count()) for s in node.subscriptions))}
+    return {NODE_KEY: node.get_fully_qualified_name(), **endpoint_values(*endpoint_pairs(node))}
 
 
 class StatusPublisher:

@@ -11,10 +11,10 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 
 from ..runtime import topics
-from ..runtime.readiness import NODE_KEY, Endpoints, parse_endpoint_values, unmatched
+from ..runtime.readiness import NODE_KEY, Endpoints, group_endpoints, parse_endpoint_values, unmatched
 from ..world.degrade import DegradeConfig, degrade
 from .camera_publishers import CameraPublishers
-from .common import declare, declare_dataclass, declare_qos, declare_swarm, endpoint_diagnostics
+from .common import declare, declare_dataclass, declare_qos, declare_swarm, endpoint_pairs
 
 
 class SwarmSource(Node):
@@ -45,7 +45,7 @@ class SwarmSource(Node):
         self.cameras = CameraPublishers(self, self.drones, declare_qos(self, 'sensor', 'reliable', 5))
         # the planned nodes' matched endpoints, from their /diagnostics status (runtime/readiness.py)
         self.reports: dict[str, Endpoints] = {}
-        self.create_subscription(DiagnosticArray, '/diagnostics', self.on_diagnostics, 50)
+        self._diagnostics_sub = self.create_subscription(DiagnosticArray, '/diagnostics', self.on_diagnostics, 50)
         self._next_wait_log = time.monotonic() + 5.0
         self.index = 0
         self.finished = False
@@ -62,8 +62,6 @@ class SwarmSource(Node):
         return chosen
 
     def on_diagnostics(self, msg: DiagnosticArray):
-        if self._ready_at is not None:
-            return
         for status in msg.status:
             values = {kv.key: kv.value for kv in status.values}
             node = values.get(NODE_KEY)
@@ -86,7 +84,7 @@ class SwarmSource(Node):
                 missing.append(f'{topic} ({have_pubs}/{pubs} publishers, {have_subs}/{subs} subscribers)')
         if self.expected_nodes:
             me = self.get_fully_qualified_name()
-            reports = {**self.reports, me: parse_endpoint_values(endpoint_diagnostics(self))}
+            reports = {**self.reports, me: group_endpoints(*endpoint_pairs(self))}
             missing += unmatched(reports, self.expected_nodes | {me})
         return missing + [f'subscriber of /{d}/{topics.IMAGE}' for d in self.cameras.image_subscribers_missing()]
 
@@ -109,6 +107,8 @@ class SwarmSource(Node):
                 self.get_logger().info(f'swarm up and matched after {now - self._created:.1f} s; '
                                        f'first frame in {self.settle_s:g} s')
             self._ready_at = now + self.settle_s
+            # the reports served start-up only: stop taking every node's status for the rest of the flight
+            self.destroy_subscription(self._diagnostics_sub)
         return now >= self._ready_at
 
     def maybe_degrade(self, drone: str, rgb: np.ndarray) -> np.ndarray:

@@ -23,15 +23,20 @@ INFRASTRUCTURE_TOPICS = ('/rosout', '/parameter_events', '/diagnostics')
 Endpoints = dict[tuple[str, str], list[int]]        # (kind, topic) -> matched count of each such endpoint
 
 
-def endpoint_values(publishers: Iterable[tuple[str, int]], subscriptions: Iterable[tuple[str, int]]) -> dict[str, str]:
-    """Diagnostic key/values for a node's endpoints, from (topic, matched) pairs."""
+def group_endpoints(publishers: Iterable[tuple[str, int]], subscriptions: Iterable[tuple[str, int]]) -> Endpoints:
+    """A node's endpoints from (topic, matched) pairs, infrastructure topics left out."""
     grouped: Endpoints = defaultdict(list)
     for kind, pairs in (('pub', publishers), ('sub', subscriptions)):
         for topic, matched in pairs:
             if topic not in INFRASTRUCTURE_TOPICS:
                 grouped[(kind, topic)].append(int(matched))
+    return dict(grouped)
+
+
+def endpoint_values(publishers: Iterable[tuple[str, int]], subscriptions: Iterable[tuple[str, int]]) -> dict[str, str]:
+    """Diagnostic key/values for a node's endpoints, from (topic, matched) pairs."""
     return {f'{MATCHED_PREFIX}{kind} {topic}': ','.join(map(str, counts))
-            for (kind, topic), counts in sorted(grouped.items())}
+            for (kind, topic), counts in sorted(group_endpoints(publishers, subscriptions).items())}
 
 
 def parse_endpoint_values(values: Mapping[str, str]) -> Endpoints:
