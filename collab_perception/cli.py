@@ -157,6 +157,7 @@ def build_swarm_summary(cfg, monitor: Optional[dict], evaluator: Optional[dict],
         'returncode': result.returncode,
         'end_reason': result.reason,
         'lost_processes': result.lost,
+        'teardown_timeouts': result.teardown_timeouts,
         'overall': overall,
         'per_drone': per_drone,
         'spatial': spatial_summary(cfg, monitor),
@@ -198,6 +199,9 @@ def format_overall(summary: dict) -> str:
                      + (f' of the label image (max {worst:.3f})' if worst is not None else ''))
     if summary.get('lost_processes'):
         lines.append(f'  LOST       {", ".join(summary["lost_processes"])}')
+    if summary.get('teardown_timeouts'):
+        lines.append(f'  teardown   stuck in Fast DDS, ended by their watchdog after their work: '
+                     f'{", ".join(summary["teardown_timeouts"])}')
     return '\n'.join(lines)
 
 

@@ -8,6 +8,7 @@ import importlib.util
 import os
 import re
 import sys
+import time
 import types
 
 import pytest
@@ -141,3 +142,42 @@ def test_installed_wrappers_run_the_package_code():
         assert os.access(path, os.X_OK), path
         text = open(path).read()
         assert text.startswith('#!/') and f'from {module} import main' in text
+
+
+STUCK_CHILD = '''
+import faulthandler, signal, sys, time
+faulthandler.register(signal.SIGUSR1, all_threads=True)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def hung_in_shutdown():
+    print('ready', flush=True)
+    while True:
+        time.sleep(0.05)
+hung_in_shutdown()
+'''
+
+
+class StuckChildLauncher(EmbeddedLauncher):
+    def commands(self):
+        return [(p, [sys.executable, '-c', STUCK_CHILD]) for p in self.processes]
+
+
+def test_a_child_that_will_not_stop_is_killed_with_its_stack_in_the_output(tmp_path):
+    import io
+    from collab_perception.launch.plan import ProcessSpec
+    out = io.StringIO()
+    spec = ProcessSpec('drone9/perception', 'perception_node', '/drone9', [])
+    launcher = StuckChildLauncher([spec], str(tmp_path), env=dict(os.environ), out=out, grace_s=0.3,
+                                  term_grace_s=0.3, line_filter=lambda label, line: False)  # as --quiet
+    launcher.start()
+    deadline = time.monotonic() + 20
+    while 'ready' not in open(tmp_path / 'logs' / 'drone9__perception.log').read():
+        assert time.monotonic() < deadline, 'the child did not start'
+        time.sleep(0.05)
+    launcher.stop()
+    text = out.getvalue()
+    assert 'sending SIGTERM: drone9/perception' in text and 'killing: drone9/perception' in text
+    # the filter hides the child's ordinary output but not the stack dump that says where it hung
+    assert '[drone9/perception] ready' not in text
+    assert 'in hung_in_shutdown' in text, text
+    assert launcher.children[0].returncode == -9

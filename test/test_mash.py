@@ -296,3 +296,27 @@ def test_tiny_training_lowers_the_loss(tiny_dataset, tmp_path):
     hard = evaluation['variants']['hard@0.5']
     assert 0 <= hard['miou'] <= 1 and hard['target_x'] > 0 and 0 <= evaluation['match_accuracy'] <= 1
     assert os.path.exists(tmp_path / 'run' / 'eval_mash_test.json')
+
+
+def test_init_from_copies_the_backbone_of_another_run(tiny_dataset, tmp_path):
+    from collab_perception.learn.mash_eval import train_command
+    from collab_perception.learn.train import TrainConfig, init_from_checkpoint, load_model, train
+    common = dict(setting='obstruction', data_dir=tiny_dataset, iterations=2, batch_size=2, eval_every=2,
+                  val_batches=1, threads=1, model=SMALL)
+    train(TrainConfig(method='inpainting', out_dir=str(tmp_path / 'inpainting'), **common), progress=False)
+    source, _ = load_model(str(tmp_path / 'inpainting' / 'best.pt'))
+    mash = make('mash', size=128)
+    copied = init_from_checkpoint(mash, str(tmp_path / 'inpainting' / 'best.pt'))
+    assert copied and {name.split('.')[0] for name in copied} == {'encoder', 'own_head'}
+    for name in copied:
+        assert torch.equal(mash.state_dict()[name], source.state_dict()[name]), name
+    # the new heads keep their own initialization; a checkpoint with nothing in common is refused by name
+    with pytest.raises(ValueError, match='no weight of'):
+        init_from_checkpoint(make('outputstack', size=128).stack_fusion, str(tmp_path / 'inpainting' / 'best.pt'))
+    with pytest.raises(ValueError, match='does not exist'):
+        init_from_checkpoint(mash, str(tmp_path / 'missing.pt'))
+    # a run started this way says so in its config and in the command the results table prints
+    train(TrainConfig(method='mash', out_dir=str(tmp_path / 'mash'), lr=0.0, weight_decay=0.0,
+                      init_from=str(tmp_path / 'inpainting' / 'best.pt'), **common), progress=False)
+    config = json.load(open(tmp_path / 'mash' / 'config.json'))
+    assert f'--init-from {tmp_path}/inpainting/best.pt' in train_command(config)

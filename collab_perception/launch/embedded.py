@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, TextIO
 
+from ..runtime.lifecycle import TEARDOWN_ISSUE, TEARDOWN_SIGNAL, TEARDOWN_TIMEOUT_S
 from .plan import PACKAGE, NODE_EXECUTABLES, ProcessSpec, write_params_file
 
 _PR_SET_PDEATHSIG = 1
@@ -64,9 +65,10 @@ class Child:
     spec: ProcessSpec
     argv: list[str]
     popen: subprocess.Popen
-    reader: threading.Thread
+    reader: Optional[threading.Thread]
     returncode: Optional[int] = None
     stopping: bool = False
+    dumping: bool = False       # asked for its stacks (SIGUSR1): every line it prints now is forwarded
 
 
 @dataclass
@@ -76,23 +78,27 @@ class LaunchResult:
     exits: dict[str, int] = field(default_factory=dict)   # label -> exit code
     duration_s: float = 0.0
     lost: dict[str, int] = field(default_factory=dict)    # processes that died while the swarm went on
+    teardown_timeouts: list[str] = field(default_factory=list)   # ended by their teardown watchdog
 
 
 class EmbeddedLauncher:
     def __init__(self, processes: list[ProcessSpec], run_dir: str, env: dict[str, str],
                  out: TextIO = sys.stdout, grace_s: float = 10.0, log_to_files: bool = True,
-                 line_filter: Optional[Callable[[str, str], bool]] = None, on_node_exit: str = 'shutdown'):
+                 line_filter: Optional[Callable[[str, str], bool]] = None, on_node_exit: str = 'shutdown',
+                 term_grace_s: float = 5.0):
         self.processes = processes
         self.run_dir = run_dir
         self.env = env
         self.out = out
-        self.grace_s = grace_s
+        self.grace_s = grace_s              # SIGINT -> SIGTERM
+        self.term_grace_s = term_grace_s    # SIGTERM -> stack dump and SIGKILL
         self.log_to_files = log_to_files
         self.line_filter = line_filter
         if on_node_exit not in ('shutdown', 'continue'):
             raise ValueError(f'on_node_exit must be shutdown or continue, got {on_node_exit!r}')
         self.on_node_exit = on_node_exit
         self.lost: dict[str, int] = {}      # label -> exit code of children that died while the swarm went on
+        self.teardown_timeouts: list[str] = []   # children ended by their teardown watchdog (lifecycle.py)
         self.children: list[Child] = []
         self._lock = threading.Lock()
         self._stop_requested: Optional[str] = None
@@ -103,7 +109,8 @@ class EmbeddedLauncher:
             self.out.write(text + '\n')
             self.out.flush()
 
-    def _forward(self, label: str, stream, log_path: Optional[str]) -> None:
+    def _forward(self, child: Child, stream, log_path: Optional[str]) -> None:
+        label = child.spec.label
         log = open(log_path, 'w', encoding='utf-8') if log_path else None
         try:
             for raw in iter(stream.readline, b''):
@@ -111,7 +118,8 @@ class EmbeddedLauncher:
                 if log:
                     log.write(line + '\n')
                     log.flush()
-                if self.line_filter is None or self.line_filter(label, line):
+                # A stuck child's stack dump always reaches the output (CI keeps no run directories).
+                if child.dumping or self.line_filter is None or self.line_filter(label, line):
                     self.say(f'[{label}] {line}')
         finally:
             stream.close()
@@ -132,9 +140,10 @@ class EmbeddedLauncher:
                                      env=self.env, start_new_session=True, preexec_fn=_die_with_parent)
             log_path = (os.path.join(self.run_dir, 'logs', spec.label.replace('/', '__') + '.log')
                         if self.log_to_files else None)
-            reader = threading.Thread(target=self._forward, args=(spec.label, popen.stdout, log_path), daemon=True)
-            reader.start()
-            self.children.append(Child(spec, argv, popen, reader))
+            child = Child(spec, argv, popen, None)
+            child.reader = threading.Thread(target=self._forward, args=(child, popen.stdout, log_path), daemon=True)
+            child.reader.start()
+            self.children.append(child)
             self.say(f'[launch] started {spec.label} (pid {popen.pid})')
 
     def request_stop(self, why: str) -> None:
@@ -167,11 +176,13 @@ class EmbeddedLauncher:
             stuck = [c.spec.label for c in self.children if c.popen.poll() is None]
             self.say(f'[launch] still running after {self.grace_s:g} s, sending SIGTERM: {", ".join(stuck)}')
             self._signal_all(signal.SIGTERM)
-            if not self._wait_all(5.0):
+            if not self._wait_all(self.term_grace_s):
                 stuck = [c.spec.label for c in self.children if c.popen.poll() is None]
-                self.say(f'[launch] killing: {", ".join(stuck)} (their Python stacks go to their logs first)')
+                self.say(f'[launch] killing: {", ".join(stuck)} (their Python stacks follow)')
+                for child in self.children:
+                    child.dumping = child.popen.poll() is None
                 self._signal_all(signal.SIGUSR1)        # nodes/common.spin_nodes: faulthandler dumps stacks
-                time.sleep(0.5)
+                time.sleep(1.0)
                 self._signal_all(signal.SIGKILL)
                 self._wait_all(5.0)
         for child in self.children:
@@ -222,8 +233,17 @@ class EmbeddedLauncher:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         exits = {c.spec.label: c.returncode for c in self.children}
+        # A node whose DDS teardown deadlocked inside Fast DDS had finished its work; its watchdog ended it
+        # (runtime/lifecycle.py). Said loudly, not a failure of the run.
+        stuck_teardown = [c for c in self.children if c.returncode == -TEARDOWN_SIGNAL and c.stopping]
+        for child in stuck_teardown:
+            log = os.path.join(self.run_dir, 'logs', child.spec.label.replace('/', '__') + '.log')
+            self.say(f'[launch] WARNING: {child.spec.label}: its DDS teardown blocked for {TEARDOWN_TIMEOUT_S} s '
+                     f'(the Fast DDS deadlock {TEARDOWN_ISSUE}); its watchdog ended it after its work was done '
+                     f'(stacks in {log})')
+        self.teardown_timeouts = [c.spec.label for c in stuck_teardown]
         # A child that fails while being stopped (other than by our signals) makes the run fail too.
-        clean = {0, -signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT}
+        clean = {0, -signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, -TEARDOWN_SIGNAL}
         failed = [label for label, code in exits.items() if code not in clean]
         failed = [label for label in failed if label not in self.lost]
         if failed and returncode == 0:
@@ -232,4 +252,5 @@ class EmbeddedLauncher:
             self.say(f'[launch] ERROR: {reason}: ' + ', '.join(f'{l}: {describe_exit(exits[l])}' for l in failed))
         if self.lost:
             reason = 'lost during the run: ' + ', '.join(f'{l} ({describe_exit(c)})' for l, c in self.lost.items())
-        return LaunchResult(returncode, reason, exits, time.monotonic() - t0, dict(self.lost))
+        return LaunchResult(returncode, reason, exits, time.monotonic() - t0, dict(self.lost),
+                            list(self.teardown_timeouts))

@@ -43,6 +43,9 @@ def add_learn_parsers(sub) -> None:
     p.add_argument('--query-size', type=int, default=8, help='m, the broadcast message (default 8)')
     p.add_argument('--key-size', type=int, default=256, help='k, the local key (default 256)')
     p.add_argument('--attention', choices=('general', 'additive', 'scaled_dot'), default='general')
+    p.add_argument('--init-from', default='', metavar='CHECKPOINT',
+                   help='start from the weights of another run whose names and shapes match (e.g. MASH\'s '
+                        'backbone from runs/train/obstruction/inpainting/best.pt); ignored with --resume')
     p.add_argument('--resume', action='store_true', help='continue runs/.../last.pt')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     p.set_defaults(func=cmd_train)
@@ -94,7 +97,7 @@ def cmd_train(args) -> int:
                           f'--setting {args.setting} --frames 2400 --out {data} --workers 2')
     cfg = TrainConfig(method=args.method, setting=args.setting, data_dir=data, out_dir=args.out, seed=args.seed,
                       iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
-                      max_minutes=args.max_minutes, threads=args.threads,
+                      max_minutes=args.max_minutes, threads=args.threads, init_from=args.init_from,
                       model=ModelConfig(query_size=args.query_size, key_size=args.key_size, attention=args.attention))
     result = train(cfg, resume=args.resume, progress=not args.quiet)
     print(f'{result["method"]}/{result["setting"]}: {result["steps"]} steps in {result["elapsed_s"] / 60:.1f} min, '

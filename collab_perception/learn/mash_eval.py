@@ -237,6 +237,8 @@ def train_command(config: dict, run_dir: Optional[str] = None) -> str:
            f'--seed {config["seed"]}')
     if config['method'].startswith('mash'):
         cmd += f' --query-size {m["query_size"]} --key-size {m["key_size"]}'
+    if config.get('init_from'):
+        cmd += f' --init-from {config["init_from"]}'
     default_out = os.path.join('runs', 'train', config['setting'], config['method'])
     out = config.get('out_dir') or run_dir
     if out and os.path.normpath(out) != default_out:

@@ -44,6 +44,7 @@ class TrainConfig:
     val_batches: int = 12               # validation batches per evaluation (the whole split at the end)
     max_minutes: float = 0.0            # 0: no limit; else stop early (the run is marked truncated)
     threads: int = 0                    # torch threads; 0: all cores
+    init_from: str = ''                 # a checkpoint whose same-named, same-shaped weights start this run
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def resolve(self) -> 'TrainConfig':
@@ -121,6 +122,21 @@ def load_model(checkpoint: str) -> tuple[CollabModel, dict]:
     return model, ckpt
 
 
+def init_from_checkpoint(model: CollabModel, checkpoint: str) -> list[str]:
+    """Copy every weight of `checkpoint` whose name and shape match one of `model` (e.g. MASH's backbone from
+    an Inpainting run: same encoder, same own head). Returns the names copied; raises ValueError naming the
+    checkpoint when nothing matches."""
+    if not os.path.exists(checkpoint):
+        raise ValueError(f'--init-from: {checkpoint} does not exist')
+    source = torch.load(checkpoint, map_location='cpu', weights_only=False)['model']
+    own = model.state_dict()
+    copied = {k: v for k, v in source.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    if not copied:
+        raise ValueError(f'--init-from: no weight of {checkpoint} has a name and shape of this {type(model).__name__}')
+    model.load_state_dict({**own, **copied}, strict=True)
+    return sorted(copied)
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     cfg = cfg.resolve()
     if cfg.threads:
@@ -149,6 +165,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             history = json.load(open(history_path))['history']
             best = max((h['val_accuracy'] for h in history), default=-1.0)
         train_loader.loader.epoch = step // max(1, len(train_loader))   # resume the data order, epoch-wise
+    elif cfg.init_from:
+        copied = init_from_checkpoint(model, cfg.init_from)
+        modules = sorted({name.split('.')[0] for name in copied})
+        print(f'{cfg.method}/{cfg.setting}: {len(copied)} of {len(model.state_dict())} weights from '
+              f'{cfg.init_from} ({", ".join(modules)})')
     with open(os.path.join(cfg.out_dir, 'config.json'), 'w') as f:
         json.dump(config_dict(cfg), f, indent=2)
 

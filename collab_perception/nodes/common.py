@@ -27,6 +27,7 @@ from sensor_msgs.msg import Image
 
 from ..runtime.codec import CodecError, TensorLimits
 from ..runtime.handshake import AddressError, check_addressing
+from ..runtime.lifecycle import TEARDOWN_SIGNAL, TEARDOWN_TIMEOUT_S
 from ..runtime.methods import create_method, method_names
 from ..runtime.readiness import INFRASTRUCTURE_TOPICS, NODE_KEY, endpoint_values
 
@@ -319,8 +320,9 @@ def spin_nodes(factories: Sequence[Callable[[], Node]], args: Optional[list[str]
     A node that cannot start (bad parameter, missing model, unreachable server) logs why and the process
     exits with 2, so the launcher reports it by name. SIGINT / SIGTERM end the spin; the nodes' `close()`
     then runs while the context is still valid (the monitor writes its summary and can still log), and only
-    then is rclpy shut down. A node whose `finished` attribute becomes True (the camera source after its
-    last frame) ends the spin with exit code 0. An exception escaping a callback is a bug: the process exits
+    then are the DDS entities destroyed and rclpy shut down, under a watchdog that ends the process with
+    TEARDOWN_SIGNAL if Fast DDS deadlocks there (runtime/lifecycle.py). A node whose `finished` attribute
+    becomes True (the camera source after its last frame) ends the spin with exit code 0. An exception escaping a callback is a bug: the process exits
     non-zero with its traceback, and the launcher reports it.
     """
     rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
@@ -391,7 +393,15 @@ def spin_nodes(factories: Sequence[Callable[[], Node]], args: Optional[list[str]
                     close()
                 except Exception as e:  # noqa: BLE001 - report, keep shutting down the others
                     n.get_logger().error(f'error while closing: {e}')
+        # The DDS teardown runs under a kernel-level watchdog: it can deadlock inside Fast DDS, holding the
+        # GIL (runtime/lifecycle.py), so only a signal with its default action can end the process then.
+        faulthandler.dump_traceback_later(max(TEARDOWN_TIMEOUT_S - 1, 1), exit=False)
+        signal.signal(TEARDOWN_SIGNAL, signal.SIG_DFL)
+        signal.alarm(TEARDOWN_TIMEOUT_S)
+        for n in reversed(nodes):
             n.destroy_node()
         rclpy.try_shutdown()
+        signal.alarm(0)
+        faulthandler.cancel_dump_traceback_later()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
