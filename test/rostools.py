@@ -2,6 +2,7 @@
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import rclpy
@@ -64,3 +65,25 @@ def descendants(pid):
         out |= children
         frontier = children
     return out
+
+
+def script_launcher(scripts, run_dir, **kwargs):
+    """An EmbeddedLauncher whose children run small Python scripts instead of nodes: {label: source}."""
+    from collab_perception.launch.embedded import EmbeddedLauncher
+    from collab_perception.launch.plan import ProcessSpec
+
+    class ScriptLauncher(EmbeddedLauncher):
+        def commands(self):
+            return [(p, [sys.executable, '-c', scripts[p.label]]) for p in self.processes]
+
+    specs = [ProcessSpec(label, 'perception_node', '/' + label.split('/')[0], []) for label in scripts]
+    return ScriptLauncher(specs, str(run_dir), env=dict(os.environ), **kwargs)
+
+
+def wait_until_children_print(launcher, text, timeout=30.0):
+    """Wait until every child of a started launcher has written `text` to its log."""
+    logs = [launcher.log_path(p.label) for p in launcher.processes]
+    deadline = time.monotonic() + timeout
+    while not all(os.path.exists(log) and text in open(log).read() for log in logs):
+        assert time.monotonic() < deadline, f'the children did not print {text!r} within {timeout:g} s'
+        time.sleep(0.05)

@@ -8,7 +8,6 @@ import importlib.util
 import os
 import re
 import sys
-import time
 import types
 
 import pytest
@@ -157,23 +156,14 @@ hung_in_shutdown()
 '''
 
 
-class StuckChildLauncher(EmbeddedLauncher):
-    def commands(self):
-        return [(p, [sys.executable, '-c', STUCK_CHILD]) for p in self.processes]
-
-
 def test_a_child_that_will_not_stop_is_killed_with_its_stack_in_the_output(tmp_path):
     import io
-    from collab_perception.launch.plan import ProcessSpec
+    from rostools import script_launcher, wait_until_children_print
     out = io.StringIO()
-    spec = ProcessSpec('drone9/perception', 'perception_node', '/drone9', [])
-    launcher = StuckChildLauncher([spec], str(tmp_path), env=dict(os.environ), out=out, grace_s=0.3,
-                                  term_grace_s=0.3, line_filter=lambda label, line: False)  # as --quiet
+    launcher = script_launcher({'drone9/perception': STUCK_CHILD}, tmp_path, out=out, grace_s=0.3,
+                               term_grace_s=0.3, line_filter=lambda label, line: False)  # as --quiet
     launcher.start()
-    deadline = time.monotonic() + 20
-    while 'ready' not in open(tmp_path / 'logs' / 'drone9__perception.log').read():
-        assert time.monotonic() < deadline, 'the child did not start'
-        time.sleep(0.05)
+    wait_until_children_print(launcher, 'ready', timeout=20)
     launcher.stop()
     text = out.getvalue()
     assert 'sending SIGTERM: drone9/perception' in text and 'killing: drone9/perception' in text

@@ -13,9 +13,8 @@ import sys
 import time
 
 import pytest
+from rostools import script_launcher, wait_until_children_print
 
-from collab_perception.launch.embedded import EmbeddedLauncher
-from collab_perception.launch.plan import ProcessSpec
 from collab_perception.runtime.lifecycle import TEARDOWN_SIGNAL, TEARDOWN_TIMEOUT_S
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -52,29 +51,16 @@ def test_a_node_stuck_in_its_dds_teardown_is_ended_by_its_watchdog():
     assert elapsed < TEARDOWN_TIMEOUT_S + 20, elapsed
 
 
-def run_until_ready_then_stop(launcher, run_dir):
+def run_until_ready_then_stop(launcher):
     """Run the launcher in a thread; once every child printed 'ready', ask it to stop; its LaunchResult."""
     import threading
     results = []
     runner = threading.Thread(target=lambda: results.append(launcher.run(timeout_s=60)))
     runner.start()
-    deadline = time.monotonic() + 30
-    logs = [os.path.join(run_dir, 'logs', p.label.replace('/', '__') + '.log') for p in launcher.processes]
-    while not all(os.path.exists(log) and 'ready' in open(log).read() for log in logs):
-        assert time.monotonic() < deadline, 'the children did not start'
-        time.sleep(0.05)
+    wait_until_children_print(launcher, 'ready')
     launcher.request_stop('test over')
     runner.join(60)
     return results[0]
-
-
-class ScriptLauncher(EmbeddedLauncher):
-    def __init__(self, scripts, *args, **kwargs):
-        self.scripts = scripts
-        super().__init__(*args, **kwargs)
-
-    def commands(self):
-        return [(p, [sys.executable, '-c', self.scripts[p.label]]) for p in self.processes]
 
 
 def test_the_launcher_reports_a_teardown_watchdog_as_a_warning_and_a_crash_as_a_failure(tmp_path):
@@ -82,10 +68,8 @@ def test_the_launcher_reports_a_teardown_watchdog_as_a_warning_and_a_crash_as_a_
                         'print("ready", flush=True)\nwhile True: time.sleep(0.05)\n')
     scripts = {'drone1/fusion': ends_by_watchdog,
                'drone2/matcher': 'import time\nprint("ready", flush=True)\nwhile True: time.sleep(0.05)\n'}
-    specs = [ProcessSpec(label, 'perception_node', '/' + label.split('/')[0], []) for label in scripts]
     out = io.StringIO()
-    launcher = ScriptLauncher(scripts, specs, str(tmp_path / 'a'), env=dict(os.environ), out=out, grace_s=8.0)
-    result = run_until_ready_then_stop(launcher, str(tmp_path / 'a'))
+    result = run_until_ready_then_stop(script_launcher(scripts, tmp_path / 'a', out=out, grace_s=8.0))
     text = out.getvalue()
     assert result.returncode == 0, text
     assert result.teardown_timeouts == ['drone1/fusion'] and result.exits['drone1/fusion'] == -signal.SIGALRM
@@ -96,7 +80,6 @@ def test_the_launcher_reports_a_teardown_watchdog_as_a_warning_and_a_crash_as_a_
     scripts['drone1/fusion'] = ('import os, signal, time\nsignal.signal(signal.SIGINT, lambda *a: os.abort())\n'
                                 'print("ready", flush=True)\nwhile True: time.sleep(0.05)\n')
     out = io.StringIO()
-    launcher = ScriptLauncher(scripts, specs, str(tmp_path / 'b'), env=dict(os.environ), out=out, grace_s=8.0)
-    result = run_until_ready_then_stop(launcher, str(tmp_path / 'b'))
+    result = run_until_ready_then_stop(script_launcher(scripts, tmp_path / 'b', out=out, grace_s=8.0))
     assert result.returncode == 1 and 'drone1/fusion failed while stopping' in result.reason, out.getvalue()
     assert result.teardown_timeouts == []

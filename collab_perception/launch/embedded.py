@@ -66,6 +66,7 @@ class Child:
     argv: list[str]
     popen: subprocess.Popen
     reader: Optional[threading.Thread]
+    log_path: Optional[str]     # its output, line by line (None: log_to_files off)
     returncode: Optional[int] = None
     stopping: bool = False
     dumping: bool = False       # asked for its stacks (SIGUSR1): every line it prints now is forwarded
@@ -98,7 +99,6 @@ class EmbeddedLauncher:
             raise ValueError(f'on_node_exit must be shutdown or continue, got {on_node_exit!r}')
         self.on_node_exit = on_node_exit
         self.lost: dict[str, int] = {}      # label -> exit code of children that died while the swarm went on
-        self.teardown_timeouts: list[str] = []   # children ended by their teardown watchdog (lifecycle.py)
         self.children: list[Child] = []
         self._lock = threading.Lock()
         self._stop_requested: Optional[str] = None
@@ -109,9 +109,13 @@ class EmbeddedLauncher:
             self.out.write(text + '\n')
             self.out.flush()
 
-    def _forward(self, child: Child, stream, log_path: Optional[str]) -> None:
+    def log_path(self, label: str) -> str:
+        """Where a child's output goes: <run_dir>/logs/<drone>__<node>.log."""
+        return os.path.join(self.run_dir, 'logs', label.replace('/', '__') + '.log')
+
+    def _forward(self, child: Child, stream) -> None:
         label = child.spec.label
-        log = open(log_path, 'w', encoding='utf-8') if log_path else None
+        log = open(child.log_path, 'w', encoding='utf-8') if child.log_path else None
         try:
             for raw in iter(stream.readline, b''):
                 line = raw.decode('utf-8', errors='replace').rstrip('\n')
@@ -138,10 +142,8 @@ class EmbeddedLauncher:
         for spec, argv in self.commands():
             popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=self.env, start_new_session=True, preexec_fn=_die_with_parent)
-            log_path = (os.path.join(self.run_dir, 'logs', spec.label.replace('/', '__') + '.log')
-                        if self.log_to_files else None)
-            child = Child(spec, argv, popen, None)
-            child.reader = threading.Thread(target=self._forward, args=(child, popen.stdout, log_path), daemon=True)
+            child = Child(spec, argv, popen, None, self.log_path(spec.label) if self.log_to_files else None)
+            child.reader = threading.Thread(target=self._forward, args=(child, popen.stdout), daemon=True)
             child.reader.start()
             self.children.append(child)
             self.say(f'[launch] started {spec.label} (pid {popen.pid})')
@@ -237,11 +239,9 @@ class EmbeddedLauncher:
         # (runtime/lifecycle.py). Said loudly, not a failure of the run.
         stuck_teardown = [c for c in self.children if c.returncode == -TEARDOWN_SIGNAL and c.stopping]
         for child in stuck_teardown:
-            log = os.path.join(self.run_dir, 'logs', child.spec.label.replace('/', '__') + '.log')
             self.say(f'[launch] WARNING: {child.spec.label}: its DDS teardown blocked for {TEARDOWN_TIMEOUT_S} s '
                      f'(the Fast DDS deadlock {TEARDOWN_ISSUE}); its watchdog ended it after its work was done '
-                     f'(stacks in {log})')
-        self.teardown_timeouts = [c.spec.label for c in stuck_teardown]
+                     f'(stacks in {child.log_path or "its output above"})')
         # A child that fails while being stopped (other than by our signals) makes the run fail too.
         clean = {0, -signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, -TEARDOWN_SIGNAL}
         failed = [label for label, code in exits.items() if code not in clean]
@@ -253,4 +253,4 @@ class EmbeddedLauncher:
         if self.lost:
             reason = 'lost during the run: ' + ', '.join(f'{l} ({describe_exit(c)})' for l, c in self.lost.items())
         return LaunchResult(returncode, reason, exits, time.monotonic() - t0, dict(self.lost),
-                            list(self.teardown_timeouts))
+                            [c.spec.label for c in stuck_teardown])

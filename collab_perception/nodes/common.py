@@ -322,8 +322,8 @@ def spin_nodes(factories: Sequence[Callable[[], Node]], args: Optional[list[str]
     then runs while the context is still valid (the monitor writes its summary and can still log), and only
     then are the DDS entities destroyed and rclpy shut down, under a watchdog that ends the process with
     TEARDOWN_SIGNAL if Fast DDS deadlocks there (runtime/lifecycle.py). A node whose `finished` attribute
-    becomes True (the camera source after its last frame) ends the spin with exit code 0. An exception escaping a callback is a bug: the process exits
-    non-zero with its traceback, and the launcher reports it.
+    becomes True (the camera source after its last frame) ends the spin with exit code 0. An exception
+    escaping a callback is a bug: the process exits non-zero with its traceback, and the launcher reports it.
     """
     rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
