@@ -3,7 +3,8 @@
 Network safety is not optional (README, "Safety"): DDS discovery stays on this machine
 (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST), Fast DDS gets a profile with only shared memory and UDP on
 127.0.0.1 (config/fastdds_localhost.xml), logs go to a temporary ROS_HOME, and every run gets its own
-ROS_DOMAIN_ID so that concurrent runs on one host do not see each other. scripts/env.sh sets the same
+ROS_DOMAIN_ID so that concurrent runs on one host do not see each other. Libraries that would phone home
+(ONNX Runtime's telemetry) are switched off (collab_perception.OFFLINE_ENV). scripts/env.sh sets the same
 values for shells; this module applies them to the processes the Python code starts.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import random
 import tempfile
 from typing import Mapping, MutableMapping, Optional
 
+from . import OFFLINE_ENV
 from .config import resource_path
 
 FASTDDS_PROFILE_NAME = 'fastdds_localhost.xml'
@@ -36,7 +38,7 @@ def safe_ros_env(base: Optional[Mapping[str, str]] = None, domain_id: Optional[i
                  ros_home: Optional[str] = None) -> dict[str, str]:
     """A copy of `base` (default: os.environ) with the project's safe ROS settings applied.
 
-    The discovery range and the Fast DDS profile are always forced; ROS_DOMAIN_ID and ROS_HOME are kept
+    The discovery range, the Fast DDS profile and OFFLINE_ENV (telemetry off) are always forced; ROS_DOMAIN_ID and ROS_HOME are kept
     from `base` unless given (a fresh ROS_HOME under /tmp is made when `base` has none).
     """
     env = dict(os.environ if base is None else base)
@@ -44,6 +46,7 @@ def safe_ros_env(base: Optional[Mapping[str, str]] = None, domain_id: Optional[i
     env.pop('ROS_STATIC_PEERS', None)
     env['FASTDDS_DEFAULT_PROFILES_FILE'] = fastdds_profile_path()
     env['RMW_IMPLEMENTATION'] = 'rmw_fastrtps_cpp'
+    env.update(OFFLINE_ENV)
     if domain_id is not None:
         env['ROS_DOMAIN_ID'] = str(domain_id)
     elif not env.get('ROS_DOMAIN_ID'):
@@ -61,7 +64,7 @@ def apply_safe_ros_env(environ: MutableMapping[str, str] = os.environ, domain_id
     """Apply safe_ros_env() to this process, before rclpy.init() (the RMW reads it at init)."""
     env = safe_ros_env(environ, domain_id=domain_id, ros_home=ros_home)
     for key in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'FASTDDS_DEFAULT_PROFILES_FILE', 'RMW_IMPLEMENTATION',
-                'ROS_DOMAIN_ID', 'ROS_HOME', 'ROS_LOG_DIR'):
+                'ROS_DOMAIN_ID', 'ROS_HOME', 'ROS_LOG_DIR', *OFFLINE_ENV):
         environ[key] = env[key]
     environ.pop('ROS_STATIC_PEERS', None)
     return env

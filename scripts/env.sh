@@ -2,7 +2,8 @@
 # that keeps DDS on this machine. Nodes, tests and the demo all run under it.
 #   ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a Fast DDS profile with only shared memory and UDP on
 #   127.0.0.1 (config/fastdds_localhost.xml), ROS_HOME in a temporary folder, and a ROS_DOMAIN_ID
-#   (kept if already set; otherwise one drawn per shell in 1..100).
+#   (kept if already set; otherwise one drawn per shell in 1..100), and ONNX Runtime's telemetry off
+#   (ORT_DISABLE_TELEMETRY=1: its wheels otherwise look up a Microsoft host from every process).
 # collab_perception/rosenv.py applies the same settings to every process the Python code starts.
 _cp_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [ ! -f "$_cp_root/install/setup.bash" ]; then
@@ -20,6 +21,7 @@ COLCON_TRACE= source "$_cp_root/install/setup.bash"
 export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export FASTDDS_DEFAULT_PROFILES_FILE=$_cp_root/config/fastdds_localhost.xml
+export ORT_DISABLE_TELEMETRY=1
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( (RANDOM % 100) + 1 ))}
 if [ -z "${ROS_HOME:-}" ] || [ "${ROS_HOME#/tmp/}" = "$ROS_HOME" ]; then
   ROS_HOME=$(mktemp -d -t collab-ros-home.XXXXXX)

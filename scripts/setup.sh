@@ -4,6 +4,7 @@
 #   2. the ROS wheels' CMake fix-up (scripts/fix_wheel_cmake.sh)
 #   3. colcon build of this very package (msg/ + Python package + node wrappers) into ./install
 #   4. `collab-perception` console script (pip install -e . --no-deps)
+#   5. strace, for the network-safety tests (apt-get, when it is missing and this is root)
 # Idempotent; a second run takes a few seconds. Source scripts/env.sh afterwards.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -63,5 +64,15 @@ if [ ! -x "$venv/bin/collab-perception" ] || [ setup.py -nt "$venv/bin/collab-pe
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . > log/pip-editable.txt 2>&1 \
     || { cat log/pip-editable.txt >&2; exit 1; }
   touch "$venv/bin/collab-perception"
+fi
+# The network-safety tests watch every process with strace (a Debian package, not a wheel).
+if ! command -v strace > /dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+    echo "setup: installing strace (test/test_network_safety.py traces the network calls of the swarm)"
+    { apt-get update -qq && apt-get install -y -qq strace; } > log/apt-strace.txt 2>&1 \
+      || { cat log/apt-strace.txt >&2; echo "setup: could not install strace" >&2; exit 1; }
+  else
+    echo "setup: strace is missing; test/test_network_safety.py needs it (apt-get install strace)" >&2
+  fi
 fi
 echo "setup: done in $(( $(date +%s) - t0 )) s. Next: source scripts/env.sh"
