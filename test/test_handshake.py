@@ -147,6 +147,36 @@ def test_silent_peer_is_no_longer_waited_for():
     assert t.expected_repliers() == [2, 3]
 
 
+def test_silent_peer_that_answers_in_time_again_is_waited_for_again():
+    t = tracker(silent_after=2)
+    for k in range(2):     # peer 4 is stalled: two frames without its reply
+        stamp = S0 + k * 1000 * MS
+        t.on_own(stamp, 'own', True, now_ns=stamp)
+        t.on_reply(stamp, 2, 0.5, stamp)
+        t.on_reply(stamp, 3, 0.1, stamp)
+        t.on_time(stamp + 100 * MS)
+        t.on_features(stamp, 2, 'f', stamp + 101 * MS)
+    assert t.expected_repliers() == [2, 3]
+    stamp = S0 + 2000 * MS  # it is back: its reply comes within the reply timeout, after 2 and 3 completed the frame
+    t.on_own(stamp, 'own', True, now_ns=stamp)
+    t.on_reply(stamp, 2, 0.5, stamp + 5 * MS)
+    assert only(t.on_reply(stamp, 3, 0.1, stamp + 6 * MS), Connect).receivers == [2]
+    assert t.on_reply(stamp, 4, 0.9, stamp + 30 * MS) == [] and t.counters['late'] == 1
+    assert t.expected_repliers() == [2, 3, 4]
+    t.on_features(stamp, 2, 'f', stamp + 40 * MS)
+    # a reply after the reply timeout (even of a finished frame) is no sign of life
+    stamp = S0 + 3000 * MS
+    for k in range(2):
+        s = stamp + k * 1000 * MS
+        t.on_own(s, 'own', True, now_ns=s)
+        t.on_reply(s, 2, 0.5, s)
+        t.on_reply(s, 3, 0.1, s)
+        t.on_time(s + 100 * MS)
+        t.on_features(s, 2, 'f', s + 101 * MS)
+        t.on_reply(s, 4, 0.9, s + 150 * MS)
+    assert t.expected_repliers() == [2, 3]
+
+
 def test_bounded_memory_counts_evicted_frames():
     t = tracker(capacity=4)
     for k in range(10):
@@ -172,6 +202,21 @@ def test_supporter_cache_answers_parked_requests_when_own_output_arrives():
     cache.add_own(S0 + 1, 'a')
     cache.add_own(S0 + 2, 'b')
     assert cache.own(S0) is None and cache.own(S0 + 2) == 'b'
+
+
+def test_supporter_cache_drops_requests_whose_deadline_passed():
+    cache = SupporterCache(capacity=4)
+    cache.add_own(S0, 'own')
+    # a supporter resumed after a stall: the request of S0 (deadline S0 + 300 ms) is handled 3 s late
+    assert cache.request(S0, 1, 'q', expires_ns=S0 + 300 * MS, now_ns=S0 + 3000 * MS) is False
+    assert cache.counters['stale_requests'] == 1 and cache.pending == []
+    assert cache.request(S0, 1, 'q', expires_ns=S0 + 300 * MS, now_ns=S0 + 299 * MS) is True
+    # parked before its own output came, which then arrives after the deadline: not answered
+    assert cache.request(S0 + 1, 2, 'q2', expires_ns=S0 + 300 * MS, now_ns=S0 + 10 * MS) is False
+    assert cache.add_own(S0 + 1, 'late', now_ns=S0 + 400 * MS) == []
+    assert cache.counters['stale_requests'] == 2 and cache.pending == []
+    assert cache.request(S0 + 2, 3, 'q3', expires_ns=S0 + 300 * MS, now_ns=S0 + 10 * MS) is False
+    assert [p.sender for p in cache.add_own(S0 + 2, 'own2', now_ns=S0 + 200 * MS)] == [3]
 
 
 def test_stamp_ring_evicts_oldest():

@@ -12,7 +12,8 @@ import pytest
 from rclpy.serialization import serialize_message
 from std_msgs.msg import Header
 
-from collab_perception.msg import Connect, FeatureMap, Reply, Request
+from collab_perception.config import default_config_path
+from collab_perception.msg import Connect, FeatureMap, FusionInfo, Reply, Request
 from collab_perception.runtime.codec import encode_tensor
 
 from rostools import spin_until
@@ -90,3 +91,40 @@ def test_malformed_messages_are_rejected_and_counted(tmp_path, ros):
     d1 = summary['per_drone']['drone1']
     assert summary['frames'] == 35 and d1['segmentations'] == 35 and d1['frames_without_segmentation'] == 0
     assert summary['overall']['rejected_messages'] == 9
+
+
+def test_paused_supporter_drops_its_stale_backlog_and_the_swarm_recovers_within_a_second(tmp_path, ros):
+    """The demo's learned handshake (3 drones): drone2's matcher is stopped (SIGSTOP) for 3 s and resumed.
+    While it is paused drone1 selects among the others; on resume drone2 drops the requests whose deadline
+    has passed instead of answering them, and from 1 s after the resume every frame is fused with both
+    replies again. Deadlines are wider than the demo's so that a loaded CI machine's slow frames are not
+    taken for the fault."""
+    infos = []
+    node = ros.create_node('test_fusion_listener')
+    node.create_subscription(FusionInfo, '/drone1/fusion/info', infos.append, 100)
+    swarm = Swarm('--run-dir', str(tmp_path), '--frames', '40', '--drones', '3', '--quiet',
+                  '--set', 'swarm.rate_hz=5', '--set', 'drone_defaults.deadline_ms=600',
+                  '--set', 'drone_defaults.reply_timeout_ms=250', config=default_config_path())
+    assert spin_until(node, lambda: len(infos) >= 8 or swarm.proc.poll() is not None, timeout=90), swarm.output
+    matcher = swarm.pids()['drone2/matcher']
+    os.kill(matcher, signal.SIGSTOP)
+    spin_until(node, lambda: False, timeout=3.0)
+    os.kill(matcher, signal.SIGCONT)
+    resumed_s = time.time()
+    spin_until(node, lambda: swarm.proc.poll() is not None, timeout=60)
+    spin_until(node, lambda: False, timeout=0.5)
+    code, summary = finish(swarm, tmp_path)
+    node.destroy_node()
+    assert code == 0, summary['end_reason']
+    d1 = summary['per_drone']['drone1']
+    assert summary['frames'] == 40 and d1['segmentations'] == 40, d1
+    assert d1['frames_without_segmentation'] == 0 and d1['frames_with_several_segmentations'] == 0
+    assert int(summary['evaluator']['diagnostics']['drone2/matcher']['stale_requests']) >= 1
+    assert summary['overall']['fused_accuracy'] >= summary['overall']['own_accuracy']
+    requested = [i for i in infos if i.requested]
+    stamp_s = [i.header.stamp.sec + i.header.stamp.nanosec * 1e-9 for i in requested]
+    after = [i for i, s in zip(requested, stamp_s) if s >= resumed_s + 1.0]
+    assert len(after) >= 10, (len(after), len(requested))
+    assert not any(i.fallback for i in after), [(list(i.answered), i.fallback) for i in after]
+    full = sum(len(i.answered) == 2 for i in after)
+    assert full >= 0.9 * len(after), [list(i.answered) for i in after]

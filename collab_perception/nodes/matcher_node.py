@@ -86,7 +86,8 @@ class MatcherNode(DroneNode):
 
     def counters(self) -> dict[str, int]:
         return {'replies': self.replies, 'features_sent': self.features_sent, 'patch_cells': self.patch_cells,
-                'expired_requests': self.cache.counters['expired_requests']}
+                'expired_requests': self.cache.counters['expired_requests'],
+                'stale_requests': self.cache.counters['stale_requests']}
 
     # ------------------------------------------------------------------ local input
     def on_own(self, msg: PerceptionOutput):
@@ -102,7 +103,7 @@ class MatcherNode(DroneNode):
         self._own_ready(stamp_ns, own)
 
     def _own_ready(self, stamp_ns: int, own) -> None:
-        for pending in self.cache.add_own(stamp_ns, own):
+        for pending in self.cache.add_own(stamp_ns, own, self.get_clock().now().nanoseconds):
             self.answer(pending.stamp_ns, pending.sender, pending.query, own)
 
     def on_image(self, msg: Image):
@@ -156,7 +157,8 @@ class MatcherNode(DroneNode):
                         f'got {len(pose)} values')
             return
         deadline_ns = (msg.deadline_ms * 1_000_000) or self.default_deadline_ns
-        if self.cache.request(stamp_ns, msg.sender, (query, pose), stamp_ns + deadline_ns):
+        if self.cache.request(stamp_ns, msg.sender, (query, pose), stamp_ns + deadline_ns,
+                              self.get_clock().now().nanoseconds):
             self.answer(stamp_ns, msg.sender, (query, pose), self.cache.own(stamp_ns))
 
     def answer(self, stamp_ns: int, requester: int, request, own):

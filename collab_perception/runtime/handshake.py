@@ -173,6 +173,10 @@ class RequesterTracker:
         self.counters: Counter[str] = Counter()
 
     # -- helpers
+    @property
+    def _reply_window_ns(self) -> int:
+        return self.deadline_ns if self.spatial else self.reply_timeout_ns
+
     def expected_repliers(self) -> list[int]:
         """Peers we wait for; a peer silent for `silent_after` frames is not waited for (still asked)."""
         return [p for p in self.peers if self._missed[p] < self.silent_after]
@@ -197,7 +201,7 @@ class RequesterTracker:
         times = []
         for stamp, frame in self._frames.items():
             if frame.phase == 'collecting':
-                times.append(stamp + (self.deadline_ns if self.spatial else self.reply_timeout_ns))
+                times.append(stamp + self._reply_window_ns)
             elif frame.phase == 'connecting':
                 times.append(stamp + self.deadline_ns)
         return min(times) if times else None
@@ -227,11 +231,17 @@ class RequesterTracker:
         if not math.isfinite(score):
             self.counters['bad_score'] += 1
             return []
+        known = self._frames.get(stamp_ns)
+        if (known is None and stamp_ns in self._done) or (known is not None and known.phase != 'collecting'):
+            self.counters['late'] += 1
+            if now_ns is not None and now_ns < stamp_ns + self._reply_window_ns:
+                # in time, only no longer waited for (the frame completed without a silent peer): it is
+                # back. Without this a peer that once missed `silent_after` frames would stay silent for
+                # good, its replies always overtaken by the others', and the frame fused on fewer views.
+                self._missed[sender] = 0
+            return []
         frame = self._frame(stamp_ns)
         if frame is None:
-            return []
-        if frame.phase != 'collecting':
-            self.counters['late'] += 1
             return []
         if sender in frame.scores:
             self.counters['duplicate'] += 1
@@ -278,8 +288,7 @@ class RequesterTracker:
         if frame.phase == 'collecting':
             expected = set(self.expected_repliers())
             all_in = expected.issubset(frame.scores) and (expected or frame.scores or not self.peers)
-            wait_ns = self.deadline_ns if self.spatial else self.reply_timeout_ns
-            timed_out = now_ns is not None and now_ns >= frame.stamp_ns + wait_ns
+            timed_out = now_ns is not None and now_ns >= frame.stamp_ns + self._reply_window_ns
             if not (all_in or timed_out):
                 return actions
             for peer in self.peers:
@@ -335,6 +344,10 @@ class SupporterCache:
     `add_own` returns the pending requests for that stamp that can now be answered; `request` returns
     True when the request can be answered at once (own output cached), else parks it until
     `expires_ns` (the requester's deadline); `expire(now_ns)` drops parked requests that are too old.
+    Given `now_ns`, `request` and `add_own` also drop requests whose deadline has passed (counted as
+    `stale_requests`): an answer to them is discarded by the requester, and a supporter that was stalled
+    (paused, overloaded) would otherwise spend its next seconds on a backlog of them while the frames
+    that can still be helped wait.
     """
 
     def __init__(self, capacity: int = 16, max_pending: int = 64):
@@ -343,16 +356,23 @@ class SupporterCache:
         self.max_pending = max_pending
         self.counters: Counter[str] = Counter()
 
-    def add_own(self, stamp_ns: int, own: Any) -> list[PendingRequest]:
+    def add_own(self, stamp_ns: int, own: Any, now_ns: Optional[int] = None) -> list[PendingRequest]:
         self._own.put(stamp_ns, own)
         ready = [p for p in self._pending if p.stamp_ns == stamp_ns]
         self._pending = [p for p in self._pending if p.stamp_ns != stamp_ns]
+        if now_ns is not None:
+            live = [p for p in ready if p.expires_ns > now_ns]
+            self.counters['stale_requests'] += len(ready) - len(live)
+            ready = live
         return ready
 
     def own(self, stamp_ns: int) -> Any:
         return self._own.get(stamp_ns)
 
-    def request(self, stamp_ns: int, sender: int, query: Any, expires_ns: int) -> bool:
+    def request(self, stamp_ns: int, sender: int, query: Any, expires_ns: int, now_ns: Optional[int] = None) -> bool:
+        if now_ns is not None and now_ns >= expires_ns:
+            self.counters['stale_requests'] += 1
+            return False
         if stamp_ns in self._own:
             return True
         if len(self._pending) >= self.max_pending:
