@@ -29,6 +29,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from benchtools import emit_table
+
 
 @dataclass
 class Frame:
@@ -181,10 +183,7 @@ def main(argv=None) -> int:
               f'recovery after the fault: {"never" if recovery is None else f"{recovery:.2f} s"}; '
               f'stale requests dropped: {stale}']
     table = '\n'.join(header + rows + footer)
-    print(table)
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write(table + '\n')
+    emit_table(table, args.out)
     return 0
 
 

@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 
+from benchtools import emit_table
+
 
 def run_swarm(drones: int, frames: int, requesters: str, extra: list[str], workdir: str) -> dict:
     summary = os.path.join(workdir, f'swarm-{drones}-{requesters}.json')
@@ -60,10 +62,7 @@ def main(argv=None) -> int:
                         f'{h50 / a50:.2f} | {h95 / a95:.2f} | {acc} | {o["comm_bytes_per_frame"]:.0f} |')
             print(rows[-1], flush=True)
     table = '\n'.join(rows)
-    print(table)
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write(table + '\n')
+    emit_table(table, args.out)
     return 0
 
 

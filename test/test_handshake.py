@@ -147,15 +147,21 @@ def test_silent_peer_is_no_longer_waited_for():
     assert t.expected_repliers() == [2, 3]
 
 
+def _frame_fused_by_2_and_3(t, stamp, reply_of_4_at=None):
+    """One frame on which peers 2 and 3 answer at once; peer 4 answers at `reply_of_4_at` (or not)."""
+    t.on_own(stamp, 'own', True, now_ns=stamp)
+    t.on_reply(stamp, 2, 0.5, stamp)
+    t.on_reply(stamp, 3, 0.1, stamp)
+    t.on_time(stamp + 100 * MS)
+    t.on_features(stamp, 2, 'f', stamp + 101 * MS)
+    if reply_of_4_at is not None:
+        t.on_reply(stamp, 4, 0.9, reply_of_4_at)
+
+
 def test_silent_peer_that_answers_in_time_again_is_waited_for_again():
     t = tracker(silent_after=2)
     for k in range(2):     # peer 4 is stalled: two frames without its reply
-        stamp = S0 + k * 1000 * MS
-        t.on_own(stamp, 'own', True, now_ns=stamp)
-        t.on_reply(stamp, 2, 0.5, stamp)
-        t.on_reply(stamp, 3, 0.1, stamp)
-        t.on_time(stamp + 100 * MS)
-        t.on_features(stamp, 2, 'f', stamp + 101 * MS)
+        _frame_fused_by_2_and_3(t, S0 + k * 1000 * MS)
     assert t.expected_repliers() == [2, 3]
     stamp = S0 + 2000 * MS  # it is back: its reply comes within the reply timeout, after 2 and 3 completed the frame
     t.on_own(stamp, 'own', True, now_ns=stamp)
@@ -165,15 +171,9 @@ def test_silent_peer_that_answers_in_time_again_is_waited_for_again():
     assert t.expected_repliers() == [2, 3, 4]
     t.on_features(stamp, 2, 'f', stamp + 40 * MS)
     # a reply after the reply timeout (even of a finished frame) is no sign of life
-    stamp = S0 + 3000 * MS
     for k in range(2):
-        s = stamp + k * 1000 * MS
-        t.on_own(s, 'own', True, now_ns=s)
-        t.on_reply(s, 2, 0.5, s)
-        t.on_reply(s, 3, 0.1, s)
-        t.on_time(s + 100 * MS)
-        t.on_features(s, 2, 'f', s + 101 * MS)
-        t.on_reply(s, 4, 0.9, s + 150 * MS)
+        stamp = S0 + (3000 + k * 1000) * MS
+        _frame_fused_by_2_and_3(t, stamp, reply_of_4_at=stamp + 150 * MS)
     assert t.expected_repliers() == [2, 3]
 
 

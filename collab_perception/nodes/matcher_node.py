@@ -68,6 +68,7 @@ class MatcherNode(DroneNode):
                                  for i, n in peers}
         if self.method.warp:
             self.method.load(('encoder',))          # the warped view is encoded here, per request
+            self.method.warmup()
             sensor_qos = declare_qos(self, 'sensor', 'reliable', 5)
             self.joiner = StampJoiner(('image', 'depth', 'pose'), capacity=8)
             self.K = None
