@@ -139,7 +139,8 @@ DRONE_SCHEMA = {
     'role': Field(str, 'supporter', choices=('requester', 'supporter', 'auto'),
                   help='requester: asks for help every frame; supporter: only answers; auto: a learned '
                        'gate decides per frame (When2com)'),
-    'method': Field(str, 'placeholder', help='a name from the method registry (runtime/methods.py)'),
+    'method': Field(str, None, help='a name from the method registry (runtime/methods.py): who2com, when2com, mash, '
+                                    'placeholder; in drone_defaults or per drone, never implied'),
     'deadline_ms': Field(int, 300, minimum=1, maximum=60000,
                          help='camera stamp -> the requester publishes, with or without help'),
     'reply_timeout_ms': Field(int, 120, minimum=1, maximum=60000,
@@ -167,7 +168,9 @@ DRONE_SCHEMA = {
 
 CONFIG_SCHEMA = {
     'swarm': SWARM_SCHEMA,
-    'drone_defaults': {k: v for k, v in DRONE_SCHEMA.items() if k not in ('name', 'id')},
+    # method may be left to each drone here; a drone without one in either place is a config error
+    'drone_defaults': {k: (Field(str, '', help=v.help) if k == 'method' else v)
+                       for k, v in DRONE_SCHEMA.items() if k not in ('name', 'id')},
     'drones': Field(list, None, items=dict, help='the drones of the swarm'),
 }
 
@@ -220,7 +223,7 @@ def validate_section(schema: Mapping[str, Any], data: Any, path: str, source: st
             continue
         if key not in data or data[key] is None:
             if key in require or spec.default is None:
-                raise ConfigError(sub, 'is required', source)
+                raise ConfigError(sub, f'is required ({spec.help})' if spec.help else 'is required', source)
             out[key] = copy.deepcopy(spec.default)
             continue
         out[key] = _check_value(spec, data[key], sub, source)
@@ -328,7 +331,7 @@ def build_config(data: Mapping[str, Any], source: str = '<dict>',
     for i, raw in enumerate(drones_raw):
         if not isinstance(raw, Mapping):
             raise ConfigError(f'drones[{i}]', f'expected a mapping, got {raw!r}', source)
-        merged = {**top['drone_defaults'], **raw}
+        merged = {**{k: v for k, v in top['drone_defaults'].items() if not (k == 'method' and v == '')}, **raw}
         values = validate_section(DRONE_SCHEMA, merged, f'drones[{i}]', source, require=('name', 'id'))
         drones.append(DroneConfig(**values))
     seen_names, seen_ids = {}, {}

@@ -6,7 +6,8 @@ from collab_perception.config import ConfigError, build_config, load_swarm_confi
 
 
 def minimal(**extra):
-    data = {'drones': [{'name': 'a', 'id': 1, 'role': 'requester'}, {'name': 'b', 'id': 2}]}
+    data = {'drone_defaults': {'method': 'placeholder'},
+            'drones': [{'name': 'a', 'id': 1, 'role': 'requester'}, {'name': 'b', 'id': 2}]}
     data.update(extra)
     return data
 
@@ -52,10 +53,23 @@ def test_overrides_apply_before_validation():
      'swarm.monitor.extra_topics[0].topic', 'topic name'),
 ])
 def test_errors_name_the_field(data, path, words):
+    data = {**data, 'drone_defaults': {'method': 'placeholder', **data.get('drone_defaults', {})}}
     with pytest.raises(ConfigError) as info:
         build_config(data, source='test.yaml')
     assert info.value.path == path
     assert words in str(info.value) and str(info.value).startswith('test.yaml: ' + path)
+
+
+def test_a_missing_method_is_an_error_not_a_stand_in():
+    drones = [{'name': 'a', 'id': 1, 'role': 'requester'}, {'name': 'b', 'id': 2}]
+    with pytest.raises(ConfigError) as info:
+        build_config({'drones': drones}, source='test.yaml')
+    assert info.value.path == 'drones[0].method' and 'method registry' in str(info.value)
+    with pytest.raises(ConfigError) as info:   # set for one drone only
+        build_config({'drones': [{**drones[0], 'method': 'who2com'}, drones[1]]}, source='test.yaml')
+    assert info.value.path == 'drones[1].method'
+    cfg = build_config({'drones': [{**d, 'method': 'placeholder'} for d in drones]})
+    assert [d.method for d in cfg.drones] == ['placeholder', 'placeholder']
 
 
 def test_unreadable_and_invalid_files(tmp_path):

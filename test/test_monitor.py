@@ -21,7 +21,8 @@ DRONES = {'alpha': 1, 'bravo': 2, 'charlie': 3}
 
 
 def start_monitor(tmp_path, extra_topics=()):
-    cfg = build_config({'drones': [{'name': n, 'id': i} for n, i in DRONES.items()],
+    cfg = build_config({'drone_defaults': {'method': 'placeholder'},
+                        'drones': [{'name': n, 'id': i} for n, i in DRONES.items()],
                         'swarm': {'monitor': {'period_s': 0.2, 'extra_topics': list(extra_topics)}}})
     spec = next(n for n in build_node_plan(cfg, str(tmp_path)) if n.executable == 'monitor')
     process = ProcessSpec('swarm/monitor', 'monitor', spec.namespace, [spec])

@@ -20,6 +20,7 @@ WORLD = {'seed': 5, 'image_width': 40, 'image_height': 32, 'shadow_map_size': 51
 
 def swarm_config(**source):
     return build_config({'swarm': {'frames': 2, 'settle_s': 0.2, 'drain_s': 0.3, 'source': {'world': WORLD, **source}},
+                         'drone_defaults': {'method': 'placeholder'},
                          'drones': [{'name': 'a', 'id': 1, 'role': 'requester'}, {'name': 'b', 'id': 2}]})
 
 
@@ -76,5 +77,6 @@ def test_bad_source_settings_fail_at_start_naming_the_field(source, path):
 
 
 def test_degraded_drones_reach_the_bridge():
-    cfg = build_config({'drones': [{'name': 'a', 'id': 1, 'degraded': True}, {'name': 'b', 'id': 2}]})
+    cfg = build_config({'drone_defaults': {'method': 'placeholder'},
+                        'drones': [{'name': 'a', 'id': 1, 'degraded': True}, {'name': 'b', 'id': 2}]})
     assert build_node_plan(cfg)[0].parameters['degraded_drones'] == ['a']

@@ -20,19 +20,20 @@ import multiprocessing
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
-from tqdm import tqdm
 
 from ..classes import load_classes
 from ..config import ConfigError
-from ..world import World, WorldConfig
+from ..world.config import WorldConfig
 from ..world import geometry as G
 from ..world.degrade import DegradeConfig, degrade
-from ..world.world import Snapshot
 from .settings import SETTINGS, Setting
 from .shards import FORMAT, IGNORE_LABEL, KEYS, SPLITS, shard_keys, write_manifest, write_npz
+
+if TYPE_CHECKING:
+    from ..world.world import Snapshot
 
 SPLIT_FRACTIONS = {'train': 0.6, 'val': 0.2, 'test': 0.2}
 
@@ -201,6 +202,7 @@ def _generate_map(cfg: GenerateConfig, map_id: int, split: str, frames: int, out
         shards.append({'path': name, 'map_id': map_id, 'snapshots': len(buffer), 'bytes': size})
         buffer = []
 
+    from ..world.world import World    # the renderer: only generating needs it, not reading a dataset
     with World(world_cfg) as world:
         for _ in range(frames):
             target = int(rng.integers(n))
@@ -266,6 +268,7 @@ def generate(setting: str, frames: int, out_dir: str, seed: int = 0, size: int =
     os.makedirs(out_dir, exist_ok=True)
     plan = plan_maps(cfg.frames, cfg.snapshots_per_map, cfg.seed)
     started = time.monotonic()
+    from tqdm import tqdm
     bar = tqdm(total=cfg.frames, desc=f'{cfg.setting}', unit='snapshot', disable=not progress, dynamic_ncols=True)
     jobs = [(cfg, m, split, count, out_dir) for m, split, count in plan]
     results = []

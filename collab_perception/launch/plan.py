@@ -41,7 +41,6 @@ NODE_EXECUTABLES = {
     'evaluator': 'collab_perception.nodes.evaluator_node',
     'drone_container': 'collab_perception.nodes.drone_container',
 }
-DRONE_NODES = ('perception', 'matcher', 'fusion')
 SWARM_NAMESPACE = '/swarm'
 
 

@@ -53,20 +53,3 @@ class Decoder(nn.Module):
         x = self.up1(F.interpolate(x, scale_factor=2.0, mode='bilinear', align_corners=False))
         x = self.up2(F.interpolate(x, scale_factor=2.0, mode='bilinear', align_corners=False))
         return self.classify(x)
-
-
-class SegNetLite(nn.Module):
-    """Single-agent segmentation: Decoder(Encoder(x)). The Single normal / Single degraded bounds of the
-    handshake paper (§IV-C) and MASH's backbone."""
-
-    def __init__(self, num_classes: int, channels: int = 32, width: int = 16):
-        super().__init__()
-        self.encoder = Encoder(channels, width)
-        self.decoder = Decoder(channels, num_classes, width)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(image))
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

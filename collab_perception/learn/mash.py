@@ -543,3 +543,47 @@ class MashStacked(Mash):
         patch_probs = (sampled * sent[:, :, None]).view(b, s, *sampled.shape[1:])
         return self.fuse(state['own_logits'][:, 0].softmax(1), state['self_confidence'], patch_probs,
                          (confidence * sent).view(b, s, -1))
+
+
+# ---------------------------------------------------------------------------------------------- per-drone roles
+# The network split as the drones run it (MASH §III, Fig. 2): what mash_export writes as one ONNX file per role
+# and what the compute benchmark of mash_eval times.
+class RequesterRole(nn.Module):
+    def __init__(self, model: Mash):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        m = self.model
+        features = m.encoder(image)
+        own_logits = m.own_head(features)
+        query = m.query_encoder(m.cell_features(features))
+        return (query.permute(0, 2, 3, 1), own_logits.softmax(1), m.self_confidence(features),
+                own_logits.max(1).indices)     # = argmax(1); torch's CPU argmax over channels is 6x slower
+
+
+class SupporterRole(nn.Module):
+    def __init__(self, model: Mash):
+        super().__init__()
+        self.model = model
+
+    def forward(self, query: torch.Tensor, image: torch.Tensor):
+        m = self.model
+        features = m.encoder(image)
+        cell_probs = m.cell_distributions(m.own_head(features))
+        volume = m.match_volume(query.permute(0, 3, 1, 2), features)
+        return m.hard_matches(volume, cell_probs)
+
+
+class FusionRole(nn.Module):
+    def __init__(self, model: Mash):
+        super().__init__()
+        self.model = model
+
+    def forward(self, own_probs, self_confidence, patch_probs, patch_confidence):
+        return self.model.fuse(own_probs, self_confidence, patch_probs, patch_confidence).max(1).indices
+
+
+def role_modules(model: Mash) -> dict[str, nn.Module]:
+    return {'requester': RequesterRole(model).eval(), 'supporter': SupporterRole(model).eval(),
+            'fusion': FusionRole(model).eval()}

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from ..runtime import wire
 from ..runtime.metrics import SegmentationScore
-from .mash import CELL_SIZE, Mash, sample_cells
+from .mash import CELL_SIZE, Mash, role_modules, sample_cells
 from .evaluate import cached_evaluation
 from .mash_data import SETTING, ObstructionLoader
 from .models import ModelConfig, create_model
@@ -292,7 +292,6 @@ def role_callables(model, image_size: tuple[int, int]) -> dict[str, Callable[[],
     g = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, h, w, generator=g).contiguous(memory_format=torch.channels_last)
     if isinstance(model, Mash):
-        from .mash_export import role_modules
         roles = role_modules(model)
         query, own_probs, self_conf, _ = roles['requester'](image)
         c, k = self_conf.shape[1] * self_conf.shape[2], own_probs.shape[1]

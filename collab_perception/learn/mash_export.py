@@ -40,46 +40,10 @@ import torch
 import yaml
 from torch import nn
 
-from .mash import CELL_SIZE, Mash
+from .mash import CELL_SIZE, Mash, role_modules
 
 OPSET = 18
 ROLES = ('requester', 'supporter', 'fusion')
-
-
-class RequesterRole(nn.Module):
-    def __init__(self, model: Mash):
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor):
-        m = self.model
-        features = m.encoder(image)
-        own_logits = m.own_head(features)
-        query = m.query_encoder(m.cell_features(features))
-        return (query.permute(0, 2, 3, 1), own_logits.softmax(1), m.self_confidence(features),
-                own_logits.max(1).indices)     # = argmax(1); torch's CPU argmax over channels is 6x slower
-
-
-class SupporterRole(nn.Module):
-    def __init__(self, model: Mash):
-        super().__init__()
-        self.model = model
-
-    def forward(self, query: torch.Tensor, image: torch.Tensor):
-        m = self.model
-        features = m.encoder(image)
-        cell_probs = m.cell_distributions(m.own_head(features))
-        volume = m.match_volume(query.permute(0, 3, 1, 2), features)
-        return m.hard_matches(volume, cell_probs)
-
-
-class FusionRole(nn.Module):
-    def __init__(self, model: Mash):
-        super().__init__()
-        self.model = model
-
-    def forward(self, own_probs, self_confidence, patch_probs, patch_confidence):
-        return self.model.fuse(own_probs, self_confidence, patch_probs, patch_confidence).max(1).indices
 
 
 ROLE_IO = {
@@ -87,11 +51,6 @@ ROLE_IO = {
     'supporter': (['query', 'image'], ['confidence', 'match', 'class_probs']),
     'fusion': (['own_probs', 'self_confidence', 'patch_probs', 'patch_confidence'], ['classes']),
 }
-
-
-def role_modules(model: Mash) -> dict[str, nn.Module]:
-    return {'requester': RequesterRole(model).eval(), 'supporter': SupporterRole(model).eval(),
-            'fusion': FusionRole(model).eval()}
 
 
 def example_inputs(model: Mash) -> dict[str, tuple]:

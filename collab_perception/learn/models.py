@@ -152,10 +152,6 @@ MODELS: Registry[CollabModel] = Registry('method')
 register = MODELS.register
 
 
-def model_names() -> list[str]:
-    return MODELS.names()
-
-
 def create_model(name: str, cfg: Optional[ModelConfig] = None) -> CollabModel:
     model = MODELS.create(name, cfg or ModelConfig())
     model.method_name = name

@@ -13,6 +13,7 @@ an unknown name raises an error that lists the valid ones.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -77,22 +78,34 @@ METHODS: Registry[Method] = Registry('method')
 register_method = METHODS.register
 
 
+# Methods whose modules need ONNX Runtime sessions register themselves when their module is imported, which
+# happens when one of them is first named: a drone loads only the method it runs, and this module imports
+# none of them (they import it).
+LAZY_METHODS = {'who2com': 'onnx_method', 'when2com': 'onnx_method', 'mash': 'onnx_mash'}
+
+
+def method_factory(name: str):
+    if name not in METHODS and name in LAZY_METHODS:
+        importlib.import_module(f'.{LAZY_METHODS[name]}', __package__)
+    return METHODS.get(name)
+
+
 def method_names() -> list[str]:
-    return sorted(METHODS.names())
+    return sorted(set(METHODS.names()) | set(LAZY_METHODS))
 
 
 def create_method(name: str, **args) -> Method:
-    return METHODS.create(name, **args)
+    return method_factory(name)(**args)
 
 
 def is_spatial(name: str) -> bool:
     """Whether a registered method speaks the spatial (MASH) protocol."""
-    return bool(getattr(METHODS.get(name), 'spatial', False))
+    return bool(getattr(method_factory(name), 'spatial', False))
 
 
 def feature_shape_of(name: str, model_dir: str = '') -> tuple:
     """The FeatureMap shape a method sends, without loading it (for byte accounting)."""
-    factory = METHODS.get(name)
+    factory = method_factory(name)
     shape = getattr(factory, 'static_feature_shape', None)
     if shape is None:
         raise ValueError(f'method {name!r} does not say its feature shape')
@@ -144,7 +157,3 @@ class PlaceholderMethod(Method):
 
     def query_shape(self):
         return (6,)
-
-
-# The ONNX Runtime methods register themselves on import (after this module is complete).
-from . import onnx_method  # noqa: E402,F401  (which imports onnx_mash)

@@ -43,40 +43,15 @@ def read_roles_json(model_dir: str) -> dict:
         return json.load(f)
 
 
-_ORT_TYPES = {'tensor(float)': np.float32, 'tensor(float16)': np.float16, 'tensor(double)': np.float64,
-              'tensor(int64)': np.int64, 'tensor(int32)': np.int32, 'tensor(uint8)': np.uint8, 'tensor(int8)': np.int8,
-              'tensor(bool)': np.bool_}
-
-
-def onnx_session(path: str, providers: Sequence[str], threads: int = 1, warm_up_runs: int = 2):
+def onnx_session(path: str, providers: Sequence[str], threads: int = 1):
     """An ONNX Runtime session as every drone node opens one: `threads` intra-op threads, one inter-op
-    thread, warnings off; `providers` must be available ones. It runs `warm_up_runs` times on synthetic
-    inputs before it is returned: a session's first runs allocate its arenas and pick kernels (several
-    times slower than later ones), and a node must be able to answer in time once it reports ready."""
+    thread, warnings off; `providers` must be available ones."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    session = ort.InferenceSession(path, sess_options=options, providers=list(providers))
-    if warm_up_runs:
-        feeds = warm_up_inputs(session)
-        for _ in range(warm_up_runs):
-            session.run(None, feeds)
-    return session
-
-
-def warm_up_inputs(session) -> dict[str, np.ndarray]:
-    """Inputs of the session's declared shapes (symbolic dimensions: 1), uniform in [0, 1)."""
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for arg in session.get_inputs():
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in arg.shape]
-        dtype = _ORT_TYPES.get(arg.type)
-        if dtype is None:
-            raise ValueError(f'{arg.name}: input type {arg.type} has no warm-up value')
-        feeds[arg.name] = rng.random(shape).astype(dtype)
-    return feeds
+    return ort.InferenceSession(path, sess_options=options, providers=list(providers))
 
 
 class OnnxRoleMethod(Method):
@@ -210,7 +185,3 @@ class Who2comOnnx(OnnxHandshake):
 @register_method('when2com')
 class When2comOnnx(OnnxHandshake):
     """Ours with the When2com gate (select: threshold in config)."""
-
-
-# MASH's roles build on OnnxRoleMethod; they register themselves on import.
-from . import onnx_mash  # noqa: E402,F401

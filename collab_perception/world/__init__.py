@@ -25,9 +25,23 @@ Conventions (unambiguous for the ROS bridge, which publishes sensor_msgs/Image +
 
 Modules: config (WorldConfig), landscape (maps), render (GL), trajectories, obstructions, degrade (blur +
 noise), geometry (poses, reprojection, correspondences, warping), world (World).
+
+The names above load their modules on first use: a drone's matcher needs `geometry` (numpy only) and must
+not pull in the renderer (moderngl) or OpenCV with it.
 """
-from . import degrade, geometry
-from .config import WorldConfig, load_world_config
-from .world import Snapshot, View, World
+import importlib
+
+_LAZY = {'World': 'world', 'Snapshot': 'world', 'View': 'world', 'WorldConfig': 'config',
+         'load_world_config': 'config'}
 
 __all__ = ['World', 'WorldConfig', 'Snapshot', 'View', 'load_world_config', 'degrade', 'geometry']
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f'.{_LAZY[name]}', __name__), name)
+        globals()[name] = value     # also over a submodule of the same name (data.generate)
+        return value
+    if name in ('degrade', 'geometry'):
+        return importlib.import_module(f'.{name}', __name__)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

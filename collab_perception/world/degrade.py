@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from ..config import ConfigError
@@ -73,6 +72,7 @@ def sample_degradation(rng: np.random.Generator, width: int, config: DegradeConf
 def apply_degradation(rgb: np.ndarray, degradation: Degradation, rng: np.random.Generator) -> np.ndarray:
     """Blur then add noise; uint8 in, uint8 out."""
     k = degradation.kernel_size
+    import cv2   # here, not at import: DegradeConfig is read where OpenCV is not needed (config, datasets)
     out = cv2.GaussianBlur(rgb, (k, k), degradation.sigma).astype(np.float32) if k > 1 else rgb.astype(np.float32)
     if degradation.noise_std > 0:
         out += rng.normal(0.0, degradation.noise_std, size=out.shape).astype(np.float32)

@@ -13,7 +13,7 @@ Conventions (the same everywhere in the project, see collab_perception/world/__i
 Ground truth for the papers:
 - `reproject_pixels` / `pixel_correspondences`: a pixel of one view through its depth and the two poses into
   another view, with an occlusion test against the other view's depth;
-- `cell_correspondences`: for each target cell (a block of `cell_size` x `cell_size` pixels, MASH's
+- `cells_from_pixels`: for each target cell (a block of `cell_size` x `cell_size` pixels, MASH's
   Hs x Ws grid), the supporter cell it matches or the no-match value Hc*Wc (MASH §III, the extra
   "no-match" bin of the cost volume; §IV "ground truth dense pixel correspondences ... computed from the
   raw pose and depth");
@@ -236,21 +236,13 @@ def cells_from_pixels(uv: np.ndarray, valid: np.ndarray, height: int, width: int
     return np.where(enough, best, no_match).astype(np.int16)
 
 
-def cell_correspondences(depth_tgt: np.ndarray, K_tgt: np.ndarray, T_tgt: np.ndarray,
-                         depth_sup: np.ndarray, K_sup: np.ndarray, T_sup: np.ndarray, cell_size: int = 8,
-                         min_valid_fraction: float = 0.5) -> np.ndarray:
-    """For each target cell, the supporter cell that sees the same surface, or Hc*Wc (no match).
-    Both views must have the same size. Returns (Hc*Wc,) int16 (MASH's ground-truth warping grid)."""
-    uv, valid = pixel_correspondences(depth_tgt, K_tgt, T_tgt, depth_sup, K_sup, T_sup)
-    return cells_from_pixels(uv, valid, *depth_tgt.shape, cell_size, min_valid_fraction)
-
-
 def swarm_ground_truth(depths: Sequence[np.ndarray], Ks: Sequence[np.ndarray], poses: Sequence[np.ndarray],
                        cell_size: int = 8, min_valid_fraction: float = 0.5) -> dict:
     """Ground truth of one snapshot for every ordered (target, supporter) pair of N views:
 
     overlap (N, N) float32: fraction of the target's pixels the supporter sees (diagonal 1);
-    correspondence (N, N, Hc*Wc) int16: `cell_correspondences` (diagonal: identity);
+    correspondence (N, N, Hc*Wc) int16: for each target cell the supporter cell that sees the same surface, or
+        Hc*Wc (no match), from `pixel_correspondences` and `cells_from_pixels` (diagonal: identity);
     best_supporter (N,) int8: for each target, the other agent with the largest overlap, -1 if none.
     """
     n = len(depths)
