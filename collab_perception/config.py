@@ -10,6 +10,7 @@ runtime and launch layers.
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -45,6 +46,30 @@ class Field:
 
 
 _NAME_RE = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
+
+
+# Every execution provider ONNX Runtime 1.31 knows (onnxruntime.get_all_providers(); test_config checks the
+# installed wheel still agrees). A name outside it is a typo, not a provider this machine happens to lack.
+KNOWN_PROVIDERS = (
+    'NvTensorRTRTXExecutionProvider', 'TensorrtExecutionProvider', 'CUDAExecutionProvider',
+    'MIGraphXExecutionProvider', 'OpenVINOExecutionProvider', 'DnnlExecutionProvider', 'VitisAIExecutionProvider',
+    'QNNExecutionProvider', 'NnapiExecutionProvider', 'VSINPUExecutionProvider', 'JsExecutionProvider',
+    'CoreMLExecutionProvider', 'ACLExecutionProvider', 'DmlExecutionProvider', 'RknpuExecutionProvider',
+    'WebNNExecutionProvider', 'WebGpuExecutionProvider', 'XnnpackExecutionProvider', 'CANNExecutionProvider',
+    'AzureExecutionProvider', 'CPUExecutionProvider')
+
+
+def _check_providers(names: list) -> Optional[str]:
+    if not names:
+        return 'must name at least one provider'
+    for name in names:
+        if name not in KNOWN_PROVIDERS:
+            close = difflib.get_close_matches(name, KNOWN_PROVIDERS, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'? " if close else ''
+            return f"{name!r} is not an ONNX Runtime execution provider; {hint}known: {', '.join(KNOWN_PROVIDERS)}"
+    if len(set(names)) != len(names):
+        return f'lists a provider twice: {names}'
+    return None
 
 
 def _ros_name(value: str) -> Optional[str]:
@@ -161,9 +186,9 @@ DRONE_SCHEMA = {
                     check=lambda v: None if set(v) <= {'dir'} and all(isinstance(x, str) for x in v.values())
                     else "must be {dir: <path>}"),
     'onnx_threads': Field(int, 1, minimum=1, maximum=64, help='ONNX Runtime threads per session'),
-    'providers': Field(list, ['CPUExecutionProvider'], items=str,
-                       check=lambda v: None if v else 'must name at least one provider',
-                       help='ONNX Runtime execution providers in order of preference'),
+    'providers': Field(list, ['CPUExecutionProvider'], items=str, check=lambda v: _check_providers(v),
+                       help='ONNX Runtime execution providers in order of preference; those this machine '
+                            'lacks are skipped (the node logs what each session got)'),
 }
 
 CONFIG_SCHEMA = {

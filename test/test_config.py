@@ -47,6 +47,10 @@ def test_overrides_apply_before_validation():
     ({'drones': [{'name': 'a', 'id': 1, 'deadline_ms': 100, 'reply_timeout_ms': 100}]},
      'drones[0].reply_timeout_ms', 'below deadline_ms'),
     ({'drones': [{'name': 'a', 'id': 1, 'providers': []}]}, 'drones[0].providers', 'at least one'),
+    ({'drones': [{'name': 'a', 'id': 1, 'providers': ['CUDAExecutionprovider', 'CPUExecutionProvider']}]},
+     'drones[0].providers', "did you mean 'CUDAExecutionProvider'?"),
+    (minimal(drone_defaults={'method': 'who2com', 'providers': ['TensorRT']}), 'drone_defaults.providers',
+     'not an ONNX Runtime execution provider'),
     ({'drones': []}, 'drones', 'non-empty'),
     ({'drones': [{'name': 'a', 'id': 1}], 'extra': 1}, 'extra', 'unknown key'),
     (minimal(swarm={'monitor': {'extra_topics': [{'topic': 'bad topic!', 'type': 'x/msg/Y'}]}}),
@@ -70,6 +74,12 @@ def test_a_missing_method_is_an_error_not_a_stand_in():
     assert info.value.path == 'drones[1].method'
     cfg = build_config({'drones': [{**d, 'method': 'placeholder'} for d in drones]})
     assert [d.method for d in cfg.drones] == ['placeholder', 'placeholder']
+
+
+def test_known_providers_are_onnx_runtimes():
+    import onnxruntime
+    from collab_perception.config import KNOWN_PROVIDERS
+    assert sorted(KNOWN_PROVIDERS) == sorted(onnxruntime.get_all_providers())
 
 
 def test_unreadable_and_invalid_files(tmp_path):
