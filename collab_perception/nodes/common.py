@@ -17,7 +17,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -36,10 +37,38 @@ class ParameterError(ValueError):
     """A parameter value the node cannot start with; the message names the parameter."""
 
 
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def parameter_descriptor(description: str, default: Any, choices: Optional[Sequence] = None,
+                         minimum: Optional[float] = None, maximum: Optional[float] = None) -> ParameterDescriptor:
+    """What `ros2 param describe` shows: the help text, the range or the choices, and read_only: every
+    parameter is read when the node starts (a change at run time would not be applied, so rclpy refuses it
+    with a reason instead of accepting it silently)."""
+    descriptor = ParameterDescriptor(description=description, read_only=True)
+    if choices is not None:
+        descriptor.additional_constraints = 'one of: ' + ', '.join(map(str, choices))
+    if (minimum is not None or maximum is not None) and not isinstance(default, bool):
+        if isinstance(default, int):
+            lo = int(minimum) if minimum is not None else _INT64[0]
+            hi = int(maximum) if maximum is not None else _INT64[1]
+            descriptor.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=0)]
+        elif isinstance(default, float):
+            lo = float(minimum) if minimum is not None else -sys.float_info.max
+            hi = float(maximum) if maximum is not None else sys.float_info.max
+            descriptor.floating_point_range = [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]
+    return descriptor
+
+
 def declare(node: Node, name: str, default: Any, description: str, choices: Optional[Sequence] = None,
             minimum: Optional[float] = None, maximum: Optional[float] = None) -> Any:
-    """Declare a parameter with a descriptor and return its validated value."""
-    value = node.declare_parameter(name, default, ParameterDescriptor(description=description)).value
+    """Declare a read-only parameter with its descriptor and return its validated value; a value outside
+    the range or the choices is a ParameterError naming the parameter."""
+    descriptor = parameter_descriptor(description, default, choices, minimum, maximum)
+    try:
+        value = node.declare_parameter(name, default, descriptor).value
+    except (InvalidParameterValueException, InvalidParameterTypeException) as e:
+        raise ParameterError(f'parameter {name!r}: {e}') from None
     if choices is not None and value not in choices:
         raise ParameterError(f'parameter {name!r}: {value!r} is not one of {", ".join(map(str, choices))}')
     if minimum is not None and value < minimum:
@@ -61,7 +90,8 @@ def declare_dataclass(node: Node, prefix: str, defaults: Any, description: str) 
         if isinstance(default, tuple):
             default = list(default)
         value = node.declare_parameter(f'{prefix}.{f.name}', default,
-                                       ParameterDescriptor(description=f'{description}: {f.name}')).value
+                                       ParameterDescriptor(description=f'{description}: {f.name}',
+                                                           read_only=True)).value
         values[f.name] = list(value) if isinstance(value, (list, tuple)) else value
     return values
 
