@@ -177,11 +177,30 @@ def test_silent_peer_that_answers_in_time_again_is_waited_for_again():
     assert t.expected_repliers() == [2, 3]
 
 
+def test_replies_with_made_up_stamps_cannot_evict_real_frames():
+    t = tracker()
+    now = S0 + 10_000 * MS
+    t.on_own(now, 'own', True, now_ns=now)                      # a real frame, waiting for its replies
+    assert t.on_reply(now - 5000 * MS, 2, 0.5, now) == []       # long over
+    assert t.on_reply(now + 5000 * MS, 2, 0.5, now) == []       # from the future
+    assert t.counters['stale_stamp'] == 1 and t.counters['future_stamp'] == 1
+    for k in range(20):                                         # plausible stamps, no own output: a few only
+        t.on_reply(now + (k + 1) * MS, 2, 0.5, now)
+    assert t.counters['orphans_dropped'] == 20 - t.max_orphans
+    assert t.counters['evicted_frames'] == 0 and now in t.open_frames()
+    t.on_reply(now, 2, 0.5, now + MS)
+    t.on_reply(now, 3, 0.1, now + MS)
+    assert only(t.on_reply(now, 4, 0.2, now + 2 * MS), Connect).receivers == [2]
+
+
 def test_bounded_memory_counts_evicted_frames():
     t = tracker(capacity=4)
     for k in range(10):
-        t.on_reply(S0 + k, 2, 1.0, S0)
+        t.on_own(S0 + k, 'own', True, now_ns=S0)
     assert len(t.open_frames()) == 4 and t.counters['evicted_frames'] == 6
+    for k in range(10):      # replies ahead of their own outputs may not evict the frames waiting for replies
+        t.on_reply(S0 + 100 + k, 2, 1.0, S0)
+    assert t.counters['evicted_frames'] == 6 and t.counters['orphans_dropped'] == 10
 
 
 def test_rejects_bad_timeouts_and_unknown_selection():

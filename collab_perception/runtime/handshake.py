@@ -153,7 +153,7 @@ class RequesterTracker:
 
     def __init__(self, my_id: int, peers: Iterable[int], deadline_ns: int, reply_timeout_ns: int,
                  select: str = 'argmax', top_n: int = 1, threshold: float = 0.0, capacity: int = 16,
-                 silent_after: int = 3, spatial: bool = False):
+                 silent_after: int = 3, spatial: bool = False, max_skew_ns: int = 1_000_000_000):
         self.my_id = my_id
         # spatial (MASH §III): replies carry the payload (warped patches) and there is no connect stage;
         # the frame is fused when every expected supporter answered, or at the deadline.
@@ -167,6 +167,11 @@ class RequesterTracker:
         self.top_n = top_n
         self.threshold = threshold
         self.silent_after = silent_after
+        # A reply may open a frame before the drone's own output for it (replies can overtake it), but only
+        # for a stamp that can still be open (within the deadline, at most max_skew_ns ahead of this clock)
+        # and for a few frames at a time: replies with made-up stamps must not evict the real frames.
+        self.max_skew_ns = max_skew_ns
+        self.max_orphans = max(4, capacity // 4)
         self._frames: StampRing[_RequesterFrame] = StampRing(capacity)
         self._done: StampRing[bool] = StampRing(max(64, 4 * capacity))
         self._missed: Counter[int] = Counter()   # consecutive frames without a reply, per peer
@@ -181,12 +186,18 @@ class RequesterTracker:
         """Peers we wait for; a peer silent for `silent_after` frames is not waited for (still asked)."""
         return [p for p in self.peers if self._missed[p] < self.silent_after]
 
-    def _frame(self, stamp_ns: int) -> Optional[_RequesterFrame]:
+    def _frame(self, stamp_ns: int, orphan: bool = False) -> Optional[_RequesterFrame]:
+        """The frame of this stamp, opened if new; `orphan`: opened by a reply, before the own output."""
         frame = self._frames.get(stamp_ns)
         if frame is None:
             if stamp_ns in self._done:
                 self.counters['late'] += 1
                 return None
+            if orphan:
+                frames = list(self._frames.items())
+                if len(frames) >= self._frames.capacity or sum(not f.have_own for _, f in frames) >= self.max_orphans:
+                    self.counters['orphans_dropped'] += 1      # it would evict a frame, or too many wait
+                    return None
             before = self._frames.evicted
             frame = _RequesterFrame(stamp_ns)
             self._frames.put(stamp_ns, frame)
@@ -232,6 +243,13 @@ class RequesterTracker:
             self.counters['bad_score'] += 1
             return []
         known = self._frames.get(stamp_ns)
+        if known is None and now_ns is not None and stamp_ns not in self._done:
+            if stamp_ns + self.deadline_ns <= now_ns:
+                self.counters['stale_stamp'] += 1          # its frame is over (or never was)
+                return []
+            if stamp_ns > now_ns + self.max_skew_ns:
+                self.counters['future_stamp'] += 1
+                return []
         if (known is None and stamp_ns in self._done) or (known is not None and known.phase != 'collecting'):
             self.counters['late'] += 1
             if now_ns is not None and now_ns < stamp_ns + self._reply_window_ns:
@@ -240,7 +258,7 @@ class RequesterTracker:
                 # good, its replies always overtaken by the others', and the frame fused on fewer views.
                 self._missed[sender] = 0
             return []
-        frame = self._frame(stamp_ns)
+        frame = self._frame(stamp_ns, orphan=True)
         if frame is None:
             return []
         if sender in frame.scores:
