@@ -7,7 +7,8 @@ good frames around them come out as in a clean run of the same frames.
 
 Two runs of `collab-perception swarm` on the same frames (the config's drones, method and models): a clean one,
 then one into which a fuzzer node publishes `--per-type` messages of each comm type at `--rate` messages per
-second, starting 2 s after the requester's third frame. Every message is a valid one of the swarm (drone2 to
+second, starting once the requester has published three frames and every node that subscribes a fuzzed topic
+reports (on /diagnostics) that it has matched the fuzzer. Every message is a valid one of the swarm (drone2 to
 drone1, or drone1 to drone2 for Connect) mutated one way, chosen at random:
 - made invalid field by field (sender not in the swarm, wrong receiver, unknown tensor dtype, data shorter or
   longer than its shape, a shape the receiver does not expect, a huge shape, NaN values), stamped with a
@@ -150,6 +151,7 @@ class Fuzzer:
     def __init__(self, kinds, per_type: int, rate: float, seed: int, shapes: dict):
         import rclpy
         from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from diagnostic_msgs.msg import DiagnosticArray
         from collab_perception.msg import Connect, FeatureMap, FusionInfo, PatchSegments, Reply, Request
         rclpy.init()
         self.rclpy = rclpy
@@ -159,6 +161,8 @@ class Fuzzer:
         self.pubs = {k: self.node.create_publisher(types[k], topic_of(k), qos) for k in kinds}
         self.frames = []
         self.node.create_subscription(FusionInfo, '/drone1/fusion/info', self.frames.append, qos)
+        self.reports: dict = {}        # status name -> its matched endpoints
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self.on_diagnostics, 50)
         self.kinds, self.per_type, self.rate = list(kinds), per_type, rate
         self.rng = np.random.default_rng(seed)
         self.shapes = shapes
@@ -167,13 +171,29 @@ class Fuzzer:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
+    def on_diagnostics(self, msg):
+        from collab_perception.runtime.readiness import parse_endpoint_values
+        for status in msg.status:
+            self.reports[status.name] = parse_endpoint_values({kv.key: kv.value for kv in status.values})
+
+    def readers_matched(self) -> bool:
+        for topic in map(topic_of, self.kinds):
+            writers = sum(len(e.get(('pub', topic), [])) for e in self.reports.values())
+            readers = [n for e in self.reports.values() for n in e.get(('sub', topic), [])]
+            if not readers or min(readers) < writers + 1:
+                return False
+        return True
+
     def run(self):
-        while not self.stop.is_set() and len(self.frames) < 3:
-            self.rclpy.spin_once(self.node, timeout_sec=0.05)
-        # the publishers have matched the nodes' subscriptions, but the subscriptions' side of the match
-        # may still be under way; a sample published before it completes is discarded by the reader
-        settle = time.monotonic() + 2.0
-        while not self.stop.is_set() and time.monotonic() < settle:
+        # A sample published before the reader's side of the match completes is discarded by that reader, and
+        # the publisher cannot see when it has: wait until every node subscribing a fuzzed topic reports on
+        # /diagnostics one matched writer more than the swarm's own (runtime/readiness.py), the fuzzer's.
+        give_up = time.monotonic() + 30.0
+        while not self.stop.is_set() and not (len(self.frames) >= 3 and self.readers_matched()):
+            if time.monotonic() > give_up:
+                print('bench_fuzz: the nodes did not report matching the fuzzer in 30 s; fuzzing anyway',
+                      file=sys.stderr)
+                break
             self.rclpy.spin_once(self.node, timeout_sec=0.05)
         self.matched = {k: p.get_subscription_count() for k, p in self.pubs.items()}
         plan = [k for k in self.kinds for _ in range(self.per_type)]

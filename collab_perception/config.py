@@ -164,8 +164,8 @@ DRONE_SCHEMA = {
     'role': Field(str, 'supporter', choices=('requester', 'supporter', 'auto'),
                   help='requester: asks for help every frame; supporter: only answers; auto: a learned '
                        'gate decides per frame (When2com)'),
-    'method': Field(str, None, help='a name from the method registry (runtime/methods.py): who2com, when2com, mash, '
-                                    'placeholder; in drone_defaults or per drone, never implied'),
+    'method': Field(str, None, help='a name from the method registry (runtime/methods.py), in drone_defaults '
+                                    'or per drone; never implied'),
     'deadline_ms': Field(int, 300, minimum=1, maximum=60000,
                          help='camera stamp -> the requester publishes, with or without help'),
     'reply_timeout_ms': Field(int, 120, minimum=1, maximum=60000,
@@ -186,7 +186,7 @@ DRONE_SCHEMA = {
                     check=lambda v: None if set(v) <= {'dir'} and all(isinstance(x, str) for x in v.values())
                     else "must be {dir: <path>}"),
     'onnx_threads': Field(int, 1, minimum=1, maximum=64, help='ONNX Runtime threads per session'),
-    'providers': Field(list, ['CPUExecutionProvider'], items=str, check=lambda v: _check_providers(v),
+    'providers': Field(list, ['CPUExecutionProvider'], items=str, check=_check_providers,
                        help='ONNX Runtime execution providers in order of preference; those this machine '
                             'lacks are skipped (the node logs what each session got)'),
 }

@@ -38,8 +38,9 @@ def safe_ros_env(base: Optional[Mapping[str, str]] = None, domain_id: Optional[i
                  ros_home: Optional[str] = None) -> dict[str, str]:
     """A copy of `base` (default: os.environ) with the project's safe ROS settings applied.
 
-    The discovery range, the Fast DDS profile and OFFLINE_ENV (telemetry off) are always forced; ROS_DOMAIN_ID and ROS_HOME are kept
-    from `base` unless given (a fresh ROS_HOME under /tmp is made when `base` has none).
+    The discovery range, the Fast DDS profile and OFFLINE_ENV (telemetry off) are always forced;
+    ROS_DOMAIN_ID and ROS_HOME are kept from `base` unless given (a fresh ROS_HOME under /tmp is made when
+    `base` has none).
     """
     env = dict(os.environ if base is None else base)
     env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'

@@ -288,10 +288,8 @@ class DroneNode(Node):
         self.drone_id = declare(self, 'drone_id', 1, 'this drone on the wire', minimum=0, maximum=254)
         if self.drone_id not in self.ids:
             raise ParameterError(f"parameter 'drone_id': {self.drone_id} is not in 'drone_ids' {self.ids}")
-        self.method_name = declare(self, 'method', '', 'method from the registry (required)')
-        if self.method_name not in method_names():
-            raise ParameterError(f"parameter 'method': {self.method_name!r} is not a method; one of "
-                                 f"{', '.join(method_names())}" + (' is required' if not self.method_name else ''))
+        self.method_name = declare(self, 'method', '', 'method from the registry (required)',
+                                   choices=method_names())
         model_dir = declare(self, 'model.dir', '', 'exported model directory (collab-perception export)')
         providers = list(declare(self, 'providers', ['CPUExecutionProvider'],
                                  'ONNX Runtime execution providers, in order of preference'))
