@@ -23,8 +23,15 @@ from nettrace import (Destination, destinations, executed, in_empty_netns, leaks
                       strace_command)
 
 MODEL = resource_path('models', 'who2com_hidden_target', 'matcher.onnx')
-# the environment of a process started without env.sh or rosenv (ros2 run, ros2 launch, a user's script)
-BARE_ENV = {k: v for k, v in os.environ.items() if k not in collab_perception.OFFLINE_ENV}
+# What a drone's process has when started without env.sh or rosenv (ros2 run, ros2 launch, a user's script):
+# this shell's paths, locale and ROS settings, nothing else. ONNX Runtime switches its telemetry off by
+# itself where it sees a CI service's variables (CI=true among them), so a CI run keeping those would not
+# see what a drone does.
+DRONE_ENV_PREFIXES = ('PATH', 'HOME', 'USER', 'LANG', 'LC_', 'TMPDIR', 'TERM', 'PYTHON', 'VIRTUAL_ENV',
+                      'LD_LIBRARY_PATH', 'AMENT_', 'COLCON_', 'CMAKE_PREFIX_PATH', 'ROS_', 'RMW_', 'FASTDDS_',
+                      'SSL_CERT_')
+BARE_ENV = {k: v for k, v in os.environ.items()
+            if k.startswith(DRONE_ENV_PREFIXES) and k not in collab_perception.OFFLINE_ENV}
 
 TALKER = r'''
 import sys, time, rclpy
