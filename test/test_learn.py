@@ -164,3 +164,75 @@ def test_tiny_training_lowers_the_loss(tiny_dataset, tmp_path):
     assert os.path.exists(tmp_path / 'run' / 'best.pt') and os.path.exists(tmp_path / 'run' / 'config.json')
     # resuming a finished run changes nothing
     assert train(cfg, resume=True, progress=False)['steps'] == 30
+
+
+def test_hard_selection_decodes_one_supporter_and_trains_the_match():
+    """selection='hard': training decodes the argmax supporter, as inference does, and the softmax's
+    gradient still reaches the matching (straight-through)."""
+    model = create_model('who2com', ModelConfig(**{**SMALL.__dict__, 'selection': 'hard'}))
+    target, supporters = batch()
+    out = model(target, supporters, mode='train')
+    assert torch.equal(out.weights.detach(), torch.nn.functional.one_hot(out.scores.argmax(-1), 4).float())
+    model.loss(out, {'labels': torch.randint(0, 8, (2, 32, 32))}).backward()
+    assert model.match.W.grad.abs().sum() > 0 and model.message.fc.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match='unknown selection'):
+        create_model('who2com', ModelConfig(selection='argmax'))
+
+
+def test_cached_features_decode_as_the_images_do(tiny_dataset):
+    from collab_perception.learn.feature_cache import EncodedFrames
+    model = create_model('who2com', ModelConfig(**{**SMALL.__dict__, 'freeze_encoder': True})).eval()
+    loader = FrameLoader(tiny_dataset, 'hidden-target', 'train', 4, shuffle=False)
+    cache = EncodedFrames(loader, model.encoder, batch_size=4, progress=False)
+    images = next(iter(loader))
+    n = images['labels'].shape[0]
+    for flip in (0, 1):
+        encoded = {k: cache.frames[k][:n, flip].float() for k in ('target', 'clean', 'supporters')}
+        encoded.update(labels=cache.frames['labels'][:n, flip].long(), best=cache.frames['best'][:n], encoded=True)
+        seen = {k: images[k].flip(-1) if flip else images[k] for k in ('target', 'clean', 'supporters', 'labels')}
+        with torch.no_grad():
+            from_images = model.forward_batch({**seen, 'best': images['best']}, 'eval').logits
+            from_cache = model.forward_batch(encoded, 'eval').logits
+        assert torch.equal(encoded['labels'], seen['labels'])
+        assert torch.allclose(from_cache, from_images, atol=2e-2), (from_cache - from_images).abs().max()
+    batches = list(cache)
+    assert len(batches) == len(cache) and sum(len(b['best']) for b in batches) == len(cache.frames['best'])
+    assert all(b['encoded'] and b['supporters'].shape[1:] == (4, 8, 8, 8) for b in batches)
+
+
+def test_a_frozen_backbone_stays_as_pretrained(tiny_dataset, tmp_path):
+    from collab_perception.learn.train import TrainConfig, load_model, train
+    common = dict(setting='hidden-target', data_dir=tiny_dataset, iterations=6, batch_size=4, eval_every=6,
+                  val_batches=1)
+    train(TrainConfig(method='backbone', out_dir=str(tmp_path / 'backbone'), model=SMALL, **common), progress=False)
+    pretrained = str(tmp_path / 'backbone' / 'last.pt')
+    frozen = ModelConfig(**{**SMALL.__dict__, 'freeze_encoder': True, 'selection': 'hard'})
+    with pytest.raises(ValueError, match='--freeze-encoder'):
+        train(TrainConfig(method='who2com', out_dir=str(tmp_path / 'none'), model=frozen, **common), progress=False)
+    train(TrainConfig(method='who2com', out_dir=str(tmp_path / 'who2com'), model=frozen, init_from=pretrained,
+                      **common), progress=False)
+    before, _ = load_model(pretrained)
+    after, _ = load_model(str(tmp_path / 'who2com' / 'last.pt'))
+    for (name, a), b in zip(before.encoder.state_dict().items(), after.encoder.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(before.own_head.classify.weight, after.own_head.classify.weight)
+
+
+def test_the_report_scores_every_run_on_the_unseen_worlds_too(tiny_dataset, tmp_path):
+    from collab_perception.learn.report import collect, detail_table
+    from collab_perception.learn.train import TrainConfig, train
+    datasets = tmp_path / 'datasets'
+    datasets.mkdir()
+    os.symlink(tiny_dataset, datasets / 'hidden-target')
+    train(TrainConfig(method='single_degraded', setting='hidden-target', data_dir=tiny_dataset,
+                      out_dir=str(tmp_path / 'runs' / 'hidden-target' / 'single_degraded'), iterations=2,
+                      batch_size=4, eval_every=2, val_batches=1, model=SMALL), progress=False)
+    without = collect(str(tmp_path / 'runs'), str(datasets), progress=False)
+    assert 'unseen' not in without['hidden-target']['single_degraded']
+    assert '| not generated |' in detail_table(without, 'hidden-target')
+    generate('hidden-target', 12, str(datasets / 'hidden-target-unseen'), seed=1001, size=32, shard_size=8,
+             progress=False, snapshots_per_map=4, cell_size=8, world={'shadow_map_size': 256, 'map_size_m': 200.0})
+    r = collect(str(tmp_path / 'runs'), str(datasets), progress=False)['hidden-target']['single_degraded']
+    assert r['unseen']['data_dir'].endswith('hidden-target-unseen') and 0 <= r['unseen']['overall_accuracy'] <= 1
+    assert f'| {100 * r["unseen"]["overall_accuracy"]:.2f} |' in detail_table({'hidden-target': {'single_degraded': r}},
+                                                                              'hidden-target')

@@ -11,8 +11,10 @@ import os
 
 from ..config import ConfigError
 
+SELECTIONS = ('soft', 'hard')     # learn.models.SELECTIONS; repeated so that --help loads no torch
+
 SETTINGS = ('hidden-target', 'accurate-pose', 'noisy-pose', 'random-exploration', 'obstruction')
-METHODS = ('single_normal', 'single_degraded', 'catall', 'attention', 'compression', 'random', 'who2com',
+METHODS = ('backbone', 'single_normal', 'single_degraded', 'catall', 'attention', 'compression', 'random', 'who2com',
            'who2com_nomsg', 'when2com',
            'mash', 'mash_stacked', 'inpainting', 'inputstack', 'outputstack', 'warped_outputstack')
 
@@ -43,6 +45,13 @@ def add_learn_parsers(sub) -> None:
     p.add_argument('--query-size', type=int, default=8, help='m, the broadcast message (default 8)')
     p.add_argument('--key-size', type=int, default=256, help='k, the local key (default 256)')
     p.add_argument('--attention', choices=('general', 'additive', 'scaled_dot'), default='general')
+    p.add_argument('--selection', choices=SELECTIONS, default='soft',
+                   help='handshake training: soft, the softmax blend of every supporter (Eq. 5, default), or '
+                        'hard, the supporter(s) inference connects to, with the softmax\'s gradient '
+                        '(straight-through)')
+    p.add_argument('--freeze-encoder', action='store_true',
+                   help='keep the encoder of --init-from fixed (e.g. runs/train/<setting>/backbone/best.pt); '
+                        'the training frames are then encoded once and their features cached in memory')
     p.add_argument('--init-from', default='', metavar='CHECKPOINT',
                    help='start from the weights of another run whose names and shapes match (e.g. MASH\'s '
                         'backbone from runs/train/obstruction/inpainting/best.pt); ignored with --resume')
@@ -98,7 +107,8 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(method=args.method, setting=args.setting, data_dir=data, out_dir=args.out, seed=args.seed,
                       iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
                       max_minutes=args.max_minutes, threads=args.threads, init_from=args.init_from,
-                      model=ModelConfig(query_size=args.query_size, key_size=args.key_size, attention=args.attention))
+                      model=ModelConfig(query_size=args.query_size, key_size=args.key_size, attention=args.attention,
+                                        selection=args.selection, freeze_encoder=args.freeze_encoder))
     result = train(cfg, resume=args.resume, progress=not args.quiet)
     print(f'{result["method"]}/{result["setting"]}: {result["steps"]} steps in {result["elapsed_s"] / 60:.1f} min, '
           f'best validation accuracy {result["best_val_accuracy"]:.4f}{" (truncated)" if result["truncated"] else ""}; '

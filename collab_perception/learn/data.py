@@ -105,6 +105,9 @@ class ShardFrameLoader:
     def tensors(self, batch: dict, flip: Optional[np.ndarray]) -> dict:
         raise NotImplementedError
 
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.epoch = epoch
+
     def __iter__(self) -> Iterator[dict]:
         for i, batch in enumerate(self.loader):
             if self.limit is not None and i >= self.limit:

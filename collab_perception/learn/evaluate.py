@@ -121,9 +121,10 @@ def cached_evaluation(run_dir: str, name: str, compute, force: bool = False, **k
 
 
 def evaluate_run(run_dir: str, data_dir: str, split: str = 'test', batch_size: int = 16, progress: bool = True,
-                 force: bool = False, setting: str = '') -> dict:
+                 force: bool = False, setting: str = '', cache_name: str = '') -> dict:
     """Evaluate runs/.../best.pt on a split (cached in <run>/eval_<split>.json). `setting`: evaluate on another
-    setting's dataset than the run's (cached in <run>/eval_<split>_<setting>.json)."""
+    setting's dataset than the run's (cached in <run>/eval_<split>_<setting>.json). `cache_name`: another
+    cache file, for another dataset of the same setting (the unseen worlds)."""
     def compute() -> dict:
         model, ckpt = load_model(os.path.join(run_dir, 'best.pt'))
         loader = FrameLoader(data_dir, evaluated_setting, split, batch_size, shuffle=False)
@@ -136,7 +137,7 @@ def evaluate_run(run_dir: str, data_dir: str, split: str = 'test', batch_size: i
         trained_setting = json.load(f)['setting']
     evaluated_setting = setting or trained_setting
     name = f'eval_{split}' if evaluated_setting == trained_setting else f'eval_{split}_{evaluated_setting}'
-    return cached_evaluation(run_dir, name, compute, force)
+    return cached_evaluation(run_dir, cache_name or name, compute, force, data_dir=os.path.abspath(data_dir))
 
 
 def add_bis(results: dict[str, dict]) -> None:

@@ -49,6 +49,15 @@ class ModelConfig:
     gate_threshold: float = 0.5  # when2com: normalized supporter weight needed to connect
     compression_ratio: float = 0.25
     supporters: int = 4         # S: the centralized baselines' decoders take a fixed number of agents
+    selection: str = 'soft'     # handshake training: 'soft' (Eq. 5) or 'hard' (straight-through, see SELECTIONS)
+    freeze_encoder: bool = False  # keep a pretrained encoder fixed (its features can then be cached)
+
+
+# How the handshake models combine the supporters while training. 'soft' is the paper's Eq. 5: the decoder
+# sees a softmax blend of every supporter, which it never sees at inference (one argmax supporter, or the
+# gated set). 'hard' decodes exactly what inference decodes and passes the softmax's gradient to the scores
+# (straight-through: weights = hard + soft - soft.detach()).
+SELECTIONS = ('soft', 'hard')
 
 
 @dataclass
@@ -116,20 +125,37 @@ class VectorHead(nn.Module):
 
 
 class CollabModel(nn.Module):
-    """Shared parts: one encoder for every agent (same weights on every drone), the own head."""
+    """Shared parts: one encoder for every agent (same weights on every drone), the own head.
+
+    A batch whose 'encoded' flag is set holds the encoder's features instead of images (learn/feature_cache.py,
+    for a frozen encoder): `encode` then passes them through."""
 
     needs_supporters = True
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if cfg.selection not in SELECTIONS:
+            raise ValueError(f'unknown selection {cfg.selection!r}; valid: {", ".join(SELECTIONS)}')
         self.cfg = cfg
         self.encoder = Encoder(cfg.channels, cfg.width)
         self.own_head = Decoder(cfg.channels, cfg.num_classes, cfg.width)
+        self._inputs_encoded = False
+        if cfg.freeze_encoder:
+            self.encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> 'CollabModel':
+        super().train(mode)
+        if self.cfg.freeze_encoder:
+            self.encoder.eval()        # a frozen encoder keeps its BatchNorm statistics too
+        return self
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images if self._inputs_encoded else self.encoder(images)
 
     def encode_all(self, target: torch.Tensor, supporters: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """target [B, 3, H, W], supporters [B, S, 3, H, W] -> f_t [B, C, h, w], f_s [B, S, C, h, w]."""
         b, s = supporters.shape[:2]
-        feats = self.encoder(torch.cat([target, supporters.flatten(0, 1)], 0))
+        feats = self.encode(torch.cat([target, supporters.flatten(0, 1)], 0))
         return feats[:b], feats[b:].view(b, s, *feats.shape[1:])
 
     def wire(self) -> WireSpec:
@@ -138,7 +164,11 @@ class CollabModel(nn.Module):
     def forward_batch(self, batch: dict, mode: str) -> Output:
         """One batch of the data loader of the model's settings (learn/data.py) -> Output. Models of other
         settings (MASH on the obstruction setting) override this and `loss` with their own batch keys."""
-        return self(batch['target'], batch['supporters'], clean_target=batch['clean'], mode=mode)
+        self._inputs_encoded = bool(batch.get('encoded', False))
+        try:
+            return self(batch['target'], batch['supporters'], clean_target=batch['clean'], mode=mode)
+        finally:
+            self._inputs_encoded = False
 
     def loss(self, out: Output, batch: dict, ignore_index: int = 255) -> torch.Tensor:
         labels = batch['labels']
@@ -167,7 +197,7 @@ class _Single(CollabModel):
         image = clean_target if self.use_clean else target
         if image is None:
             raise ValueError('single_normal needs the clean target image')
-        logits = self.own_head(self.encoder(image))
+        logits = self.own_head(self.encode(image))
         return Output(logits=logits)
 
     def wire(self) -> WireSpec:
@@ -182,6 +212,29 @@ class SingleNormal(_Single):
 @register('single_degraded')
 class SingleDegraded(_Single):
     pass
+
+
+@register('backbone')
+class Backbone(_Single):
+    """The shared pretrained backbone (our stand-in for the paper's ImageNet-pretrained ResNet18): one encoder
+    and head trained on the target's clean and degraded views together, once per setting; the collaborative
+    models start from it (`train --init-from`, with `--freeze-encoder` their training caches its features).
+    Scored, like Single degraded, on the degraded view."""
+
+    def forward_batch(self, batch: dict, mode: str) -> Output:
+        if mode != 'train':
+            return super().forward_batch(batch, mode)
+        self._inputs_encoded = bool(batch.get('encoded', False))
+        try:
+            return Output(logits=self.own_head(self.encode(torch.cat([batch['target'], batch['clean']], 0))))
+        finally:
+            self._inputs_encoded = False
+
+    def loss(self, out: Output, batch: dict, ignore_index: int = 255) -> torch.Tensor:
+        labels = batch['labels']
+        if out.logits.shape[0] == 2 * labels.shape[0]:
+            labels = torch.cat([labels, labels], 0)
+        return F.cross_entropy(out.logits, labels, ignore_index=ignore_index)
 
 
 # ---------------------------------------------------------------------------------------------- centralized
@@ -306,13 +359,17 @@ class Who2com(_Handshake):
         f_t, f_s = self.encode_all(target, supporters)
         scores = self.scores(f_t, f_s)
         b, s = scores.shape
-        if mode == 'train':
-            weights = scores.softmax(-1)
+        soft = scores.softmax(-1)
+        if mode == 'train' and self.cfg.selection == 'soft':
+            weights = soft
             selected = None
         else:
             pick = scores.argmax(-1)
             selected = F.one_hot(pick, s).bool()
             weights = selected.to(f_s.dtype)
+            if mode == 'train':
+                weights = weights + soft - soft.detach()
+                selected = None
         f_sum = torch.einsum('bs,bschw->bchw', weights, f_s)
         return Output(logits=self.decoder(torch.cat([f_t, f_sum], 1)), own_logits=self.own_head(f_t),
                       scores=scores, weights=weights, selected=selected)
@@ -338,13 +395,16 @@ class When2com(_Handshake):
         all_scores = self.match(q, keys)                      # [B, 1 + S]
         probs = all_scores.softmax(-1)
         stacked = torch.cat([f_t.unsqueeze(1), f_s], 1)
-        if mode == 'train':
+        if mode == 'train' and self.cfg.selection == 'soft':
             weights = probs
             selected = None
         else:
             selected = probs[:, 1:] >= self.cfg.gate_threshold
-            weights = torch.cat([probs[:, :1], probs[:, 1:] * selected], 1)
-            weights = weights / weights.sum(-1, keepdim=True)
+            gated = torch.cat([probs[:, :1], probs[:, 1:] * selected], 1)
+            weights = gated / gated.sum(-1, keepdim=True)
+            if mode == 'train':
+                weights = weights.detach() + probs - probs.detach()
+                selected = None
         f_sum = torch.einsum('bs,bschw->bchw', weights, stacked)
         return Output(logits=self.decoder(torch.cat([f_t, f_sum], 1)), own_logits=self.own_head(f_t),
                       scores=all_scores[:, 1:], weights=weights[:, 1:], selected=selected,

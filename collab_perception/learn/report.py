@@ -33,6 +33,16 @@ SETTING_TITLES = {'hidden-target': 'Hidden target view', 'accurate-pose': 'Accur
                   'noisy-pose': 'Inaccurate (noisy) pose', 'random-exploration': 'Random exploration'}
 
 
+UNSEEN_SUFFIX = '-unseen'
+
+
+def unseen_dataset(datasets_root: str, setting: str) -> Optional[str]:
+    """datasets/<setting>-unseen: the setting generated from a world seed that no training or validation set
+    uses (`dataset generate --seed 1000`); None when it has not been made."""
+    path = os.path.join(datasets_root, setting + UNSEEN_SUFFIX)
+    return path if os.path.exists(os.path.join(path, 'manifest.json')) else None
+
+
 def collect(runs_root: str, datasets_root: str, split: str = 'test', progress: bool = True) -> dict:
     """setting -> method -> evaluation result, for every finished run (best.pt and train.json: a run still
     training, or interrupted, counts as not trained yet)."""
@@ -50,6 +60,10 @@ def collect(runs_root: str, datasets_root: str, split: str = 'test', progress: b
             if finished(run):
                 data = os.path.join(datasets_root, setting)
                 r = evaluate_run(run, data, split, progress=progress, setting=setting)
+                unseen = unseen_dataset(datasets_root, setting)
+                if unseen:
+                    r = {**r, 'unseen': evaluate_run(run, unseen, 'test', progress=progress, setting=setting,
+                                                     cache_name=f'eval_unseen_{setting}')}
                 if trained_on != setting:
                     r = {**r, 'trained_on': trained_on}
                 results.setdefault(setting, {})[method] = r
@@ -81,21 +95,30 @@ def table(results: dict) -> str:
 
 def detail_table(results: dict, setting: str) -> str:
     lines = ['| Method | kB/frame (request + replies + connect + features) | Overall acc | mIoU | BIS | '
-             'gap recovered | selection acc | own-head acc | best checkpoint (step of iterations, min of training) |',
-             '|---|---|---|---|---|---|---|---|---|']
+             'gap recovered | selection acc | own-head acc | unseen worlds: acc (own-head acc) | '
+             'best checkpoint (step of iterations, min of training) |',
+             '|---|---|---|---|---|---|---|---|---|---|']
     for _, method, title in ROWS:
         r = results.get(setting, {}).get(method)
         if r is None:
-            lines.append(f'| {title} | not trained | | | | | | | |')
+            lines.append(f'| {title} | not trained | | | | | | | | |')
             continue
         k = r['bytes_by_kind']
         parts = ' + '.join(f'{k[x] / 1024:.3f}' for x in ('request', 'reply', 'connect', 'feature'))
         lines.append(f'| {title} | {_kb(r)} ({parts}) | {fmt(r["overall_accuracy"])} | {fmt(r["miou"])} | '
                      f'{fmt(r.get("bis"), pct=False, digits=3)} | {fmt(r.get("gap_recovered"), digits=1)}% | '
                      f'{fmt(r.get("selection_accuracy"), digits=1)}{"%" if r.get("selection_accuracy") is not None else ""} | '
-                     f'{fmt(r.get("own_accuracy"))} | {r["step"]} of {r["iterations"]}, {r["train_minutes"]}'
+                     f'{fmt(r.get("own_accuracy"))} | {_unseen(r)} | {r["step"]} of {r["iterations"]}, {r["train_minutes"]}'
                      + (f' (the {r["trained_on"]} run)' if r.get('trained_on') else '') + ' |')
     return '\n'.join(lines)
+
+
+def _unseen(r: dict) -> str:
+    u = r.get('unseen')
+    if not u:
+        return 'not generated'
+    own = f' ({fmt(u["own_accuracy"])})' if u.get('own_accuracy') is not None else ''
+    return f'{fmt(u["overall_accuracy"])}{own}'
 
 
 def plot(results: dict, path: str) -> Optional[str]:

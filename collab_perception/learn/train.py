@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from ..runtime.metrics import ConfusionMatrix
 from .data import HANDSHAKE_SETTINGS, FrameLoader
+from .feature_cache import EncodedFrames
 from .models import CollabModel, ModelConfig, create_model
 
 
@@ -147,7 +148,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     val_loader = loader_cls(cfg.data_dir, cfg.setting, 'val', cfg.batch_size, shuffle=False, limit=cfg.val_batches)
     model = build_model(cfg, train_loader.agents, train_loader.num_classes)
     cfg.model = model.cfg
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.model.freeze_encoder and not (cfg.init_from or resume):
+        raise ValueError('--freeze-encoder keeps the encoder as it starts: give --init-from a pretrained run '
+                         '(e.g. runs/train/<setting>/backbone/best.pt)')
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
     os.makedirs(cfg.out_dir, exist_ok=True)
     last_path = os.path.join(cfg.out_dir, 'last.pt')
     best_path = os.path.join(cfg.out_dir, 'best.pt')
@@ -164,12 +169,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         if os.path.exists(history_path):
             history = json.load(open(history_path))['history']
             best = max((h['val_accuracy'] for h in history), default=-1.0)
-        train_loader.loader.epoch = step // max(1, len(train_loader))   # resume the data order, epoch-wise
     elif cfg.init_from:
         copied = init_from_checkpoint(model, cfg.init_from)
         modules = sorted({name.split('.')[0] for name in copied})
         print(f'{cfg.method}/{cfg.setting}: {len(copied)} of {len(model.state_dict())} weights from '
               f'{cfg.init_from} ({", ".join(modules)})')
+    if cfg.model.freeze_encoder and cfg.setting in HANDSHAKE_SETTINGS:
+        train_loader = EncodedFrames(train_loader, model.encoder, cfg.batch_size, seed=cfg.seed, progress=progress)
+        print(f'{cfg.method}/{cfg.setting}: the frozen encoder\'s features of {len(train_loader)} batches cached '
+              f'({train_loader.nbytes / 2 ** 20:.0f} MiB)')
+    if step:
+        train_loader.set_epoch(step // max(1, len(train_loader)))   # resume the data order, epoch-wise
     with open(os.path.join(cfg.out_dir, 'config.json'), 'w') as f:
         json.dump(config_dict(cfg), f, indent=2)
 

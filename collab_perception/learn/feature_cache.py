@@ -1,0 +1,76 @@
+"""A split's frames through a frozen encoder, once: training batches of features instead of images.
+
+With `freeze_encoder` (a pretrained backbone kept fixed, `train --freeze-encoder`) the encoder's output for a
+view never changes during training, so encoding every view at every step, five or six encoder passes per frame
+and most of a step's time, is work thrown away. EncodedFrames encodes each frame's views once, both left-right
+flips of each (so the flip augmentation stays exact), keeps them in memory as float16 and yields batches shaped
+like FrameLoader's, with 'encoded' set: CollabModel.encode then passes them through.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .data import FrameLoader
+
+
+class EncodedFrames:
+    """Every frame of `loader` (read in order, unflipped) encoded by `encoder`; batches of `batch_size`
+    frames in an order drawn from (seed, epoch), each frame flipped or not at random."""
+
+    def __init__(self, loader: FrameLoader, encoder: nn.Module, batch_size: int, seed: int = 0,
+                 progress: bool = True):
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        self.agents, self.num_classes = loader.agents, loader.num_classes
+        parts: dict[str, list] = {'target': [], 'supporters': [], 'clean': [], 'labels': [], 'best': []}
+        encoder.eval()
+        augment, loader.augment = loader.augment, False     # both flips of every frame are kept instead
+        with torch.no_grad():
+            for batch in tqdm(loader, desc='encoding the training frames once', disable=not progress,
+                              dynamic_ncols=True, leave=False):
+                b, s = batch['supporters'].shape[:2]
+                images = torch.cat([batch['target'], batch['clean'], batch['supporters'].flatten(0, 1)], 0)
+                both = [encoder(images.contiguous(memory_format=torch.channels_last)),
+                        encoder(images.flip(-1).contiguous(memory_format=torch.channels_last))]
+                feats = torch.stack([f.contiguous().half() for f in both], 1)     # [2B + BS, 2, C, h, w]
+                parts['target'].append(feats[:b])
+                parts['clean'].append(feats[b:2 * b])
+                parts['supporters'].append(feats[2 * b:].view(b, s, 2, *feats.shape[2:]).transpose(1, 2))
+                labels = batch['labels'].to(torch.uint8)
+                parts['labels'].append(torch.stack([labels, labels.flip(-1)], 1))
+                parts['best'].append(batch['best'])
+        loader.augment = augment
+        if not parts['best']:
+            raise ValueError(f'{loader.loader.root}: the {loader.loader.split!r} split holds no frame to encode')
+        self.frames = {k: torch.cat(v, 0) for k, v in parts.items()}
+
+    def __len__(self) -> int:
+        n = len(self.frames['best'])
+        return (n + self.batch_size - 1) // self.batch_size
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.frames.values())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        n = len(self.frames['best'])
+        order = rng.permutation(n)
+        flips = rng.random(n) < 0.5
+        for start in range(0, n, self.batch_size):
+            idx = torch.from_numpy(order[start:start + self.batch_size])
+            flip = torch.from_numpy(flips[order[start:start + self.batch_size]].astype(np.int64))
+            f = self.frames
+            yield {'target': f['target'][idx, flip].float(), 'clean': f['clean'][idx, flip].float(),
+                   'supporters': f['supporters'][idx, flip].float(), 'labels': f['labels'][idx, flip].long(),
+                   'best': f['best'][idx], 'encoded': True}
