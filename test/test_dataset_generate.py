@@ -174,6 +174,7 @@ def test_cli_generate_and_preview(tmp_path, capsys):
     (dict(size=100, cell_size=8), 'cell_size'),
     (dict(drones=1), 'drones'),
     (dict(pose_noise_m=-1.0), 'pose_noise_m'),
+    (dict(degraded_share=1.5), 'degraded_share'),
     (dict(world={'fov_deg': 500.0}), r'world\.fov_deg'),
     (dict(world={'seed': 3}), r'world\.seed'),
     (dict(world={'colour': 'red'}), r'world\.colour'),
@@ -182,3 +183,19 @@ def test_bad_generate_values_name_the_field(kwargs, field):
     base = dict(setting='obstruction', frames=4)
     with pytest.raises(ConfigError, match=f'^{field}: '):
         GenerateConfig(**{**base, **kwargs})
+
+
+def test_cli_sets_the_degradation_and_the_share_of_degraded_targets(tmp_path):
+    out = str(tmp_path / 'mixed')
+    assert _cli(['dataset', 'generate', '--setting', 'hidden-target', '--frames', '8', '--out', out, '--size', '32',
+                 '--snapshots-per-map', '2', '--map-size', '120', '--quiet', '--noise-std', '30', '40',
+                 '--blur-reference-width', '256', '--degraded-share', '0.5']) == 0
+    m = load_manifest(out)
+    assert m['options']['degraded_share'] == 0.5
+    assert (m['degradation']['noise_std_min'], m['degradation']['noise_std_max']) == (30, 40)
+    assert m['degradation']['kernel_range_px'] == [1, 13]          # 1..100 at 256 px is 1..13 at 32 px
+    degraded = [bool(s['degraded'][s['target_index']]) for s in iter_snapshots(out, 'train')]
+    assert 0 < sum(degraded) < len(degraded), degraded
+    with pytest.raises(ConfigError, match='^--noise-std: noise_std_max'):
+        _cli(['dataset', 'generate', '--setting', 'hidden-target', '--frames', '4', '--out', str(tmp_path / 'bad'),
+              '--noise-std', '40', '30'])

@@ -236,3 +236,24 @@ def test_the_report_scores_every_run_on_the_unseen_worlds_too(tiny_dataset, tmp_
     assert r['unseen']['data_dir'].endswith('hidden-target-unseen') and 0 <= r['unseen']['overall_accuracy'] <= 1
     assert f'| {100 * r["unseen"]["overall_accuracy"]:.2f} |' in detail_table({'hidden-target': {'single_degraded': r}},
                                                                               'hidden-target')
+
+
+def test_the_fused_decoder_starts_as_the_backbone_head_reading_the_received_features(tmp_path):
+    from collab_perception.learn.train import init_from_checkpoint
+    backbone = create_model('backbone', SMALL).eval()
+    torch.save({'model': backbone.state_dict()}, tmp_path / 'backbone.pt')
+    for name in ('who2com', 'random'):
+        model = create_model(name, SMALL)
+        copied = init_from_checkpoint(model, str(tmp_path / 'backbone.pt'))
+        assert 'decoder.head.0.0.weight' in copied and 'encoder.stages.0.0.weight' in copied
+        model.eval()
+        f_t, f_received = torch.rand(2, 8, 8, 8), torch.rand(2, 8, 8, 8)
+        with torch.no_grad():
+            assert torch.allclose(model.decoder(torch.cat([f_t, f_received], 1)), backbone.own_head(f_received),
+                                  atol=1e-5)
+    # a run that has a decoder of its own keeps it
+    who2com = create_model('who2com', SMALL)
+    torch.save({'model': who2com.state_dict()}, tmp_path / 'who2com.pt')
+    again = create_model('who2com', SMALL)
+    init_from_checkpoint(again, str(tmp_path / 'who2com.pt'))
+    assert torch.equal(again.decoder.head[0][0].weight, who2com.decoder.head[0][0].weight)

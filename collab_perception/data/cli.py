@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import ConfigError
+from ..world.degrade import DegradeConfig
 from .settings import SETTINGS
 
 _SETTINGS_HELP = '\n'.join(f'  {s.name:<19} {s.paper}: {s.summary}' for s in SETTINGS.values())
@@ -48,6 +49,15 @@ def add_dataset_parser(subparsers) -> argparse.ArgumentParser:
                    help='noisy-pose: std of the position noise per axis, metres (default 3)')
     g.add_argument('--pose-noise-deg', type=float, default=0.0, metavar='DEG',
                    help='noisy-pose: std of an extra rotation noise, degrees (default 0, as in the paper)')
+    g.add_argument('--blur-reference-width', type=int, default=None, metavar='PX',
+                   help='the degraded target\'s blur: kernel sizes 1..100 (the handshake paper, §IV-B) are '
+                        f'drawn at this image width and scaled to --size (default {DegradeConfig.reference_width})')
+    g.add_argument('--noise-std', type=float, nargs=2, default=None, metavar=('LO', 'HI'),
+                   help='the degraded target\'s Gaussian noise: its standard deviation is drawn from LO..HI, in '
+                        f'0..255 units (default {DegradeConfig.noise_std_min:g} {DegradeConfig.noise_std_max:g})')
+    g.add_argument('--degraded-share', type=float, default=1.0, metavar='F',
+                   help='share of the snapshots whose target is degraded (default 1; below 1 the others\' '
+                        'target sees clearly, and When2com\'s gate has a decision to make)')
     g.add_argument('--map-size', type=float, default=None, metavar='M',
                    help='side of a map in metres (default: the world\'s, 400)')
     g.add_argument('--workers', type=int, default=1, help='processes rendering maps in parallel (default 1)')
@@ -76,6 +86,17 @@ def cmd_generate(args) -> int:
                    pose_noise_m=args.pose_noise_m, pose_noise_deg=args.pose_noise_deg, workers=args.workers)
     if args.map_size is not None:
         options['world'] = {'map_size_m': args.map_size}
+    degrade = {}
+    if args.blur_reference_width is not None:
+        degrade['reference_width'] = args.blur_reference_width
+    if args.noise_std is not None:
+        degrade['noise_std_min'], degrade['noise_std_max'] = args.noise_std
+    try:
+        options['degrade'] = DegradeConfig(**degrade)
+    except ConfigError as e:
+        option = '--blur-reference-width' if e.path == 'reference_width' else '--noise-std'
+        raise ConfigError(option, str(e)) from None
+    options['degraded_share'] = args.degraded_share
     from .generate import generate
     m = generate(args.setting, args.frames, args.out, seed=args.seed, size=args.size, drones=args.drones,
                  shard_size=args.shard_size, progress=not args.quiet, **options)

@@ -52,6 +52,7 @@ class GenerateConfig:
     pose_noise_m: float = 3.0             # noisy-pose: Gaussian std of each position coordinate
     pose_noise_deg: float = 0.0           # noisy-pose: rotation noise (the paper perturbs positions only)
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
+    degraded_share: float = 1.0           # share of snapshots whose target is degraded (the rest see clearly)
     world: dict = field(default_factory=dict)   # further WorldConfig fields (e.g. map_size_m)
     workers: int = 1
 
@@ -69,6 +70,9 @@ class GenerateConfig:
             raise ConfigError('drones', f'expected an integer in 2..16, got {self.drones!r}')
         if self.size % self.cell_size:
             raise ConfigError('cell_size', f'{self.cell_size} must divide the image size {self.size}')
+        if isinstance(self.degraded_share, bool) or not isinstance(self.degraded_share, (int, float)) \
+                or not 0 <= self.degraded_share <= 1:
+            raise ConfigError('degraded_share', f'expected a number in 0..1, got {self.degraded_share!r}')
         for name in ('pose_noise_m', 'pose_noise_deg'):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
@@ -145,7 +149,8 @@ def build_sample(snap: Snapshot, cfg: GenerateConfig, target: int, rng: np.rando
     degraded = np.zeros(n, bool)
     kernel = np.zeros(n, np.int16)
     noise = np.zeros(n, np.float32)
-    if s.degrade_target:
+    # the draw is skipped at share 1 so that datasets made before the option stay the same
+    if s.degrade_target and (cfg.degraded_share >= 1 or rng.random() < cfg.degraded_share):
         rgb[target], d = degrade(clean[target], rng, cfg.degrade)
         degraded[target], kernel[target], noise[target] = True, d.kernel_size, d.noise_std
 

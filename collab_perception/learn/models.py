@@ -152,6 +152,10 @@ class CollabModel(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return images if self._inputs_encoded else self.encoder(images)
 
+    def warm_start(self, source: dict) -> list[str]:
+        """Weights that a pretrained run (`train --init-from`) gives beyond same-named ones: none here."""
+        return []
+
     def encode_all(self, target: torch.Tensor, supporters: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """target [B, 3, H, W], supporters [B, S, 3, H, W] -> f_t [B, C, h, w], f_s [B, S, C, h, w]."""
         b, s = supporters.shape[:2]
@@ -256,6 +260,27 @@ class CatAll(CollabModel):
         return WireSpec(handshake=False, feature_shape=(self.cfg.channels,), features_sent='all')
 
 
+def decoder_from_own_head(model: CollabModel, source: dict) -> list[str]:
+    """Start the fused decoder D(f_t, f_received) (Eq. 4) as the pretrained own head reading the received
+    features: the same weights, the first convolution's f_t half zero. With the right supporter selected it
+    starts where the backbone is on a clean view, instead of from random weights."""
+    prefix = 'own_head.'
+    head = {k[len(prefix):]: v for k, v in source.items() if k.startswith(prefix)}
+    target = model.decoder.state_dict()
+    first = 'head.0.0.weight'
+    c = model.cfg.channels
+    if first not in head or tuple(target[first].shape[1:]) != (2 * c,) + tuple(head[first].shape[2:]):
+        return []
+    loaded = {}
+    for name, value in head.items():
+        if name == first:
+            value = torch.cat([torch.zeros_like(value), value], 1)
+        if name in target and target[name].shape == value.shape:
+            loaded[name] = value
+    model.decoder.load_state_dict({**target, **loaded}, strict=True)
+    return ['decoder.' + k for k in sorted(loaded)]
+
+
 class _Handshake(CollabModel):
     """Query from the target, keys from the supporters, matching scores (Eq. 1-3)."""
 
@@ -281,6 +306,9 @@ class _Handshake(CollabModel):
     def wire(self) -> WireSpec:
         return WireSpec(handshake=True, query_shape=(self.cfg.query_size,) if self.use_message else (),
                         feature_shape=(self.cfg.channels,), features_sent='selected')
+
+    def warm_start(self, source: dict) -> list[str]:
+        return decoder_from_own_head(self, source)
 
 
 @register('attention')
@@ -349,6 +377,9 @@ class RandomSelection(CollabModel):
     def wire(self) -> WireSpec:
         # no matching: the target asks one supporter directly (a Connect) and receives its features
         return WireSpec(handshake=False, feature_shape=(self.cfg.channels,), features_sent='selected')
+
+    def warm_start(self, source: dict) -> list[str]:
+        return decoder_from_own_head(self, source)
 
 
 @register('who2com')

@@ -125,7 +125,8 @@ def load_model(checkpoint: str) -> tuple[CollabModel, dict]:
 
 def init_from_checkpoint(model: CollabModel, checkpoint: str) -> list[str]:
     """Copy every weight of `checkpoint` whose name and shape match one of `model` (e.g. MASH's backbone from
-    an Inpainting run: same encoder, same own head). Returns the names copied; raises ValueError naming the
+    an Inpainting run: same encoder, same own head), and what the model's `warm_start` derives from it (the
+    handshake's fused decoder from a backbone's own head). Returns the names copied; raises ValueError naming the
     checkpoint when nothing matches."""
     if not os.path.exists(checkpoint):
         raise ValueError(f'--init-from: {checkpoint} does not exist')
@@ -135,7 +136,8 @@ def init_from_checkpoint(model: CollabModel, checkpoint: str) -> list[str]:
     if not copied:
         raise ValueError(f'--init-from: no weight of {checkpoint} has a name and shape of this {type(model).__name__}')
     model.load_state_dict({**own, **copied}, strict=True)
-    return sorted(copied)
+    warm = [] if any(k.startswith('decoder.') for k in copied) else model.warm_start(source)
+    return sorted(copied) + warm
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
