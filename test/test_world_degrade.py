@@ -7,9 +7,10 @@ from collab_perception.world.degrade import (DegradeConfig, Degradation, apply_d
 
 
 def test_kernel_sizes_scale_with_width_and_cover_the_configured_range():
-    cfg = DegradeConfig()                          # 1..100 at 512 px
+    cfg = DegradeConfig(reference_width=512)       # 1..100 at 512 px
     assert cfg.kernel_range(512) == (1, 101)       # 100 -> the nearest odd size
     assert cfg.kernel_range(128) == (1, 25)
+    assert DegradeConfig().kernel_range(128) == (1, 51)   # the default: 1..100 at 256 px
     rng = np.random.default_rng(0)
     ks = np.array([sample_degradation(rng, 128, cfg).kernel_size for _ in range(3000)])
     assert np.all(ks % 2 == 1) and ks.min() == 1 and ks.max() == 25

@@ -70,6 +70,8 @@ def add_learn_parsers(sub) -> None:
     p.add_argument('--split', default='test', choices=('val', 'test'))
     p.add_argument('--out', default='docs/RESULTS.md', help='Markdown file to write ("-": print only)')
     p.add_argument('--plot', default='docs/img/results_accuracy_vs_bytes.png')
+    p.add_argument('--settings', nargs='+', choices=SETTINGS, default=list(SETTINGS), metavar='SETTING',
+                   help='the settings to score and write (default: all; obstruction is the MASH section)')
     p.add_argument('--quiet', action='store_true')
     p.set_defaults(func=cmd_evaluate)
 
@@ -119,7 +121,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .report import write_results
     path = write_results(args.runs, args.datasets, None if args.out == '-' else args.out, args.plot, args.split,
-                         progress=not args.quiet)
+                         progress=not args.quiet, settings=tuple(args.settings))
     if path:
         print(f'wrote {path} and {args.plot}')
     return 0

@@ -101,6 +101,20 @@ def export_roles(model: CollabModel, out_dir: str, image_size: tuple[int, int], 
     return paths
 
 
+def training_command(c: dict) -> str:
+    """The `collab-perception train` command line of a run's config.json / checkpoint config."""
+    cmd = (f'collab-perception train --method {c["method"]} --setting {c["setting"]} --iterations {c["iterations"]} '
+           f'--batch-size {c["batch_size"]} --lr {c["lr"]} --seed {c["seed"]}')
+    m = c['model']
+    if m.get('selection', 'soft') != 'soft':
+        cmd += f' --selection {m["selection"]}'
+    if c.get('init_from'):
+        cmd += f' --init-from {c["init_from"]}'
+    if m.get('freeze_encoder'):
+        cmd += ' --freeze-encoder'
+    return cmd
+
+
 def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', check_frames: int = 16) -> dict:
     """Export a run's best.pt by role, check ONNX Runtime against torch on test frames, write the model card."""
     import numpy as np
@@ -108,6 +122,7 @@ def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', chec
 
     from .data import FrameLoader
     from .evaluate import evaluate_run
+    from .report import unseen_dataset
     from .train import load_model
 
     model, ckpt = load_model(os.path.join(run_dir, 'best.pt'))
@@ -130,17 +145,26 @@ def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', chec
             agree += int((classes == ref).sum())
             pixels += ref.size
     test = evaluate_run(run_dir, data, 'test', progress=False)
+    unseen_data = unseen_dataset(datasets_root, c['setting'])
+    unseen = (evaluate_run(run_dir, unseen_data, 'test', progress=False, cache_name=f'eval_unseen_{c["setting"]}')
+              if unseen_data else None)
+    metric_keys = ('frames', 'overall_accuracy', 'miou', 'own_accuracy', 'own_miou', 'selection_accuracy',
+                   'bytes_per_frame')
     card = {
         'name': os.path.basename(os.path.normpath(out_dir)),
         'method': c['method'], 'setting': c['setting'], 'seed': c['seed'],
-        'trained_with': f'collab-perception train --method {c["method"]} --setting {c["setting"]} --iterations '
-                        f'{c["iterations"]} --batch-size {c["batch_size"]} --lr {c["lr"]} --seed {c["seed"]}',
+        'trained_with': training_command(c),
+        'init_from_trained_with': (training_command(torch.load(c['init_from'], map_location='cpu',
+                                                               weights_only=False)['config'])
+                                   if c.get('init_from') and os.path.exists(c['init_from']) else None),
         'exported_with': f'collab-perception export --run {run_dir} --out {out_dir}',
         'training': {'steps': ckpt['step'], 'minutes': round(ckpt['elapsed_s'] / 60, 1), 'model': c['model']},
         'dataset': {'path': data, 'frames': loader.manifest['frames'], 'seed': loader.manifest['seed']},
         'metrics_test_split': {k: (round(v, 4) if isinstance(v, float) else v) for k, v in test.items()
-                               if k in ('frames', 'overall_accuracy', 'miou', 'own_accuracy', 'own_miou',
-                                        'selection_accuracy', 'bytes_per_frame')},
+                               if k in metric_keys},
+        'metrics_unseen_worlds': ({'dataset': unseen_data, **{k: (round(v, 4) if isinstance(v, float) else v)
+                                                              for k, v in unseen.items() if k in metric_keys}}
+                                  if unseen else 'not generated (datasets/<setting>-unseen)'),
         'onnx_check': {'frames': check_frames, 'max_abs_diff_features_key': max_diff,
                        'decoder_argmax_agreement': agree / max(pixels, 1)},
         'files': {r: os.path.basename(p) for r, p in paths.items()},

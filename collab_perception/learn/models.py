@@ -15,10 +15,14 @@ Table I (§IV-C):
     when2com          ours with a "when to communicate" gate: a self-score joins the softmax, and at inference
                       the target connects only to supporters whose normalized score passes a threshold
 
-Training follows §III-C: the handshake models decode the softmax-weighted sum of all supporters' features
-(Eq. 5) and are trained end to end with cross entropy on the target's labels only; at inference they
-connect to the argmax (or the gated set). Every model also has an own head (the target's prediction from
-its own features) trained alongside: it is what a drone publishes without help (fallback, own accuracy).
+    backbone          not a row of Table I: the shared pretrained encoder + head the others start from
+
+Training follows §III-C: the handshake models are trained end to end with cross entropy on the target's labels
+only, decoding the softmax-weighted sum of all supporters' features (Eq. 5, `selection='soft'`) or, with
+`selection='hard'`, exactly the supporter(s) inference connects to, the softmax's gradient passed straight
+through; at inference they connect to the argmax (or the gated set). Every model also has an own head (the
+target's prediction from its own features) trained alongside: it is what a drone publishes without help
+(fallback, own accuracy).
 
 `WireSpec` says what the method puts on the radio per frame, so evaluation counts bytes with
 runtime/wire.py exactly as the swarm would send them.

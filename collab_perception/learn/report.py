@@ -43,14 +43,15 @@ def unseen_dataset(datasets_root: str, setting: str) -> Optional[str]:
     return path if os.path.exists(os.path.join(path, 'manifest.json')) else None
 
 
-def collect(runs_root: str, datasets_root: str, split: str = 'test', progress: bool = True) -> dict:
+def collect(runs_root: str, datasets_root: str, split: str = 'test', progress: bool = True,
+            settings: tuple = HANDSHAKE_SETTINGS) -> dict:
     """setting -> method -> evaluation result, for every finished run (best.pt and train.json: a run still
     training, or interrupted, counts as not trained yet)."""
     def finished(run: str) -> bool:
         return all(os.path.exists(os.path.join(run, f)) for f in ('best.pt', 'train.json'))
 
     results: dict[str, dict] = {}
-    for setting in HANDSHAKE_SETTINGS:
+    for setting in settings:
         for _, method, _ in ROWS:
             run = os.path.join(runs_root, setting, method)
             trained_on = setting
@@ -76,7 +77,7 @@ def _kb(r: dict) -> str:
 
 
 def table(results: dict) -> str:
-    settings = [s for s in HANDSHAKE_SETTINGS]
+    settings = [s for s in HANDSHAKE_SETTINGS if s in results] or list(HANDSHAKE_SETTINGS)
     head = '| | Method | ' + ' | '.join(f'{SETTING_TITLES[s]}: kB/frame, Acc, mIoU, BIS' for s in settings) + ' |'
     lines = [head, '|---|---|' + '---|' * len(settings)]
     for group, method, title in ROWS:
@@ -188,15 +189,23 @@ def findings(results: dict) -> list[str]:
 COMMANDS = '''```bash
 for s in hidden-target accurate-pose noisy-pose random-exploration; do
   collab-perception dataset generate --setting $s --frames 2400 --out datasets/$s --workers 2
+  collab-perception dataset generate --setting $s --frames 2500 --seed 1000 --out datasets/$s-unseen --workers 2
 done
-collab-perception train --method who2com --setting hidden-target      # one row of one setting (~15 min)
+S=hidden-target; B=runs/train/$S/backbone/best.pt
+collab-perception train --method backbone --setting $S --iterations 2000            # shared, once (~13 min)
+collab-perception train --method who2com --setting $S --selection hard --init-from $B --freeze-encoder   # ~5 min
+collab-perception train --method catall --setting $S --init-from $B --freeze-encoder    # and the other rows
+collab-perception train --method single_normal --setting $S --init-from $B              # bounds: fine-tuned
 collab-perception evaluate                                             # this page and its plot
 ```'''
 
 
 def write_results(runs_root: str, datasets_root: str, out_md: Optional[str], plot_path: str, split: str = 'test',
-                  progress: bool = True) -> Optional[str]:
-    results = collect(runs_root, datasets_root, split, progress)
+                  progress: bool = True, settings: tuple = HANDSHAKE_SETTINGS + ('obstruction',)) -> Optional[str]:
+    handshake = tuple(s for s in settings if s in HANDSHAKE_SETTINGS)
+    results = collect(runs_root, datasets_root, split, progress, handshake)
+    for s in handshake:
+        results.setdefault(s, {})
     lines = ['# Results', '',
              'The handshake paper\'s Table I (Who2com, `shared/papers/handshake-who2com.txt` §IV-V) regenerated on the '
              'project\'s own datasets (docs/DATASETS.md): 5 drones, 128x128 images, the target blurred and noisy; '
@@ -209,6 +218,13 @@ def write_results(runs_root: str, datasets_root: str, out_md: Optional[str], plo
              'Inaccurate pose\'s two bounds are accurate-pose\'s single-agent models evaluated on noisy-pose\'s test '
              'split: the two datasets share maps, flights and the degradation\'s distribution, and differ in the noisy positions used for '
              'warping the other drones, which a single agent never reads ("model of accurate-pose" in the table).', '',
+             'Every collaborative row starts from one backbone per setting (method `backbone`: encoder and head '
+             'trained on the target\'s clean and degraded views, our stand-in for the paper\'s ImageNet-pretrained '
+             'ResNet18) and keeps its encoder frozen, so that its training frames are encoded once and cached '
+             '(learn/feature_cache.py); the handshake rows train with hard selection (`--selection hard`, '
+             'straight-through), decoding what inference decodes. The two bounds fine-tune the whole backbone on '
+             'their own views. "Unseen worlds": the test split of datasets/<setting>-unseen, generated from world '
+             'seed 1000, which no training or validation set uses.', '',
              'Reproduce:', '', COMMANDS, '', '## Table I on our data', '', table(results), '']
     facts = findings(results)
     if facts:
@@ -219,8 +235,9 @@ def write_results(runs_root: str, datasets_root: str, out_md: Optional[str], plo
     if plot(results, plot_path):
         rel = os.path.relpath(plot_path, os.path.dirname(out_md) if out_md else '.')
         lines += ['## Accuracy against bytes', '', f'![accuracy against bytes per frame]({rel})', '']
-    from .mash_eval import mash_section   # MASH on the obstruction setting (its own Table I)
-    lines += [mash_section(runs_root, datasets_root, split, progress), '']
+    if 'obstruction' in settings:
+        from .mash_eval import mash_section   # MASH on the obstruction setting (its own Table I)
+        lines += [mash_section(runs_root, datasets_root, split, progress), '']
     text = '\n'.join(lines)
     if out_md is None:
         print(text)

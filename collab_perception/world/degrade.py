@@ -1,13 +1,15 @@
 """Image degradation of a "degraded agent" (handshake paper §IV-B): Gaussian blur of random size + noise.
 
 The paper: "We perturb the target agent's view by applying a Gaussian blur filter with random size (from 1
-to 100) and Gaussian noise." It states neither its image size nor the noise level, so:
-- kernel sizes are drawn uniformly from [kernel_min, kernel_max] at `reference_width` pixels (512 assumed
-  for AirSim-CP's "high-resolution" images) and scaled to the actual width, rounded to the nearest odd
-  size: 1..100 at 512 px is 1..25 at 128 px. Sigma follows OpenCV's rule for a kernel size,
-  0.3 * ((k - 1) / 2 - 1) + 0.8, so the blur really spans the kernel;
+to 100) and Gaussian noise." It states neither its image size nor the noise level, so both are calibrated to
+its Table I instead, where Single degraded is 19.4 points below Single normal (issue 11; docs/DATASETS.md):
+- kernel sizes are drawn uniformly from [kernel_min, kernel_max] at `reference_width` pixels and scaled to
+  the actual width, rounded to the nearest odd size: 1..100 at 256 px is 1..51 at 128 px. Sigma follows
+  OpenCV's rule for a kernel size, 0.3 * ((k - 1) / 2 - 1) + 0.8, so the blur really spans the kernel;
 - the noise is zero-mean Gaussian with a standard deviation drawn from [noise_std_min, noise_std_max], in
   0..255 intensity units, added after the blur and clipped.
+With these defaults one single-agent model trained 500 steps reached 65.4% on degraded views against 83.7%
+on clean ones (18.4 points); the earlier 512 px and noise 5..20 gave 73.7% (10.1 points).
 """
 from __future__ import annotations
 
@@ -23,9 +25,9 @@ from ..config import ConfigError
 class DegradeConfig:
     kernel_min: int = 1
     kernel_max: int = 100
-    reference_width: int = 512
-    noise_std_min: float = 5.0
-    noise_std_max: float = 20.0
+    reference_width: int = 256
+    noise_std_min: float = 10.0
+    noise_std_max: float = 40.0
 
     def __post_init__(self):
         for name in ('kernel_min', 'kernel_max', 'reference_width'):
