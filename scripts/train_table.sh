@@ -3,8 +3,10 @@
 # first, then write the page. Restartable: finished runs are skipped, interrupted ones resume from last.pt.
 # Several workers may share the queue (each run is taken under a lock), e.g. one per core:
 #   bash scripts/train_table.sh --threads 1 & bash scripts/train_table.sh --threads 1 &
-# (after `make setup`; datasets are generated if missing). noisy-pose has no single_* runs of its own: its frames
-# are accurate-pose's with noisy positions, which the singles never read (docs/RESULTS.md says so).
+# (after `make setup`; datasets, and their unseen-worlds twins from world seed 1000, are generated if missing).
+# Handshake settings: a backbone first, then every row starts from it (docs/RESULTS.md says how). noisy-pose
+# has no backbone or single_* runs of its own: its frames are accurate-pose's with noisy positions, which a
+# single agent never reads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -19,7 +21,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 runs=(
-  hidden-target:who2com accurate-pose:who2com
+  hidden-target:backbone hidden-target:who2com accurate-pose:backbone accurate-pose:who2com random-exploration:backbone
   hidden-target:random hidden-target:single_degraded hidden-target:single_normal hidden-target:catall
   accurate-pose:single_degraded accurate-pose:single_normal accurate-pose:catall accurate-pose:random
   noisy-pose:who2com noisy-pose:catall noisy-pose:random
@@ -42,12 +44,21 @@ for run in "${runs[@]}"; do
   if [ ! -f "datasets/$setting/manifest.json" ]; then
     collab-perception dataset generate --setting "$setting" --frames 2400 --out "datasets/$setting" --workers 2 --quiet
   fi
+  if [ "$setting" != obstruction ] && [ ! -f "datasets/$setting-unseen/manifest.json" ]; then
+    collab-perception dataset generate --setting "$setting" --frames 2500 --seed 1000 \
+      --out "datasets/$setting-unseen" --workers 2 --quiet
+  fi
+  backbone=runs/train/${setting/noisy-pose/accurate-pose}/backbone/best.pt
   if [ -f "runs/train/$setting/$method/train.json" ]; then
     echo "[train_table] $setting/$method: done already"
   else
     extra=()
     # MASH's runs as planned in learn/mash_eval.py (the main row: Q16/K32; 2000 iterations of batch 8)
     case $method in
+      backbone) extra=(--iterations 2000) ;;
+      who2com|who2com_nomsg|when2com) extra=(--selection hard --init-from "$backbone" --freeze-encoder) ;;
+      random|catall|attention|compression) extra=(--init-from "$backbone" --freeze-encoder) ;;
+      single_normal|single_degraded) extra=(--init-from "$backbone") ;;
       mash) extra=(--iterations 2000 --batch-size 8 --query-size 16 --key-size 32) ;;
       inpainting|outputstack|warped_outputstack|inputstack) extra=(--iterations 2000 --batch-size 8) ;;
     esac

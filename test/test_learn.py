@@ -257,3 +257,19 @@ def test_the_fused_decoder_starts_as_the_backbone_head_reading_the_received_feat
     again = create_model('who2com', SMALL)
     init_from_checkpoint(again, str(tmp_path / 'who2com.pt'))
     assert torch.equal(again.decoder.head[0][0].weight, who2com.decoder.head[0][0].weight)
+
+
+def test_when2com_threshold_is_chosen_on_the_validation_split(tiny_dataset, tmp_path):
+    from collab_perception.learn.evaluate import GATE_THRESHOLDS, GATE_TOLERANCE, choose_gate_threshold, evaluate_run
+    from collab_perception.learn.train import TrainConfig, train
+    run = str(tmp_path / 'when2com')
+    train(TrainConfig(method='when2com', setting='hidden-target', data_dir=tiny_dataset, out_dir=run, iterations=2,
+                      batch_size=4, eval_every=2, val_batches=1, model=SMALL), progress=False)
+    gate = choose_gate_threshold(run, tiny_dataset, progress=False)
+    assert [r['threshold'] for r in gate['sweep']] == list(GATE_THRESHOLDS)
+    best = max(r['accuracy'] for r in gate['sweep'])
+    chosen = next(r for r in gate['sweep'] if r['threshold'] == gate['threshold'])
+    assert chosen['accuracy'] >= best - GATE_TOLERANCE
+    assert all(r['bytes_per_frame'] >= chosen['bytes_per_frame'] for r in gate['sweep']
+               if r['accuracy'] >= best - GATE_TOLERANCE)
+    assert evaluate_run(run, tiny_dataset, 'test', progress=False)['gate_threshold'] == gate['threshold']
