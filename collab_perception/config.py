@@ -379,8 +379,21 @@ def build_config(data: Mapping[str, Any], source: str = '<dict>',
     return SwarmConfig(swarm=top['swarm'], drones=drones, source=source, raw=data)
 
 
-def load_swarm_config(path: Optional[str] = None, overrides: Sequence[tuple[str, Any]] = ()) -> SwarmConfig:
-    path = path or default_config_path()
+def overlay(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict:
+    """`over` on top of `base`: mappings merge key by key, anything else (a list such as drones, a scalar)
+    replaces what the base has."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = overlay(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_config_file(path: str, _seen: tuple = ()) -> dict:
+    """A swarm config file as one mapping; `extends: <file>` (relative to this file) makes it an overlay of
+    another config, so that a variant states only what differs (config/swarm_mash.yaml over swarm.yaml)."""
     try:
         with open(path, encoding='utf-8') as f:
             data = yaml.safe_load(f)
@@ -388,4 +401,19 @@ def load_swarm_config(path: Optional[str] = None, overrides: Sequence[tuple[str,
         raise ConfigError('<file>', f'cannot read: {e.strerror}', path) from None
     except yaml.YAMLError as e:
         raise ConfigError('<file>', f'not valid YAML: {e}', path) from None
-    return build_config(data, source=path, overrides=overrides)
+    if not isinstance(data, Mapping) or 'extends' not in data:
+        return data
+    data = dict(data)
+    base = data.pop('extends')
+    if not isinstance(base, str) or not base:
+        raise ConfigError('extends', f'expected the path of the config this one overlays, got {base!r}', path)
+    base_path = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), base))
+    if base_path in _seen + (os.path.abspath(path),):
+        chain = ' -> '.join(_seen + (os.path.abspath(path), base_path))
+        raise ConfigError('extends', f'a cycle of overlays: {chain}', path)
+    return overlay(read_config_file(base_path, _seen + (os.path.abspath(path),)), data)
+
+
+def load_swarm_config(path: Optional[str] = None, overrides: Sequence[tuple[str, Any]] = ()) -> SwarmConfig:
+    path = path or default_config_path()
+    return build_config(read_config_file(path), source=path, overrides=overrides)

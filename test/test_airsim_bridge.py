@@ -113,6 +113,20 @@ def test_airsim_config_errors_name_the_field(tmp_path):
         load_airsim_config(str(bad), load_classes().names)
 
 
+def test_the_shipped_airsim_config_feeds_every_drone_of_the_shipped_swarm():
+    """The README's AirSim step: config/swarm.yaml with swarm.source.type: airsim plans as shipped."""
+    from collab_perception.config import load_swarm_config
+    from collab_perception.launch.plan import build_node_plan
+    cfg = load_swarm_config(overrides=[('swarm.source.type', 'airsim')])
+    source = build_node_plan(cfg)[0]
+    assert source.executable == 'airsim_bridge'
+    vehicles = load_airsim_config(source.parameters['airsim_config'], load_classes().names).vehicles
+    assert sorted(v.drone for v in vehicles) == sorted(cfg.names)
+    with pytest.raises(ConfigError, match='no AirSim vehicle feeds drone'):
+        build_node_plan(load_swarm_config(overrides=[('swarm.source.type', 'airsim'), (
+            'drones', [{'name': f'drone{i}', 'id': i} for i in range(1, 7)])]))
+
+
 @pytest.mark.ros
 def test_bridge_node_publishes_every_camera_topic_with_one_stamp(peer, ros, tmp_path):
     from geometry_msgs.msg import PoseStamped

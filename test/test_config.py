@@ -2,7 +2,7 @@
 import pytest
 
 from collab_perception.classes import load_classes
-from collab_perception.config import ConfigError, build_config, load_swarm_config, parse_override
+from collab_perception.config import ConfigError, build_config, load_swarm_config, parse_override, resource_path
 
 
 def minimal(**extra):
@@ -97,3 +97,30 @@ def test_class_table():
     import numpy as np
     rgb = classes.colorize(np.array([[0, 1], [2, 250]], np.uint8))
     assert rgb.shape == (2, 2, 3) and (rgb[0, 1] == classes.colors[1]).all() and (rgb[1, 1] == 0).all()
+
+
+def test_a_config_can_overlay_another(tmp_path):
+    from collab_perception.config import load_swarm_config, overlay
+    assert overlay({'a': {'x': 1, 'y': [1, 2]}, 'b': 1}, {'a': {'y': [3]}, 'c': 2}) == \
+        {'a': {'x': 1, 'y': [3]}, 'b': 1, 'c': 2}
+    mash = load_swarm_config(resource_path('config', 'swarm_mash.yaml'))
+    base = load_swarm_config(resource_path('config', 'swarm.yaml'))
+    assert mash.names == [f'drone{i}' for i in range(1, 7)] and mash.drones[0].obstructed and not mash.drones[0].degraded
+    assert mash.drones[1].method == 'mash' and mash.drones[1].deadline_ms == 400
+    assert mash.swarm['codec']['query_dtype'] == 'uint8'
+    assert mash.swarm['qos'] == base.swarm['qos'] and mash.swarm['source']['world'] == base.swarm['source']['world']
+    # a variant of a variant, paths relative to the file; a cycle or a bad value names `extends`
+    (tmp_path / 'slow.yaml').write_text(f'extends: {resource_path("config", "swarm_mash.yaml")}\n'
+                                        'swarm: {rate_hz: 1.0}\n')
+    slow = load_swarm_config(str(tmp_path / 'slow.yaml'))
+    assert slow.swarm['rate_hz'] == 1.0 and slow.names == mash.names
+    (tmp_path / 'a.yaml').write_text('extends: b.yaml\n')
+    (tmp_path / 'b.yaml').write_text('extends: a.yaml\n')
+    with pytest.raises(ConfigError, match='extends: a cycle of overlays: .*a.yaml -> .*b.yaml -> .*a.yaml'):
+        load_swarm_config(str(tmp_path / 'a.yaml'))
+    (tmp_path / 'c.yaml').write_text('extends: [swarm.yaml]\n')
+    with pytest.raises(ConfigError, match='extends: expected the path'):
+        load_swarm_config(str(tmp_path / 'c.yaml'))
+    (tmp_path / 'd.yaml').write_text('extends: missing.yaml\n')
+    with pytest.raises(ConfigError, match='missing.yaml: <file>: cannot read'):
+        load_swarm_config(str(tmp_path / 'd.yaml'))
