@@ -114,6 +114,50 @@ def detail_table(results: dict, setting: str) -> str:
     return '\n'.join(lines)
 
 
+MIXED = 'hidden-target-mixed'   # runs/train/<MIXED>/<method>, datasets/<MIXED>: half the targets degraded
+MIXED_COMMANDS = '''```bash
+collab-perception dataset generate --setting hidden-target --frames 2400 --degraded-share 0.5 \\
+  --out datasets/hidden-target-mixed --workers 2
+B=runs/train/hidden-target/backbone/best.pt      # the same maps and splits as hidden-target's (same seed)
+collab-perception train --method when2com --setting hidden-target --data datasets/hidden-target-mixed \\
+  --out runs/train/hidden-target-mixed/when2com --init-from $B --freeze-encoder
+collab-perception train --method who2com --setting hidden-target --data datasets/hidden-target-mixed \\
+  --out runs/train/hidden-target-mixed/who2com --selection hard --init-from $B --freeze-encoder
+```'''
+
+
+def mixed_section(runs_root: str, datasets_root: str, split: str, progress: bool) -> list[str]:
+    """When to communicate (the When2com gate) where only half the targets are degraded: accuracy and the
+    feature bytes the gate saves against Who2com, which always connects."""
+    data = os.path.join(datasets_root, MIXED)
+    rows = {}
+    for method in ('who2com', 'when2com'):
+        run = os.path.join(runs_root, MIXED, method)
+        if os.path.exists(os.path.join(run, 'train.json')) and os.path.exists(os.path.join(data, 'manifest.json')):
+            rows[method] = evaluate_run(run, data, split, progress=progress, setting='hidden-target',
+                                        cache_name=f'eval_{split}_mixed')
+    if not rows:
+        return []
+    ours = rows.get('who2com')
+    lines = ['## When to communicate: the mixed variant (hidden-target, half the targets degraded)', '',
+             'The gate of When2com (the target\'s own key joins the match; it connects only to supporters whose '
+             'normalized score passes a threshold, chosen on the validation split: the fewest bytes within half a '
+             'point of the best accuracy) against Who2com, which connects on every frame. Same backbone, same '
+             f'maps and splits as hidden-target; {split} split.', '', 'Reproduce:', '', MIXED_COMMANDS, '',
+             '| Method | Overall acc | mIoU | own-head acc | kB/frame | feature bytes vs Who2com | threshold |',
+             '|---|---|---|---|---|---|---|']
+    for method, title in (('who2com', 'Ours w/ msg (Who2com)'), ('when2com', 'Ours w/ msg + gate (When2com)')):
+        r = rows.get(method)
+        if r is None:
+            lines.append(f'| {title} | not trained | | | | | |')
+            continue
+        share = (f'{r["bytes_by_kind"]["feature"] / ours["bytes_by_kind"]["feature"]:.3f}'
+                 if ours and ours['bytes_by_kind']['feature'] else '-')
+        lines.append(f'| {title} | {fmt(r["overall_accuracy"])} | {fmt(r["miou"])} | {fmt(r.get("own_accuracy"))} | '
+                     f'{_kb(r)} | {share} | {r.get("gate_threshold", "-")} |')
+    return lines + ['']
+
+
 def _unseen(r: dict) -> str:
     u = r.get('unseen')
     if not u:
@@ -232,6 +276,8 @@ def write_results(runs_root: str, datasets_root: str, out_md: Optional[str], plo
     for s in HANDSHAKE_SETTINGS:
         if results.get(s):
             lines += [f'## {SETTING_TITLES[s]} ({s})', '', detail_table(results, s), '']
+    if 'hidden-target' in settings:
+        lines += mixed_section(runs_root, datasets_root, split, progress)
     if plot(results, plot_path):
         rel = os.path.relpath(plot_path, os.path.dirname(out_md) if out_md else '.')
         lines += ['## Accuracy against bytes', '', f'![accuracy against bytes per frame]({rel})', '']
