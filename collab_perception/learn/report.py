@@ -200,6 +200,42 @@ def plot(results: dict, path: str) -> Optional[str]:
     return path
 
 
+def curves_plot(runs_root: str, settings: tuple, path: str) -> Optional[str]:
+    """Validation accuracy against training step of every finished run, one panel per setting (history.json)."""
+    import json
+
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    panels = []
+    for s in settings:
+        curves = []
+        for _, method, title in ROWS + [('', 'backbone', 'Backbone (pretraining)')]:
+            history = os.path.join(runs_root, s, method, 'history.json')
+            if os.path.exists(history):
+                with open(history) as f:
+                    h = json.load(f)['history']
+                curves.append((title, [e['step'] for e in h], [100 * e['val_accuracy'] for e in h]))
+        if curves:
+            panels.append((s, curves))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False)
+    for ax, (s, curves) in zip(axes[0], panels):
+        for title, steps, acc in curves:
+            ax.plot(steps, acc, marker='.', label=title)
+        ax.set_title(f'{SETTING_TITLES[s]}: validation')
+        ax.set_xlabel('training step')
+        ax.set_ylabel('overall accuracy (%)')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def findings(results: dict) -> list[str]:
     """The paper's claims, checked on our numbers (hidden target view, §V), stated either way."""
     out = []
@@ -281,6 +317,12 @@ def write_results(runs_root: str, datasets_root: str, out_md: Optional[str], plo
     if plot(results, plot_path):
         rel = os.path.relpath(plot_path, os.path.dirname(out_md) if out_md else '.')
         lines += ['## Accuracy against bytes', '', f'![accuracy against bytes per frame]({rel})', '']
+    curves_path = os.path.join(os.path.dirname(plot_path), 'results_training_curves.png')
+    if curves_plot(runs_root, handshake, curves_path):
+        rel = os.path.relpath(curves_path, os.path.dirname(out_md) if out_md else '.')
+        lines += ['## Training curves', '', 'Validation accuracy of every run (the first 12 batches of the validation '
+                  'split, every 250 steps); the checkpoint scored above is the best of these.', '',
+                  f'![training curves]({rel})', '']
     if 'obstruction' in settings:
         from .mash_eval import mash_section   # MASH on the obstruction setting (its own Table I)
         lines += [mash_section(runs_root, datasets_root, split, progress), '']

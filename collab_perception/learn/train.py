@@ -42,7 +42,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     eval_every: int = 250
-    val_batches: int = 12               # validation batches per evaluation (the whole split at the end)
+    val_batches: int = 12               # validation batches per evaluation, the same ones every time
     max_minutes: float = 0.0            # 0: no limit; else stop early (the run is marked truncated)
     threads: int = 0                    # torch threads; 0: all cores
     init_from: str = ''                 # a checkpoint whose same-named, same-shaped weights start this run
