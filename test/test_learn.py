@@ -236,6 +236,13 @@ def test_the_report_scores_every_run_on_the_unseen_worlds_too(tiny_dataset, tmp_
     assert r['unseen']['data_dir'].endswith('hidden-target-unseen') and 0 <= r['unseen']['overall_accuracy'] <= 1
     assert f'| {100 * r["unseen"]["overall_accuracy"]:.2f} |' in detail_table({'hidden-target': {'single_degraded': r}},
                                                                               'hidden-target')
+    from collab_perception.learn.report import write_results
+    page = write_results(str(tmp_path / 'runs'), str(datasets), str(tmp_path / 'RESULTS.md'),
+                         str(tmp_path / 'img' / 'acc.png'), progress=False, settings=('hidden-target',))
+    text = open(page).read()
+    assert '| Single degraded | not trained |' not in text and '| CatAll | not trained |' in text
+    assert '![training curves](img/results_training_curves.png)' in text and 'MASH' not in text
+    assert os.path.getsize(tmp_path / 'img' / 'results_training_curves.png') > 5000
 
 
 def test_the_fused_decoder_starts_as_the_backbone_head_reading_the_received_features(tmp_path):
@@ -273,10 +280,3 @@ def test_when2com_threshold_is_chosen_on_the_validation_split(tiny_dataset, tmp_
     assert all(r['bytes_per_frame'] >= chosen['bytes_per_frame'] for r in gate['sweep']
                if r['accuracy'] >= best - GATE_TOLERANCE)
     assert evaluate_run(run, tiny_dataset, 'test', progress=False)['gate_threshold'] == gate['threshold']
-    from collab_perception.learn.report import write_results
-    page = write_results(str(tmp_path / 'runs'), str(datasets), str(tmp_path / 'RESULTS.md'),
-                         str(tmp_path / 'img' / 'acc.png'), progress=False, settings=('hidden-target',))
-    text = open(page).read()
-    assert '| Single degraded | not trained |' not in text and '| CatAll | not trained |' in text
-    assert '![training curves](img/results_training_curves.png)' in text and 'MASH' not in text
-    assert os.path.getsize(tmp_path / 'img' / 'results_training_curves.png') > 5000

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ..runtime import wire
+from ..runtime.codec import decode_tensor, encode_tensor
 from ..runtime.metrics import SegmentationScore, bis, gap_recovered
 from .data import WARPED_SETTINGS, FrameLoader
 from .models import CollabModel, WireSpec
@@ -62,10 +63,23 @@ def frame_bytes(spec: WireSpec, feature_hw: tuple[int, int], supporters: int, se
     return out
 
 
+WIRE_DTYPES = ('float32', 'float16', 'int8', 'uint8')
+
+
+def wire_round_trip(dtype: str):
+    """Feature maps [N, C, h, w] through the real codec (runtime/codec.py), one message per map: what a
+    requester decodes from a FeatureMap of that dtype (int8 / uint8: per-tensor affine quantization)."""
+    def round_trip(features: torch.Tensor) -> torch.Tensor:
+        maps = [decode_tensor(encode_tensor(f.numpy(), dtype), field='feature') for f in features]
+        return torch.from_numpy(np.stack(maps)).to(features.dtype)
+    return round_trip
+
+
 @torch.no_grad()
 def evaluate_model(model: CollabModel, loader: FrameLoader, setting: str, progress: bool = True,
                    dtypes: dict = DEFAULT_DTYPES) -> dict:
     model.eval()
+    model.received_on_wire = wire_round_trip(dtypes['feature'])
     fused = SegmentationScore(loader.num_classes)
     own = SegmentationScore(loader.num_classes)
     spec = model.wire()
@@ -95,7 +109,9 @@ def evaluate_model(model: CollabModel, loader: FrameLoader, setting: str, progre
             fused.add(pred[i], labels[i], fb.total, selected_correctly=correct)
             if out.own_logits is not None:
                 own.add(out.own_logits[i].argmax(0).numpy(), labels[i])
+    model.received_on_wire = None
     result = fused.summary()
+    result['feature_dtype'] = dtypes['feature']
     frames = max(fused.frames, 1)
     result['bytes_by_kind'] = {k: getattr(kinds, k) / frames for k in ('request', 'reply', 'connect', 'feature')}
     if own.frames:
@@ -121,10 +137,12 @@ def cached_evaluation(run_dir: str, name: str, compute, force: bool = False, **k
 
 
 def evaluate_run(run_dir: str, data_dir: str, split: str = 'test', batch_size: int = 16, progress: bool = True,
-                 force: bool = False, setting: str = '', cache_name: str = '') -> dict:
+                 force: bool = False, setting: str = '', cache_name: str = '', feature_dtype: str = '') -> dict:
     """Evaluate runs/.../best.pt on a split (cached in <run>/eval_<split>.json). `setting`: evaluate on another
     setting's dataset than the run's (cached in <run>/eval_<split>_<setting>.json). `cache_name`: another
-    cache file, for another dataset of the same setting (the unseen worlds)."""
+    cache file, for another dataset of the same setting (the unseen worlds). `feature_dtype`: the received
+    feature maps' wire dtype (default: DEFAULT_DTYPES', float16), cached apart."""
+    dtypes = {**DEFAULT_DTYPES, 'feature': feature_dtype or DEFAULT_DTYPES['feature']}
     def compute() -> dict:
         model, ckpt = load_model(os.path.join(run_dir, 'best.pt'))
         gate = None
@@ -132,7 +150,7 @@ def evaluate_run(run_dir: str, data_dir: str, split: str = 'test', batch_size: i
             gate = choose_gate_threshold(run_dir, trained_data, batch_size, progress)
             model.cfg.gate_threshold = gate['threshold']
         loader = FrameLoader(data_dir, evaluated_setting, split, batch_size, shuffle=False)
-        result = evaluate_model(model, loader, evaluated_setting, progress)
+        result = evaluate_model(model, loader, evaluated_setting, progress, dtypes)
         if gate:
             result['gate_threshold'] = gate['threshold']
         result.update({'method': ckpt['config']['method'], 'setting': evaluated_setting, 'split': split,
@@ -143,8 +161,11 @@ def evaluate_run(run_dir: str, data_dir: str, split: str = 'test', batch_size: i
         trained = json.load(f)
     trained_setting, trained_data = trained['setting'], trained['data_dir']
     evaluated_setting = setting or trained_setting
-    name = f'eval_{split}' if evaluated_setting == trained_setting else f'eval_{split}_{evaluated_setting}'
-    return cached_evaluation(run_dir, cache_name or name, compute, force, data_dir=os.path.abspath(data_dir))
+    name = cache_name or (f'eval_{split}' if evaluated_setting == trained_setting else f'eval_{split}_{evaluated_setting}')
+    if feature_dtype:
+        name += f'_{feature_dtype}'
+    return cached_evaluation(run_dir, name, compute, force, data_dir=os.path.abspath(data_dir),
+                             feature_dtype=dtypes['feature'])
 
 
 GATE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))

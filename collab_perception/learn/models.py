@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -144,6 +144,9 @@ class CollabModel(nn.Module):
         self.encoder = Encoder(cfg.channels, cfg.width)
         self.own_head = Decoder(cfg.channels, cfg.num_classes, cfg.width)
         self._inputs_encoded = False
+        # evaluation: what a received feature map goes through on the wire ([N, C, h, w] -> the same), e.g. the
+        # real codec's float16 or int8 round trip (learn/evaluate.py); None in training
+        self.received_on_wire: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         if cfg.freeze_encoder:
             self.encoder.requires_grad_(False)
 
@@ -155,6 +158,10 @@ class CollabModel(nn.Module):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return images if self._inputs_encoded else self.encoder(images)
+
+    def received(self, features: torch.Tensor) -> torch.Tensor:
+        """Features [N, C, h, w] as the requester receives them (see `received_on_wire`)."""
+        return features if self.received_on_wire is None else self.received_on_wire(features)
 
     def warm_start(self, source: dict) -> list[str]:
         """Weights that a pretrained run (`train --init-from`) gives beyond same-named ones: none here."""
@@ -257,6 +264,7 @@ class CatAll(CollabModel):
         f_t, f_s = self.encode_all(target, supporters)
         if f_s.shape[1] != self.supporters:
             raise ValueError(f'catall was built for {self.supporters} supporters, got {f_s.shape[1]}')
+        f_s = self.received(f_s.flatten(0, 1)).view(f_s.shape)
         logits = self.decoder(torch.cat([f_t, f_s.flatten(1, 2)], 1))
         return Output(logits=logits, own_logits=self.own_head(f_t))
 
@@ -374,7 +382,7 @@ class RandomSelection(CollabModel):
         b, s = f_s.shape[:2]
         pick = torch.randint(0, s, (b,), generator=generator, device=f_s.device)
         selected = F.one_hot(pick, s).bool()
-        f_sel = f_s[torch.arange(b), pick]
+        f_sel = self.received(f_s[torch.arange(b), pick])
         return Output(logits=self.decoder(torch.cat([f_t, f_sel], 1)), own_logits=self.own_head(f_t),
                       selected=selected, weights=selected.float())
 
@@ -406,6 +414,8 @@ class Who2com(_Handshake):
                 weights = weights + soft - soft.detach()
                 selected = None
         f_sum = torch.einsum('bs,bschw->bchw', weights, f_s)
+        if selected is not None:       # inference: exactly the connected supporter's map, as it was received
+            f_sum = self.received(f_sum)
         return Output(logits=self.decoder(torch.cat([f_t, f_sum], 1)), own_logits=self.own_head(f_t),
                       scores=scores, weights=weights, selected=selected)
 
@@ -440,6 +450,8 @@ class When2com(_Handshake):
             if mode == 'train':
                 weights = weights.detach() + probs - probs.detach()
                 selected = None
+            else:                      # inference: the supporters' maps as they were received
+                stacked = torch.cat([f_t.unsqueeze(1), self.received(f_s.flatten(0, 1)).view(f_s.shape)], 1)
         f_sum = torch.einsum('bs,bschw->bchw', weights, stacked)
         return Output(logits=self.decoder(torch.cat([f_t, f_sum], 1)), own_logits=self.own_head(f_t),
                       scores=all_scores[:, 1:], weights=weights[:, 1:], selected=selected,

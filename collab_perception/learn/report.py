@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from .data import HANDSHAKE_SETTINGS
-from .evaluate import add_bis, evaluate_run, fmt
+from .evaluate import WIRE_DTYPES, add_bis, evaluate_run, fmt
 
 ROWS = [
     ('Upper bound', 'single_normal', 'Single normal'),
@@ -155,6 +155,28 @@ def mixed_section(runs_root: str, datasets_root: str, split: str, progress: bool
                  if ours and ours['bytes_by_kind']['feature'] else '-')
         lines.append(f'| {title} | {fmt(r["overall_accuracy"])} | {fmt(r["miou"])} | {fmt(r.get("own_accuracy"))} | '
                      f'{_kb(r)} | {share} | {r.get("gate_threshold", "-")} |')
+    return lines + ['']
+
+
+def wire_dtype_section(runs_root: str, datasets_root: str, split: str, progress: bool,
+                       setting: str = 'hidden-target', method: str = 'who2com') -> list[str]:
+    """Ours w/ msg with its received feature maps in each wire dtype, through the real codec (issue 15)."""
+    run = os.path.join(runs_root, setting, method)
+    data = os.path.join(datasets_root, setting)
+    if not os.path.exists(os.path.join(run, 'train.json')):
+        return []
+    rows = {d: evaluate_run(run, data, split, progress=progress, feature_dtype=d) for d in WIRE_DTYPES}
+    ref = rows['float16']
+    lines = [f'## Feature maps on the wire: dtype against accuracy ({SETTING_TITLES[setting]}, ours w/ msg)', '',
+             'The connected supporter\'s feature map goes through the codec the swarm uses (runtime/codec.py: '
+             'int8 and uint8 are per-tensor affine, one scale and zero point per map) before the requester '
+             f'decodes it; the same model, the {split} split. Every table above uses float16 '
+             f'(`codec.feature_dtype`, config/swarm.yaml). `collab-perception evaluate --settings {setting}`.', '',
+             '| feature dtype | Overall acc | mIoU | feature kB/frame | accuracy vs float16 |', '|---|---|---|---|---|']
+    for d, r in rows.items():
+        lines.append(f'| {d} | {fmt(r["overall_accuracy"])} | {fmt(r["miou"])} | '
+                     f'{r["bytes_by_kind"]["feature"] / 1024:.2f} | '
+                     f'{100 * (r["overall_accuracy"] - ref["overall_accuracy"]):+.2f} points |')
     return lines + ['']
 
 
@@ -313,6 +335,7 @@ def write_results(runs_root: str, datasets_root: str, out_md: Optional[str], plo
         if results.get(s):
             lines += [f'## {SETTING_TITLES[s]} ({s})', '', detail_table(results, s), '']
     if 'hidden-target' in settings:
+        lines += wire_dtype_section(runs_root, datasets_root, split, progress)
         lines += mixed_section(runs_root, datasets_root, split, progress)
     if plot(results, plot_path):
         rel = os.path.relpath(plot_path, os.path.dirname(out_md) if out_md else '.')
