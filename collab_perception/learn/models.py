@@ -29,6 +29,7 @@ runtime/wire.py exactly as the swarm would send them.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -179,9 +180,15 @@ class CollabModel(nn.Module):
     def forward_batch(self, batch: dict, mode: str) -> Output:
         """One batch of the data loader of the model's settings (learn/data.py) -> Output. Models of other
         settings (MASH on the obstruction setting) override this and `loss` with their own batch keys."""
+        with self.inputs_of(batch):
+            return self(batch['target'], batch['supporters'], clean_target=batch['clean'], mode=mode)
+
+    @contextlib.contextmanager
+    def inputs_of(self, batch: dict):
+        """While a batch is forwarded: whether it holds cached features (see the class docstring)."""
         self._inputs_encoded = bool(batch.get('encoded', False))
         try:
-            return self(batch['target'], batch['supporters'], clean_target=batch['clean'], mode=mode)
+            yield
         finally:
             self._inputs_encoded = False
 
@@ -239,11 +246,8 @@ class Backbone(_Single):
     def forward_batch(self, batch: dict, mode: str) -> Output:
         if mode != 'train':
             return super().forward_batch(batch, mode)
-        self._inputs_encoded = bool(batch.get('encoded', False))
-        try:
+        with self.inputs_of(batch):
             return Output(logits=self.own_head(self.encode(torch.cat([batch['target'], batch['clean']], 0))))
-        finally:
-            self._inputs_encoded = False
 
     def loss(self, out: Output, batch: dict, ignore_index: int = 255) -> torch.Tensor:
         labels = batch['labels']
