@@ -48,7 +48,8 @@ def test_generate_then_load_round_trip(datasets, name):
             assert np.array_equal(np.flatnonzero(snap['degraded']), [t] if setting.degrade_target else [])
             if setting.degrade_target:
                 lo, hi = manifest['degradation']['kernel_range_px']
-                assert lo <= snap['blur_kernel'][t] <= hi and 5 <= snap['noise_std'][t] <= 20
+                noise = manifest['degradation']['noise_std_min'], manifest['degradation']['noise_std_max']
+                assert lo <= snap['blur_kernel'][t] <= hi and noise[0] <= snap['noise_std'][t] <= noise[1]
                 assert not np.array_equal(snap['rgb'][t], snap['target_rgb_clean'])
             if setting.hidden_target:
                 h = int(snap['hidden_index'])
