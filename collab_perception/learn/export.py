@@ -159,7 +159,11 @@ def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', chec
                                    if c.get('init_from') and os.path.exists(c['init_from']) else None),
         'exported_with': f'collab-perception export --run {run_dir} --out {out_dir}',
         'training': {'steps': ckpt['step'], 'minutes': round(ckpt['elapsed_s'] / 60, 1), 'model': c['model']},
-        'dataset': {'path': data, 'frames': loader.manifest['frames'], 'seed': loader.manifest['seed']},
+        'dataset': {'path': data, 'frames': loader.manifest['frames'], 'seed': loader.manifest['seed'],
+                    # what a swarm running this model should degrade with (swarm.source.degrade)
+                    'degradation': {k: v for k, v in (loader.manifest.get('degradation') or {}).items()
+                                    if k in ('kernel_min', 'kernel_max', 'reference_width', 'noise_std_min',
+                                             'noise_std_max')} or None},
         'metrics_test_split': {k: (round(v, 4) if isinstance(v, float) else v) for k, v in test.items()
                                if k in metric_keys},
         'metrics_unseen_worlds': ({'dataset': unseen_data, **{k: (round(v, 4) if isinstance(v, float) else v)
