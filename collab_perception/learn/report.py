@@ -176,7 +176,7 @@ def wire_dtype_section(runs_root: str, datasets_root: str, split: str, progress:
     for d, r in rows.items():
         lines.append(f'| {d} | {fmt(r["overall_accuracy"])} | {fmt(r["miou"])} | '
                      f'{r["bytes_by_kind"]["feature"] / 1024:.2f} | '
-                     f'{100 * (r["overall_accuracy"] - ref["overall_accuracy"]):+.2f} points |')
+                     f'{round(100 * (r["overall_accuracy"] - ref["overall_accuracy"]), 2) + 0.0:+.2f} points |')
     return lines + ['']
 
 
@@ -311,15 +311,18 @@ def write_results(runs_root: str, datasets_root: str, out_md: Optional[str], plo
     lines = ['# Results', '',
              'The handshake paper\'s Table I (Who2com, `shared/papers/handshake-who2com.txt` §IV-V) regenerated on the '
              'project\'s own datasets (docs/DATASETS.md): 5 drones, 128x128 images, the target blurred and noisy; '
-             f'{split} split (maps never seen in training). This page is written by `collab-perception evaluate`.', '',
+             f'{split} split (maps never seen in training). This page is written by `collab-perception evaluate'
+             + ('' if tuple(settings) == HANDSHAKE_SETTINGS + ('obstruction',) else f' --settings {" ".join(settings)}')
+             + '`.', '',
              'Bytes per frame are the serialized sizes of the messages the swarm really sends for each method '
              '(runtime/wire.py, checked against rclpy): request (query, float32; plus the target pose in the pose '
              'settings), one reply per supporter (float32 score), a connect and a float16 feature map per selected '
              'supporter; centralized methods receive every supporter\'s features. kB = 1024 bytes; BIS (Eq. 7) uses '
              'MB = 1024 kB, which reproduces the paper\'s own BIS column from its kbpf.', '',
-             'Inaccurate pose\'s two bounds are accurate-pose\'s single-agent models evaluated on noisy-pose\'s test '
-             'split: the two datasets share maps, flights and the degradation\'s distribution, and differ in the noisy positions used for '
-             'warping the other drones, which a single agent never reads ("model of accurate-pose" in the table).', '',
+             *(['Inaccurate pose\'s two bounds are accurate-pose\'s single-agent models evaluated on noisy-pose\'s test '
+                'split: the two datasets share maps, flights and the degradation\'s distribution, and differ in the noisy '
+                'positions used for warping the other drones, which a single agent never reads ("model of accurate-pose" '
+                'in the table).', ''] if 'noisy-pose' in handshake else []),
              'Every collaborative row starts from one backbone per setting (method `backbone`: encoder and head '
              'trained on the target\'s clean and degraded views, our stand-in for the paper\'s ImageNet-pretrained '
              'ResNet18) and keeps its encoder frozen, so that its training frames are encoded once and cached '
