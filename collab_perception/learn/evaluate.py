@@ -141,7 +141,7 @@ def evaluate_run(run_dir: str, data_dir: str, split: str = 'test', batch_size: i
     """Evaluate runs/.../best.pt on a split (cached in <run>/eval_<split>.json). `setting`: evaluate on another
     setting's dataset than the run's (cached in <run>/eval_<split>_<setting>.json). `cache_name`: another
     cache file, for another dataset of the same setting (the unseen worlds). `feature_dtype`: the received
-    feature maps' wire dtype (default: DEFAULT_DTYPES', float16), cached apart."""
+    feature maps' wire dtype (default: DEFAULT_DTYPES['feature'], float16), cached apart."""
     dtypes = {**DEFAULT_DTYPES, 'feature': feature_dtype or DEFAULT_DTYPES['feature']}
     def compute() -> dict:
         model, ckpt = load_model(os.path.join(run_dir, 'best.pt'))
