@@ -7,65 +7,16 @@ Reads the clean target views and labels of a dataset's train and val splits, deg
 each level (blur reference width in px, noise std low, noise std high; kernel sizes 1..100 as the handshake
 paper, §IV-B), trains one single-agent model per level (and one on the clean views) for the same number of
 steps, and prints each level's validation accuracy and its distance to the clean views' (the paper's Table I:
-Single degraded 19.4 points below Single normal). Same seed for every level, so only the degradation differs.
+Single degraded 19.4 points below Single normal). Same seed for every level, so only the degradation differs
+(learn/calibrate.py).
 """
 from __future__ import annotations
 
 import argparse
 import time
 
-import numpy as np
-import torch
-from torch.nn import functional as F
-from tqdm import tqdm
-
-from collab_perception.data import BatchLoader, load_manifest
-from collab_perception.learn.backbone import Decoder, Encoder
-from collab_perception.runtime.metrics import ConfusionMatrix
-from collab_perception.world.degrade import DegradeConfig, degrade
-
-
-def target_views(root: str, split: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = [], []
-    for b in BatchLoader(root, split, 64, keys=['target_rgb_clean', 'labels', 'target_index'], shuffle=False):
-        images.append(b['target_rgb_clean'])
-        labels.append(np.stack([lab[t] for lab, t in zip(b['labels'], b['target_index'])]))
-    return np.concatenate(images)[:limit], np.concatenate(labels)[:limit]
-
-
-def degraded(images: np.ndarray, cfg: DegradeConfig | None, seed: int) -> np.ndarray:
-    if cfg is None:
-        return images
-    rng = np.random.default_rng(seed)
-    return np.stack([degrade(image, rng, cfg)[0] for image in images])
-
-
-def tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).float().div(255.0).permute(0, 3, 1, 2).contiguous()
-
-
-def accuracy_after_training(train: tuple, val: tuple, steps: int, num_classes: int, progress: bool) -> float:
-    torch.manual_seed(0)
-    encoder, head = Encoder(32, 16), Decoder(32, num_classes, 16)
-    params = list(encoder.parameters()) + list(head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-4)
-    rng = np.random.default_rng(0)
-    for step in tqdm(range(steps), disable=not progress, leave=False, dynamic_ncols=True):
-        for group in optimizer.param_groups:
-            group['lr'] = 2e-3 * 0.5 * (1 + np.cos(np.pi * step / steps))
-        idx = rng.integers(0, len(train[0]), 16)
-        loss = F.cross_entropy(head(encoder(tensor(train[0][idx]))), torch.from_numpy(train[1][idx]).long(),
-                               ignore_index=255)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    encoder.eval()
-    head.eval()
-    cm = ConfusionMatrix(num_classes)
-    with torch.no_grad():
-        for i in range(0, len(val[0]), 50):
-            cm.update(head(encoder(tensor(val[0][i:i + 50]))).argmax(1).numpy(), val[1][i:i + 50])
-    return 100 * cm.accuracy()
+from collab_perception.data import load_manifest
+from collab_perception.world.degrade import DegradeConfig
 
 
 def parse_level(text: str) -> DegradeConfig:
@@ -86,16 +37,14 @@ def main() -> int:
     p.add_argument('--threads', type=int, default=0, help='torch threads (default: all cores)')
     p.add_argument('--quiet', action='store_true', help='no progress bars')
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    train, val = target_views(args.dataset, 'train', 10 ** 9), target_views(args.dataset, 'val', args.val_frames)
+    from collab_perception.learn.calibrate import degradation_cost, target_views
+    train, val = target_views(args.dataset, 'train'), target_views(args.dataset, 'val', args.val_frames)
     num_classes = len(load_manifest(args.dataset)['classes'])
-    clean = accuracy_after_training(train, val, args.steps, num_classes, not args.quiet)
+    clean = degradation_cost(train, val, None, args.steps, num_classes, not args.quiet, args.threads)
     print(f'clean views: {clean:.2f}% after {args.steps} steps', flush=True)
     for cfg in args.level:
         started = time.monotonic()
-        acc = accuracy_after_training((degraded(train[0], cfg, 1), train[1]), (degraded(val[0], cfg, 2), val[1]),
-                                      args.steps, num_classes, not args.quiet)
+        acc = degradation_cost(train, val, cfg, args.steps, num_classes, not args.quiet, args.threads)
         print(f'reference width {cfg.reference_width} px (kernels {cfg.kernel_range(train[0].shape[2])} px), noise '
               f'std {cfg.noise_std_min:g}..{cfg.noise_std_max:g}: {acc:.2f}%, {clean - acc:.1f} points below clean '
               f'({(time.monotonic() - started) / 60:.1f} min)', flush=True)

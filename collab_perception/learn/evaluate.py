@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..runtime import wire
 from ..runtime.codec import decode_tensor, encode_tensor
-from ..runtime.metrics import SegmentationScore, bis, gap_recovered
+from ..runtime.metrics import ConfusionMatrix, SegmentationScore, bis, gap_recovered
 from .data import WARPED_SETTINGS, FrameLoader
 from .models import CollabModel, WireSpec
 from .train import forward, load_model
@@ -162,10 +162,50 @@ def evaluate_run(run_dir: str, data_dir: str, split: str = 'test', batch_size: i
     trained_setting, trained_data = trained['setting'], trained['data_dir']
     evaluated_setting = setting or trained_setting
     name = cache_name or (f'eval_{split}' if evaluated_setting == trained_setting else f'eval_{split}_{evaluated_setting}')
-    if feature_dtype:
-        name += f'_{feature_dtype}'
+    if dtypes['feature'] != DEFAULT_DTYPES['feature']:
+        name += f'_{dtypes["feature"]}'
     return cached_evaluation(run_dir, name, compute, force, data_dir=os.path.abspath(data_dir),
                              feature_dtype=dtypes['feature'])
+
+
+UNSEEN_SUFFIX = '-unseen'
+
+
+def unseen_dataset(datasets_root: str, setting: str) -> Optional[str]:
+    """datasets/<setting>-unseen: the setting generated from a world seed that no training or validation set
+    uses (`dataset generate --seed 1000`); None when it has not been made."""
+    path = os.path.join(datasets_root, setting + UNSEEN_SUFFIX)
+    return path if os.path.exists(os.path.join(path, 'manifest.json')) else None
+
+
+def evaluate_unseen(run_dir: str, datasets_root: str, setting: str, progress: bool = True) -> Optional[dict]:
+    """A run on the test split of its setting's unseen worlds (cached in <run>/eval_unseen_<setting>.json);
+    None when that dataset has not been made."""
+    data = unseen_dataset(datasets_root, setting)
+    if data is None:
+        return None
+    return evaluate_run(run_dir, data, 'test', progress=progress, setting=setting, cache_name=f'eval_unseen_{setting}')
+
+
+@torch.no_grad()
+def handshake_ceiling(run_dir: str, backbone_checkpoint: str, data_dir: str, split: str = 'test') -> dict[str, float]:
+    """Where a hidden-target handshake run loses accuracy (%): the backbone on the clean and the degraded
+    target views, the run's fused decoder handed the slot holding the clean target view (a perfect selection),
+    and the run as it is (argmax selection)."""
+    backbone, _ = load_model(backbone_checkpoint)
+    model, _ = load_model(os.path.join(run_dir, 'best.pt'))
+    names = ('backbone on clean views', 'backbone on degraded views', 'decoder, perfect selection',
+             'decoder, argmax selection (the run)')
+    scores = {n: ConfusionMatrix(backbone.cfg.num_classes) for n in names}
+    for b in FrameLoader(data_dir, 'hidden-target', split, 32, shuffle=False):
+        y = b['labels'].numpy()
+        scores[names[0]].update(backbone.own_head(backbone.encoder(b['clean'])).argmax(1).numpy(), y)
+        scores[names[1]].update(backbone.own_head(backbone.encoder(b['target'])).argmax(1).numpy(), y)
+        f_t, f_s = model.encode_all(b['target'], b['supporters'])
+        f_best = f_s[torch.arange(len(y)), b['best'].clamp(min=0)]
+        scores[names[2]].update(model.decoder(torch.cat([f_t, f_best], 1)).argmax(1).numpy(), y)
+        scores[names[3]].update(model.forward_batch(b, 'eval').logits.argmax(1).numpy(), y)
+    return {name: 100 * cm.accuracy() for name, cm in scores.items()}
 
 
 GATE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))

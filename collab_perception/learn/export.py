@@ -121,8 +121,7 @@ def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', chec
     import onnxruntime as ort
 
     from .data import FrameLoader
-    from .evaluate import evaluate_run
-    from .report import unseen_dataset
+    from .evaluate import evaluate_run, evaluate_unseen, unseen_dataset
     from .train import load_model
 
     model, ckpt = load_model(os.path.join(run_dir, 'best.pt'))
@@ -145,9 +144,7 @@ def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', chec
             agree += int((classes == ref).sum())
             pixels += ref.size
     test = evaluate_run(run_dir, data, 'test', progress=False)
-    unseen_data = unseen_dataset(datasets_root, c['setting'])
-    unseen = (evaluate_run(run_dir, unseen_data, 'test', progress=False, cache_name=f'eval_unseen_{c["setting"]}')
-              if unseen_data else None)
+    unseen = evaluate_unseen(run_dir, datasets_root, c['setting'], progress=False)
     metric_keys = ('frames', 'overall_accuracy', 'miou', 'own_accuracy', 'own_miou', 'selection_accuracy',
                    'bytes_per_frame')
     card = {
@@ -166,8 +163,9 @@ def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', chec
                                              'noise_std_max')} or None},
         'metrics_test_split': {k: (round(v, 4) if isinstance(v, float) else v) for k, v in test.items()
                                if k in metric_keys},
-        'metrics_unseen_worlds': ({'dataset': unseen_data, **{k: (round(v, 4) if isinstance(v, float) else v)
-                                                              for k, v in unseen.items() if k in metric_keys}}
+        'metrics_unseen_worlds': ({'dataset': unseen_dataset(datasets_root, c['setting']),
+                                   **{k: (round(v, 4) if isinstance(v, float) else v)
+                                      for k, v in unseen.items() if k in metric_keys}}
                                   if unseen else 'not generated (datasets/<setting>-unseen)'),
         'onnx_check': {'frames': check_frames, 'max_abs_diff_features_key': max_diff,
                        'decoder_argmax_agreement': agree / max(pixels, 1)},

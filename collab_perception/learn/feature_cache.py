@@ -8,6 +8,8 @@ like FrameLoader's, with 'encoded' set: CollabModel.encode then passes them thro
 """
 from __future__ import annotations
 
+import statistics
+import time
 from typing import Iterator
 
 import numpy as np
@@ -16,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .data import FrameLoader
+from .models import ModelConfig, create_model
 
 
 class EncodedFrames:
@@ -74,3 +77,48 @@ class EncodedFrames:
             yield {'target': f['target'][idx, flip].float(), 'clean': f['clean'][idx, flip].float(),
                    'supporters': f['supporters'][idx, flip].float(), 'labels': f['labels'][idx, flip].long(),
                    'best': f['best'][idx], 'encoded': True}
+
+
+def training_step_times(data_dir: str, steps: int, batch_size: int = 16, threads: int = 0) -> dict:
+    """Median seconds of one Who2com training step, three ways, timed in interleaved rounds on the same frames
+    (bench/bench_train_step.py): 'end to end' (encoder trained, images in, soft selection), 'frozen encoder'
+    (images still encoded every step) and 'cached' (EncodedFrames, what --freeze-encoder does); plus
+    'cache_s', the one-off cost of encoding every training frame, and 'cached_frames'."""
+    if threads:
+        torch.set_num_threads(threads)
+    loader = FrameLoader(data_dir, 'hidden-target', 'train', batch_size, shuffle=False)
+    images = next(iter(loader))
+    cfg = dict(num_classes=loader.num_classes, supporters=loader.agents - 1)
+    steps_by_way, cache_s, cache = {}, 0.0, None
+    for name, frozen in (('end to end', False), ('frozen encoder', True), ('cached', True)):
+        torch.manual_seed(0)
+        model = create_model('who2com', ModelConfig(**cfg, selection='hard' if frozen else 'soft',
+                                                    freeze_encoder=frozen)).to(memory_format=torch.channels_last)
+        model.train()
+        optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-3)
+        batch = images
+        if name == 'cached':
+            started = time.perf_counter()
+            cache = EncodedFrames(loader, model.encoder, batch_size, progress=False)
+            cache_s = time.perf_counter() - started
+            batch = next(iter(cache))
+        steps_by_way[name] = _step(model, optimizer, batch)
+    for step in steps_by_way.values():      # warm-up
+        step()
+    times = {name: [] for name in steps_by_way}
+    for _ in range(steps):
+        for name, step in steps_by_way.items():
+            started = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - started)
+    return {**{name: statistics.median(t) for name, t in times.items()}, 'cache_s': cache_s,
+            'cached_frames': len(cache.frames['best'])}
+
+
+def _step(model, optimizer, batch):
+    def step():
+        loss = model.loss(model.forward_batch(batch, 'train'), batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step

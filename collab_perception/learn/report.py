@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from .data import HANDSHAKE_SETTINGS
-from .evaluate import WIRE_DTYPES, add_bis, evaluate_run, fmt
+from .evaluate import WIRE_DTYPES, add_bis, evaluate_run, evaluate_unseen, fmt
 
 ROWS = [
     ('Upper bound', 'single_normal', 'Single normal'),
@@ -33,16 +33,6 @@ SETTING_TITLES = {'hidden-target': 'Hidden target view', 'accurate-pose': 'Accur
                   'noisy-pose': 'Inaccurate (noisy) pose', 'random-exploration': 'Random exploration'}
 
 
-UNSEEN_SUFFIX = '-unseen'
-
-
-def unseen_dataset(datasets_root: str, setting: str) -> Optional[str]:
-    """datasets/<setting>-unseen: the setting generated from a world seed that no training or validation set
-    uses (`dataset generate --seed 1000`); None when it has not been made."""
-    path = os.path.join(datasets_root, setting + UNSEEN_SUFFIX)
-    return path if os.path.exists(os.path.join(path, 'manifest.json')) else None
-
-
 def collect(runs_root: str, datasets_root: str, split: str = 'test', progress: bool = True,
             settings: tuple = HANDSHAKE_SETTINGS) -> dict:
     """setting -> method -> evaluation result, for every finished run (best.pt and train.json: a run still
@@ -61,10 +51,9 @@ def collect(runs_root: str, datasets_root: str, split: str = 'test', progress: b
             if finished(run):
                 data = os.path.join(datasets_root, setting)
                 r = evaluate_run(run, data, split, progress=progress, setting=setting)
-                unseen = unseen_dataset(datasets_root, setting)
+                unseen = evaluate_unseen(run, datasets_root, setting, progress)
                 if unseen:
-                    r = {**r, 'unseen': evaluate_run(run, unseen, 'test', progress=progress, setting=setting,
-                                                     cache_name=f'eval_unseen_{setting}')}
+                    r = {**r, 'unseen': unseen}
                 if trained_on != setting:
                     r = {**r, 'trained_on': trained_on}
                 results.setdefault(setting, {})[method] = r
@@ -188,11 +177,24 @@ def _unseen(r: dict) -> str:
     return f'{fmt(u["overall_accuracy"])}{own}'
 
 
-def plot(results: dict, path: str) -> Optional[str]:
-    """Overall accuracy against bytes per frame, one panel per setting."""
+def _pyplot():
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: str) -> str:
+    import matplotlib.pyplot as plt
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot(results: dict, path: str) -> Optional[str]:
+    """Overall accuracy against bytes per frame, one panel per setting."""
+    plt = _pyplot()
     settings = [s for s in HANDSHAKE_SETTINGS if results.get(s)]
     if not settings:
         return None
@@ -216,19 +218,14 @@ def plot(results: dict, path: str) -> Optional[str]:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc='lower center', ncol=5, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def curves_plot(runs_root: str, settings: tuple, path: str) -> Optional[str]:
     """Validation accuracy against training step of every finished run, one panel per setting (history.json)."""
     import json
 
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     panels = []
     for s in settings:
         curves = []
@@ -252,10 +249,7 @@ def curves_plot(runs_root: str, settings: tuple, path: str) -> Optional[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def findings(results: dict) -> list[str]:
