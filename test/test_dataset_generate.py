@@ -200,3 +200,19 @@ def test_cli_sets_the_degradation_and_the_share_of_degraded_targets(tmp_path):
     with pytest.raises(ConfigError, match='^--noise-std: noise_std_max'):
         _cli(['dataset', 'generate', '--setting', 'hidden-target', '--frames', '4', '--out', str(tmp_path / 'bad'),
               '--noise-std', '40', '30'])
+
+
+def test_cli_sizes_and_places_the_obstructions(tmp_path):
+    out = str(tmp_path / 'big')
+    assert _cli(['dataset', 'generate', '--setting', 'obstruction', '--frames', '6', '--out', out, '--size', '64',
+                 '--snapshots-per-map', '2', '--map-size', '120', '--quiet', '--obstruction-coverage', '0.3', '0.4',
+                 '--obstruction-distance', '3', '4']) == 0
+    m = load_manifest(out)
+    assert m['obstruction']['coverage_config'] == [0.3, 0.4] and m['obstruction']['distance_m'] == [3.0, 4.0]
+    assert m['obstruction']['target_coverage']['mean'] > 0.15
+    assert 'correspondence_uv' in m['keys']
+    for option, values in (('--obstruction-coverage', ['0.5', '0.95']), ('--obstruction-distance', ['0', '4'])):
+        with pytest.raises(ConfigError, match=f'^{option}: '):
+            _cli(['dataset', 'generate', '--setting', 'obstruction', '--frames', '4',
+                  '--out', str(tmp_path / 'bad'), option, *values])
+    assert not os.path.exists(tmp_path / 'bad')

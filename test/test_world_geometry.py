@@ -227,3 +227,25 @@ def test_swarm_ground_truth_shapes_and_best_supporter(snapshots):
         others = [s for s in range(n) if s != t]
         best = others[int(np.argmax(gt['overlap'][t, others]))]
         assert gt['best_supporter'][t] == (best if gt['overlap'][t, best] > 0 else -1)
+
+
+def test_sub_cell_positions_refine_the_cell_correspondences(snapshots):
+    """correspondence_uv: NaN exactly where a cell has no match, the cell centres on the diagonal, and
+    elsewhere a point inside (or at the border of) the matched supporter cell: the vote picks the cell most
+    pixels land in, the mean lands near it."""
+    cell = 8
+    snap = snapshots[0]
+    gt = G.swarm_ground_truth([v.depth for v in snap.views], [v.K for v in snap.views],
+                              [v.T_world_cam for v in snap.views], cell_size=cell)
+    uv, corr = gt['correspondence_uv'], gt['correspondence']
+    n, _, cells = corr.shape
+    H, W = snap.views[0].depth.shape
+    Hc, Wc = G.cell_grid(H, W, cell)
+    assert uv.shape == (n, n, cells, 2) and uv.dtype == np.float32
+    assert np.array_equal(np.isnan(uv).any(-1), corr == cells)
+    assert np.allclose(uv[0, 0], G.cell_centres(H, W, cell))
+    matched = corr != cells
+    assert matched.sum() > n * cells // 4
+    cu, cv = np.floor((uv[..., 0] + 0.5) / cell), np.floor((uv[..., 1] + 0.5) / cell)
+    du, dv = np.abs(cu - corr % Wc)[matched], np.abs(cv - corr // Wc)[matched]
+    assert np.mean((du == 0) & (dv == 0)) > 0.8 and np.all((du <= 1) & (dv <= 1))

@@ -58,6 +58,12 @@ def add_dataset_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument('--degraded-share', type=float, default=1.0, metavar='F',
                    help='share of the snapshots whose target is degraded (default 1; below 1 the others\' '
                         'target sees clearly, and When2com\'s gate has a decision to make)')
+    g.add_argument('--obstruction-coverage', type=float, nargs=2, default=None, metavar=('LO', 'HI'),
+                   help='obstruction: the share of its camera\'s image an obstruction is sized to cover, drawn '
+                        'from LO..HI (default: the world\'s, 0.05 0.3)')
+    g.add_argument('--obstruction-distance', type=float, nargs=2, default=None, metavar=('LO', 'HI'),
+                   help='obstruction: its distance in front of the camera, metres, drawn from LO..HI '
+                        '(default: the world\'s, 2 8)')
     g.add_argument('--map-size', type=float, default=None, metavar='M',
                    help='side of a map in metres (default: the world\'s, 400)')
     g.add_argument('--workers', type=int, default=1, help='processes rendering maps in parallel (default 1)')
@@ -84,8 +90,13 @@ def add_dataset_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_generate(args) -> int:
     options = dict(snapshots_per_map=args.snapshots_per_map, cell_size=args.cell_size,
                    pose_noise_m=args.pose_noise_m, pose_noise_deg=args.pose_noise_deg, workers=args.workers)
-    if args.map_size is not None:
-        options['world'] = {'map_size_m': args.map_size}
+    world_options = {'map_size_m': ('--map-size', args.map_size),
+                     'obstruction_coverage': ('--obstruction-coverage', args.obstruction_coverage),
+                     'obstruction_distance_m': ('--obstruction-distance', args.obstruction_distance)}
+    world = {field: tuple(value) if isinstance(value, list) else value
+             for field, (_, value) in world_options.items() if value is not None}
+    if world:
+        options['world'] = world
     degrade = {}
     if args.blur_reference_width is not None:
         degrade['reference_width'] = args.blur_reference_width
@@ -97,7 +108,15 @@ def cmd_generate(args) -> int:
         option = '--blur-reference-width' if e.path == 'reference_width' else '--noise-std'
         raise ConfigError(option, str(e)) from None
     options['degraded_share'] = args.degraded_share
-    from .generate import generate
+    from .generate import GenerateConfig, generate
+    try:   # checked before anything is rendered, each world field named by its option
+        GenerateConfig(args.setting, args.frames, seed=args.seed, size=args.size, drones=args.drones,
+                       shard_size=args.shard_size, **options)
+    except ConfigError as e:
+        field = e.path.removeprefix('world.')
+        if field in world_options:
+            raise ConfigError(world_options[field][0], str(e).split(': ', 1)[-1]) from None
+        raise
     m = generate(args.setting, args.frames, args.out, seed=args.seed, size=args.size, drones=args.drones,
                  shard_size=args.shard_size, progress=not args.quiet, **options)
     ov = m['statistics']['pairwise_overlap']

@@ -160,6 +160,7 @@ def build_sample(snap: Snapshot, cfg: GenerateConfig, target: int, rng: np.rando
                orientation_xyzw=orientation, K=K, source_agent=source, target_index=np.int8(target),
                target_rgb_clean=clean[target], degraded=degraded, blur_kernel=kernel, noise_std=noise,
                overlap=gt['overlap'], best_supporter=gt['best_supporter'], correspondence=gt['correspondence'],
+               correspondence_uv=gt['correspondence_uv'].astype(np.float16),
                obstruction_mask=mask, obstructed=mask.any(axis=(1, 2)), time_s=np.float64(snap.time_s),
                map_id=np.int32(snap.map_id), snapshot=np.int32(snap.index))
 

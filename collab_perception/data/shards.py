@@ -43,6 +43,9 @@ KEYS: dict[str, tuple[str, str]] = {
     'best_supporter': ('N int8', 'for each agent as target, the other agent with the largest overlap; -1 if none'),
     'correspondence': ('N,N,C int16', 'correspondence[t, s, i]: the cell of s that target cell i matches '
                                       '(row-major Hc x Wc grid), or C for no match; diagonal: identity'),
+    'correspondence_uv': ('N,N,C,2 float16', 'correspondence_uv[t, s, i]: where target cell i\'s centre lands in s, '
+                                             'pixels (u, v) below the cell grid; NaN for no match; diagonal: the '
+                                             'cell centres'),
     'obstruction_mask': ('N,H,W bool', 'pixels covered by an obstruction'),
     'obstructed': ('N bool', 'the slot\'s view contains obstruction pixels'),
     'warped_rgb': ('N,H,W,3 uint8', 'pose settings: each normal agent\'s rgb forward-warped into the target view '

@@ -12,11 +12,13 @@ import os
 from ..config import ConfigError
 
 SELECTIONS = ('soft', 'hard')     # learn.models.SELECTIONS; repeated so that --help loads no torch
+PATCH_SAMPLINGS = ('cells', 'pixels')   # learn.models.PATCH_SAMPLINGS, likewise
 
 SETTINGS = ('hidden-target', 'accurate-pose', 'noisy-pose', 'random-exploration', 'obstruction')
 METHODS = ('backbone', 'single_normal', 'single_degraded', 'catall', 'attention', 'compression', 'random', 'who2com',
            'who2com_nomsg', 'when2com',
-           'mash', 'mash_stacked', 'inpainting', 'inputstack', 'outputstack', 'warped_outputstack')
+           'mash', 'mash_stacked', 'inpainting', 'inputstack', 'outputstack', 'warped_outputstack',
+           'warped_outputstack_cells')
 
 
 def add_learn_parsers(sub) -> None:
@@ -49,6 +51,10 @@ def add_learn_parsers(sub) -> None:
                    help='handshake training: soft, the softmax blend of every supporter (Eq. 5, default), or '
                         'hard, the supporter(s) inference connects to, with the softmax\'s gradient '
                         '(straight-through)')
+    p.add_argument('--patch-sampling', choices=PATCH_SAMPLINGS, default='cells',
+                   help='MASH: what a supporter sends for a matched cell: cells, its class distribution averaged '
+                        'over the cell (default), or pixels, its segmentation at label resolution through a '
+                        'sub-cell warping grid (MASH Eq. 3; needs a dataset with correspondence_uv)')
     p.add_argument('--freeze-encoder', action='store_true',
                    help='keep the encoder of --init-from fixed (e.g. runs/train/<setting>/backbone/best.pt); '
                         'the training frames are then encoded once and their features cached in memory')
@@ -110,7 +116,8 @@ def cmd_train(args) -> int:
                       iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
                       max_minutes=args.max_minutes, threads=args.threads, init_from=args.init_from,
                       model=ModelConfig(query_size=args.query_size, key_size=args.key_size, attention=args.attention,
-                                        selection=args.selection, freeze_encoder=args.freeze_encoder))
+                                        selection=args.selection, freeze_encoder=args.freeze_encoder,
+                                        patch_sampling=args.patch_sampling))
     result = train(cfg, resume=args.resume, progress=not args.quiet)
     print(f'{result["method"]}/{result["setting"]}: {result["steps"]} steps in {result["elapsed_s"] / 60:.1f} min, '
           f'best validation accuracy {result["best_val_accuracy"]:.4f}{" (truncated)" if result["truncated"] else ""}; '

@@ -60,9 +60,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..world.geometry import cell_centres
 from .backbone import Encoder, conv_block
-from .models import CollabModel, ModelConfig, Output, register
+from .models import PATCH_SAMPLINGS, CollabModel, ModelConfig, Output, register
 
+SUBCELL_KEY = 'correspondence_uv'    # the dataset key (and batch key) of the sub-cell positions
 CELL_SIZE = 8                        # px per cell: the encoder's 1/4 map pooled 2x2; = the dataset's cell_size
 IMAGE_SIZE = (128, 128)              # (H, W) of the datasets (docs/DATASETS.md): a 16 x 16 cell grid
 CORRESPONDENCE_LOSS_WEIGHT = 1.0     # correspondence cross entropy, summed with the segmentation ones
@@ -116,6 +118,111 @@ def sample_cells(values: torch.Tensor, index: torch.Tensor, cell_size: int) -> t
     cells = torch.cat([cells, cells.new_zeros(b, 1, cells.shape[-1])], 1)
     picked = cells.gather(1, index[:, :, None].expand(-1, -1, cells.shape[-1]))
     return picked.view(b, hc, wc, c, cell_size, cell_size).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+JACOBIAN_LIMIT = 3.0                 # |d source px / d target px| of the local warp; larger is a depth edge
+
+
+def _shift(x: torch.Tensor, step: int, dim: int) -> torch.Tensor:
+    """x shifted by `step` along `dim` (x[i] <- x[i + step]), zero-filled at the border."""
+    out = torch.zeros_like(x)
+    n = x.shape[dim]
+    if step > 0:
+        out.narrow(dim, 0, n - step).copy_(x.narrow(dim, step, n - step))
+    else:
+        out.narrow(dim, -step, n + step).copy_(x.narrow(dim, 0, n + step))
+    return out
+
+
+def label_resolution_grid(positions: torch.Tensor, grid: tuple[int, int], cell_size: int,
+                          source_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The warping grid at label resolution (MASH Eq. 3: a supporter sends its H x W segmentation for the
+    matched fraction r of the image) from where each target cell's centre lands in the supporter.
+
+    positions [N, Hc*Wc, 2] (source pixels (u, v), row-major cells; NaN where a cell has no match) -> grid
+    [N, H, W, 2] for F.grid_sample(align_corners=True) and valid [N, 1, H, W] bool. Inside a cell, a pixel
+    at offset d from the centre samples positions + J d, J the local Jacobian of the cell-to-source map from
+    the neighbouring matched cells (central differences, one-sided at borders and next to unmatched cells,
+    the identity where a cell has no matched neighbour along an axis; clamped to +-JACOBIAN_LIMIT): a
+    piecewise-affine warp, so a rotated or rescaled view lines up with the target's pixels instead of
+    arriving as whole blocks offset by up to half a cell."""
+    n = positions.shape[0]
+    hc, wc = grid
+    sh, sw = source_size
+    p = positions.view(n, hc, wc, 2).permute(0, 3, 1, 2)                      # [N, 2, Hc, Wc]
+    ok = torch.isfinite(p).all(1, keepdim=True)                               # [N, 1, Hc, Wc]
+    p = torch.nan_to_num(p)
+    okf = ok.to(p.dtype)
+    jacobians = []
+    for dim, unit in ((3, (1.0, 0.0)), (2, (0.0, 1.0))):                      # d/dx (columns), d/dy (rows)
+        fwd, fwd_ok = _shift(p, 1, dim), _shift(okf, 1, dim)
+        bwd, bwd_ok = _shift(p, -1, dim), _shift(okf, -1, dim)
+        central = (fwd - bwd) / (2 * cell_size)
+        forward = (fwd - p) / cell_size
+        backward = (p - bwd) / cell_size
+        identity = p.new_tensor(unit).view(1, 2, 1, 1).expand_as(p)
+        j = torch.where((fwd_ok * bwd_ok) > 0, central,
+                        torch.where(fwd_ok > 0, forward, torch.where(bwd_ok > 0, backward, identity)))
+        jacobians.append(j.clamp(-JACOBIAN_LIMIT, JACOBIAN_LIMIT))
+    up = lambda x: upsample_cells(x, cell_size)                               # noqa: E731
+    half = (cell_size - 1) / 2
+    offset = torch.arange(cell_size, dtype=p.dtype, device=p.device) - half
+    dx = offset.repeat(wc).view(1, 1, 1, -1)
+    dy = offset.repeat(hc).view(1, 1, -1, 1)
+    source = up(p) + up(jacobians[0]) * dx + up(jacobians[1]) * dy            # [N, 2, H, W] pixels
+    u, v = source[:, 0], source[:, 1]
+    inside = (u >= -0.5) & (u <= sw - 0.5) & (v >= -0.5) & (v <= sh - 0.5)
+    valid = up(okf)[:, 0] > 0.5
+    norm = torch.stack([2 * u / max(sw - 1, 1) - 1, 2 * v / max(sh - 1, 1) - 1], -1)
+    return norm, (valid & inside)[:, None]
+
+
+def sample_label_resolution(values: torch.Tensor, positions: torch.Tensor, cell_size: int,
+                            mode: str = 'bilinear') -> tuple[torch.Tensor, torch.Tensor]:
+    """A supporter's per-pixel map values [N, C, H, W] sampled into the target through the label-resolution
+    grid of `positions` [N, Hc*Wc, 2] -> [N, C, H, W] (zeros where invalid) and valid [N, 1, H, W]."""
+    h, w = values.shape[-2:]
+    grid, valid = label_resolution_grid(positions, (h // cell_size, w // cell_size), cell_size, (h, w))
+    sampled = F.grid_sample(values, grid, mode=mode, padding_mode='border', align_corners=True)
+    return sampled * valid.to(values.dtype), valid
+
+
+def to_cell_blocks(x: torch.Tensor) -> torch.Tensor:
+    """[N, K, H, W] -> [N, Hc*Wc, K, cell, cell]: each cell's pixels (row-major cells)."""
+    n, k, h, w = x.shape
+    c = CELL_SIZE
+    return x.view(n, k, h // c, c, w // c, c).permute(0, 2, 4, 1, 3, 5).reshape(n, (h // c) * (w // c), k, c, c)
+
+
+def from_cell_blocks(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """to_cell_blocks' inverse: [N, Hc*Wc, K, cell, cell] -> [N, K, H, W]."""
+    n, _, k, c, _ = x.shape
+    hc, wc = grid
+    return x.view(n, hc, wc, k, c, c).permute(0, 3, 1, 4, 2, 5).reshape(n, k, hc * c, wc * c)
+
+
+def bilinear_cell_targets(positions: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Sub-cell correspondence targets: positions [N, C, 2] (pixels (u, v) in the supporter; NaN: no match)
+    -> [N, C + 1, C] probabilities over the source cells + no-match (dim 1) per target cell (dim 2). A matched
+    cell's mass is split bilinearly between the (up to) four source cells whose centres surround its position,
+    so the volume's local soft-argmax (Mash.subcell_positions) can learn the position below the cell grid."""
+    n, c, _ = positions.shape
+    hc, wc = grid
+    half = (CELL_SIZE - 1) / 2
+    matched = torch.isfinite(positions).all(-1)                                   # [N, C]
+    xy = torch.nan_to_num((positions - half) / CELL_SIZE)
+    x = xy[..., 0].clamp(0, wc - 1)
+    y = xy[..., 1].clamp(0, hc - 1)
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp(max=wc - 1), (y0 + 1).clamp(max=hc - 1)
+    out = positions.new_zeros(n, c + 1, c)
+    for xi, yi, weight in ((x0, y0, (1 - fx) * (1 - fy)), (x1, y0, fx * (1 - fy)),
+                           (x0, y1, (1 - fx) * fy), (x1, y1, fx * fy)):
+        out.scatter_add_(1, (yi * wc + xi)[:, None], (weight * matched)[:, None])
+    out[:, c] = (~matched).to(out.dtype)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- MASH parts
@@ -290,17 +397,37 @@ class OutputStack(ObstructionModel):
 @register('warped_outputstack')
 class WarpedOutputStack(OutputStack):
     """OutputStack with each supporter's distribution warped into the target by the ground-truth warping grid
-    (the world's cell correspondences, `batch['correspondence']`, at inference too): the upper bound (§IV
-    Baselines). Where a target cell has no match in a supporter, the target's own cell is used, as MASH does
-    (§III "Output Sampling and Fusion")."""
+    at label resolution (at inference too): the upper bound (§IV Baselines), sampled as MASH's patches are
+    (label_resolution_grid, from the dataset's sub-cell positions `correspondence_uv`). Where a target pixel
+    has no match in a supporter, the target's own distribution is used, as MASH does (§III "Output Sampling
+    and Fusion")."""
+
+    def supporter_distributions(self, probs: torch.Tensor, batch: dict) -> torch.Tensor:
+        if SUBCELL_KEY not in batch:
+            raise ValueError(f'{self.method_name or "warped_outputstack"} needs the sub-cell positions '
+                             f'`{SUBCELL_KEY}`, which this dataset lacks: generate it again, or use '
+                             'warped_outputstack_cells (whole cells)')
+        b, a, k, h, w = probs.shape
+        s = a - 1
+        own = probs[:, :1].expand(b, s, k, h, w).flatten(0, 1)
+        warped, valid = sample_label_resolution(probs[:, 1:].flatten(0, 1), batch[SUBCELL_KEY].flatten(0, 1),
+                                                CELL_SIZE)
+        return torch.where(valid, warped, own).view(b, s, k, h, w)
+
+
+@register('warped_outputstack_cells')
+class WarpedOutputStackCells(OutputStack):
+    """WarpedOutputStack with the ground-truth grid at cell resolution: each target cell receives the whole
+    matched supporter cell (`correspondence`), as round 1 measured it; block-moved labels agree with the
+    target's several points less often than label-resolution ones (docs/DATASETS.md)."""
 
     def supporter_distributions(self, probs: torch.Tensor, batch: dict) -> torch.Tensor:
         b, a, k, h, w = probs.shape
         s = a - 1
+        own = probs[:, :1].expand(b, s, k, h, w).flatten(0, 1)
         index = batch['correspondence'].flatten(0, 1)                         # [B*S, C]
         warped = sample_cells(probs[:, 1:].flatten(0, 1), index, CELL_SIZE)   # [B*S, K, H, W]
         no_match = (index == (h // CELL_SIZE) * (w // CELL_SIZE)).float().view(b * s, 1, h // CELL_SIZE, -1)
-        own = probs[:, :1].expand(b, s, k, h, w).flatten(0, 1)
         warped = torch.where(upsample_cells(no_match, CELL_SIZE) > 0.5, own, warped)
         return warped.view(b, s, k, h, w)
 
@@ -321,6 +448,8 @@ class Mash(ObstructionModel):
         if cfg.query_size > cfg.key_size:
             raise ValueError(f'MASH needs query_size <= key_size (asymmetric encoders, §III), got '
                              f'{cfg.query_size} > {cfg.key_size}')
+        if cfg.patch_sampling not in PATCH_SAMPLINGS:
+            raise ValueError(f'unknown patch_sampling {cfg.patch_sampling!r}; valid: {", ".join(PATCH_SAMPLINGS)}')
         f, q, k = cfg.channels, cfg.query_size, cfg.key_size
         self.query_encoder = _pointwise_encoder(f, q)
         self.key_encoder = _pointwise_encoder(f, k)
@@ -343,6 +472,8 @@ class Mash(ObstructionModel):
         self.image_size = (h, w)
         self.grid = (h // CELL_SIZE, w // CELL_SIZE)
         self.smoothing = CorrespondenceAutoencoder(self.grid[0] * self.grid[1] + 1, self.smoothing_width)
+        centres = torch.from_numpy(cell_centres(h, w, CELL_SIZE))
+        self.register_buffer('cell_centre_uv', centres.T.reshape(2, 1, *self.grid), persistent=False)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         bins = state_dict.get('smoothing.out.bias')
@@ -393,6 +524,31 @@ class Mash(ObstructionModel):
         class_probs = padded.gather(1, match[:, :, None].expand(-1, -1, cell_probs.shape[2]))
         return confidence, match, class_probs
 
+    def subcell_positions(self, volume: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
+        """Supporter, 'pixels' sampling: where each target cell lands in its view, below the cell grid: the
+        matching distribution's mean source-cell centre over the 3 x 3 source cells around the argmax (a local
+        soft-argmax; the bilinear correspondence targets of `loss` teach the volume to split a cell's mass
+        between the cells its true position lies between). volume [N, C + 1, Hc, Wc] logits, match [N, C]
+        (C = no match) -> [N, C, 2] pixels (u, v), NaN for no match; differentiable in the volume."""
+        n = volume.shape[0]
+        hc, wc = self.grid
+        cells = hc * wc
+        probs = volume.softmax(1)[:, :cells].reshape(n, hc, wc, cells).permute(0, 3, 1, 2)   # [N, Ct, Hs, Ws]
+        centres = self.cell_centre_uv.to(probs.dtype)                                          # [2, 1, Hs, Ws]
+        stacked = torch.cat([probs, probs * centres[0], probs * centres[1]], 1)
+        window = F.avg_pool2d(stacked, 3, stride=1, padding=1, count_include_pad=True).flatten(2)
+        at = match.clamp(max=cells - 1)[:, :, None]                                           # [N, Ct, 1]
+        mass, u, v = (window[:, i * cells:(i + 1) * cells].gather(2, at)[..., 0] for i in range(3))
+        positions = torch.stack([u, v], -1) / mass.clamp_min(1e-12)[..., None]
+        return torch.where((match == cells)[..., None], torch.full_like(positions, float('nan')), positions)
+
+    def pixel_patches(self, own_probs: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Supporter, 'pixels' sampling (MASH Eq. 3): its per-pixel class distribution [N, K, H, W] sampled
+        into the target at label resolution through the sub-cell positions [N, C, 2] -> per target cell the
+        block [N, C, K, cell, cell] and which of its pixels landed in the view [N, C, cell, cell] bool."""
+        sampled, valid = sample_label_resolution(own_probs, positions, CELL_SIZE)
+        return to_cell_blocks(sampled), to_cell_blocks(valid)[:, :, 0]
+
     def select_patches(self, confidence: torch.Tensor, match: torch.Tensor, class_probs: torch.Tensor,
                        threshold: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Supporter: the cells that go into PatchSegments, rounded as the wire rounds them. confidence, match
@@ -404,25 +560,46 @@ class Mash(ObstructionModel):
         probs = quantize_dequantize(class_probs, (1, 2), self.patch_dtype, sent[:, :, None]) * sent[:, :, None]
         return sent, conf, probs
 
+    def select_pixel_patches(self, confidence: torch.Tensor, match: torch.Tensor, blocks: torch.Tensor,
+                             valid: torch.Tensor, threshold: Optional[float] = None
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Supporter, 'pixels' sampling: the cells that go into PatchSegments with one class id per pixel (its
+        sampled distribution's argmax; a pixel outside its view carries none). confidence, match [N, C], blocks
+        [N, C, K, cell, cell], valid [N, C, cell, cell] -> sent [N, C], confidence [N, C] as the wire rounds it
+        and the received blocks [N, C, K, cell, cell]: one-hot where a class arrived, zeros elsewhere."""
+        threshold = self.confidence_threshold if threshold is None else threshold
+        sent = (match != confidence.shape[1]) & (confidence >= threshold)
+        conf = quantize_dequantize(confidence, (1,), self.patch_dtype, sent) * sent
+        onehot = F.one_hot(blocks.argmax(2), blocks.shape[2]).movedim(-1, 2).to(blocks.dtype)
+        keep = (valid & sent[:, :, None, None])[:, :, None]
+        return sent, conf, onehot * keep
+
     def fuse(self, own_probs: torch.Tensor, self_confidence: torch.Tensor, patch_probs: torch.Tensor,
              patch_confidence: torch.Tensor) -> torch.Tensor:
-        """Requester (§III (6)): own_probs [B, K, H, W], self_confidence [B, Hc, Wc], the received cells
-        patch_probs [B, S, C, K] and patch_confidence [B, S, C] (0 where nothing was received) -> class scores
-        [B, K, H, W] (here probabilities). HardSelection: per cell the most confident candidate, the target's
-        own cell (weight: its self-confidence) included; SoftSelection: the confidence-weighted mean of all."""
+        """Requester (§III (6)): own_probs [B, K, H, W], self_confidence [B, Hc, Wc], the received cells'
+        patch_confidence [B, S, C] (0 where nothing was received) and values: patch_probs [B, S, C, K] (one
+        distribution per cell, 'cells' sampling) or [B, S, C, K, cell, cell] (per pixel, 'pixels'; all-zero
+        where a pixel carries nothing) -> class scores [B, K, H, W] (here probabilities). HardSelection: per
+        pixel the most confident candidate that has a value there, the target's own (weight: its
+        self-confidence) included; SoftSelection: the confidence-weighted mean of all."""
         b, k, h, w = own_probs.shape
-        hc, wc = self_confidence.shape[-2:]
+        s = patch_probs.shape[1]
+        grid = self_confidence.shape[-2:]
+        if patch_probs.dim() == 4:
+            values = upsample_cells(patch_probs.transpose(2, 3).reshape(b * s, k, *grid), CELL_SIZE)
+        else:
+            values = from_cell_blocks(patch_probs.flatten(0, 1), grid)
+        values = values.view(b, s, k, h, w)
+        has_value = values.sum(2) > 0                                               # [B, S, H, W]
+        conf = upsample_cells(patch_confidence.view(b, s, *grid), CELL_SIZE) * has_value
+        own_w = upsample_cells(self_confidence[:, None], CELL_SIZE)                 # [B, 1, H, W]
         if self.fusion_kind == 'hard':
-            best_conf, best = patch_confidence.max(1)                          # [B, C]
-            chosen = patch_probs.gather(1, best[:, None, :, None].expand(-1, 1, -1, k))[:, 0]   # [B, C, K]
-            use = (best_conf > self_confidence.flatten(1)).to(own_probs.dtype).view(b, 1, hc, wc)
-            chosen = chosen.transpose(1, 2).reshape(b, k, hc, wc)
-            return torch.where(upsample_cells(use, CELL_SIZE) > 0.5, upsample_cells(chosen, CELL_SIZE), own_probs)
+            best_conf, best = conf.max(1)                                           # [B, H, W]
+            chosen = values.gather(1, best[:, None, None].expand(b, 1, k, h, w))[:, 0]
+            return torch.where((best_conf > own_w[:, 0])[:, None], chosen, own_probs)
         if self.fusion_kind == 'soft':
-            weighted = (patch_confidence[..., None] * patch_probs).sum(1).transpose(1, 2).reshape(b, k, hc, wc)
-            total = (self_confidence + patch_confidence.sum(1).view(b, hc, wc))[:, None]
-            own_w = upsample_cells(self_confidence[:, None], CELL_SIZE)
-            return (own_w * own_probs + upsample_cells(weighted, CELL_SIZE)) / upsample_cells(total, CELL_SIZE)
+            weighted = (conf[:, :, None] * values).sum(1)
+            return (own_w * own_probs + weighted) / (own_w + conf.sum(1, keepdim=True))
         raise ValueError(f'unknown fusion {self.fusion_kind!r} for {type(self).__name__}; valid: hard, soft')
 
     def scores_to_logits(self, scores: torch.Tensor) -> torch.Tensor:
@@ -455,9 +632,15 @@ class Mash(ObstructionModel):
         the cells it sends (threshold, wire rounding), the requester's fusion. -> scores [B, K, H, W] (argmax:
         the prediction), sent, match (C = no match), confidence: [B, S, C]."""
         b, s = state['volume'].shape[:2]
-        confidence, match, class_probs = self.hard_matches(state['volume'].flatten(0, 1),
-                                                           state['cell_probs'][:, 1:].flatten(0, 1))
-        sent, conf, probs = self.select_patches(confidence, match, class_probs, threshold)
+        volume = state['volume'].flatten(0, 1)
+        if self.cfg.patch_sampling == 'pixels':
+            confidence, match = volume.softmax(1).flatten(2).max(1)
+            positions = self.subcell_positions(volume, match)
+            blocks, valid = self.pixel_patches(state['own_logits'][:, 1:].flatten(0, 1).softmax(1), positions)
+            sent, conf, probs = self.select_pixel_patches(confidence, match, blocks, valid, threshold)
+        else:
+            confidence, match, class_probs = self.hard_matches(volume, state['cell_probs'][:, 1:].flatten(0, 1))
+            sent, conf, probs = self.select_patches(confidence, match, class_probs, threshold)
         scores = self.fuse(state['own_logits'][:, 0].softmax(1), state['self_confidence'],
                            probs.view(b, s, *probs.shape[1:]), conf.view(b, s, -1))
         return {'scores': scores, 'sent': sent.view(b, s, -1), 'match': match.view(b, s, -1),
@@ -469,6 +652,8 @@ class Mash(ObstructionModel):
         supporter's no-match mass drops out: it leaves the cell to the target) -> probabilities [B, K, H, W]."""
         volume = state['volume']
         b, s, _, hc, wc = volume.shape
+        if self.cfg.patch_sampling == 'pixels':
+            return self.train_scores_pixels(state)
         matching = volume.softmax(2).flatten(3)                                # [B, S, C + 1, C]
         sampled = torch.einsum('bsjc,bsjk->bkc', matching[:, :, :-1], state['cell_probs'][:, 1:])
         matched_mass = (1.0 - matching[:, :, -1]).sum(1).view(b, 1, hc, wc)
@@ -477,6 +662,25 @@ class Mash(ObstructionModel):
         sampled = upsample_cells(sampled.reshape(b, -1, hc, wc), CELL_SIZE)
         total = upsample_cells(own_w + matched_mass, CELL_SIZE)
         return (upsample_cells(own_w, CELL_SIZE) * own_probs + sampled) / total
+
+    def train_scores_pixels(self, state: dict) -> torch.Tensor:
+        """train_scores for 'pixels' sampling: every supporter's per-pixel distribution sampled at its sub-cell
+        positions (the argmax's 3 x 3 window, differentiable), weighted per cell by its matched mass, mixed
+        with the target's own (weight: its self-confidence)."""
+        volume = state['volume']
+        b, s, _, hc, wc = volume.shape
+        flat = volume.flatten(0, 1)
+        probs = flat.softmax(1)
+        match = probs.flatten(2).argmax(1)
+        positions = self.subcell_positions(flat, match)
+        sampled, valid = sample_label_resolution(state['own_logits'][:, 1:].flatten(0, 1).softmax(1), positions,
+                                                 CELL_SIZE)
+        mass = upsample_cells((1.0 - probs[:, -1:]), CELL_SIZE) * valid.to(probs.dtype)   # [B*S, 1, H, W]
+        h, w = sampled.shape[-2:]
+        weighted = (mass * sampled).view(b, s, -1, h, w).sum(1)
+        own_w = upsample_cells(state['self_confidence'][:, None], CELL_SIZE)
+        own_probs = state['own_logits'][:, 0].softmax(1)
+        return (own_w * own_probs + weighted) / (own_w + mass.view(b, s, 1, h, w).sum(1))
 
     def forward(self, batch: dict, mode: str = 'train') -> Output:
         state = self.handshake(batch)
@@ -493,8 +697,15 @@ class Mash(ObstructionModel):
         """The segmentation cross entropies (fused, every agent's own) + the correspondence cross entropy of
         every target cell's matching distribution against its ground-truth source cell or no-match (§III)."""
         volume = out.extra['volume']                                           # [B, S, C + 1, Hc, Wc]
-        truth = batch['correspondence'].view(volume.shape[0], volume.shape[1], *volume.shape[-2:])
-        correspondence = F.cross_entropy(volume.flatten(0, 1), truth.flatten(0, 1))
+        if self.cfg.patch_sampling == 'pixels':
+            if SUBCELL_KEY not in batch:
+                raise ValueError(f"patch_sampling 'pixels' trains on the sub-cell positions `{SUBCELL_KEY}`, which "
+                                 'this dataset lacks: generate it again')
+            truth = bilinear_cell_targets(batch[SUBCELL_KEY].flatten(0, 1), self.grid)
+            truth = truth.view(-1, volume.shape[2], *volume.shape[-2:])            # [B*S, C + 1, Hc, Wc]
+        else:
+            truth = batch['correspondence'].view(volume.shape[0], volume.shape[1], *volume.shape[-2:]).flatten(0, 1)
+        correspondence = F.cross_entropy(volume.flatten(0, 1), truth)
         return super().loss(out, batch, ignore_index) + CORRESPONDENCE_LOSS_WEIGHT * correspondence
 
 

@@ -9,6 +9,9 @@ For a snapshot with N = 6 agents and target t, the supporters are the other agen
     correspondence      correspondence[t, s] per supporter: for each target cell (row-major), the supporter cell
                         that sees the same surface, C = Hc*Wc for no match (the cost volume's training signal and
                         WarpedOutputStack's ground-truth warping grid)
+    correspondence_uv   correspondence_uv[t, s] per supporter: where each target cell's centre lands in the
+                        supporter, in pixels below the cell grid (NaN: no match); in datasets that have the key
+                        (the label-resolution warping grid of WarpedOutputStack and of MASH's sub-cell targets)
 
 Augmentation mirrors whole frames left-right: every view and label map, and the correspondences with them
 (a mirrored world is consistent: target cell (r, c) of the mirror matches the mirror of the cell the original
@@ -23,7 +26,7 @@ import torch
 
 from ..data import load_manifest
 from .data import ShardFrameLoader
-from .mash import CELL_SIZE
+from .mash import CELL_SIZE, SUBCELL_KEY
 
 SETTING = 'obstruction'
 KEYS = ['rgb', 'labels', 'target_index', 'correspondence', 'obstruction_mask']
@@ -33,7 +36,7 @@ def obstruction_frame(snapshot: dict) -> dict:
     """One snapshot dict (numpy, no batch axis) -> the arrays of one MASH frame."""
     t = int(snapshot['target_index'])
     others = [i for i in range(snapshot['rgb'].shape[0]) if i != t]
-    return {
+    frame = {
         'target': snapshot['rgb'][t],
         'supporters': snapshot['rgb'][others],
         'labels': snapshot['labels'][t],
@@ -41,6 +44,9 @@ def obstruction_frame(snapshot: dict) -> dict:
         'obstruction_mask': snapshot['obstruction_mask'][t],
         'correspondence': snapshot['correspondence'][t, others],
     }
+    if SUBCELL_KEY in snapshot:
+        frame[SUBCELL_KEY] = snapshot[SUBCELL_KEY][t, others].astype(np.float32)
+    return frame
 
 
 def mirror_correspondence(correspondence: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -51,6 +57,16 @@ def mirror_correspondence(correspondence: np.ndarray, grid: tuple[int, int]) -> 
     picked = correspondence[..., source_of].astype(np.int64)
     row, col = np.divmod(picked, wc)
     return np.where(picked == no_match, no_match, row * wc + (wc - 1 - col)).astype(correspondence.dtype)
+
+
+def mirror_positions(positions: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Sub-cell positions [..., Hc*Wc, 2] (pixels (u, v) in the supporter) of a frame -> those of the
+    left-right mirrored frame: the cells reorder as in mirror_correspondence and u becomes W - 1 - u."""
+    hc, wc = grid
+    source_of = np.arange(hc * wc).reshape(hc, wc)[:, ::-1].ravel()
+    out = positions[..., source_of, :].copy()
+    out[..., 0] = wc * CELL_SIZE - 1 - out[..., 0]
+    return out
 
 
 def to_tensors(batch: dict, grid: tuple[int, int], flip: Optional[np.ndarray] = None) -> dict:
@@ -66,11 +82,15 @@ def to_tensors(batch: dict, grid: tuple[int, int], flip: Optional[np.ndarray] = 
         corr = batch['correspondence'].copy()
         corr[flip] = mirror_correspondence(corr[flip], grid)
         batch['correspondence'] = corr
+        if SUBCELL_KEY in batch:
+            uv = batch[SUBCELL_KEY].copy()
+            uv[flip] = mirror_positions(uv[flip], grid)
+            batch[SUBCELL_KEY] = uv
 
     def images(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0).movedim(-1, -3).contiguous()
 
-    return {
+    out = {
         'target': images(batch['target']).contiguous(memory_format=torch.channels_last),
         'supporters': images(batch['supporters']),
         'labels': torch.from_numpy(np.ascontiguousarray(batch['labels'])).long(),
@@ -78,6 +98,9 @@ def to_tensors(batch: dict, grid: tuple[int, int], flip: Optional[np.ndarray] = 
         'obstruction_mask': torch.from_numpy(np.ascontiguousarray(batch['obstruction_mask'])),
         'correspondence': torch.from_numpy(np.ascontiguousarray(batch['correspondence'])).long(),
     }
+    if SUBCELL_KEY in batch:
+        out[SUBCELL_KEY] = torch.from_numpy(np.ascontiguousarray(batch[SUBCELL_KEY], dtype=np.float32))
+    return out
 
 
 class ObstructionLoader(ShardFrameLoader):
@@ -93,7 +116,8 @@ class ObstructionLoader(ShardFrameLoader):
         if manifest['cell_size'] != CELL_SIZE:
             raise ValueError(f'{root} has {manifest["cell_size"]}-px correspondence cells; MASH\'s cell grid is '
                              f'{CELL_SIZE} px (generate with --cell-size {CELL_SIZE})')
-        super().__init__(root, setting, split, batch_size, KEYS, obstruction_frame, seed=seed, shuffle=shuffle,
+        keys = KEYS + ([SUBCELL_KEY] if SUBCELL_KEY in manifest.get('keys', {}) else [])
+        super().__init__(root, setting, split, batch_size, keys, obstruction_frame, seed=seed, shuffle=shuffle,
                          augment=augment, limit=limit)
 
     @property

@@ -38,7 +38,9 @@ from tqdm import tqdm
 
 from ..runtime import wire
 from ..runtime.metrics import SegmentationScore
-from .mash import CELL_SIZE, Mash, role_modules, sample_cells
+from ..world.geometry import cell_centres
+from .mash import (CELL_SIZE, SUBCELL_KEY, Mash, bilinear_cell_targets, role_modules, sample_cells,
+                   sample_label_resolution)
 from .evaluate import cached_evaluation
 from .mash_data import SETTING, ObstructionLoader
 from .models import ModelConfig, create_model
@@ -75,6 +77,8 @@ ROWS = (
     Row('Baselines', 'inputstack', 'inputstack', 'InputStack'),
     Row('Baselines', 'outputstack', 'outputstack', 'OutputStack'),
     Row('Baselines', 'warped_outputstack', 'warped_outputstack', 'WarpedOutputStack* (ground-truth warping)'),
+    Row('Baselines', 'warped_outputstack_cells', 'warped_outputstack_cells',
+        'WarpedOutputStack* (ground-truth warping, whole cells)'),
     Row('MASH', 'mash_q8_k32', 'mash', 'MASH HardSelection, from scratch', 'hard', 8, 32),
     Row('MASH', 'mash', 'mash', 'MASH HardSelection, from scratch', 'hard', 16, 32),
     Row('MASH', 'mash_q32_k32', 'mash', 'MASH HardSelection, from scratch', 'hard', 32, 32),
@@ -308,11 +312,15 @@ def role_callables(model, image_size: tuple[int, int]) -> dict[str, Callable[[],
     received = torch.rand(1, s, model.cfg.num_classes, h, w, generator=g).softmax(2)
     cells = (h // CELL_SIZE) * (w // CELL_SIZE)
     index = torch.randint(0, cells + 1, (s, cells), generator=g)
+    centres = torch.from_numpy(cell_centres(h, w, CELL_SIZE))
+    positions = torch.cat([centres, torch.full((1, 2), float('nan'))])[index]
 
     def outputstack_target():
         own = model.own_head(model.encoder(image)).softmax(1)
         others = received
         if model.method_name == 'warped_outputstack':
+            others = sample_label_resolution(received[0], positions, CELL_SIZE)[0][None]
+        elif model.method_name == 'warped_outputstack_cells':
             others = sample_cells(received[0], index, CELL_SIZE)[None]
         return model.stack_fusion(torch.cat([own[:, None], others], 1).flatten(1, 2))
 
@@ -612,3 +620,99 @@ def mash_section(runs_root: str, datasets_root: str, split: str = 'test', progre
         rel = os.path.relpath(plot_path, markdown_dir)
         lines += [f'![mIoU against bytes per target frame]({rel})', '']
     return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- ceilings
+WARPINGS = ('whole cells', 'label resolution (sub-cell grid)', 'per-pixel reprojection')
+
+
+@torch.no_grad()
+def warping_ceiling(data_dir: str, split: str = 'val', limit: Optional[int] = None,
+                    progress: bool = True) -> dict[str, dict]:
+    """How well each way of warping a supporter's map into the target can do at best: the supporters' true
+    labels warped into the target, compared with the target's true labels on the pixels every warping
+    covers (target cells with a ground-truth match). 'whole cells' moves the matched cell's block
+    (`correspondence`), 'label resolution' samples through the sub-cell grid (`correspondence_uv`,
+    label_resolution_grid), 'per-pixel reprojection' takes each target pixel through its depth and the poses
+    (the limit of any cell-based grid). Per warping: agreement (%) on all covered pixels, inside the target's
+    obstruction and outside it, and the covered share of the pixels."""
+    from ..data import iter_snapshots
+    from ..world import geometry as G
+    agree = {w: {'all': [0, 0], 'obstructed': [0, 0], 'clear': [0, 0]} for w in WARPINGS}
+    covered = [0, 0]
+    frames = 0
+    snapshots = iter_snapshots(data_dir, split)
+    for snap in tqdm(snapshots, desc=f'warping ceiling {split}', disable=not progress, leave=False):
+        if limit is not None and frames >= limit:
+            break
+        if 'correspondence_uv' not in snap:
+            raise ValueError(f'{data_dir} has no correspondence_uv (sub-cell positions): generate it again')
+        frames += 1
+        t = int(snap['target_index'])
+        labels = snap['labels']
+        truth = labels[t]
+        h, w = truth.shape
+        mask = snap['obstruction_mask'][t]
+        depth = snap['depth'].astype(np.float32)
+        poses = [G.pose_matrix(p, q) for p, q in zip(snap['position'], snap['orientation_xyzw'])]
+        for s in range(labels.shape[0]):
+            if s == t:
+                continue
+            corr = snap['correspondence'][t, s]
+            cells = G.sample_cells(labels[s], corr, CELL_SIZE, fill=255)
+            base = cells != 255
+            positions = torch.from_numpy(snap['correspondence_uv'][t, s].astype(np.float32))[None]
+            fine, valid = sample_label_resolution(torch.from_numpy(labels[s]).float()[None, None], positions,
+                                                  CELL_SIZE, mode='nearest')
+            fine = np.where(valid[0, 0].numpy(), fine[0, 0].numpy().astype(np.int64), 256)
+            uv, visible = G.pixel_correspondences(depth[t], snap['K'][t].astype(np.float64), poses[t], depth[s],
+                                                  snap['K'][s].astype(np.float64), poses[s])
+            u = np.clip(np.round(np.nan_to_num(uv[..., 0])).astype(np.int64), 0, w - 1)
+            v = np.clip(np.round(np.nan_to_num(uv[..., 1])).astype(np.int64), 0, h - 1)
+            pixel = np.where(visible, labels[s][v, u], 256)
+            covered[0] += int(base.sum())
+            covered[1] += base.size
+            for name, warped in zip(WARPINGS, (cells, fine, pixel)):
+                hit = (warped == truth) & base
+                for part, where in (('all', base), ('obstructed', base & mask), ('clear', base & ~mask)):
+                    agree[name][part][0] += int((hit & where).sum())
+                    agree[name][part][1] += int(where.sum())
+    return {'frames': frames, 'covered': covered[0] / max(covered[1], 1),
+            'agreement': {name: {part: 100 * a / max(n, 1) for part, (a, n) in parts.items()}
+                          for name, parts in agree.items()}}
+
+
+@torch.no_grad()
+def matcher_ceiling(run_dir: str, data_dir: str, split: str = 'val', threshold: Optional[float] = None,
+                    progress: bool = True) -> dict[str, dict]:
+    """A MASH run as it is and with its matcher replaced by the ground truth (correspondence volumes peaked on
+    the true source cell, or on the bilinear sub-cell targets with 'pixels' sampling), the same sampling,
+    selection and fusion: what a perfect matcher would give this run (MASH issue: "ground-truth matches fed
+    through MASH's own sampling and fusion"). HardSelection at `threshold` (default: the run's). Per variant:
+    accuracy and mIoU (%) on the full image and in the obstructed region."""
+    model, _ = load_run(run_dir)
+    if not isinstance(model, Mash):
+        raise ValueError(f'{run_dir} is a {model.method_name} run; the matcher ceiling needs a MASH run')
+    model.fusion_kind = 'hard'
+    loader = ObstructionLoader(data_dir, SETTING, split, 8, shuffle=False)
+    scores = {'the run': SegmentationScore(loader.num_classes),
+              'ground-truth matching': SegmentationScore(loader.num_classes)}
+    cells = loader.grid[0] * loader.grid[1]
+    for batch in tqdm(loader, desc=f'matcher ceiling {split}', disable=not progress, leave=False):
+        state = model.handshake(batch)
+        b, s = state['volume'].shape[:2]
+        if model.cfg.patch_sampling == 'pixels':
+            truth = bilinear_cell_targets(batch[SUBCELL_KEY].flatten(0, 1), loader.grid)
+        else:
+            truth = torch.nn.functional.one_hot(batch['correspondence'].flatten(0, 1), cells + 1).transpose(1, 2)
+        perfect = dict(state, volume=(40.0 * truth.float() - 20.0).view(*state['volume'].shape))
+        for name, st in (('the run', state), ('ground-truth matching', perfect)):
+            pred = model.infer(st, threshold)['scores'].argmax(1).numpy()
+            for i in range(b):
+                scores[name].add(pred[i], batch['labels'][i].numpy(), region=batch['obstruction_mask'][i].numpy())
+    out = {}
+    for name, score in scores.items():
+        sm = score.summary()
+        out[name] = {'accuracy': 100 * sm['overall_accuracy'], 'miou': 100 * sm['miou'],
+                     'region_accuracy': 100 * sm['region_accuracy'], 'region_miou': 100 * sm['region_miou']}
+    return out

@@ -56,6 +56,7 @@ class ModelConfig:
     supporters: int = 4         # S: the centralized baselines' decoders take a fixed number of agents
     selection: str = 'soft'     # handshake training: 'soft' (Eq. 5) or 'hard' (straight-through, see SELECTIONS)
     freeze_encoder: bool = False  # keep a pretrained encoder fixed (its features can then be cached)
+    patch_sampling: str = 'cells'  # MASH: what a supporter sends per matched cell (see PATCH_SAMPLINGS)
 
 
 # How the handshake models combine the supporters while training. 'soft' is the paper's Eq. 5: the decoder
@@ -63,6 +64,11 @@ class ModelConfig:
 # gated set). 'hard' decodes exactly what inference decodes and passes the softmax's gradient to the scores
 # (straight-through: weights = hard + soft - soft.detach()).
 SELECTIONS = ('soft', 'hard')
+
+# What a MASH supporter samples for a matched target cell. 'cells': its class distribution averaged over the
+# matched cell (one per cell; round 1). 'pixels': its segmentation at label resolution through a sub-cell
+# warping grid (MASH Eq. 3: H x W x C x r), one class per pixel.
+PATCH_SAMPLINGS = ('cells', 'pixels')
 
 
 @dataclass

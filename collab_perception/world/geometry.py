@@ -236,6 +236,35 @@ def cells_from_pixels(uv: np.ndarray, valid: np.ndarray, height: int, width: int
     return np.where(enough, best, no_match).astype(np.int16)
 
 
+def cell_positions(uv: np.ndarray, valid: np.ndarray, cell_size: int, min_valid_fraction: float = 0.5) -> np.ndarray:
+    """Per-pixel correspondences into another view -> where each target cell lands there, below the cell grid.
+
+    For every target cell, the mean (u, v) in the other view of its visible pixels: the sub-cell position of
+    the cell's centre (integer cell indices quantize it by up to half a cell, which costs a block-sampled
+    label map several points of agreement; docs/DATASETS.md). NaN where the cell has no match (the same rule
+    as `cells_from_pixels`). Returns (Hc*Wc, 2) float32 in row-major cell order.
+    """
+    H, W = valid.shape
+    Hc, Wc = cell_grid(H, W, cell_size)
+    blocks = valid.reshape(Hc, cell_size, Wc, cell_size)
+    count = blocks.sum(axis=(1, 3))
+    out = np.empty((Hc, Wc, 2), np.float32)
+    for axis in range(2):
+        values = np.where(valid, np.nan_to_num(uv[..., axis]), 0.0).reshape(Hc, cell_size, Wc, cell_size)
+        with np.errstate(invalid='ignore', divide='ignore'):
+            out[..., axis] = values.sum(axis=(1, 3)) / count
+    out[count < min_valid_fraction * cell_size * cell_size] = np.nan
+    return out.reshape(Hc * Wc, 2)
+
+
+def cell_centres(height: int, width: int, cell_size: int) -> np.ndarray:
+    """(Hc*Wc, 2) float32 pixel coordinates (u, v) of every cell's centre, row-major."""
+    Hc, Wc = cell_grid(height, width, cell_size)
+    v, u = np.mgrid[0:Hc, 0:Wc]
+    half = (cell_size - 1) / 2
+    return np.stack([u * cell_size + half, v * cell_size + half], -1).reshape(-1, 2).astype(np.float32)
+
+
 def swarm_ground_truth(depths: Sequence[np.ndarray], Ks: Sequence[np.ndarray], poses: Sequence[np.ndarray],
                        cell_size: int = 8, min_valid_fraction: float = 0.5) -> dict:
     """Ground truth of one snapshot for every ordered (target, supporter) pair of N views:
@@ -243,6 +272,8 @@ def swarm_ground_truth(depths: Sequence[np.ndarray], Ks: Sequence[np.ndarray], p
     overlap (N, N) float32: fraction of the target's pixels the supporter sees (diagonal 1);
     correspondence (N, N, Hc*Wc) int16: for each target cell the supporter cell that sees the same surface, or
         Hc*Wc (no match), from `pixel_correspondences` and `cells_from_pixels` (diagonal: identity);
+    correspondence_uv (N, N, Hc*Wc, 2) float32: where in the supporter each target cell's centre lands, in
+        pixels (`cell_positions`; NaN for no match; diagonal: the cell centres);
     best_supporter (N,) int8: for each target, the other agent with the largest overlap, -1 if none.
     """
     n = len(depths)
@@ -253,8 +284,10 @@ def swarm_ground_truth(depths: Sequence[np.ndarray], Ks: Sequence[np.ndarray], p
     world = [transform_points(T, backproject(d, K, grid)) for d, K, T in zip(depths, Ks, poses)]
     overlap = np.eye(n, dtype=np.float32)
     corr = np.empty((n, n, Hc * Wc), dtype=np.int16)
+    corr_uv = np.empty((n, n, Hc * Wc, 2), dtype=np.float32)
     for t in range(n):
         corr[t, t] = np.arange(Hc * Wc)
+        corr_uv[t, t] = cell_centres(H, W, cell_size)
         finite = np.isfinite(depths[t])
         for s in range(n):
             if s == t:
@@ -263,10 +296,11 @@ def swarm_ground_truth(depths: Sequence[np.ndarray], Ks: Sequence[np.ndarray], p
             valid = visible_in(uv, z, depths[s]) & finite
             overlap[t, s] = valid.mean()
             corr[t, s] = cells_from_pixels(uv, valid, H, W, cell_size, min_valid_fraction)
+            corr_uv[t, s] = cell_positions(uv.reshape(H, W, 2), valid.reshape(H, W), cell_size, min_valid_fraction)
     others = np.where(np.eye(n, dtype=bool), -1.0, overlap)
     best = np.argmax(others, axis=1)
     best = np.where(others[np.arange(n), best] > 0, best, -1).astype(np.int8)
-    return {'overlap': overlap, 'correspondence': corr, 'best_supporter': best}
+    return {'overlap': overlap, 'correspondence': corr, 'correspondence_uv': corr_uv, 'best_supporter': best}
 
 
 # -------------------------------------------------------------------------------------------- warping

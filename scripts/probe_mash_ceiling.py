@@ -1,0 +1,40 @@
+"""Where MASH loses: the warping itself, or the matcher.
+
+    python scripts/probe_mash_ceiling.py --data datasets/obstruction                 # warping only
+    python scripts/probe_mash_ceiling.py --data datasets/obstruction --run runs/train/obstruction/mash
+
+Warping (no model): the supporters' true labels warped into the target by whole cells, by the label-
+resolution sub-cell grid and by per-pixel reprojection, against the target's true labels (learn/mash_eval.
+warping_ceiling): the best any fusion of perfect supporter segmentations could agree. With --run: the run as
+it is and with its matcher replaced by the ground truth, through its own sampling and fusion
+(mash_eval.matcher_ceiling).
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--data', default='datasets/obstruction', help='an obstruction dataset with correspondence_uv')
+    p.add_argument('--split', default='val', choices=('train', 'val', 'test'))
+    p.add_argument('--run', default='', help='a MASH run directory (best.pt): also the matcher ceiling')
+    p.add_argument('--threshold', type=float, default=None, help='the run\'s confidence threshold (default: its own)')
+    p.add_argument('--limit', type=int, default=None, help='at most this many snapshots for the warping ceiling')
+    args = p.parse_args()
+    from collab_perception.learn.mash_eval import matcher_ceiling, warping_ceiling
+    w = warping_ceiling(args.data, args.split, args.limit)
+    print(f'warping ceiling, {args.split} ({w["frames"]} snapshots; {w["covered"]:.1%} of the target pixels have a '
+          'ground-truth cell match in a supporter): label agreement all / obstructed / clear')
+    for name, a in w['agreement'].items():
+        print(f'  {name}: {a["all"]:.2f}% / {a["obstructed"]:.2f}% / {a["clear"]:.2f}%')
+    if args.run:
+        print(f'matcher ceiling of {args.run}, {args.split}: accuracy, mIoU full / obstructed')
+        for name, r in matcher_ceiling(args.run, args.data, args.split, args.threshold).items():
+            print(f'  {name}: {r["accuracy"]:.2f} / {r["region_accuracy"]:.2f}, '
+                  f'{r["miou"]:.2f} / {r["region_miou"]:.2f}')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
