@@ -271,18 +271,21 @@ def test_loader_gives_the_target_its_supporters_and_ground_truth(tiny_dataset):
             assert np.array_equal(fwarped, warped if same else warped[:, ::-1])
 
 
-def test_onnx_roles_agree_with_torch(tiny_dataset, tmp_path):
+@pytest.mark.parametrize('sampling', ['cells', 'pixels'])
+def test_onnx_roles_agree_with_torch(tiny_dataset, tmp_path, sampling):
     from collab_perception.learn.mash_export import check_onnx, export_roles
     torch.manual_seed(0)
-    model = Mash(SMALL).eval()
+    model = Mash(replace(SMALL, patch_sampling=sampling)).eval()
     model.method_name = 'mash'
     with torch.no_grad():   # decisive outputs: an untrained net is full of near-ties that flip argmax
         model.own_head.classify.weight.mul_(50)
         model.smoothing.out.weight.normal_(0, 0.5)
     paths = export_roles(model, str(tmp_path))
     roles = json.load(open(tmp_path / 'roles.json'))
-    assert roles['grid'] == [16, 16] and roles['no_match'] == 256
-    assert roles['roles']['supporter']['outputs']['class_probs']['shape'] == [1, 256, 8]
+    assert roles['grid'] == [16, 16] and roles['no_match'] == 256 and roles['patch_sampling'] == sampling
+    values = roles['roles']['supporter']['outputs']
+    assert (values['labels']['shape'] == [1, 256, 8, 8] if sampling == 'pixels'
+            else values['class_probs']['shape'] == [1, 256, 8])
     loader = ObstructionLoader(tiny_dataset, 'obstruction', 'test', 2, shuffle=False)
     model.confidence_threshold = 0.0                     # send every matched cell: the fusion sees patches
     check = check_onnx(model, paths, loader, frames=2)
@@ -290,6 +293,8 @@ def test_onnx_roles_agree_with_torch(tiny_dataset, tmp_path):
     assert check['requester_own_classes_agreement'] > 0.999 and check['supporter_match_agreement'] > 0.99, check
     assert check['fusion_classes_agreement'] > 0.999, check
     assert check['swarm_pipeline_vs_offline_agreement'] > 0.99, check
+    if sampling == 'pixels':
+        assert check['supporter_label_agreement'] > 0.99, check
 
 
 def test_tiny_training_lowers_the_loss(tiny_dataset, tmp_path):

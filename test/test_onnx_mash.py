@@ -164,3 +164,78 @@ def test_a_swarm_speaks_one_protocol(model_dir):
     data['drones'][0]['obstructed'] = 'yes'
     with pytest.raises(ConfigError, match=r'drones\[0\]\.obstructed'):
         build_config(data)
+
+
+@pytest.fixture(scope='module')
+def pixel_model_dir(tmp_path_factory):
+    from dataclasses import replace
+    torch.manual_seed(0)
+    model = Mash(replace(SMALL, patch_sampling='pixels')).eval()
+    model.method_name = 'mash'
+    with torch.no_grad():
+        model.own_head.classify.weight.mul_(50)
+        model.smoothing.out.weight.normal_(0, 0.5)
+    out = tmp_path_factory.mktemp('mash_pixels')
+    export_roles(model, str(out))
+    return str(out)
+
+
+def test_pixel_patches_cross_the_wire_as_the_exported_pipeline_sends_them(pixel_model_dir, images):
+    """'pixels' patch sampling (MASH Eq. 3): a supporter sends one class id per pixel of each matched cell;
+    the roles a node loads, the message and its size, and the fusion agree with the exported pipeline."""
+    from rclpy.serialization import serialize_message
+    method = create_method('mash', model_dir=pixel_model_dir)
+    assert method.patch_sampling == 'pixels' and method.pixel_cell == 8
+    own = method.encode(images[0])
+    query = decode_tensor(encode_tensor(own.query, 'uint8'))
+    t = float(np.median(method.patches(query, images[1], threshold=0.0).confidence))
+    received = {}
+    for slot in range(5):
+        reply = method.patches(query, images[slot + 1], threshold=t)
+        assert reply.class_probs is None and reply.labels.shape == (reply.count, 8, 8)
+        assert np.isin(reply.labels, [*range(8), 255]).all()
+        msg = method.encode_reply(reply, 'uint8', patches_msg())
+        assert len(serialize_message(msg)) == wire.patches_size(reply.count, 8, 'uint8', 'uint8', cell_size=8)
+        received[slot] = method.decode_reply(msg, DEFAULT_LIMITS)
+        assert np.array_equal(received[slot].labels, reply.labels)
+    assert 0 < sum(r.count for r in received.values()) < 5 * 256
+    sessions = {r: ort.InferenceSession(f'{pixel_model_dir}/{r}.onnx', providers=['CPUExecutionProvider'])
+                for r in ('requester', 'supporter', 'fusion')}
+    x = images.transpose(0, 3, 1, 2).astype(np.float32) / 255
+    reference, _ = run_swarm_onnx(sessions, x[:1], x[1:], t, 'uint8', 'uint8')
+    assert np.array_equal(method.fuse(own, received), reference)
+    assert method.static_feature_shape(pixel_model_dir) == (256, 8, 8)
+    n = method.max_cells(0.05)
+    assert wire.patches_size(n, 8, 'uint8', 'uint8', cell_size=8) <= 0.05 * 128 * 128 \
+        < wire.patches_size(n + 1, 8, 'uint8', 'uint8', cell_size=8)
+
+
+def test_malformed_pixel_patches_are_rejected_with_the_field_named(pixel_model_dir, model_dir):
+    method = create_method('mash', model_dir=pixel_model_dir, roles=('decoder',))
+    cells_model = create_method('mash', model_dir=model_dir, roles=('decoder',))
+    labels = np.random.default_rng(0).integers(0, 8, (3, 8, 8)).astype(np.uint8)
+    labels[0, 0, 0] = 255
+    good = PatchReply(np.array([3, 10, 200]), np.array([0.9, 0.5, 0.7], np.float32), labels=labels)
+
+    def msg(labels=None, probs=None):
+        m = method.encode_reply(good if labels is None else PatchReply(good.cells, good.confidence, labels=labels),
+                                'uint8', patches_msg())
+        if probs is not None:
+            encode_tensor(probs, 'uint8', m.class_probs)
+        return m
+
+    assert np.array_equal(method.decode_reply(msg(), DEFAULT_LIMITS).labels, labels)
+    bad_class = labels.copy()
+    bad_class[1, 2, 3] = 9
+    float_labels = msg()
+    encode_tensor(labels.astype(np.float32), 'float16', float_labels.labels)
+    cases = {'patches.labels.shape': msg(labels[:, :4]), 'patches.labels': msg(bad_class),
+             'patches.class_probs': msg(probs=np.full((3, 8), 0.1, np.float32)),
+             'patches.labels ': float_labels}
+    for field, m in cases.items():
+        with pytest.raises(CodecError) as e:
+            method.decode_reply(m, DEFAULT_LIMITS)
+        assert e.value.field.startswith(field.strip()), (field, e.value.field, str(e.value))
+    # a drone with a 'cells' model rejects 'pixels' patches (and the other way round), naming the field
+    with pytest.raises(CodecError, match='patches.labels'):
+        cells_model.decode_reply(msg(), DEFAULT_LIMITS)

@@ -62,3 +62,13 @@ def test_placeholder_swarm_sizes_match_the_monitor_readme():
     # the demo's table (README): request 70, reply 44, connect 36, feature 432 bytes
     assert (wire.request_size((6,), 'float32'), wire.reply_size((1,), 'float32'), wire.connect_size(),
             wire.feature_size((3, 8, 8), "float16")) == (70, 44, 36, 432)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 40), st.sampled_from([4, 8]), dtypes)
+def test_pixel_patch_segments(cells, cell_size, conf_dtype):
+    msg = PatchSegments(sender=3, receiver=1, grid_height=16, grid_width=16, cells=list(range(cells)))
+    encode_tensor(np.random.default_rng(0).uniform(size=cells).astype(np.float32), conf_dtype, msg.confidence)
+    labels = np.random.default_rng(1).integers(0, 9, (cells, cell_size, cell_size)).astype(np.uint8)
+    encode_tensor(labels, 'uint8', msg.labels)
+    assert wire.patches_size(cells, 8, conf_dtype, 'uint8', cell_size=cell_size) == len(serialize_message(msg))

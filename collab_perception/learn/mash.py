@@ -71,6 +71,7 @@ CORRESPONDENCE_LOSS_WEIGHT = 1.0     # correspondence cross entropy, summed with
 CONFIDENCE_THRESHOLD = 0.5           # a supporter sends a matched cell only from this confidence on
 QUERY_DTYPE = 'uint8'                # the query map on the wire (msg/Request.msg, codec quantization)
 PATCH_DTYPE = 'uint8'                # confidences and class distributions on the wire (msg/PatchSegments.msg)
+NO_LABEL = 255                       # 'pixels' patches: a pixel that carries no class (outside the view)
 DISTANCE_EPS = 1e-6                  # keeps sqrt differentiable at distance 0
 DISTANCE_SCALE = 4.0                 # initial inverse temperature of the distances (learned)
 _QUANT_RANGE = {'uint8': (0, 255), 'int8': (-128, 127)}
@@ -192,6 +193,19 @@ def to_cell_blocks(x: torch.Tensor) -> torch.Tensor:
     n, k, h, w = x.shape
     c = CELL_SIZE
     return x.view(n, k, h // c, c, w // c, c).permute(0, 2, 4, 1, 3, 5).reshape(n, (h // c) * (w // c), k, c, c)
+
+
+def patch_labels(blocks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """'pixels' patches as sent: blocks [..., K, cell, cell] and valid [..., cell, cell] -> one class id per
+    pixel [..., cell, cell] int64 (the distribution's argmax; NO_LABEL where the pixel is not seen)."""
+    return torch.where(valid, blocks.max(-3).indices, NO_LABEL)
+
+
+def labels_to_blocks(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Received 'pixels' patches, class ids [..., cell, cell] (NO_LABEL: none) -> one-hot blocks
+    [..., K, cell, cell] float (all zero where a pixel carries nothing), what `Mash.fuse` takes."""
+    onehot = F.one_hot(labels.clamp(0, num_classes), num_classes + 1)[..., :num_classes]
+    return onehot.movedim(-1, -3).float()
 
 
 def from_cell_blocks(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -570,9 +584,8 @@ class Mash(ObstructionModel):
         threshold = self.confidence_threshold if threshold is None else threshold
         sent = (match != confidence.shape[1]) & (confidence >= threshold)
         conf = quantize_dequantize(confidence, (1,), self.patch_dtype, sent) * sent
-        onehot = F.one_hot(blocks.argmax(2), blocks.shape[2]).movedim(-1, 2).to(blocks.dtype)
-        keep = (valid & sent[:, :, None, None])[:, :, None]
-        return sent, conf, onehot * keep
+        labels = torch.where(valid & sent[:, :, None, None], patch_labels(blocks, valid), NO_LABEL)
+        return sent, conf, labels_to_blocks(labels, blocks.shape[2]).to(blocks.dtype)
 
     def fuse(self, own_probs: torch.Tensor, self_confidence: torch.Tensor, patch_probs: torch.Tensor,
              patch_confidence: torch.Tensor) -> torch.Tensor:
@@ -718,6 +731,8 @@ class MashStacked(Mash):
     probabilities)."""
 
     def __init__(self, cfg: ModelConfig, image_size: tuple[int, int] = IMAGE_SIZE):
+        if cfg.patch_sampling != 'cells':
+            raise ValueError("mash_stacked fuses one distribution per cell: patch_sampling must be 'cells'")
         super().__init__(cfg, image_size)
         self.fusion_kind = 'stacked'
         self.stack_fusion = StackFusion((cfg.supporters + 1) * (cfg.num_classes + 1), cfg.num_classes,
@@ -781,9 +796,13 @@ class SupporterRole(nn.Module):
     def forward(self, query: torch.Tensor, image: torch.Tensor):
         m = self.model
         features = m.encoder(image)
-        cell_probs = m.cell_distributions(m.own_head(features))
+        own_logits = m.own_head(features)
         volume = m.match_volume(query.permute(0, 3, 1, 2), features)
-        return m.hard_matches(volume, cell_probs)
+        if m.cfg.patch_sampling == 'pixels':
+            confidence, match = volume.softmax(1).flatten(2).max(1)
+            blocks, valid = m.pixel_patches(own_logits.softmax(1), m.subcell_positions(volume, match))
+            return confidence, match, patch_labels(blocks, valid)
+        return m.hard_matches(volume, m.cell_distributions(own_logits))
 
 
 class FusionRole(nn.Module):
@@ -791,8 +810,11 @@ class FusionRole(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, own_probs, self_confidence, patch_probs, patch_confidence):
-        return self.model.fuse(own_probs, self_confidence, patch_probs, patch_confidence).max(1).indices
+    def forward(self, own_probs, self_confidence, patch_values, patch_confidence):
+        m = self.model
+        if m.cfg.patch_sampling == 'pixels':      # class ids per pixel [1, S, C, cell, cell]
+            patch_values = labels_to_blocks(patch_values, m.cfg.num_classes)
+        return m.fuse(own_probs, self_confidence, patch_values, patch_confidence).max(1).indices
 
 
 def role_modules(model: Mash) -> dict[str, nn.Module]:

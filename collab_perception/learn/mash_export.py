@@ -40,17 +40,21 @@ import torch
 import yaml
 from torch import nn
 
-from .mash import CELL_SIZE, Mash, role_modules
+from .mash import CELL_SIZE, NO_LABEL, Mash, role_modules
 
 OPSET = 18
 ROLES = ('requester', 'supporter', 'fusion')
 
 
-ROLE_IO = {
-    'requester': (['image'], ['query', 'own_probs', 'self_confidence', 'own_classes']),
-    'supporter': (['query', 'image'], ['confidence', 'match', 'class_probs']),
-    'fusion': (['own_probs', 'self_confidence', 'patch_probs', 'patch_confidence'], ['classes']),
-}
+def role_io(model: Mash) -> dict[str, tuple[list[str], list[str]]]:
+    """Input and output names of each role; a 'pixels' model's patches are class ids per pixel."""
+    values, patches = (('labels', 'patch_labels') if model.cfg.patch_sampling == 'pixels'
+                       else ('class_probs', 'patch_probs'))
+    return {
+        'requester': (['image'], ['query', 'own_probs', 'self_confidence', 'own_classes']),
+        'supporter': (['query', 'image'], ['confidence', 'match', values]),
+        'fusion': (['own_probs', 'self_confidence', patches, 'patch_confidence'], ['classes']),
+    }
 
 
 def example_inputs(model: Mash) -> dict[str, tuple]:
@@ -59,11 +63,16 @@ def example_inputs(model: Mash) -> dict[str, tuple]:
     hc, wc = model.grid
     k, s = model.cfg.num_classes, model.cfg.supporters
     g = torch.Generator().manual_seed(0)
+    if model.cfg.patch_sampling == 'pixels':
+        patches = torch.randint(0, k + 1, (1, s, hc * wc, CELL_SIZE, CELL_SIZE), generator=g)
+        patches = torch.where(patches == k, NO_LABEL, patches)
+    else:
+        patches = torch.rand(1, s, hc * wc, k, generator=g).softmax(-1)
     return {
         'requester': (torch.rand(1, 3, h, w, generator=g),),
         'supporter': (torch.randn(1, hc, wc, model.cfg.query_size, generator=g), torch.rand(1, 3, h, w, generator=g)),
         'fusion': (torch.rand(1, k, h, w, generator=g).softmax(1), torch.rand(1, hc, wc, generator=g),
-                   torch.rand(1, s, hc * wc, k, generator=g).softmax(-1), torch.rand(1, s, hc * wc, generator=g)),
+                   patches, torch.rand(1, s, hc * wc, generator=g)),
     }
 
 
@@ -75,6 +84,17 @@ def tensor_spec(model: Mash) -> dict:
 
     def t(shape, dtype, meaning):
         return {'shape': list(shape), 'dtype': dtype, 'meaning': meaning}
+
+    if model.cfg.patch_sampling == 'pixels':
+        cs = CELL_SIZE
+        values = {'labels': t((1, c, cs, cs), 'int64', f'per requester cell: own classes sampled at label '
+                              f'resolution through the sub-cell grid ({NO_LABEL}: pixel not seen)')}
+        patches = {'patch_labels': t((1, s, c, cs, cs), 'int64', f'received labels per supporter slot, scattered '
+                                     f'into the grid; {NO_LABEL} where nothing came')}
+    else:
+        values = {'class_probs': t((1, c, k), 'float32', 'own cell distribution at match (0: none)')}
+        patches = {'patch_probs': t((1, s, c, k), 'float32', 'received class_probs per supporter slot, '
+                                    'scattered into the grid; 0 where nothing came')}
 
     return {
         'requester': {'file': 'requester.onnx',
@@ -88,12 +108,11 @@ def tensor_spec(model: Mash) -> dict:
                                  'image': t((1, 3, h, w), 'float32', 'the supporter\'s RGB / 255')},
                       'outputs': {'confidence': t((1, c), 'float32', 'per requester cell: max matching probability'),
                                   'match': t((1, c), 'int64', f'per requester cell: matched own cell, {c} = no match'),
-                                  'class_probs': t((1, c, k), 'float32', 'own cell distribution at match (0: none)')}},
+                                  **values}},
         'fusion': {'file': 'fusion.onnx',
                    'inputs': {'own_probs': t((1, k, h, w), 'float32', 'requester.onnx own_probs'),
                               'self_confidence': t((1, hc, wc), 'float32', 'requester.onnx self_confidence'),
-                              'patch_probs': t((1, s, c, k), 'float32', 'received class_probs per supporter slot, '
-                                               'scattered into the grid; 0 where nothing came'),
+                              **patches,
                               'patch_confidence': t((1, s, c), 'float32', 'received confidences, same layout; 0 '
                                                     'where nothing came')},
                    'outputs': {'classes': t((1, h, w), 'int64', 'fused segmentation')}},
@@ -114,11 +133,11 @@ def export_roles(model: Mash, out_dir: str) -> dict[str, str]:
         raise ValueError(f'{type(model).__name__} has no MASH roles to export (only mash and mash_stacked do)')
     model.eval()
     os.makedirs(out_dir, exist_ok=True)
-    modules, examples = role_modules(model), example_inputs(model)
+    modules, examples, io = role_modules(model), example_inputs(model), role_io(model)
     paths = {}
     for role in ROLES:
         paths[role] = os.path.join(out_dir, f'{role}.onnx')
-        _export(modules[role], examples[role], paths[role], *ROLE_IO[role])
+        _export(modules[role], examples[role], paths[role], *io[role])
     hc, wc = model.grid
     with open(os.path.join(out_dir, 'roles.json'), 'w') as f:
         json.dump({'method': getattr(model, 'method_name', type(model).__name__), 'fusion': model.fusion_kind,
@@ -126,6 +145,7 @@ def export_roles(model: Mash, out_dir: str) -> dict[str, str]:
                    'no_match': hc * wc, 'num_classes': model.cfg.num_classes, 'query_size': model.cfg.query_size,
                    'key_size': model.cfg.key_size, 'supporters': model.cfg.supporters,
                    'confidence_threshold': model.confidence_threshold,
+                   'patch_sampling': model.cfg.patch_sampling,
                    'wire': {'query_dtype': model.query_dtype, 'patch_confidence_dtype': model.patch_dtype,
                             'patch_probs_dtype': model.patch_dtype},
                    'roles': tensor_spec(model)}, f, indent=2)
@@ -135,27 +155,37 @@ def export_roles(model: Mash, out_dir: str) -> dict[str, str]:
 def run_swarm_onnx(sessions: dict, target: np.ndarray, supporters: np.ndarray, threshold: float,
                    query_dtype: str, patch_dtype: str) -> tuple[np.ndarray, dict]:
     """One frame through the exported roles as the swarm runs them, the wire's codec in between: target
-    [1, 3, H, W] and supporters [S, 3, H, W] float32 -> fused classes [H, W] and the intermediate outputs."""
+    [1, 3, H, W] and supporters [S, 3, H, W] float32 -> fused classes [H, W] and the intermediate outputs.
+    The fusion role's patch input tells the sampling: class ids per pixel (int64) travel as they are,
+    distributions are quantized to `patch_dtype`."""
     from ..runtime.codec import decode_tensor, encode_tensor
     query, own_probs, self_conf, own_classes = sessions['requester'].run(None, {'image': target})
     sent_query = decode_tensor(encode_tensor(query[0], query_dtype))[None]
     s = supporters.shape[0]
-    c, k = self_conf.shape[1] * self_conf.shape[2], own_probs.shape[1]
-    patch_probs = np.zeros((1, s, c, k), np.float32)
+    c = self_conf.shape[1] * self_conf.shape[2]
+    spec = sessions['fusion'].get_inputs()[2]
+    if spec.type == 'tensor(int64)':
+        patches = np.full((1, s, *spec.shape[2:]), NO_LABEL, np.int64)
+    else:
+        patches = np.zeros((1, s, *spec.shape[2:]), np.float32)
     patch_conf = np.zeros((1, s, c), np.float32)
     replies = []
     for i in range(s):
-        confidence, match, class_probs = sessions['supporter'].run(None, {'query': sent_query,
-                                                                         'image': supporters[i:i + 1]})
+        confidence, match, values = sessions['supporter'].run(None, {'query': sent_query,
+                                                                    'image': supporters[i:i + 1]})
         cells = np.flatnonzero((match[0] != c) & (confidence[0] >= threshold))
         if cells.size:
             patch_conf[0, i, cells] = decode_tensor(encode_tensor(confidence[0, cells], patch_dtype))
-            patch_probs[0, i, cells] = decode_tensor(encode_tensor(class_probs[0, cells], patch_dtype))
-        replies.append({'confidence': confidence, 'match': match, 'class_probs': class_probs, 'cells': cells})
-    classes = sessions['fusion'].run(None, {'own_probs': own_probs, 'self_confidence': self_conf,
-                                            'patch_probs': patch_probs, 'patch_confidence': patch_conf})[0]
+            if patches.dtype == np.int64:
+                patches[0, i, cells] = decode_tensor(encode_tensor(values[0, cells].astype(np.uint8), 'uint8'))
+            else:
+                patches[0, i, cells] = decode_tensor(encode_tensor(values[0, cells], patch_dtype))
+        replies.append({'confidence': confidence, 'match': match, 'values': values, 'cells': cells})
+    names = [i.name for i in sessions['fusion'].get_inputs()]
+    classes = sessions['fusion'].run(None, dict(zip(names, (own_probs, self_conf, patches, patch_conf))))[0]
     return classes[0], {'query': query, 'sent_query': sent_query, 'own_probs': own_probs, 'self_confidence': self_conf,
-                        'own_classes': own_classes, 'replies': replies}
+                        'own_classes': own_classes, 'replies': replies, 'patches': patches,
+                        'patch_confidence': patch_conf}
 
 
 @torch.no_grad()
@@ -166,6 +196,8 @@ def check_onnx(model: Mash, paths: dict[str, str], loader, frames: int) -> dict:
     import onnxruntime as ort
     sessions = {r: ort.InferenceSession(p, providers=['CPUExecutionProvider']) for r, p in paths.items()}
     modules = role_modules(model)
+    pixels = model.cfg.patch_sampling == 'pixels'
+    label_agree = label_n = 0
     diff = {'requester': 0.0, 'supporter': 0.0}
     own_agree = match_agree = fusion_agree = pipeline_agree = 0
     own_n = match_n = fusion_n = pipeline_n = 0
@@ -186,22 +218,22 @@ def check_onnx(model: Mash, paths: dict[str, str], loader, frames: int) -> dict:
             own_n += ref[3].numel()
             query = torch.from_numpy(mid['sent_query'])     # what the supporter received
             for j, reply in enumerate(mid['replies']):
-                conf, match, probs = modules['supporter'](query, supporters[j:j + 1])
-                diff['supporter'] = max(diff['supporter'], float(np.abs(reply['confidence'] - conf.numpy()).max()),
-                                        float(np.abs(reply['class_probs'] - probs.numpy()).max()))
+                conf, match, values = modules['supporter'](query, supporters[j:j + 1])
+                diff['supporter'] = max(diff['supporter'], float(np.abs(reply['confidence'] - conf.numpy()).max()))
+                if pixels:     # class ids: the share that differ, at the matched cells
+                    same = reply['values'] == values.numpy()
+                    label_agree += int(same.sum())
+                    label_n += same.size
+                else:
+                    diff['supporter'] = max(diff['supporter'], float(np.abs(reply['values'] - values.numpy()).max()))
                 match_agree += int((reply['match'] == match.numpy()).sum())
                 match_n += match.numel()
-            fusion_in = [torch.from_numpy(x) for x in (mid['own_probs'], mid['self_confidence'])]
-            s, c, k = len(mid['replies']), mid['replies'][0]['match'].shape[1], mid['own_probs'].shape[1]
-            patch_probs, patch_conf = torch.zeros(1, s, c, k), torch.zeros(1, s, c)
-            for j, reply in enumerate(mid['replies']):
-                patch_probs[0, j, reply['cells']] = torch.from_numpy(reply['class_probs'][0, reply['cells']])
-                patch_conf[0, j, reply['cells']] = torch.from_numpy(reply['confidence'][0, reply['cells']])
-            fused = modules['fusion'](*fusion_in, patch_probs, patch_conf)
-            onnx_fused = sessions['fusion'].run(None, {'own_probs': mid['own_probs'],
-                                                       'self_confidence': mid['self_confidence'],
-                                                       'patch_probs': patch_probs.numpy(),
-                                                       'patch_confidence': patch_conf.numpy()})[0]
+            fusion_in = [torch.from_numpy(x) for x in (mid['own_probs'], mid['self_confidence'], mid['patches'],
+                                                       mid['patch_confidence'])]
+            fused = modules['fusion'](*fusion_in)
+            names = [i.name for i in sessions['fusion'].get_inputs()]
+            onnx_fused = sessions['fusion'].run(None, dict(zip(names, (mid['own_probs'], mid['self_confidence'],
+                                                                        mid['patches'], mid['patch_confidence']))))[0]
             fusion_agree += int((onnx_fused == fused.numpy()).sum())
             fusion_n += fused.numel()
             frame = {'target': target, 'supporters': supporters[None]}
@@ -215,6 +247,7 @@ def check_onnx(model: Mash, paths: dict[str, str], loader, frames: int) -> dict:
             'requester_own_classes_agreement': own_agree / max(own_n, 1),
             'supporter_max_abs_diff': diff['supporter'],
             'supporter_match_agreement': match_agree / max(match_n, 1),
+            **({'supporter_label_agreement': label_agree / max(label_n, 1)} if pixels else {}),
             'fusion_classes_agreement': fusion_agree / max(fusion_n, 1),
             'swarm_pipeline_vs_offline_agreement': pipeline_agree / max(pipeline_n, 1)}
 

@@ -29,7 +29,6 @@ from ..runtime import topics
 from ..runtime.codec import CodecError, decode_tensor
 from ..runtime.handshake import SELECTORS, Connect as ConnectAction, FrameOutcome, RequesterTracker, StampRing
 from ..runtime.methods import EncoderOutput
-from ..runtime.onnx_mash import decode_patches
 from .common import DroneNode, array_to_image, declare, declare_codec, declare_qos, stamp_label, stamp_to_ns
 
 
@@ -155,8 +154,7 @@ class FusionNode(DroneNode):
         self._run(self.tracker.on_features(stamp_ns, msg.sender, features, self.now_ns()))
 
     def on_patches(self, data: bytes):
-        got = self.receive(data, PatchSegments, 'patches', decode=lambda m: decode_patches(
-            m, self.method.grid, self.method.num_classes, self.limits))
+        got = self.receive(data, PatchSegments, 'patches', decode=lambda m: self.method.decode_reply(m, self.limits))
         if got is None:
             return
         msg, stamp_ns, patches = got

@@ -33,7 +33,6 @@ from ..runtime import topics
 from ..runtime.codec import CodecError, decode_tensor, encode_tensor
 from ..runtime.handshake import StampRing, SupporterCache
 from ..runtime.methods import EncoderOutput
-from ..runtime.onnx_mash import encode_patches
 from ..runtime.sync import StampJoiner
 from ..world import geometry
 from .common import DroneNode, declare, declare_codec, declare_qos, image_to_array, stamp_label, stamp_to_ns
@@ -183,7 +182,7 @@ class MatcherNode(DroneNode):
         patches = self.method.patches(query, image, max_cells=self.max_cells)
         msg = PatchSegments(header=Header(), sender=self.drone_id, receiver=requester)
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
-        encode_patches(patches, self.method.grid, self.dtypes['patch_dtype'], msg)
+        self.method.encode_reply(patches, self.dtypes['patch_dtype'], msg)
         self.patch_pubs[requester].publish(serialize_message(msg))
         self.replies += 1
         self.patch_cells += patches.count

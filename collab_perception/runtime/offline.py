@@ -15,7 +15,6 @@ import numpy as np
 from .codec import DEFAULT_LIMITS, decode_tensor, encode_tensor, tensor_fields
 from .metrics import SegmentationScore
 from .methods import Method
-from .onnx_mash import decode_patches, encode_patches
 
 
 def slot_order(target: int, agents: int) -> list[int]:
@@ -60,9 +59,9 @@ def mash_offline(method: Method, snapshots: Iterable[dict], query_dtype: str = '
         received = {}
         for slot, agent in enumerate(order[1:]):
             p = method.patches(query, snap['rgb'][agent], max_cells=max_cells)
-            msg = SimpleNamespace(confidence=tensor_fields(), class_probs=tensor_fields())
-            encode_patches(p, method.grid, patch_dtype, msg)
-            received[slot] = decode_patches(msg, method.grid, method.num_classes, DEFAULT_LIMITS)
+            msg = SimpleNamespace(confidence=tensor_fields(), class_probs=tensor_fields(), labels=tensor_fields())
+            method.encode_reply(p, patch_dtype, msg)
+            received[slot] = method.decode_reply(msg, DEFAULT_LIMITS)
             cells_sent.append(p.count)
         labels = snap['labels'][order[0]]
         mask = snap['obstruction_mask'][order[0]] if 'obstruction_mask' in snap else None

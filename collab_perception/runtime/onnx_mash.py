@@ -3,7 +3,8 @@
     perception (every drone)  requester.onnx: image -> query map [Hc, Wc, Q] (broadcast when asking), own class
                               distribution [K, H, W] and self-confidence [Hc, Wc] (kept for fusion), own classes
     matcher (supporters)      supporter.onnx: (received query map, own image) -> per requester cell: match
-                              confidence, matched own cell (or no match) and the class distribution there;
+                              confidence, matched own cell (or no match) and the class distribution there
+                              ('cells' patch sampling) or its classes at label resolution ('pixels');
                               only the cells with a match at or above the confidence threshold are sent
                               (msg/PatchSegments.msg): the heavy work (cost volume, smoothing) stays here
     fusion (requester)        fusion.onnx: own distribution + self-confidence + every supporter slot's patches
@@ -25,13 +26,18 @@ from .methods import EncoderOutput, register_method
 from .onnx_method import OnnxRoleMethod, read_roles_json
 
 
+NO_LABEL = 255     # a 'pixels' patch pixel that carries no class (learn.mash.NO_LABEL)
+
+
 @dataclass
 class PatchReply:
-    """One supporter's answer for one frame: the requester's cells it matched, confident enough."""
+    """One supporter's answer for one frame: the requester's cells it matched, confident enough, with one
+    class distribution per cell ('cells' patch sampling) or one class id per pixel ('pixels')."""
 
-    cells: np.ndarray          # [n] int, ascending, row-major in the requester's grid
-    confidence: np.ndarray     # [n] float32
-    class_probs: np.ndarray    # [n, K] float32
+    cells: np.ndarray                        # [n] int, ascending, row-major in the requester's grid
+    confidence: np.ndarray                   # [n] float32
+    class_probs: Optional[np.ndarray] = None  # 'cells': [n, K] float32
+    labels: Optional[np.ndarray] = None      # 'pixels': [n, cell, cell] uint8, NO_LABEL where not seen
 
     @property
     def count(self) -> int:
@@ -39,18 +45,27 @@ class PatchReply:
 
 
 def encode_patches(reply: PatchReply, grid: Sequence[int], dtype: str, out: Any) -> Any:
-    """Fill a PatchSegments message's grid, cells, confidence and class_probs (header and addressing are the
-    caller's)."""
+    """Fill a PatchSegments message's grid, cells, confidence and class_probs or labels (header and
+    addressing are the caller's); the other of the two stays absent."""
     out.grid_height, out.grid_width = int(grid[0]), int(grid[1])
     out.cells = [int(c) for c in reply.cells]
     encode_tensor(reply.confidence.astype(np.float32), dtype, out.confidence, 'patches.confidence')
-    encode_tensor(reply.class_probs.astype(np.float32), dtype, out.class_probs, 'patches.class_probs')
+    if reply.labels is not None:
+        encode_tensor(reply.labels.astype(np.uint8), 'uint8', out.labels, 'patches.labels')
+    else:
+        encode_tensor(reply.class_probs.astype(np.float32), dtype, out.class_probs, 'patches.class_probs')
     return out
 
 
+def _absent(tensor: Any, field: str) -> None:
+    if len(tensor.shape) or len(tensor.data):
+        raise CodecError(field, 'bad_shape', 'must be absent (no shape, no data) for this model\'s patch sampling')
+
+
 def decode_patches(msg: Any, grid: Sequence[int], num_classes: int,
-                   limits: TensorLimits) -> PatchReply:
-    """Validate a PatchSegments message against the requester's grid and classes; CodecError names the field."""
+                   limits: TensorLimits, cell_size: Optional[int] = None) -> PatchReply:
+    """Validate a PatchSegments message against the requester's grid and classes, and its patch sampling
+    (`cell_size`: 'pixels' patches of that many pixels a side; None: 'cells'); CodecError names the field."""
     hc, wc = int(grid[0]), int(grid[1])
     if (msg.grid_height, msg.grid_width) != (hc, wc):
         raise CodecError('patches.grid', 'bad_shape', f'grid {msg.grid_height}x{msg.grid_width} is not the '
@@ -62,10 +77,20 @@ def decode_patches(msg: Any, grid: Sequence[int], num_classes: int,
     if n > 1 and not (np.diff(cells) > 0).all():
         raise CodecError('patches.cells', 'bad_index', 'cell indices must be strictly ascending')
     confidence = decode_tensor(msg.confidence, limits, 'patches.confidence', expect_shape=(n,))
-    probs = decode_tensor(msg.class_probs, limits, 'patches.class_probs', expect_shape=(n, num_classes))
     if n and (confidence.min() < -1e-3 or confidence.max() > 1.0 + 1e-2):
         raise CodecError('patches.confidence', 'bad_value', 'confidences must lie in [0, 1]')
-    return PatchReply(cells, confidence, probs)
+    if cell_size is None:
+        _absent(msg.labels, 'patches.labels')
+        probs = decode_tensor(msg.class_probs, limits, 'patches.class_probs', expect_shape=(n, num_classes))
+        return PatchReply(cells, confidence, class_probs=probs)
+    _absent(msg.class_probs, 'patches.class_probs')
+    if int(msg.labels.dtype) != 3 or msg.labels.scale not in (0.0, 1.0) or msg.labels.zero_point:
+        raise CodecError('patches.labels', 'bad_dtype', 'class ids travel as uint8, scale 1, zero point 0')
+    labels = decode_tensor(msg.labels, limits, 'patches.labels', expect_shape=(n, cell_size, cell_size))
+    labels = np.rint(labels).astype(np.int64)
+    if n and not np.isin(labels, [*range(num_classes), NO_LABEL]).all():
+        raise CodecError('patches.labels', 'bad_value', f'class ids must lie in 0..{num_classes - 1} or be {NO_LABEL}')
+    return PatchReply(cells, confidence, labels=labels.astype(np.uint8))
 
 
 @register_method('mash')
@@ -87,6 +112,8 @@ class MashOnnx(OnnxRoleMethod):
         self.supporters = int(self.info['supporters'])
         self.threshold = float(self.info['confidence_threshold'])
         self.wire = dict(self.info.get('wire', {}))
+        self.patch_sampling = self.info.get('patch_sampling', 'cells')
+        self.pixel_cell = int(self.info['cell_size']) if self.patch_sampling == 'pixels' else None
 
     # ------------------------------------------------------------------ shapes
     def query_shape(self):
@@ -94,10 +121,23 @@ class MashOnnx(OnnxRoleMethod):
 
     @staticmethod
     def static_feature_shape(model_dir: str) -> tuple:
-        """What sending everything would cost: every cell's class distribution (the patch reply without the
-        confidence threshold), the spatial analogue of CatAll's feature map."""
+        """What sending everything would cost: every cell's class distribution, or with 'pixels' patches
+        every cell's class ids (the patch reply without the confidence threshold), the spatial analogue of
+        CatAll's feature map."""
         info = read_roles_json(model_dir)
-        return (int(info['grid'][0]) * int(info['grid'][1]), int(info['num_classes']))
+        cells = int(info['grid'][0]) * int(info['grid'][1])
+        if info.get('patch_sampling', 'cells') == 'pixels':
+            return (cells, int(info['cell_size']), int(info['cell_size']))
+        return (cells, int(info['num_classes']))
+
+    # ------------------------------------------------------------------ the patches on the wire
+    def encode_reply(self, reply: PatchReply, dtype: str, out: Any) -> Any:
+        """A supporter's reply into a PatchSegments message (encode_patches for this model)."""
+        return encode_patches(reply, self.grid, dtype, out)
+
+    def decode_reply(self, msg: Any, limits: TensorLimits) -> PatchReply:
+        """A received PatchSegments, validated against this model's grid, classes and patch sampling."""
+        return decode_patches(msg, self.grid, self.num_classes, limits, self.pixel_cell)
 
     def image_shape(self) -> tuple:
         return tuple(self.info['image_size'])
@@ -119,7 +159,8 @@ class MashOnnx(OnnxRoleMethod):
         h, w = self.image_shape()
         limit = budget * h * w
         n = 0
-        while n < self.cells and patches_size(n + 1, self.num_classes, dtype, dtype) <= limit:
+        while n < self.cells and patches_size(n + 1, self.num_classes, dtype, dtype,
+                                              cell_size=self.pixel_cell) <= limit:
             n += 1
         return n
 
@@ -130,29 +171,36 @@ class MashOnnx(OnnxRoleMethod):
         that many of them, the most confident (a hard byte budget per reply, whatever the scene)."""
         if query.shape != self.query_shape():
             raise ValueError(f'query map of shape {query.shape}, expected {self.query_shape()}')
-        confidence, match, class_probs = self._session('matcher').run(
+        confidence, match, values = self._session('matcher').run(
             None, {'query': query[None].astype(np.float32), 'image': self.image_input(image)})
         t = self.threshold if threshold is None else threshold
         cells = np.flatnonzero((match[0] != self.no_match) & (confidence[0] >= t))
         if max_cells is not None and cells.size > max_cells:
             keep = np.argsort(-confidence[0, cells], kind='stable')[:max_cells]
             cells = np.sort(cells[keep])
-        return PatchReply(cells, confidence[0, cells].astype(np.float32), class_probs[0, cells].astype(np.float32))
+        conf = confidence[0, cells].astype(np.float32)
+        if self.pixel_cell:
+            return PatchReply(cells, conf, labels=values[0, cells].astype(np.uint8))
+        return PatchReply(cells, conf, class_probs=values[0, cells].astype(np.float32))
 
     def fuse(self, own: EncoderOutput, received: dict[int, PatchReply],
              scores: Optional[dict[int, float]] = None) -> np.ndarray:
         """Fusion role. `received`: supporter slot (0..supporters-1) -> its patches."""
-        k = self.num_classes
-        patch_probs = np.zeros((1, self.supporters, self.cells, k), np.float32)
+        if self.pixel_cell:
+            name = 'patch_labels'
+            patches = np.full((1, self.supporters, self.cells, self.pixel_cell, self.pixel_cell), NO_LABEL, np.int64)
+        else:
+            name = 'patch_probs'
+            patches = np.zeros((1, self.supporters, self.cells, self.num_classes), np.float32)
         patch_conf = np.zeros((1, self.supporters, self.cells), np.float32)
         for slot, reply in received.items():
             if not 0 <= slot < self.supporters:
                 raise ValueError(f'supporter slot {slot} outside 0..{self.supporters - 1}')
-            patch_probs[0, slot, reply.cells] = reply.class_probs
+            patches[0, slot, reply.cells] = reply.labels if self.pixel_cell else reply.class_probs
             patch_conf[0, slot, reply.cells] = reply.confidence
         classes = self._session('decoder').run(None, {
             'own_probs': own.features[None].astype(np.float32), 'self_confidence': own.key[None].astype(np.float32),
-            'patch_probs': patch_probs, 'patch_confidence': patch_conf})[0]
+            name: patches, 'patch_confidence': patch_conf})[0]
         return classes[0].astype(np.uint8)
 
     def warmup(self) -> None:

@@ -76,10 +76,16 @@ def feature_size(feature_shape: Sequence[int], dtype, frame_id: str = '') -> int
     return _Sizer().addressing(frame_id).tensor(feature_shape, dtype).total
 
 
-def patches_size(cells: int, num_classes: int, confidence_dtype, probs_dtype, frame_id: str = '') -> int:
+def patches_size(cells: int, num_classes: int, confidence_dtype, probs_dtype, frame_id: str = '',
+                 cell_size: Optional[int] = None) -> int:
+    """A PatchSegments reply with `cells` cells: one class distribution per cell (`probs_dtype`), or with
+    `cell_size` ('pixels' patches) one uint8 class id per pixel of each cell."""
     s = _Sizer().addressing(frame_id).prim(2).prim(2).seq(cells, 2)
     s.tensor((cells,), confidence_dtype)
-    s.tensor((cells, num_classes), probs_dtype)
+    if cell_size:
+        s.tensor(None, probs_dtype).tensor((cells, cell_size, cell_size), 'uint8')
+    else:
+        s.tensor((cells, num_classes), probs_dtype).tensor(None, 'uint8')
     return s.total
 
 
