@@ -101,9 +101,10 @@ def query_bytes(grid: tuple[int, int], query_size: int, dtype: str) -> int:
     return wire.request_size((grid[0], grid[1], query_size), dtype)
 
 
-def patches_bytes(cells: int, num_classes: int, dtype: str) -> int:
-    """A supporter's PatchSegments reply with `cells` cells (confidences and distributions in `dtype`)."""
-    return wire.patches_size(cells, num_classes, dtype, dtype)
+def patches_bytes(cells: int, num_classes: int, dtype: str, cell_size: Optional[int] = None) -> int:
+    """A supporter's PatchSegments reply with `cells` cells (confidences and distributions in `dtype`; with
+    `cell_size`, 'pixels' patches: one uint8 class id per pixel of each cell)."""
+    return wire.patches_size(cells, num_classes, dtype, dtype, cell_size=cell_size)
 
 
 def baseline_supporter_bytes(method: str, image_size: tuple[int, int], num_classes: int) -> Optional[int]:
@@ -172,6 +173,7 @@ def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, prog
     request = query_bytes((hc, wc), model.cfg.query_size, model.query_dtype) if is_mash else 0
     sup_bytes = None if is_mash else baseline_supporter_bytes(model.method_name, (h, w), k)
     default_fusion = getattr(model, 'fusion_kind', None)
+    pixel_cell = CELL_SIZE if is_mash and model.cfg.patch_sampling == 'pixels' else None
     for batch in tqdm(loader, desc=f'evaluate {model.method_name}/{SETTING}', disable=not progress,
                       dynamic_ncols=True, leave=False):
         labels = batch['labels'].numpy()
@@ -198,7 +200,7 @@ def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, prog
                 v.score.add(pred[i], labels[i], region=masks[i])
             v.target_bytes += b * request
             for n in sent.sum(-1).flatten().tolist():
-                v.supporter_bytes += patches_bytes(int(n), k, model.patch_dtype)
+                v.supporter_bytes += patches_bytes(int(n), k, model.patch_dtype, pixel_cell)
             v.replies += b * s
             v.cells += sent.numel()
             v.sent += int(sent.sum())
@@ -252,6 +254,13 @@ def train_command(config: dict, run_dir: Optional[str] = None) -> str:
            f'--seed {config["seed"]}')
     if config['method'].startswith('mash'):
         cmd += f' --query-size {m["query_size"]} --key-size {m["key_size"]}'
+        if m.get('patch_sampling', 'cells') != 'cells':
+            cmd += f' --patch-sampling {m["patch_sampling"]}'
+    data = config.get('data_dir')
+    if data and os.path.normpath(data) != os.path.join('datasets', config['setting']):
+        cmd += f' --data {data}'
+    if m.get('freeze_encoder'):
+        cmd += ' --freeze-encoder'
     if config.get('init_from'):
         cmd += f' --init-from {config["init_from"]}'
     default_out = os.path.join('runs', 'train', config['setting'], config['method'])
