@@ -27,7 +27,7 @@ def one_thread():
 
 
 SMALL = ModelConfig(channels=8, width=8, query_size=4, key_size=8, supporters=5)
-METHODS = ('inpainting', 'inputstack', 'outputstack', 'warped_outputstack', 'warped_outputstack_cells', 'mash',
+METHODS = ('inpainting', 'inpainting_all', 'inputstack', 'outputstack', 'warped_outputstack', 'warped_outputstack_cells', 'mash',
            'mash_pixels', 'mash_stacked')
 
 
@@ -65,7 +65,8 @@ def test_every_model_gives_per_pixel_scores_in_train_and_eval(name):
     for mode in ('train', 'eval'):
         model.train(mode == 'train')
         out = model.forward_batch(batch, mode)
-        assert out.logits.shape == (2, 8, 32, 32) and torch.isfinite(out.logits).all()
+        frames = 12 if name == 'inpainting_all' and mode == 'train' else 2    # trained on all six views
+        assert out.logits.shape == (frames, 8, 32, 32) and torch.isfinite(out.logits).all()
         loss = model.loss(out, batch)
         assert torch.isfinite(loss)
         if name.startswith('mash'):

@@ -18,6 +18,9 @@ def test_accuracy_and_miou_on_a_known_case():
     assert iou[0] == pytest.approx(1 / 3) and iou[1] == pytest.approx(2 / 3) and iou[2] == pytest.approx(2 / 3)
     assert math.isnan(iou[3])                          # class 3 is in neither truth nor prediction
     assert cm.miou() == pytest.approx((1 / 3 + 2 / 3 + 2 / 3) / 3)
+    # mean per-class accuracy (MASH Table I): recall of classes 0, 1, 2 (class 3 is absent from the truth)
+    assert cm.mean_class_accuracy() == pytest.approx((1 / 2 + 2 / 2 + 2 / 3) / 3)
+    assert math.isnan(ConfusionMatrix(2).mean_class_accuracy())
 
 
 def test_region_mask_and_bad_ids():

@@ -17,7 +17,7 @@ PATCH_SAMPLINGS = ('cells', 'pixels')   # learn.models.PATCH_SAMPLINGS, likewise
 SETTINGS = ('hidden-target', 'accurate-pose', 'noisy-pose', 'random-exploration', 'obstruction')
 METHODS = ('backbone', 'single_normal', 'single_degraded', 'catall', 'attention', 'compression', 'random', 'who2com',
            'who2com_nomsg', 'when2com',
-           'mash', 'mash_stacked', 'inpainting', 'inputstack', 'outputstack', 'warped_outputstack',
+           'mash', 'mash_stacked', 'inpainting', 'inpainting_all', 'inputstack', 'outputstack', 'warped_outputstack',
            'warped_outputstack_cells')
 
 

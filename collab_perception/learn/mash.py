@@ -5,10 +5,12 @@ baselines of its Table I (§IV "Baselines"), on the `obstruction` setting, regis
                         `fusion_kind = 'soft'` runs the same weights with SoftSelection (see "Training")
     mash_stacked        MASH with StackedFusion: the warped distributions go through a small conv net
     inpainting          the target image alone, trained to predict its unobstructed labels ("hallucinate")
+    inpainting_all      the same network trained on every agent's view ("Trained on All Views")
     inputstack          the unwarped RGB of all agents concatenated into one backbone
     outputstack         a shared backbone per agent, the output distributions concatenated and fused by convs
     warped_outputstack  outputstack with the supporters' distributions warped into the target by the
-                        ground-truth cell correspondences (the upper bound: needs ground truth at inference)
+                        ground-truth warping grid at label resolution (the upper bound: needs ground truth at
+                        inference); warped_outputstack_cells moves whole cells instead
 
 Every model takes one batch of mash_data.ObstructionLoader (the target's obstructed image and its S = N - 1
 supporters' images) and returns the target's class scores over the unobstructed labels.
@@ -363,6 +365,25 @@ class Inpainting(ObstructionModel):
 
     def forward(self, batch: dict, mode: str = 'train') -> Output:
         return Output(logits=self.own_head(self.encoder(batch['target'])))
+
+
+@register('inpainting_all')
+class InpaintingAllViews(Inpainting):
+    """Inpainting trained on every agent's view (§IV Baselines, "Inpainting (Trained on All Views)"): each
+    training frame gives its S + 1 images, obstructed or not, with their unobstructed labels; at inference it
+    segments the target image alone, as Inpainting does."""
+
+    def forward(self, batch: dict, mode: str = 'train') -> Output:
+        if mode != 'train':
+            return super().forward(batch, mode)
+        images = self.all_images(batch).flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        return Output(logits=self.own_head(self.encoder(images)))
+
+    def loss(self, out: Output, batch: dict, ignore_index: int = 255) -> torch.Tensor:
+        if out.logits.shape[0] == batch['labels'].shape[0]:          # an inference output: the target only
+            return super().loss(out, batch, ignore_index)
+        labels = torch.cat([batch['labels'].unsqueeze(1), batch['supporter_labels']], 1).flatten(0, 1)
+        return F.cross_entropy(out.logits, labels, ignore_index=ignore_index)
 
 
 class StackedImageEncoder(Encoder):

@@ -74,6 +74,7 @@ MAIN = Row('MASH', 'mash_from_inpainting_cont', 'mash', 'MASH HardSelection, fro
            iterations=1500)
 ROWS = (
     Row('Baselines', 'inpainting', 'inpainting', 'Inpainting (trained on target view)'),
+    Row('Baselines', 'inpainting_all', 'inpainting_all', 'Inpainting (trained on all views)'),
     Row('Baselines', 'inputstack', 'inputstack', 'InputStack'),
     Row('Baselines', 'outputstack', 'outputstack', 'OutputStack'),
     Row('Baselines', 'warped_outputstack', 'warped_outputstack', 'WarpedOutputStack* (ground-truth warping)'),
@@ -137,8 +138,10 @@ class _Variant:
         h, w = image_size
         s = self.score.summary()
         out = {'frames': s['frames'], 'accuracy': s['overall_accuracy'], 'miou': s['miou'],
+               'mean_class_accuracy': s['mean_class_accuracy'],
                'region_accuracy': s.get('region_accuracy', float('nan')),
                'region_miou': s.get('region_miou', float('nan')),
+               'region_mean_class_accuracy': s.get('region_mean_class_accuracy', float('nan')),
                'target_bytes': self.target_bytes / max(s['frames'], 1),
                'supporter_bytes': self.supporter_bytes / max(self.replies, 1) if self.replies else None}
         out['target_x'] = out['target_bytes'] / (h * w * 3)

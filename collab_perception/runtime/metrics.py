@@ -48,6 +48,14 @@ class ConfusionMatrix:
         total = self.matrix.sum()
         return float(np.trace(self.matrix) / total) if total else float('nan')
 
+    def mean_class_accuracy(self) -> float:
+        """Per-class recall averaged over the classes present in the truth (MASH Table I's "mean accuracy")."""
+        support = self.matrix.sum(1)
+        present = support > 0
+        if not present.any():
+            return float('nan')
+        return float(np.mean(np.diag(self.matrix)[present] / support[present]))
+
     def iou(self) -> np.ndarray:
         """Per-class IoU; NaN for classes absent from both truth and prediction."""
         tp = np.diag(self.matrix).astype(np.float64)
@@ -104,10 +112,12 @@ class SegmentationScore:
 
     def summary(self) -> dict:
         out = {'frames': self.frames, 'overall_accuracy': self.full.accuracy(), 'miou': self.full.miou(),
+               'mean_class_accuracy': self.full.mean_class_accuracy(),
                'bytes_per_frame': self.bytes / self.frames if self.frames else 0.0}
         if self.region.pixels:
             out['region_accuracy'] = self.region.accuracy()
             out['region_miou'] = self.region.miou()
+            out['region_mean_class_accuracy'] = self.region.mean_class_accuracy()
         if self.selections:
             out['selection_accuracy'] = self.correct_selections / self.selections
         return out
