@@ -448,3 +448,22 @@ def test_pixel_patches_carry_the_supporters_labels_at_label_resolution():
     assert torch.equal(pred, labels[:, 1])                             # the most confident: the first supporter
     # the bytes: one class per pixel of every sent cell
     assert torch.allclose(out['scores'].sum(1), torch.ones(1, 32, 32))
+
+
+@pytest.mark.parametrize('name', ['mash', 'mash_pixels'])
+def test_asking_only_where_needed_sends_fewer_cells_for_the_same_hard_fusion(name):
+    """With the requester's need map in the request, a supporter withholds the cells in which the requester is
+    at least as confident as its match: HardSelection could never take them, so the prediction stays the same
+    (up to the wire's rounding of a confidence) and fewer cells are sent."""
+    model = make(name).eval()
+    batch = synthetic_batch(b=2)
+    with torch.no_grad():
+        state = model.handshake(batch)
+        state['volume'] = 3 * torch.randn(state['volume'].shape, generator=torch.Generator().manual_seed(2))
+        state['self_confidence'] = torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(3))
+        everything = model.infer(state, threshold=0.0)
+        needed = model.infer(state, threshold=0.0, need=True)
+    assert (needed['sent'] <= everything['sent']).all() and needed['sent'].sum() < everything['sent'].sum()
+    same = (needed['scores'].argmax(1) == everything['scores'].argmax(1)).float().mean()
+    assert same > 0.99, same
+    assert torch.equal(Mash.need_map(torch.tensor([[[0.5, 2.0]]])), torch.tensor([[127 / 255, 1.0]]))

@@ -584,26 +584,41 @@ class Mash(ObstructionModel):
         sampled, valid = sample_label_resolution(own_probs, positions, CELL_SIZE)
         return to_cell_blocks(sampled), to_cell_blocks(valid)[:, :, 0]
 
-    def select_patches(self, confidence: torch.Tensor, match: torch.Tensor, class_probs: torch.Tensor,
-                       threshold: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Supporter: the cells that go into PatchSegments, rounded as the wire rounds them. confidence, match
-        [N, C], class_probs [N, C, K] -> sent [N, C] bool, confidence [N, C] and class_probs [N, C, K] as the
-        requester decodes them (zeros for the cells not sent)."""
+    def sendable(self, confidence: torch.Tensor, match: torch.Tensor, threshold: Optional[float] = None,
+                 need: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Supporter: which cells [N, C] go into PatchSegments: a real match at or above the threshold and, when
+        the request carries the requester's need (`need` [N, C], need_map), more confident than the requester
+        is itself there: the only cells HardSelection can take."""
         threshold = self.confidence_threshold if threshold is None else threshold
         sent = (match != confidence.shape[1]) & (confidence >= threshold)
+        return sent if need is None else sent & (confidence > need)
+
+    @staticmethod
+    def need_map(self_confidence: torch.Tensor) -> torch.Tensor:
+        """Requester: its self-confidence [B, Hc, Wc] as the request carries it, [B, Hc * Wc] in [0, 1], rounded
+        down to uint8 steps (so a supporter never withholds a cell the requester would take; a self-confidence
+        of 1 or more asks for nothing there, no match confidence exceeds it)."""
+        return torch.floor(self_confidence.flatten(1).clamp(0, 1) * 255) / 255
+
+    def select_patches(self, confidence: torch.Tensor, match: torch.Tensor, class_probs: torch.Tensor,
+                       threshold: Optional[float] = None, need: Optional[torch.Tensor] = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Supporter: the cells that go into PatchSegments (`sendable`), rounded as the wire rounds them.
+        confidence, match [N, C], class_probs [N, C, K] -> sent [N, C] bool, confidence [N, C] and class_probs
+        [N, C, K] as the requester decodes them (zeros for the cells not sent)."""
+        sent = self.sendable(confidence, match, threshold, need)
         conf = quantize_dequantize(confidence, (1,), self.patch_dtype, sent) * sent
         probs = quantize_dequantize(class_probs, (1, 2), self.patch_dtype, sent[:, :, None]) * sent[:, :, None]
         return sent, conf, probs
 
     def select_pixel_patches(self, confidence: torch.Tensor, match: torch.Tensor, blocks: torch.Tensor,
-                             valid: torch.Tensor, threshold: Optional[float] = None
-                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                             valid: torch.Tensor, threshold: Optional[float] = None,
+                             need: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Supporter, 'pixels' sampling: the cells that go into PatchSegments with one class id per pixel (its
         sampled distribution's argmax; a pixel outside its view carries none). confidence, match [N, C], blocks
         [N, C, K, cell, cell], valid [N, C, cell, cell] -> sent [N, C], confidence [N, C] as the wire rounds it
         and the received blocks [N, C, K, cell, cell]: one-hot where a class arrived, zeros elsewhere."""
-        threshold = self.confidence_threshold if threshold is None else threshold
-        sent = (match != confidence.shape[1]) & (confidence >= threshold)
+        sent = self.sendable(confidence, match, threshold, need)
         conf = quantize_dequantize(confidence, (1,), self.patch_dtype, sent) * sent
         labels = torch.where(valid & sent[:, :, None, None], patch_labels(blocks, valid), NO_LABEL)
         return sent, conf, labels_to_blocks(labels, blocks.shape[2]).to(blocks.dtype)
@@ -661,20 +676,24 @@ class Mash(ObstructionModel):
                 'self_confidence': self.self_confidence(features[:, 0]),
                 'volume': volume.view(b, s, *volume.shape[1:])}
 
-    def infer(self, state: dict, threshold: Optional[float] = None) -> dict:
+    def infer(self, state: dict, threshold: Optional[float] = None, need: bool = False) -> dict:
         """Distributed inference from a handshake state, as the swarm runs it: each supporter's argmax matches,
-        the cells it sends (threshold, wire rounding), the requester's fusion. -> scores [B, K, H, W] (argmax:
-        the prediction), sent, match (C = no match), confidence: [B, S, C]."""
+        the cells it sends (threshold; with `need`, only where it is more confident than the requester, whose
+        request then carries its need_map; wire rounding), the requester's fusion. -> scores [B, K, H, W]
+        (argmax: the prediction), sent, match (C = no match), confidence: [B, S, C]."""
         b, s = state['volume'].shape[:2]
         volume = state['volume'].flatten(0, 1)
+        floor = None
+        if need:
+            floor = self.need_map(state['self_confidence'])[:, None].expand(b, s, -1).flatten(0, 1)
         if self.cfg.patch_sampling == 'pixels':
             confidence, match = volume.softmax(1).flatten(2).max(1)
             positions = self.subcell_positions(volume, match)
             blocks, valid = self.pixel_patches(state['own_logits'][:, 1:].flatten(0, 1).softmax(1), positions)
-            sent, conf, probs = self.select_pixel_patches(confidence, match, blocks, valid, threshold)
+            sent, conf, probs = self.select_pixel_patches(confidence, match, blocks, valid, threshold, floor)
         else:
             confidence, match, class_probs = self.hard_matches(volume, state['cell_probs'][:, 1:].flatten(0, 1))
-            sent, conf, probs = self.select_patches(confidence, match, class_probs, threshold)
+            sent, conf, probs = self.select_patches(confidence, match, class_probs, threshold, floor)
         scores = self.fuse(state['own_logits'][:, 0].softmax(1), state['self_confidence'],
                            probs.view(b, s, *probs.shape[1:]), conf.view(b, s, -1))
         return {'scores': scores, 'sent': sent.view(b, s, -1), 'match': match.view(b, s, -1),

@@ -96,6 +96,12 @@ REPORTED_THRESHOLD = 0.1
 TRAINING = {'iterations': 2000, 'batch_size': 8}      # the planned runs (about 1.5 s per iteration on one core)
 
 
+# HardSelection where the request also carries the requester's need map (Mash.need_map): supporters send only
+# the cells in which their match beats the requester's own confidence. Evaluated offline; msg/Request.msg does
+# not carry the map yet, so its bytes are wire.need_map_size's count of the Tensor it would add.
+NEED = 'hard+need'
+
+
 # ---------------------------------------------------------------------------------------------- bytes
 def query_bytes(grid: tuple[int, int], query_size: int, dtype: str) -> int:
     """The requester's Request with its query map [Hs, Ws, Q]."""
@@ -170,10 +176,12 @@ def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, prog
     h, w = loader.image_size
     hc, wc = loader.grid
     is_mash = isinstance(model, Mash)
-    fusions = ['stacked'] if model.method_name == 'mash_stacked' else ['hard', 'soft'] if is_mash else ['default']
+    fusions = ['stacked'] if model.method_name == 'mash_stacked' else ['hard', 'soft', NEED] if is_mash \
+        else ['default']
     variants = {f'{f}@{t:g}' if is_mash else f: _Variant(k) for f in fusions for t in (thresholds if is_mash else [0])}
     match_correct = match_total = real_correct = real_near = real_total = 0
     request = query_bytes((hc, wc), model.cfg.query_size, model.query_dtype) if is_mash else 0
+    need_bytes = wire.need_map_size((hc, wc), (hc, wc, model.cfg.query_size), model.query_dtype) if is_mash else 0
     sup_bytes = None if is_mash else baseline_supporter_bytes(model.method_name, (h, w), k)
     default_fusion = getattr(model, 'fusion_kind', None)
     pixel_cell = CELL_SIZE if is_mash and model.cfg.patch_sampling == 'pixels' else None
@@ -195,13 +203,13 @@ def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, prog
         truth = batch['correspondence']
         for name, v in variants.items():
             fusion, threshold = name.split('@')
-            model.fusion_kind = fusion
-            result = model.infer(state, float(threshold))
+            model.fusion_kind = 'hard' if fusion == NEED else fusion
+            result = model.infer(state, float(threshold), need=fusion == NEED)
             pred = result['scores'].argmax(1).numpy()
             sent = result['sent']
             for i in range(b):
                 v.score.add(pred[i], labels[i], region=masks[i])
-            v.target_bytes += b * request
+            v.target_bytes += b * (request + (need_bytes if fusion == NEED else 0))
             for n in sent.sum(-1).flatten().tolist():
                 v.supporter_bytes += patches_bytes(int(n), k, model.patch_dtype, pixel_cell)
             v.replies += b * s

@@ -64,6 +64,13 @@ def request_size(query_shape: Sequence[int], dtype, frame_id: str = '', pose: bo
     return _Sizer().addressing(frame_id).tensor(query_shape, dtype).seq(7 if pose else 0, 4).prim(2).total
 
 
+def need_map_size(grid: Sequence[int], query_shape: Sequence[int], dtype) -> int:
+    """The bytes a MASH Request with this query would add to carry the requester's need map, a uint8 Tensor
+    [Hc, Wc] appended to the message (offline evaluation only: msg/Request.msg has no such field yet)."""
+    with_map = _Sizer().addressing().tensor(query_shape, dtype).seq(0, 4).prim(2).tensor(tuple(grid), 'uint8')
+    return with_map.total - request_size(query_shape, dtype)
+
+
 def reply_size(score_shape: Sequence[int], dtype, frame_id: str = '') -> int:
     return _Sizer().addressing(frame_id).tensor(score_shape, dtype).total
 
