@@ -1,0 +1,46 @@
+"""Score MASH runs and their baselines on one obstruction dataset, as the swarm would run them.
+
+    python scripts/evaluate_mash.py runs/train/obstruction/inpainting runs/train/obstruction/mash \
+        --data datasets/obstruction --split test
+
+Per run (evaluations are cached in the run directory, learn/mash_eval.evaluate_mash_run): full-image and
+obstructed-region pixel accuracy, mean per-class accuracy and mIoU; for MASH every fusion and confidence
+threshold with the bytes per target (x = the raw image) and per supporter (y = the label image) and the cells
+sent. `--variants` limits MASH's rows (e.g. hard@0.3 hard+need@0.3).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('runs', nargs='+', help='run directories (best.pt)')
+    p.add_argument('--data', default='datasets/obstruction')
+    p.add_argument('--split', default='test', choices=('train', 'val', 'test'))
+    p.add_argument('--variants', nargs='*', default=None, metavar='FUSION@T', help='MASH variants to show')
+    args = p.parse_args()
+    from collab_perception.learn.mash_eval import evaluate_mash_run
+    print(f'{args.data}, {args.split} split: accuracy / mean class accuracy / mIoU, full image | obstructed region')
+    for run in args.runs:
+        result = evaluate_mash_run(run, args.data, args.split)
+        for name, v in result['variants'].items():
+            if args.variants is not None and name != 'default' and name not in args.variants:
+                continue
+            label = os.path.basename(os.path.normpath(run)) + ('' if name == 'default' else f' {name}')
+            line = (f'{label}: {100 * v["accuracy"]:.2f} / {100 * v["mean_class_accuracy"]:.2f} / '
+                    f'{100 * v["miou"]:.2f} | {100 * v["region_accuracy"]:.2f} / '
+                    f'{100 * v["region_mean_class_accuracy"]:.2f} / {100 * v["region_miou"]:.2f}')
+            if v.get('supporter_y') is not None and 'sent_fraction' in v:
+                line += (f'; {v["target_x"]:.3f}x per target, {v["supporter_y"]:.3f}y per supporter, '
+                         f'{v["sent_fraction"]:.1%} of the cells sent')
+            print(line)
+        if 'match_accuracy' in result:
+            print(f'  matching: {result["real_match_top1"]:.1%} of the real matches exact, '
+                  f'{result["real_match_within_one_cell"]:.1%} within one cell')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
