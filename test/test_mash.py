@@ -419,11 +419,11 @@ def test_sub_cell_positions_read_back_the_bilinear_targets():
     targets = bilinear_cell_targets(positions, (4, 4))                # [N, C + 1, C]
     assert torch.allclose(targets.sum(1), torch.ones(3, 16)) and targets[0, 16, 7] == 1
     volume = targets.clamp_min(1e-9).log().view(3, 17, 4, 4)
-    match = volume.softmax(1).flatten(2).argmax(1)
-    got = model.subcell_positions(volume, match)
+    confidence, match, got = model.subcell_matches(volume)
     assert torch.isnan(got[0, 7]).all() and (match[0, 7] == 16)
     keep = torch.isfinite(positions).all(-1)
     assert torch.allclose(got[keep], positions[keep], atol=1e-3)
+    assert torch.allclose(confidence, torch.ones_like(confidence), atol=1e-4)   # all the mass: in the window
 
 
 def test_pixel_patches_carry_the_supporters_labels_at_label_resolution():

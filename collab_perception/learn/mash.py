@@ -221,7 +221,7 @@ def bilinear_cell_targets(positions: torch.Tensor, grid: tuple[int, int]) -> tor
     """Sub-cell correspondence targets: positions [N, C, 2] (pixels (u, v) in the supporter; NaN: no match)
     -> [N, C + 1, C] probabilities over the source cells + no-match (dim 1) per target cell (dim 2). A matched
     cell's mass is split bilinearly between the (up to) four source cells whose centres surround its position,
-    so the volume's local soft-argmax (Mash.subcell_positions) can learn the position below the cell grid."""
+    so the volume's local soft-argmax (Mash.subcell_matches) can learn the position below the cell grid."""
     n, c, _ = positions.shape
     hc, wc = grid
     half = (CELL_SIZE - 1) / 2
@@ -559,23 +559,32 @@ class Mash(ObstructionModel):
         class_probs = padded.gather(1, match[:, :, None].expand(-1, -1, cell_probs.shape[2]))
         return confidence, match, class_probs
 
-    def subcell_positions(self, volume: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
-        """Supporter, 'pixels' sampling: where each target cell lands in its view, below the cell grid: the
-        matching distribution's mean source-cell centre over the 3 x 3 source cells around the argmax (a local
-        soft-argmax; the bilinear correspondence targets of `loss` teach the volume to split a cell's mass
-        between the cells its true position lies between). volume [N, C + 1, Hc, Wc] logits, match [N, C]
-        (C = no match) -> [N, C, 2] pixels (u, v), NaN for no match; differentiable in the volume."""
+    def subcell_matches(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Supporter, 'pixels' sampling: per target cell the match (argmax over the source cells and the
+        no-match bin), where the cell lands in its view below the cell grid, and how sure it is of that.
+
+        The position is the matching distribution's mean source-cell centre over the 3 x 3 source cells around
+        the argmax (a local soft-argmax; the bilinear correspondence targets of `loss` teach the volume to split
+        a cell's mass between the cells its true position lies between), and the confidence is the probability
+        mass in that window: the counterpart of the paper's channel-wise max (§III (4)) once a match is spread
+        over neighbouring cells on purpose. volume [N, C + 1, Hc, Wc] logits -> confidence [N, C], match [N, C]
+        (C = no match), positions [N, C, 2] pixels (u, v), NaN for no match; differentiable in the volume."""
         n = volume.shape[0]
         hc, wc = self.grid
         cells = hc * wc
-        probs = volume.softmax(1)[:, :cells].reshape(n, hc, wc, cells).permute(0, 3, 1, 2)   # [N, Ct, Hs, Ws]
+        probs = volume.softmax(1)
+        match = probs.flatten(2).argmax(1)                                                     # [N, Ct]
+        source = probs[:, :cells].reshape(n, hc, wc, cells).permute(0, 3, 1, 2)                # [N, Ct, Hs, Ws]
         centres = self.cell_centre_uv.to(probs.dtype)                                          # [2, 1, Hs, Ws]
-        stacked = torch.cat([probs, probs * centres[0], probs * centres[1]], 1)
-        window = F.avg_pool2d(stacked, 3, stride=1, padding=1, count_include_pad=True).flatten(2)
+        stacked = torch.cat([source, source * centres[0], source * centres[1]], 1)
+        window = 9 * F.avg_pool2d(stacked, 3, stride=1, padding=1, count_include_pad=True).flatten(2)
         at = match.clamp(max=cells - 1)[:, :, None]                                           # [N, Ct, 1]
         mass, u, v = (window[:, i * cells:(i + 1) * cells].gather(2, at)[..., 0] for i in range(3))
         positions = torch.stack([u, v], -1) / mass.clamp_min(1e-12)[..., None]
-        return torch.where((match == cells)[..., None], torch.full_like(positions, float('nan')), positions)
+        none = match == cells
+        positions = torch.where(none[..., None], torch.full_like(positions, float('nan')), positions)
+        confidence = torch.where(none, probs[:, cells].flatten(1), mass)
+        return confidence, match, positions
 
     def pixel_patches(self, own_probs: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Supporter, 'pixels' sampling (MASH Eq. 3): its per-pixel class distribution [N, K, H, W] sampled
@@ -687,8 +696,7 @@ class Mash(ObstructionModel):
         if need:
             floor = self.need_map(state['self_confidence'])[:, None].expand(b, s, -1).flatten(0, 1)
         if self.cfg.patch_sampling == 'pixels':
-            confidence, match = volume.softmax(1).flatten(2).max(1)
-            positions = self.subcell_positions(volume, match)
+            confidence, match, positions = self.subcell_matches(volume)
             blocks, valid = self.pixel_patches(state['own_logits'][:, 1:].flatten(0, 1).softmax(1), positions)
             sent, conf, probs = self.select_pixel_patches(confidence, match, blocks, valid, threshold, floor)
         else:
@@ -718,17 +726,17 @@ class Mash(ObstructionModel):
 
     def train_scores_pixels(self, state: dict) -> torch.Tensor:
         """train_scores for 'pixels' sampling: every supporter's per-pixel distribution sampled at its sub-cell
-        positions (the argmax's 3 x 3 window, differentiable), weighted per cell by its matched mass, mixed
-        with the target's own (weight: its self-confidence)."""
+        positions (the argmax's 3 x 3 window, differentiable), weighted per cell by its confidence there (the
+        window's mass, what HardSelection compares at inference; 0 for no match), mixed with the target's own
+        (weight: its self-confidence)."""
         volume = state['volume']
         b, s, _, hc, wc = volume.shape
         flat = volume.flatten(0, 1)
-        probs = flat.softmax(1)
-        match = probs.flatten(2).argmax(1)
-        positions = self.subcell_positions(flat, match)
+        confidence, match, positions = self.subcell_matches(flat)
         sampled, valid = sample_label_resolution(state['own_logits'][:, 1:].flatten(0, 1).softmax(1), positions,
                                                  CELL_SIZE)
-        mass = upsample_cells((1.0 - probs[:, -1:]), CELL_SIZE) * valid.to(probs.dtype)   # [B*S, 1, H, W]
+        confidence = torch.where(match == hc * wc, torch.zeros_like(confidence), confidence)
+        mass = upsample_cells(confidence.view(-1, 1, hc, wc), CELL_SIZE) * valid.to(flat.dtype)   # [B*S, 1, H, W]
         h, w = sampled.shape[-2:]
         weighted = (mass * sampled).view(b, s, -1, h, w).sum(1)
         own_w = upsample_cells(state['self_confidence'][:, None], CELL_SIZE)
@@ -839,8 +847,8 @@ class SupporterRole(nn.Module):
         own_logits = m.own_head(features)
         volume = m.match_volume(query.permute(0, 3, 1, 2), features)
         if m.cfg.patch_sampling == 'pixels':
-            confidence, match = volume.softmax(1).flatten(2).max(1)
-            blocks, valid = m.pixel_patches(own_logits.softmax(1), m.subcell_positions(volume, match))
+            confidence, match, positions = m.subcell_matches(volume)
+            blocks, valid = m.pixel_patches(own_logits.softmax(1), positions)
             return confidence, match, patch_labels(blocks, valid)
         return m.hard_matches(volume, m.cell_distributions(own_logits))
 
