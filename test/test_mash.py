@@ -298,11 +298,13 @@ def test_onnx_roles_agree_with_torch(tiny_dataset, tmp_path, sampling):
         assert check['supporter_label_agreement'] > 0.99, check
 
 
-def test_tiny_training_lowers_the_loss(tiny_dataset, tmp_path):
-    from collab_perception.learn.mash_eval import evaluate_mash_run
+@pytest.mark.parametrize('sampling', ['cells', 'pixels'])
+def test_tiny_training_lowers_the_loss(tiny_dataset, tmp_path, sampling):
+    from collab_perception.learn.mash_eval import evaluate_mash_run, matcher_ceiling
     from collab_perception.learn.train import TrainConfig, build_model, load_model, seed_everything, train
     cfg = TrainConfig(method='mash', setting='obstruction', data_dir=tiny_dataset, out_dir=str(tmp_path / 'run'),
-                      iterations=12, batch_size=2, lr=5e-3, eval_every=12, val_batches=1, threads=1, model=SMALL)
+                      iterations=12, batch_size=2, lr=5e-3, eval_every=12, val_batches=1, threads=1,
+                      model=replace(SMALL, patch_sampling=sampling))
     loader = ObstructionLoader(tiny_dataset, 'obstruction', 'train', 4, shuffle=False)
     frames = next(iter(loader))
     seed_everything(cfg.seed)
@@ -317,7 +319,13 @@ def test_tiny_training_lowers_the_loss(tiny_dataset, tmp_path):
     evaluation = evaluate_mash_run(str(tmp_path / 'run'), tiny_dataset, 'test', batch_size=4, progress=False)
     hard = evaluation['variants']['hard@0.5']
     assert 0 <= hard['miou'] <= 1 and hard['target_x'] > 0 and 0 <= evaluation['match_accuracy'] <= 1
+    need = evaluation['variants']['hard+need@0.5']
+    assert need['target_bytes'] > hard['target_bytes'] and need['sent_fraction'] <= hard['sent_fraction']
     assert os.path.exists(tmp_path / 'run' / 'eval_mash_test.json')
+    # the matcher replaced by the ground truth, through the run's own sampling and fusion
+    ceiling = matcher_ceiling(str(tmp_path / 'run'), tiny_dataset, 'test', threshold=0.5, progress=False)
+    assert set(ceiling) == {'the run', 'ground-truth matching'}
+    assert ceiling['the run']['miou'] == pytest.approx(100 * hard['miou'], abs=1e-6)
 
 
 def test_init_from_copies_the_backbone_of_another_run(tiny_dataset, tmp_path):
@@ -467,3 +475,13 @@ def test_asking_only_where_needed_sends_fewer_cells_for_the_same_hard_fusion(nam
     same = (needed['scores'].argmax(1) == everything['scores'].argmax(1)).float().mean()
     assert same > 0.99, same
     assert torch.equal(Mash.need_map(torch.tensor([[[0.5, 2.0]]])), torch.tensor([[127 / 255, 1.0]]))
+
+
+def test_warping_ceiling_orders_the_three_warpings(tiny_dataset):
+    """scripts/probe_mash_ceiling.py's numbers: per-pixel reprojection bounds the label-resolution grid,
+    which beats moving whole cells."""
+    from collab_perception.learn.mash_eval import WARPINGS, warping_ceiling
+    out = warping_ceiling(tiny_dataset, 'train', progress=False)
+    assert out['frames'] > 0 and 0.2 < out['covered'] < 1
+    cells, fine, pixel = (out['agreement'][w]['all'] for w in WARPINGS)
+    assert cells + 4 < fine <= pixel + 1, out['agreement']
