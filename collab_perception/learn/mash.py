@@ -20,8 +20,8 @@ MASH (§III, Fig. 2), per agent and for one target T and one supporter S:
       to the cell grid (8-px cells, the dataset's 16 x 16 correspondence grid at 128 px) and passed through two
       3x3 conv blocks (context: our backbone's features see about 25 px, SegNet's intermediate layers far
       more; an 8-px cell of grass is only told apart from another by its surroundings): f, Hs x Ws x F.
-      Its output class distribution (softmax of the logits, "pre-ArgMax") is averaged per cell: the value a
-      supporter sends for a cell (msg/PatchSegments.msg carries one distribution per cell).
+      Its output class distribution (softmax of the logits, "pre-ArgMax") is what a supporter samples: averaged
+      per cell ('cells' patch sampling, one distribution per cell) or per pixel ('pixels', see (5)).
   (2) data compression: query and key encoders, 1x1 convolutions, f -> q (Q channels, sent by T, quantized
       uint8 as the codec sends it) and f -> k (K channels, kept by S); asymmetric, Q <= K.
   (3) data correspondence: the query-key transform (1x1 conv Q -> K) gives p_T; the dense distance volume
@@ -30,9 +30,13 @@ MASH (§III, Fig. 2), per agent and for one target T and one supporter S:
       (an inverse temperature, so the softmax can sharpen without rescaling every feature).
   (4) correspondence smoothing and infilling: a convolutional autoencoder over that volume (same size in and
       out), then a softmax over the Hs Ws + 1 bins; channel-wise argmax -> warping grid, max -> confidence.
-  (5) sampling: each supporter samples its per-cell class distribution with the grid (no match -> the
-      target's own cell is used, i.e. the supporter contributes nothing there).
-  (6) fusion: HardSelection (per cell, the agent with the strongest confidence, the target included),
+  (5) sampling: each supporter samples its class distribution with the grid (no match -> the target's own
+      cell is used, i.e. the supporter contributes nothing there). 'cells': the matched cell's mean
+      distribution. 'pixels' (Eq. 3's H x W x C x r): a sub-cell position per cell (a soft-argmax over the
+      3 x 3 cells around the argmax, trained on bilinear targets from the dataset's `correspondence_uv`) and a
+      piecewise-affine grid through those positions (label_resolution_grid) sample its per-pixel distribution,
+      sent as one class id per pixel; the window's mass is the match's confidence.
+  (6) fusion: HardSelection (per pixel, the agent with the strongest confidence, the target included),
       SoftSelection (confidence-weighted sum) or StackedFusion (concatenation + small conv net).
 
 Distributed inference as the swarm runs it (and as evaluation scores it): the requester broadcasts q; each
