@@ -485,3 +485,30 @@ def test_warping_ceiling_orders_the_three_warpings(tiny_dataset):
     assert out['frames'] > 0 and 0.2 < out['covered'] < 1
     cells, fine, pixel = (out['agreement'][w]['all'] for w in WARPINGS)
     assert cells + 4 < fine <= pixel + 1, out['agreement']
+
+
+def test_export_writes_roles_and_a_card_with_the_unseen_worlds(tiny_dataset, tmp_path):
+    """`collab-perception export` of a 'pixels' MASH run: the three roles, roles.json with the patch sampling,
+    and a model card with the training command, the ONNX check and the test-split and unseen-worlds metrics
+    (the unseen set: <the run's dataset>-unseen)."""
+    import yaml
+    from collab_perception.learn.mash_export import export_mash_run
+    from collab_perception.learn.train import TrainConfig, train
+    data = str(tmp_path / 'obstruction')
+    os.symlink(tiny_dataset, data)
+    os.symlink(tiny_dataset, data + '-unseen')
+    run = str(tmp_path / 'run')
+    train(TrainConfig(method='mash', setting='obstruction', data_dir=data, out_dir=run, iterations=2, batch_size=2,
+                      eval_every=2, val_batches=1, threads=1, model=replace(SMALL, patch_sampling='pixels')),
+          progress=False)
+    out = tmp_path / 'model'
+    card = export_mash_run(run, str(out), threshold=0.3, check_frames=2)
+    assert sorted(os.listdir(out)) == ['fusion.onnx', 'model_card.yaml', 'requester.onnx', 'roles.json',
+                                       'supporter.onnx']
+    assert json.load(open(out / 'roles.json'))['patch_sampling'] == 'pixels'
+    saved = yaml.safe_load(open(out / 'model_card.yaml'))
+    assert saved['trained_with'] == card['trained_with'] and '--patch-sampling pixels' in card['trained_with']
+    assert f'--data {data}' in card['trained_with']
+    assert saved['metrics_unseen_worlds']['dataset'] == data + '-unseen'
+    assert saved['metrics_unseen_worlds']['miou'] == saved['metrics_test_split']['miou']   # the same frames here
+    assert card['onnx_check']['swarm_pipeline_vs_offline_agreement'] > 0.99

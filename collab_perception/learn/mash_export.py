@@ -40,6 +40,7 @@ import torch
 import yaml
 from torch import nn
 
+from .evaluate import UNSEEN_SUFFIX
 from .mash import CELL_SIZE, NO_LABEL, Mash, role_modules
 
 OPSET = 18
@@ -266,12 +267,15 @@ def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets',
     if threshold is not None:
         model.confidence_threshold = threshold
     c = ckpt['config']
-    data = os.path.join(datasets_root, c['setting'])
+    data = c.get('data_dir') or os.path.join(datasets_root, c['setting'])     # the dataset the run trained on
     paths = export_roles(model, out_dir)
     loader = ObstructionLoader(data, c['setting'], 'test', 4, shuffle=False)
     check = check_onnx(model, paths, loader, check_frames)
-    test = evaluate_mash_run(run_dir, data, 'test', progress=False)
-    variant = test['variants'].get(f'{model.fusion_kind}@{model.confidence_threshold:g}')
+    name = f'{model.fusion_kind}@{model.confidence_threshold:g}'
+    variant = evaluate_mash_run(run_dir, data, 'test', progress=False)['variants'].get(name)
+    unseen_data = os.path.normpath(data) + UNSEEN_SUFFIX    # the same setting from world seeds no split uses
+    unseen = (evaluate_mash_run(run_dir, unseen_data, 'test', progress=False)['variants'].get(name)
+              if os.path.exists(os.path.join(unseen_data, 'manifest.json')) else None)
     card = {
         'name': os.path.basename(os.path.normpath(out_dir)),
         'method': c['method'], 'setting': c['setting'], 'seed': c['seed'], 'fusion': model.fusion_kind,
@@ -283,6 +287,9 @@ def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets',
         'dataset': {'path': data, 'frames': loader.manifest['frames'], 'seed': loader.manifest['seed']},
         'metrics_test_split': ({k: (round(v, 4) if isinstance(v, float) else v) for k, v in variant.items()}
                                if variant else 'not evaluated for this fusion / threshold'),
+        'metrics_unseen_worlds': ({'dataset': unseen_data,
+                                   **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in unseen.items()}}
+                                  if unseen else f'not generated ({unseen_data})'),
         'onnx_check': check,
         'files': {r: os.path.basename(p) for r, p in paths.items()} | {'roles': 'roles.json'},
     }
