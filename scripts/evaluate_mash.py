@@ -6,11 +6,14 @@
 Per run (evaluations are cached in the run directory, learn/mash_eval.evaluate_mash_run): full-image and
 obstructed-region pixel accuracy, mean per-class accuracy and mIoU; for MASH every fusion and confidence
 threshold with the bytes per target (x = the raw image) and per supporter (y = the label image) and the cells
-sent. `--variants` limits MASH's rows (e.g. hard@0.3 hard+need@0.3).
+sent. `--variants` limits MASH's rows (e.g. hard@0.3 hard+need@0.3). `--calibrate` first chooses each MASH
+run's self-confidence scale and confidence threshold on the validation split of --data (the best mIoU within
+0.05 of the label image per supporter; learn/mash_eval.calibrate_mash_run), which its evaluation then uses.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 
@@ -20,10 +23,18 @@ def main() -> int:
     p.add_argument('--data', default='datasets/obstruction')
     p.add_argument('--split', default='test', choices=('train', 'val', 'test'))
     p.add_argument('--variants', nargs='*', default=None, metavar='FUSION@T', help='MASH variants to show')
+    p.add_argument('--calibrate', action='store_true', help='calibrate MASH runs on the validation split first')
     args = p.parse_args()
-    from collab_perception.learn.mash_eval import evaluate_mash_run
+    from collab_perception.learn.mash_eval import calibrate_mash_run, evaluate_mash_run
     print(f'{args.data}, {args.split} split: accuracy / mean class accuracy / mIoU, full image | obstructed region')
     for run in args.runs:
+        with open(os.path.join(run, 'config.json')) as f:
+            is_mash = json.load(f)['method'].startswith('mash')
+        if args.calibrate and is_mash:
+            c = calibrate_mash_run(run, args.data)['chosen']
+            print(f'{os.path.basename(os.path.normpath(run))}: calibrated on val: self-confidence x '
+                  f'{c["self_confidence_scale"]:g}, threshold {c["threshold"]:g} (val mIoU {100 * c["miou"]:.2f}, '
+                  f'{c["supporter_y"]:.3f}y per supporter)')
         result = evaluate_mash_run(run, args.data, args.split)
         for name, v in result['variants'].items():
             if args.variants is not None and name != 'default' and name not in args.variants:

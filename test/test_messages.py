@@ -32,8 +32,11 @@ def test_comm_prefix_is_read_without_deserializing(msg_type, frame_id):
     prefix = read_comm_prefix(data)
     assert prefix.stamp_ns == 1_795_000_123 * 10**9 + 456_789_012
     assert prefix.frame_id == frame_id and prefix.sender == 7 and prefix.receiver == msg.receiver
-    with pytest.raises(CdrError):
-        read_comm_prefix(data[:len(data) // 4 if len(data) > 20 else 10])
+    # encapsulation, stamp, frame_id (length, text, NUL), sender, receiver: one byte short of the receiver
+    prefix_end = 4 + 8 + 4 + len(frame_id) + 1 + 2
+    for cut in (prefix_end - 1, len(frame_id) // 2 + 14, 10):
+        with pytest.raises(CdrError):
+            read_comm_prefix(data[:cut])
 
 
 @pytest.mark.parametrize('msg_type', COMM + (FusionInfo, BandwidthStats, PerceptionOutput))

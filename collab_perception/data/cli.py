@@ -60,7 +60,7 @@ def add_dataset_parser(subparsers) -> argparse.ArgumentParser:
                         'target sees clearly, and When2com\'s gate has a decision to make)')
     g.add_argument('--obstruction-coverage', type=float, nargs=2, default=None, metavar=('LO', 'HI'),
                    help='obstruction: the share of its camera\'s image an obstruction is sized to cover, drawn '
-                        'from LO..HI (default: the world\'s, 0.05 0.3)')
+                        'from LO..HI (default 0.25 0.6, calibrated for the headroom of collaboration)')
     g.add_argument('--obstruction-distance', type=float, nargs=2, default=None, metavar=('LO', 'HI'),
                    help='obstruction: its distance in front of the camera, metres, drawn from LO..HI '
                         '(default: the world\'s, 2 8)')

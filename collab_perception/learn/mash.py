@@ -500,6 +500,11 @@ class Mash(ObstructionModel):
         self.set_image_size(image_size)
         self.fusion_kind = 'hard'
         self.confidence_threshold = CONFIDENCE_THRESHOLD
+        # inference: the requester's self-confidence times this before it competes with the supporters' match
+        # confidences. Training weighs its own cell against the sum over every supporter (the soft fusion),
+        # HardSelection against the best one, so the scale is calibrated on the validation split
+        # (mash_eval.calibrate_mash_run) and baked into the exported fusion role.
+        self.self_confidence_scale = 1.0
         self.query_dtype = QUERY_DTYPE
         self.patch_dtype = PATCH_DTYPE
 
@@ -564,8 +569,9 @@ class Mash(ObstructionModel):
         return confidence, match, class_probs
 
     def subcell_matches(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Supporter, 'pixels' sampling: per target cell the match (argmax over the source cells and the
-        no-match bin), where the cell lands in its view below the cell grid, and how sure it is of that.
+        """Supporter, 'pixels' sampling: per target cell the match (the most probable source cell, unless the
+        no-match bin outweighs its window), where the cell lands in its view below the cell grid, and how sure
+        it is of that.
 
         The position is the matching distribution's mean source-cell centre over the 3 x 3 source cells around
         the argmax (a local soft-argmax; the bilinear correspondence targets of `loss` teach the volume to split
@@ -577,17 +583,21 @@ class Mash(ObstructionModel):
         hc, wc = self.grid
         cells = hc * wc
         probs = volume.softmax(1)
-        match = probs.flatten(2).argmax(1)                                                     # [N, Ct]
+        best = probs[:, :cells].flatten(2).argmax(1)                                           # [N, Ct]
         source = probs[:, :cells].reshape(n, hc, wc, cells).permute(0, 3, 1, 2)                # [N, Ct, Hs, Ws]
         centres = self.cell_centre_uv.to(probs.dtype)                                          # [2, 1, Hs, Ws]
         stacked = torch.cat([source, source * centres[0], source * centres[1]], 1)
         window = 9 * F.avg_pool2d(stacked, 3, stride=1, padding=1, count_include_pad=True).flatten(2)
-        at = match.clamp(max=cells - 1)[:, :, None]                                           # [N, Ct, 1]
-        mass, u, v = (window[:, i * cells:(i + 1) * cells].gather(2, at)[..., 0] for i in range(3))
+        mass, u, v = (window[:, i * cells:(i + 1) * cells].gather(2, best[:, :, None])[..., 0] for i in range(3))
         positions = torch.stack([u, v], -1) / mass.clamp_min(1e-12)[..., None]
-        none = match == cells
+        # a match is spread over up to four cells on purpose, so it is weighed as the window's mass against the
+        # no-match bin (a plain argmax over all bins would call a cell unmatched whenever p(no match) exceeds
+        # the largest single source cell)
+        no_match = probs[:, cells].flatten(1)
+        none = mass <= no_match
+        match = torch.where(none, torch.full_like(best, cells), best)
         positions = torch.where(none[..., None], torch.full_like(positions, float('nan')), positions)
-        confidence = torch.where(none, probs[:, cells].flatten(1), mass)
+        confidence = torch.where(none, no_match, mass)
         return confidence, match, positions
 
     def pixel_patches(self, own_probs: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -696,9 +706,10 @@ class Mash(ObstructionModel):
         (argmax: the prediction), sent, match (C = no match), confidence: [B, S, C]."""
         b, s = state['volume'].shape[:2]
         volume = state['volume'].flatten(0, 1)
+        own_confidence = state['self_confidence'] * self.self_confidence_scale
         floor = None
         if need:
-            floor = self.need_map(state['self_confidence'])[:, None].expand(b, s, -1).flatten(0, 1)
+            floor = self.need_map(own_confidence)[:, None].expand(b, s, -1).flatten(0, 1)
         if self.cfg.patch_sampling == 'pixels':
             confidence, match, positions = self.subcell_matches(volume)
             blocks, valid = self.pixel_patches(state['own_logits'][:, 1:].flatten(0, 1).softmax(1), positions)
@@ -706,7 +717,7 @@ class Mash(ObstructionModel):
         else:
             confidence, match, class_probs = self.hard_matches(volume, state['cell_probs'][:, 1:].flatten(0, 1))
             sent, conf, probs = self.select_patches(confidence, match, class_probs, threshold, floor)
-        scores = self.fuse(state['own_logits'][:, 0].softmax(1), state['self_confidence'],
+        scores = self.fuse(state['own_logits'][:, 0].softmax(1), own_confidence,
                            probs.view(b, s, *probs.shape[1:]), conf.view(b, s, -1))
         return {'scores': scores, 'sent': sent.view(b, s, -1), 'match': match.view(b, s, -1),
                 'confidence': confidence.view(b, s, -1)}
@@ -866,7 +877,8 @@ class FusionRole(nn.Module):
         m = self.model
         if m.cfg.patch_sampling == 'pixels':      # class ids per pixel [1, S, C, cell, cell]
             patch_values = labels_to_blocks(patch_values, m.cfg.num_classes)
-        return m.fuse(own_probs, self_confidence, patch_values, patch_confidence).max(1).indices
+        own_confidence = self_confidence * m.self_confidence_scale
+        return m.fuse(own_probs, own_confidence, patch_values, patch_confidence).max(1).indices
 
 
 def role_modules(model: Mash) -> dict[str, nn.Module]:

@@ -234,15 +234,73 @@ def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, prog
     return out
 
 
-def load_run(run_dir: str):
+CALIBRATION = 'calibration_val.json'
+SELF_CONFIDENCE_SCALES = (1.0, 0.5, 0.35, 0.25, 0.18, 0.12, 0.08)
+SUPPORTER_BUDGET_Y = 0.05      # MASH issue: at most 0.05 of the label image per supporter
+
+
+def load_run(run_dir: str, calibrated: bool = True):
+    """A run's best.pt (eval mode) and its checkpoint; with `calibrated`, MASH's inference settings from
+    <run>/calibration_val.json (calibrate_mash_run) when it exists."""
     from .train import load_model
-    return load_model(os.path.join(run_dir, 'best.pt'))
+    model, ckpt = load_model(os.path.join(run_dir, 'best.pt'))
+    path = os.path.join(run_dir, CALIBRATION)
+    if calibrated and isinstance(model, Mash) and os.path.exists(path):
+        with open(path) as f:
+            chosen = json.load(f)['chosen']
+        model.self_confidence_scale = chosen['self_confidence_scale']
+        model.confidence_threshold = chosen['threshold']
+    return model, ckpt
+
+
+@torch.no_grad()
+def calibrate_mash_run(run_dir: str, data_dir: str, scales=SELF_CONFIDENCE_SCALES, thresholds=THRESHOLDS,
+                       budget_y: float = SUPPORTER_BUDGET_Y, progress: bool = True, force: bool = False) -> dict:
+    """Choose a MASH run's self-confidence scale and confidence threshold on the validation split of its
+    dataset (never on the split it is scored on): HardSelection at every pair, the best full-image mIoU among
+    those within `budget_y` of the label image per supporter. Cached in <run>/calibration_val.json, which
+    load_run applies (so evaluation and export use the choice)."""
+    def compute() -> dict:
+        model, _ = load_run(run_dir, calibrated=False)
+        if not isinstance(model, Mash):
+            raise ValueError(f'{run_dir} is a {model.method_name} run; only MASH runs are calibrated')
+        model.fusion_kind = 'hard'
+        loader = ObstructionLoader(data_dir, SETTING, 'val', 16, shuffle=False)
+        hc, wc = loader.grid
+        pixel_cell = CELL_SIZE if model.cfg.patch_sampling == 'pixels' else None
+        scores = {(a, t): _Variant(loader.num_classes) for a in scales for t in thresholds}
+        for batch in tqdm(loader, desc='calibrate', disable=not progress, leave=False, dynamic_ncols=True):
+            state = model.handshake(batch)
+            b, s = batch['supporters'].shape[:2]
+            for (a, t), v in scores.items():
+                model.self_confidence_scale = a
+                result = model.infer(state, t)
+                pred = result['scores'].argmax(1).numpy()
+                for i in range(b):
+                    v.score.add(pred[i], batch['labels'][i].numpy(), region=batch['obstruction_mask'][i].numpy())
+                for n in result['sent'].sum(-1).flatten().tolist():
+                    v.supporter_bytes += patches_bytes(int(n), loader.num_classes, model.patch_dtype, pixel_cell)
+                v.replies += b * s
+                v.cells += result['sent'].numel()
+                v.sent += int(result['sent'].sum())
+        sweep = [{'self_confidence_scale': a, 'threshold': t, **v.summary(loader.image_size)}
+                 for (a, t), v in scores.items()]
+        within = [r for r in sweep if r['supporter_y'] <= budget_y] or sweep
+        chosen = max(within, key=lambda r: (r['miou'], -r['supporter_y']))
+        return {'chosen': {k: chosen[k] for k in ('self_confidence_scale', 'threshold', 'miou', 'region_miou',
+                                                  'supporter_y', 'sent_fraction')},
+                'budget_y': budget_y, 'sweep': sweep}
+    from .evaluate import cached_evaluation
+    return cached_evaluation(run_dir, CALIBRATION[:-5], compute, force, scales=list(scales),
+                             thresholds=list(thresholds), budget_y=budget_y, data=data_dir)
 
 
 def evaluate_mash_run(run_dir: str, data_dir: str, split: str = 'test', batch_size: int = 16, progress: bool = True,
                       force: bool = False) -> dict:
-    """Evaluate runs/.../best.pt once; cached in <run>/eval_mash_<split>.json (invalidated when the checkpoint
-    or the evaluated thresholds change)."""
+    """Evaluate runs/.../best.pt once; cached in <run>/eval_mash_<split>.json (invalidated when the checkpoint,
+    the evaluated thresholds or the calibrated self-confidence scale change)."""
+    model_scale = None
+
     def compute() -> dict:
         model, ckpt = load_run(run_dir)
         loader = ObstructionLoader(data_dir, SETTING, split, batch_size, shuffle=False)
@@ -254,7 +312,23 @@ def evaluate_mash_run(run_dir: str, data_dir: str, split: str = 'test', batch_si
                        'query_size': c['model']['query_size'], 'key_size': c['model']['key_size'],
                        'command': train_command(c, run_dir)})
         return result
-    return cached_evaluation(run_dir, f'eval_mash_{split}', compute, force, thresholds=list(THRESHOLDS))
+    path = os.path.join(run_dir, CALIBRATION)
+    if os.path.exists(path):
+        with open(path) as f:
+            model_scale = json.load(f)['chosen']['self_confidence_scale']
+    name = f'eval_mash_{split}' if os.path.normpath(data_dir) == os.path.normpath(_run_data(run_dir)) else \
+        f'eval_mash_{split}_{os.path.basename(os.path.normpath(data_dir))}'
+    return cached_evaluation(run_dir, name, compute, force, thresholds=list(THRESHOLDS),
+                             self_confidence_scale=model_scale)
+
+
+def _run_data(run_dir: str) -> str:
+    """The dataset a run trained on (its config.json)."""
+    try:
+        with open(os.path.join(run_dir, 'config.json')) as f:
+            return json.load(f).get('data_dir') or ''
+    except OSError:
+        return ''
 
 
 def train_command(config: dict, run_dir: Optional[str] = None) -> str:

@@ -146,6 +146,7 @@ def export_roles(model: Mash, out_dir: str) -> dict[str, str]:
                    'no_match': hc * wc, 'num_classes': model.cfg.num_classes, 'query_size': model.cfg.query_size,
                    'key_size': model.cfg.key_size, 'supporters': model.cfg.supporters,
                    'confidence_threshold': model.confidence_threshold,
+                   'self_confidence_scale': model.self_confidence_scale,
                    'patch_sampling': model.cfg.patch_sampling,
                    'wire': {'query_dtype': model.query_dtype, 'patch_confidence_dtype': model.patch_dtype,
                             'patch_probs_dtype': model.patch_dtype},

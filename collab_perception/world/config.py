@@ -59,7 +59,7 @@ class WorldConfig:
     obstructions: bool = False
     obstructions_per_snapshot: int = 1
     obstruction_distance_m: tuple[float, float] = (2.0, 8.0)
-    obstruction_coverage: tuple[float, float] = (0.05, 0.30)
+    obstruction_coverage: tuple[float, float] = (0.25, 0.60)   # calibrated: docs/DATASETS.md
     obstruction_shapes: tuple[str, ...] = field(default=OBSTRUCTION_SHAPES)
 
     def __post_init__(self):
