@@ -49,7 +49,9 @@ def main() -> int:
             print(line)
         if 'match_accuracy' in result:
             print(f'  matching: {result["real_match_top1"]:.1%} of the real matches exact, '
-                  f'{result["real_match_within_one_cell"]:.1%} within one cell')
+                  f'{result["real_match_within_one_cell"]:.1%} within one cell (obstructed target cells '
+                  f'{result.get("real_match_within_one_cell_obstructed", float("nan")):.1%}, clear '
+                  f'{result.get("real_match_within_one_cell_clear", float("nan")):.1%})')
     return 0
 
 

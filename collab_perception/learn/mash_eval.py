@@ -180,6 +180,7 @@ def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, prog
         else ['default']
     variants = {f'{f}@{t:g}' if is_mash else f: _Variant(k) for f in fusions for t in (thresholds if is_mash else [0])}
     match_correct = match_total = real_correct = real_near = real_total = 0
+    near_by_region = {'obstructed': [0, 0], 'clear': [0, 0]}     # real matches within one cell, by target cell
     request = query_bytes((hc, wc), model.cfg.query_size, model.query_dtype) if is_mash else 0
     need_bytes = wire.need_map_size((hc, wc), (hc, wc, model.cfg.query_size), model.query_dtype) if is_mash else 0
     sup_bytes = None if is_mash else baseline_supporter_bytes(model.method_name, (h, w), k)
@@ -223,14 +224,23 @@ def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, prog
                 real = truth != hc * wc
                 best_real = state['volume'].flatten(3)[:, :, :-1].argmax(2)        # ignoring the no-match bin
                 real_correct += int(((best_real == truth) & real).sum())
-                real_near += int(_within_one_cell(best_real, truth, (hc, wc)).sum())
+                near = _within_one_cell(best_real, truth, (hc, wc))
+                real_near += int(near.sum())
                 real_total += int(real.sum())
+                # a target cell is obstructed when most of its pixels are (Table I's obstructed region)
+                covered = torch.nn.functional.avg_pool2d(batch['obstruction_mask'][:, None].float(), CELL_SIZE)
+                covered = (covered.flatten(1) > 0.5)[:, None].expand_as(real)
+                for region, where in (('obstructed', covered), ('clear', ~covered)):
+                    near_by_region[region][0] += int((near & where).sum())
+                    near_by_region[region][1] += int((real & where).sum())
         model.fusion_kind = default_fusion
     out = {'variants': {name: v.summary((h, w)) for name, v in variants.items()}}
     if is_mash:
         out['match_accuracy'] = match_correct / max(match_total, 1)
         out['real_match_top1'] = real_correct / max(real_total, 1)
         out['real_match_within_one_cell'] = real_near / max(real_total, 1)
+        for region, (n, total) in near_by_region.items():
+            out[f'real_match_within_one_cell_{region}'] = n / max(total, 1)
     return out
 
 
