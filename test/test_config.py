@@ -108,7 +108,9 @@ def test_a_config_can_overlay_another(tmp_path):
     assert mash.names == [f'drone{i}' for i in range(1, 7)] and mash.drones[0].obstructed and not mash.drones[0].degraded
     assert mash.drones[1].method == 'mash' and mash.drones[1].deadline_ms == 400
     assert mash.swarm['codec']['query_dtype'] == 'uint8'
-    assert mash.swarm['qos'] == base.swarm['qos'] and mash.swarm['source']['world'] == base.swarm['source']['world']
+    assert mash.swarm['qos'] == base.swarm['qos']
+    # the world merges key by key: the base's settings plus the MASH demo's obstruction size
+    assert mash.swarm['source']['world'] == {**base.swarm['source']['world'], 'obstruction_coverage': [0.05, 0.3]}
     # a variant of a variant, paths relative to the file; a cycle or a bad value names `extends`
     (tmp_path / 'slow.yaml').write_text(f'extends: {resource_path("config", "swarm_mash.yaml")}\n'
                                         'swarm: {rate_hz: 1.0}\n')
