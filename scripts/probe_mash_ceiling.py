@@ -20,6 +20,8 @@ def main() -> int:
     p.add_argument('--split', default='val', choices=('train', 'val', 'test'))
     p.add_argument('--run', default='', help='a MASH run directory (best.pt): also the matcher ceiling')
     p.add_argument('--threshold', type=float, default=None, help='the run\'s confidence threshold (default: its own)')
+    p.add_argument('--self-confidence-scale', type=float, default=None,
+                   help='the run\'s self-confidence scale (default: its calibrated one, else 1)')
     p.add_argument('--limit', type=int, default=None, help='at most this many snapshots for the warping ceiling')
     args = p.parse_args()
     from collab_perception.learn.mash_eval import matcher_ceiling, warping_ceiling
@@ -30,7 +32,8 @@ def main() -> int:
         print(f'  {name}: {a["all"]:.2f}% / {a["obstructed"]:.2f}% / {a["clear"]:.2f}%')
     if args.run:
         print(f'matcher ceiling of {args.run}, {args.split}: accuracy, mIoU full / obstructed')
-        for name, r in matcher_ceiling(args.run, args.data, args.split, args.threshold).items():
+        for name, r in matcher_ceiling(args.run, args.data, args.split, args.threshold,
+                                       args.self_confidence_scale).items():
             print(f'  {name}: {r["accuracy"]:.2f} / {r["region_accuracy"]:.2f}, '
                   f'{r["miou"]:.2f} / {r["region_miou"]:.2f}')
     return 0

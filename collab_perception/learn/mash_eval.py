@@ -788,13 +788,15 @@ def warping_ceiling(data_dir: str, split: str = 'val', limit: Optional[int] = No
 
 @torch.no_grad()
 def matcher_ceiling(run_dir: str, data_dir: str, split: str = 'val', threshold: Optional[float] = None,
-                    progress: bool = True) -> dict[str, dict]:
+                    self_confidence_scale: Optional[float] = None, progress: bool = True) -> dict[str, dict]:
     """A MASH run as it is and with its matcher replaced by the ground truth (correspondence volumes peaked on
     the true source cell, or on the bilinear sub-cell targets with 'pixels' sampling), the same sampling,
     selection and fusion: what a perfect matcher would give this run (MASH issue: "ground-truth matches fed
-    through MASH's own sampling and fusion"). HardSelection at `threshold` (default: the run's). Per variant:
-    accuracy and mIoU (%) on the full image and in the obstructed region."""
+    through MASH's own sampling and fusion"). HardSelection at `threshold` and `self_confidence_scale` (default:
+    the run's). Per variant: accuracy and mIoU (%) on the full image and in the obstructed region."""
     model, _ = load_run(run_dir)
+    if self_confidence_scale is not None:
+        model.self_confidence_scale = self_confidence_scale
     if not isinstance(model, Mash):
         raise ValueError(f'{run_dir} is a {model.method_name} run; the matcher ceiling needs a MASH run')
     model.fusion_kind = 'hard'
