@@ -171,15 +171,15 @@ def label_resolution_grid(positions: torch.Tensor, grid: tuple[int, int], cell_s
         j = torch.where((fwd_ok * bwd_ok) > 0, central,
                         torch.where(fwd_ok > 0, forward, torch.where(bwd_ok > 0, backward, identity)))
         jacobians.append(j.clamp(-JACOBIAN_LIMIT, JACOBIAN_LIMIT))
-    up = lambda x: upsample_cells(x, cell_size)                               # noqa: E731
     half = (cell_size - 1) / 2
     offset = torch.arange(cell_size, dtype=p.dtype, device=p.device) - half
-    dx = offset.repeat(wc).view(1, 1, 1, -1)
+    dx = offset.repeat(wc).view(1, 1, 1, -1)                                  # each pixel's offset in its cell
     dy = offset.repeat(hc).view(1, 1, -1, 1)
-    source = up(p) + up(jacobians[0]) * dx + up(jacobians[1]) * dy            # [N, 2, H, W] pixels
+    source = (upsample_cells(p, cell_size) + upsample_cells(jacobians[0], cell_size) * dx
+              + upsample_cells(jacobians[1], cell_size) * dy)                # [N, 2, H, W] pixels
     u, v = source[:, 0], source[:, 1]
     inside = (u >= -0.5) & (u <= sw - 0.5) & (v >= -0.5) & (v <= sh - 0.5)
-    valid = up(okf)[:, 0] > 0.5
+    valid = upsample_cells(okf, cell_size)[:, 0] > 0.5
     norm = torch.stack([2 * u / max(sw - 1, 1) - 1, 2 * v / max(sh - 1, 1) - 1], -1)
     return norm, (valid & inside)[:, None]
 
