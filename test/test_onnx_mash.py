@@ -2,6 +2,7 @@
 gives, patches survive the wire exactly as sized, malformed patches are rejected with the field named, and a
 swarm config speaks one protocol."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnxruntime as ort
@@ -22,17 +23,21 @@ from collab_perception.runtime.onnx_mash import PatchReply, decode_patches, enco
 SMALL = ModelConfig(channels=8, width=8, query_size=4, key_size=8, supporters=5)
 
 
-@pytest.fixture(scope='module')
-def model_dir(tmp_path_factory):
+def export_small(tmp_path_factory, patch_sampling: str) -> str:
     torch.manual_seed(0)
-    model = Mash(SMALL).eval()
+    model = Mash(replace(SMALL, patch_sampling=patch_sampling)).eval()
     model.method_name = 'mash'
     with torch.no_grad():   # decisive outputs (an untrained net is full of near-ties)
         model.own_head.classify.weight.mul_(50)
         model.smoothing.out.weight.normal_(0, 0.5)
-    out = tmp_path_factory.mktemp('mash_model')
+    out = tmp_path_factory.mktemp(f'mash_{patch_sampling}')
     export_roles(model, str(out))
     return str(out)
+
+
+@pytest.fixture(scope='module')
+def model_dir(tmp_path_factory):
+    return export_small(tmp_path_factory, 'cells')
 
 
 @pytest.fixture(scope='module')
@@ -168,16 +173,7 @@ def test_a_swarm_speaks_one_protocol(model_dir):
 
 @pytest.fixture(scope='module')
 def pixel_model_dir(tmp_path_factory):
-    from dataclasses import replace
-    torch.manual_seed(0)
-    model = Mash(replace(SMALL, patch_sampling='pixels')).eval()
-    model.method_name = 'mash'
-    with torch.no_grad():
-        model.own_head.classify.weight.mul_(50)
-        model.smoothing.out.weight.normal_(0, 0.5)
-    out = tmp_path_factory.mktemp('mash_pixels')
-    export_roles(model, str(out))
-    return str(out)
+    return export_small(tmp_path_factory, 'pixels')
 
 
 def test_pixel_patches_cross_the_wire_as_the_exported_pipeline_sends_them(pixel_model_dir, images):

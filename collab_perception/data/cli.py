@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import ConfigError
+from ..world.config import WorldConfig
 from ..world.degrade import DegradeConfig
 from .settings import SETTINGS
 
@@ -60,10 +61,11 @@ def add_dataset_parser(subparsers) -> argparse.ArgumentParser:
                         'target sees clearly, and When2com\'s gate has a decision to make)')
     g.add_argument('--obstruction-coverage', type=float, nargs=2, default=None, metavar=('LO', 'HI'),
                    help='obstruction: the share of its camera\'s image an obstruction is sized to cover, drawn '
-                        'from LO..HI (default 0.25 0.6, calibrated for the headroom of collaboration)')
+                        'from LO..HI (default {:g} {:g}, calibrated for the headroom of collaboration)'.format(
+                            *WorldConfig.obstruction_coverage))
     g.add_argument('--obstruction-distance', type=float, nargs=2, default=None, metavar=('LO', 'HI'),
                    help='obstruction: its distance in front of the camera, metres, drawn from LO..HI '
-                        '(default: the world\'s, 2 8)')
+                        '(default {:g} {:g})'.format(*WorldConfig.obstruction_distance_m))
     g.add_argument('--map-size', type=float, default=None, metavar='M',
                    help='side of a map in metres (default: the world\'s, 400)')
     g.add_argument('--workers', type=int, default=1, help='processes rendering maps in parallel (default 1)')
@@ -108,17 +110,15 @@ def cmd_generate(args) -> int:
         option = '--blur-reference-width' if e.path == 'reference_width' else '--noise-std'
         raise ConfigError(option, str(e)) from None
     options['degraded_share'] = args.degraded_share
-    from .generate import GenerateConfig, generate
-    try:   # checked before anything is rendered, each world field named by its option
-        GenerateConfig(args.setting, args.frames, seed=args.seed, size=args.size, drones=args.drones,
-                       shard_size=args.shard_size, **options)
-    except ConfigError as e:
+    from .generate import generate
+    try:   # generate checks its config before it renders or writes anything
+        m = generate(args.setting, args.frames, args.out, seed=args.seed, size=args.size, drones=args.drones,
+                     shard_size=args.shard_size, progress=not args.quiet, **options)
+    except ConfigError as e:    # a world field is named by the option that set it
         field = e.path.removeprefix('world.')
         if field in world_options:
             raise ConfigError(world_options[field][0], str(e).split(': ', 1)[-1]) from None
         raise
-    m = generate(args.setting, args.frames, args.out, seed=args.seed, size=args.size, drones=args.drones,
-                 shard_size=args.shard_size, progress=not args.quiet, **options)
     ov = m['statistics']['pairwise_overlap']
     counts = ', '.join(f'{s} {m["splits"][s]["snapshots"]} ({len(m["splits"][s]["maps"])} maps)' for s in m['splits'])
     print(f'{args.out}: {m["frames"]} snapshots of {m["setting"]}: {counts}; '

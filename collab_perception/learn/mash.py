@@ -66,6 +66,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..runtime.onnx_mash import NO_LABEL
 from ..world.geometry import cell_centres
 from .backbone import Encoder, conv_block
 from .models import PATCH_SAMPLINGS, CollabModel, ModelConfig, Output, register
@@ -77,7 +78,6 @@ CORRESPONDENCE_LOSS_WEIGHT = 1.0     # correspondence cross entropy, summed with
 CONFIDENCE_THRESHOLD = 0.5           # a supporter sends a matched cell only from this confidence on
 QUERY_DTYPE = 'uint8'                # the query map on the wire (msg/Request.msg, codec quantization)
 PATCH_DTYPE = 'uint8'                # confidences and class distributions on the wire (msg/PatchSegments.msg)
-NO_LABEL = 255                       # 'pixels' patches: a pixel that carries no class (outside the view)
 DISTANCE_EPS = 1e-6                  # keeps sqrt differentiable at distance 0
 DISTANCE_SCALE = 4.0                 # initial inverse temperature of the distances (learned)
 _QUANT_RANGE = {'uint8': (0, 255), 'int8': (-128, 127)}
@@ -726,10 +726,10 @@ class Mash(ObstructionModel):
         """Training's soft fusion (module docstring): per target cell a mixture of the target's own distribution,
         weighted by its self-confidence, and of every supporter cell j, weighted by its matching probability (a
         supporter's no-match mass drops out: it leaves the cell to the target) -> probabilities [B, K, H, W]."""
-        volume = state['volume']
-        b, s, _, hc, wc = volume.shape
         if self.cfg.patch_sampling == 'pixels':
             return self.train_scores_pixels(state)
+        volume = state['volume']
+        b, s, _, hc, wc = volume.shape
         matching = volume.softmax(2).flatten(3)                                # [B, S, C + 1, C]
         sampled = torch.einsum('bsjc,bsjk->bkc', matching[:, :, :-1], state['cell_probs'][:, 1:])
         matched_mass = (1.0 - matching[:, :, -1]).sum(1).view(b, 1, hc, wc)

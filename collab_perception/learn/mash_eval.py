@@ -140,6 +140,25 @@ class _Variant:
         self.sent_exact = 0
         self.sent_near = 0
 
+    def add_inference(self, result: dict, batch: dict, request_bytes: int, patch_dtype: str,
+                      pixel_cell: Optional[int], grid: tuple[int, int]) -> None:
+        """One batch of Mash.infer's output: the predictions' scores, the bytes on the wire (`request_bytes`
+        per target; each supporter's PatchSegments) and the cells sent, with how many match the truth."""
+        pred = result['scores'].argmax(1).numpy()
+        labels, masks = batch['labels'].numpy(), batch['obstruction_mask'].numpy()
+        for i in range(pred.shape[0]):
+            self.score.add(pred[i], labels[i], region=masks[i])
+        sent, truth = result['sent'], batch['correspondence']
+        b, s = sent.shape[:2]
+        self.target_bytes += b * request_bytes
+        for n in sent.sum(-1).flatten().tolist():
+            self.supporter_bytes += patches_bytes(int(n), self.score.num_classes, patch_dtype, pixel_cell)
+        self.replies += b * s
+        self.cells += sent.numel()
+        self.sent += int(sent.sum())
+        self.sent_exact += int((sent & (result['match'] == truth)).sum())
+        self.sent_near += int((sent & _within_one_cell(result['match'], truth, grid)).sum())
+
     def summary(self, image_size: tuple[int, int]) -> dict:
         h, w = image_size
         s = self.score.summary()
@@ -206,18 +225,8 @@ def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, prog
             fusion, threshold = name.split('@')
             model.fusion_kind = 'hard' if fusion == NEED else fusion
             result = model.infer(state, float(threshold), need=fusion == NEED)
-            pred = result['scores'].argmax(1).numpy()
-            sent = result['sent']
-            for i in range(b):
-                v.score.add(pred[i], labels[i], region=masks[i])
-            v.target_bytes += b * (request + (need_bytes if fusion == NEED else 0))
-            for n in sent.sum(-1).flatten().tolist():
-                v.supporter_bytes += patches_bytes(int(n), k, model.patch_dtype, pixel_cell)
-            v.replies += b * s
-            v.cells += sent.numel()
-            v.sent += int(sent.sum())
-            v.sent_exact += int((sent & (result['match'] == truth)).sum())
-            v.sent_near += int((sent & _within_one_cell(result['match'], truth, (hc, wc))).sum())
+            v.add_inference(result, batch, request + (need_bytes if fusion == NEED else 0), model.patch_dtype,
+                            pixel_cell, (hc, wc))
             if name == next(iter(variants)):
                 match_correct += int((result['match'] == truth).sum())
                 match_total += truth.numel()
@@ -254,13 +263,20 @@ def load_run(run_dir: str, calibrated: bool = True):
     <run>/calibration_val.json (calibrate_mash_run) when it exists."""
     from .train import load_model
     model, ckpt = load_model(os.path.join(run_dir, 'best.pt'))
-    path = os.path.join(run_dir, CALIBRATION)
-    if calibrated and isinstance(model, Mash) and os.path.exists(path):
-        with open(path) as f:
-            chosen = json.load(f)['chosen']
+    chosen = calibration(run_dir) if calibrated and isinstance(model, Mash) else None
+    if chosen:
         model.self_confidence_scale = chosen['self_confidence_scale']
         model.confidence_threshold = chosen['threshold']
     return model, ckpt
+
+
+def calibration(run_dir: str) -> Optional[dict]:
+    """The inference settings calibrate_mash_run chose for a run, or None."""
+    path = os.path.join(run_dir, CALIBRATION)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)['chosen']
 
 
 @torch.no_grad()
@@ -276,23 +292,14 @@ def calibrate_mash_run(run_dir: str, data_dir: str, scales=SELF_CONFIDENCE_SCALE
             raise ValueError(f'{run_dir} is a {model.method_name} run; only MASH runs are calibrated')
         model.fusion_kind = 'hard'
         loader = ObstructionLoader(data_dir, SETTING, 'val', 16, shuffle=False)
-        hc, wc = loader.grid
         pixel_cell = CELL_SIZE if model.cfg.patch_sampling == 'pixels' else None
+        request = query_bytes(loader.grid, model.cfg.query_size, model.query_dtype)
         scores = {(a, t): _Variant(loader.num_classes) for a in scales for t in thresholds}
         for batch in tqdm(loader, desc='calibrate', disable=not progress, leave=False, dynamic_ncols=True):
             state = model.handshake(batch)
-            b, s = batch['supporters'].shape[:2]
             for (a, t), v in scores.items():
                 model.self_confidence_scale = a
-                result = model.infer(state, t)
-                pred = result['scores'].argmax(1).numpy()
-                for i in range(b):
-                    v.score.add(pred[i], batch['labels'][i].numpy(), region=batch['obstruction_mask'][i].numpy())
-                for n in result['sent'].sum(-1).flatten().tolist():
-                    v.supporter_bytes += patches_bytes(int(n), loader.num_classes, model.patch_dtype, pixel_cell)
-                v.replies += b * s
-                v.cells += result['sent'].numel()
-                v.sent += int(result['sent'].sum())
+                v.add_inference(model.infer(state, t), batch, request, model.patch_dtype, pixel_cell, loader.grid)
         sweep = [{'self_confidence_scale': a, 'threshold': t, **v.summary(loader.image_size)}
                  for (a, t), v in scores.items()]
         within = [r for r in sweep if r['supporter_y'] <= budget_y] or sweep
@@ -300,7 +307,6 @@ def calibrate_mash_run(run_dir: str, data_dir: str, scales=SELF_CONFIDENCE_SCALE
         return {'chosen': {k: chosen[k] for k in ('self_confidence_scale', 'threshold', 'miou', 'region_miou',
                                                   'supporter_y', 'sent_fraction')},
                 'budget_y': budget_y, 'sweep': sweep}
-    from .evaluate import cached_evaluation
     return cached_evaluation(run_dir, CALIBRATION[:-5], compute, force, scales=list(scales),
                              thresholds=list(thresholds), budget_y=budget_y, data=data_dir)
 
@@ -309,8 +315,6 @@ def evaluate_mash_run(run_dir: str, data_dir: str, split: str = 'test', batch_si
                       force: bool = False) -> dict:
     """Evaluate runs/.../best.pt once; cached in <run>/eval_mash_<split>.json (invalidated when the checkpoint,
     the evaluated thresholds or the calibrated self-confidence scale change)."""
-    model_scale = None
-
     def compute() -> dict:
         model, ckpt = load_run(run_dir)
         loader = ObstructionLoader(data_dir, SETTING, split, batch_size, shuffle=False)
@@ -322,14 +326,11 @@ def evaluate_mash_run(run_dir: str, data_dir: str, split: str = 'test', batch_si
                        'query_size': c['model']['query_size'], 'key_size': c['model']['key_size'],
                        'command': train_command(c, run_dir)})
         return result
-    path = os.path.join(run_dir, CALIBRATION)
-    if os.path.exists(path):
-        with open(path) as f:
-            model_scale = json.load(f)['chosen']['self_confidence_scale']
+    chosen = calibration(run_dir)
     name = f'eval_mash_{split}' if os.path.normpath(data_dir) == os.path.normpath(_run_data(run_dir)) else \
         f'eval_mash_{split}_{os.path.basename(os.path.normpath(data_dir))}'
     return cached_evaluation(run_dir, name, compute, force, thresholds=list(THRESHOLDS),
-                             self_confidence_scale=model_scale)
+                             self_confidence_scale=chosen['self_confidence_scale'] if chosen else None)
 
 
 def _run_data(run_dir: str) -> str:

@@ -21,12 +21,12 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .codec import CodecError, TensorLimits, decode_tensor, encode_tensor
+from .codec import UINT8, CodecError, TensorLimits, decode_tensor, encode_tensor
 from .methods import EncoderOutput, register_method
 from .onnx_method import OnnxRoleMethod, read_roles_json
 
 
-NO_LABEL = 255     # a 'pixels' patch pixel that carries no class (learn.mash.NO_LABEL)
+NO_LABEL = 255     # a 'pixels' patch pixel that carries no class (outside the supporter's view)
 
 
 @dataclass
@@ -84,7 +84,7 @@ def decode_patches(msg: Any, grid: Sequence[int], num_classes: int,
         probs = decode_tensor(msg.class_probs, limits, 'patches.class_probs', expect_shape=(n, num_classes))
         return PatchReply(cells, confidence, class_probs=probs)
     _absent(msg.class_probs, 'patches.class_probs')
-    if int(msg.labels.dtype) != 3 or msg.labels.scale not in (0.0, 1.0) or msg.labels.zero_point:
+    if int(msg.labels.dtype) != UINT8 or msg.labels.scale not in (0.0, 1.0) or msg.labels.zero_point:
         raise CodecError('patches.labels', 'bad_dtype', 'class ids travel as uint8, scale 1, zero point 0')
     labels = decode_tensor(msg.labels, limits, 'patches.labels', expect_shape=(n, cell_size, cell_size))
     labels = np.rint(labels).astype(np.int64)
