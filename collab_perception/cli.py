@@ -77,9 +77,9 @@ def feature_bytes(cfg, drone) -> int:
     swarm's codec: its FeatureMap (CatAll), or for a spatial method every cell's patch (MASH without the
     confidence threshold)."""
     from .runtime import wire
-    from .runtime.methods import feature_shape_of, is_spatial
+    from .runtime.methods import feature_shape_of, protocol_of
     shape = feature_shape_of(drone.method, drone.models.get('dir', ''))
-    if is_spatial(drone.method):
+    if protocol_of(drone.method) == 'spatial':
         dtype = cfg.swarm['codec']['patch_dtype']
         return wire.patches_size(shape[0], shape[1], dtype, dtype)
     return wire.feature_size(shape, cfg.swarm['codec']['feature_dtype'])
@@ -89,9 +89,9 @@ def spatial_summary(cfg, monitor: dict) -> Optional[dict]:
     """MASH's bytes as its Table I reports them (§IV): the requester's query per request as a fraction x of
     its raw image (H x W x 3 bytes) and each supporter's patches per frame as a fraction y of its label
     image (H x W bytes), from the monitor's measurement."""
-    from .runtime.methods import is_spatial
+    from .runtime.methods import protocol_of
     from .runtime.onnx_method import read_roles_json
-    if not cfg.drones or not is_spatial(cfg.drones[0].method):
+    if not cfg.drones or protocol_of(cfg.drones[0].method) != 'spatial':
         return None
     h, w = read_roles_json(cfg.drones[0].models.get('dir', ''))['image_size']
     rows = monitor.get('per_sender_topic', [])

@@ -4,7 +4,8 @@ import csv
 import pytest
 
 from collab_perception.runtime.bandwidth import BandwidthLedger, CsvFrameWriter
-from collab_perception.runtime.topics import comm_topics, comm_topology, topic_kind, topic_owner
+from collab_perception.runtime.protocols import protocol_class
+from collab_perception.runtime.topics import comm_topics, topic_kind, topic_owner
 
 S = 1_000_000_000
 
@@ -86,7 +87,11 @@ def test_frames_are_the_markers_when_the_source_publishes_them():
     assert bare.frames == 2      # no frame markers: every stamp is a frame
 
 
-def test_comm_topology():
-    t = comm_topology(['a', 'b', 'c'], monitor=True)
+def test_comm_topology_of_each_protocol():
+    handshake, spatial = protocol_class('handshake'), protocol_class('spatial')
+    t = handshake.topology(['a', 'b', 'c'], monitor=True)
     assert t['/swarm/request'] == (3, 4) and t['/a/comm/reply'] == (2, 2) and t['/c/comm/feature'] == (2, 2)
-    assert comm_topology(['a', 'b'], monitor=False)['/b/comm/connect'] == (1, 1)
+    assert handshake.topology(['a', 'b'], monitor=False)['/b/comm/connect'] == (1, 1)
+    t = spatial.topology(['a', 'b', 'c'], monitor=False)
+    assert sorted(t) == ['/a/comm/patches', '/b/comm/patches', '/c/comm/patches', '/swarm/request']
+    assert t['/swarm/request'] == (3, 3) and t['/b/comm/patches'] == (2, 1)

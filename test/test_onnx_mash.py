@@ -16,7 +16,7 @@ from collab_perception.learn.mash_export import export_roles, run_swarm_onnx
 from collab_perception.learn.models import ModelConfig
 from collab_perception.runtime import topics, wire
 from collab_perception.runtime.codec import DEFAULT_LIMITS, CodecError, decode_tensor, encode_tensor
-from collab_perception.runtime.methods import create_method, is_spatial
+from collab_perception.runtime.methods import create_method, protocol_of
 from collab_perception.runtime.offline import mash_offline
 from collab_perception.runtime.onnx_mash import PatchReply, decode_patches, encode_patches
 
@@ -52,7 +52,7 @@ def patches_msg():
 
 def test_roles_give_what_the_exported_pipeline_gives(model_dir, images):
     method = create_method('mash', model_dir=model_dir)
-    assert method.spatial and is_spatial('mash') and not is_spatial('who2com')
+    assert method.protocol == protocol_of('mash') == 'spatial' and protocol_of('who2com') == 'handshake'
     assert method.query_shape() == (16, 16, 4) and method.supporters == 5
     own = method.encode(images[0])
     assert own.features.shape == (8, 128, 128) and own.key.shape == (16, 16) and own.own_classes.dtype == np.uint8
@@ -156,7 +156,7 @@ def test_a_swarm_speaks_one_protocol(model_dir):
     cfg = build_config(data)
     plan = build_node_plan(cfg)
     expected = plan[0].parameters['expected_endpoints']
-    assert f'{topics.patches_topic("drone1")}:{len(cfg.drones) - 1}:2' in expected
+    assert f'{topics.comm_topic("patches", "drone1")}:{len(cfg.drones) - 1}:2' in expected
     assert not any('/comm/reply' in e or '/comm/connect' in e for e in expected)
     data['drones'][2]['method'] = 'who2com'
     with pytest.raises(ConfigError, match=r'drones\[2\]\.method'):

@@ -24,7 +24,8 @@ from ..config import ConfigError, SwarmConfig, resource_path
 from ..world.airsim_adapter import load_airsim_config
 from ..world.config import WorldConfig
 from ..world.degrade import DegradeConfig
-from ..runtime.methods import is_spatial, method_names
+from ..runtime.methods import method_names, protocol_of
+from ..runtime.protocols import protocol_class
 from ..runtime import topics
 
 PACKAGE = 'collab_perception'
@@ -185,7 +186,7 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
         if d.method not in method_names():
             raise ConfigError(f'drones[{i}].method', f'unknown method {d.method!r}; valid: {", ".join(method_names())}',
                               cfg.source)
-    spatial = swarm_is_spatial(cfg)
+    protocol = protocol_class(swarm_protocol(cfg))
     nodes: list[NodeSpec] = []
     nodes.append(source_node(cfg))
     mon = sw['monitor']
@@ -228,7 +229,7 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
             **_codec_params(cfg), **_qos_params(cfg, 'sensor', 'comm', 'local')}, drone=d.name))
         nodes.append(NodeSpec('matcher', 'matcher', d.namespace, {
             **common, 'cache_frames': d.cache_frames, 'patch_budget': d.patch_budget,
-            **_codec_params(cfg), **_qos_params(cfg, 'comm', 'local')}, drone=d.name))
+            **_codec_params(cfg), **_qos_params(cfg, 'sensor', 'comm', 'local')}, drone=d.name))
         nodes.append(NodeSpec('fusion', 'fusion', d.namespace, {
             **common, 'deadline_ms': d.deadline_ms, 'reply_timeout_ms': d.reply_timeout_ms,
             'select': d.select, 'top_n': d.top_n, 'score_threshold': d.score_threshold,
@@ -238,20 +239,19 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
     source.parameters['expected_nodes'] = [n.fqn for n in nodes if n is not source]
     source.parameters['expected_endpoints'] = [
         f'{topic}:{pubs}:{subs}' for topic, (pubs, subs)
-        in topics.comm_topology(cfg.names, mon['enabled'], spatial).items()]
+        in protocol.topology(cfg.names, mon['enabled']).items()]
     return nodes
 
 
-def swarm_is_spatial(cfg: SwarmConfig) -> bool:
-    """Whether the swarm speaks MASH's spatial protocol. Every matcher answers every request with its own
-    method, so one swarm speaks one protocol: mixing spatial and non-spatial methods is a config error."""
-    kinds = [is_spatial(d.method) for d in cfg.drones]
-    if any(kinds) and not all(kinds):
-        i = kinds.index(not kinds[0])
-        raise ConfigError(f'drones[{i}].method', f'{cfg.drones[i].method!r} and {cfg.drones[0].method!r} '
-                          '(drones[0]) speak different protocols (spatial MASH vs whole-drone handshake); a '
-                          'swarm uses one', cfg.source)
-    return bool(kinds) and kinds[0]
+def swarm_protocol(cfg: SwarmConfig) -> str:
+    """The protocol the swarm speaks (runtime/protocols). Every matcher answers every request with its own
+    method, so one swarm speaks one protocol: methods of different protocols in one swarm are a config error."""
+    kinds = [protocol_of(d.method) for d in cfg.drones]
+    for i, kind in enumerate(kinds):
+        if kind != kinds[0]:
+            raise ConfigError(f'drones[{i}].method', f'{cfg.drones[i].method!r} speaks the {kind} protocol and '
+                              f'{cfg.drones[0].method!r} (drones[0]) the {kinds[0]} one; a swarm uses one', cfg.source)
+    return kinds[0]
 
 
 def build_process_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[ProcessSpec]:

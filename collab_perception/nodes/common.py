@@ -22,14 +22,20 @@ from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValu
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.serialization import deserialize_message
+from rclpy.serialization import deserialize_message, serialize_message
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import Image
+from geometry_msgs.msg import PoseStamped
+from sensor_msgs.msg import CameraInfo, Image
 
+from collab_perception.msg import Connect, FeatureMap, PatchSegments, PerceptionOutput, Reply, Request
+
+from ..runtime import topics
 from ..runtime.codec import CodecError, TensorLimits
 from ..runtime.handshake import AddressError, check_addressing
 from ..runtime.lifecycle import TEARDOWN_SIGNAL, TEARDOWN_TIMEOUT_S
 from ..runtime.methods import create_method, method_names
+from ..runtime.protocols import Reject, RoleContext, Send, protocol_class, stamp_label
+from ..runtime.sync import StampJoiner
 from ..runtime.readiness import INFRASTRUCTURE_TOPICS, NODE_KEY, endpoint_values
 
 
@@ -145,11 +151,6 @@ def ns_to_stamp(ns: int, stamp) -> Any:
     return stamp
 
 
-def stamp_label(ns: int) -> str:
-    """A short frame name for logs: seconds.milliseconds of the stamp."""
-    return f'{ns // 1_000_000_000}.{(ns // 1_000_000) % 1000:03d}'
-
-
 # ---------------------------------------------------------------------------------------------- images
 _CHANNELS = {'rgb8': (3, np.uint8), 'bgr8': (3, np.uint8), 'mono8': (1, np.uint8), '32FC1': (1, np.float32)}
 
@@ -187,6 +188,27 @@ def array_to_image(arr: np.ndarray, encoding: str, header=None) -> Image:
     msg.step = msg.width * channels * np.dtype(dtype).itemsize
     msg.data = array.array('B', arr.tobytes())  # array.array: a memcpy (bytes would be checked per element)
     return msg
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+# The ROS message of each comm kind (runtime/topics.COMM_KINDS).
+COMM_TYPES = {'request': Request, 'reply': Reply, 'connect': Connect, 'feature': FeatureMap, 'patches': PatchSegments}
+
+
+def pose_values(msg: PoseStamped) -> list[float]:
+    """A camera pose as the protocols take it: position x, y, z, then orientation x, y, z, w."""
+    p, o = msg.pose.position, msg.pose.orientation
+    return [p.x, p.y, p.z, o.x, o.y, o.z, o.w]
+
+
+# stamped input -> (message type, topic, QoS name, conversion that raises ValueError for a bad message)
+INPUTS = {
+    'image': (Image, topics.IMAGE, 'sensor', lambda m: image_to_array(m, expect=('rgb8', 'bgr8'))),
+    'depth': (Image, topics.DEPTH, 'sensor', lambda m: image_to_array(m, expect=('32FC1',))),
+    'pose': (PoseStamped, topics.POSE, 'sensor', pose_values),
+    'perception': (PerceptionOutput, topics.PERCEPTION, 'local', None),   # decoded by the protocol role
+    'camera_info': (CameraInfo, topics.CAMERA_INFO, 'sensor', lambda m: list(m.k)),
+}
 
 
 # ---------------------------------------------------------------------------------------------- rejects
@@ -297,6 +319,8 @@ class DroneNode(Node):
         self.method = create_method(self.method_name, model_dir=model_dir, roles=roles, providers=providers,
                                     threads=threads)
         self.method.warmup()
+        self.protocol = protocol_class(self.method.protocol)
+        self.dtypes, self.limits = declare_codec(self)
         self.name_of = dict(zip(self.ids, self.names))
         self.log_prefix = f'[{self.drone}] '
         self.reject = RejectCounter(self.get_logger(), self.log_prefix)
@@ -305,6 +329,87 @@ class DroneNode(Node):
     def counters(self) -> dict[str, int]:
         """What this node did so far (subclasses add theirs); published on /diagnostics."""
         return {}
+
+    def role_context(self, **params: Any) -> RoleContext:
+        """What this node's protocol role gets: the drone, the swarm, the codec and the node's parameters."""
+        return RoleContext(self.drone_id, list(self.ids), list(self.names), dict(self.dtypes), self.limits, params)
+
+    # -- the protocol role's inputs and messages
+    def subscribe_inputs(self, stamped: Sequence[str], state: Sequence[str], on_frame: Callable[[int, dict], None],
+                         qos: dict, decode_local: Optional[Callable[[Any], Any]] = None,
+                         on_state: Optional[Callable[[str, Any], None]] = None) -> None:
+        """Subscribe to the inputs a protocol role asks for (INPUTS): `on_frame(stamp_ns, {kind: value})` once
+        every stamped input of a stamp has arrived (joined by stamp), `on_state(kind, value)` for the latest
+        value of a state input. A message that cannot be converted is rejected as `bad_<kind>` (or with the
+        codec's reason, for the local perception output that `decode_local` decodes)."""
+        joiner = StampJoiner(tuple(stamped), capacity=8) if len(stamped) > 1 else None
+
+        def receive(kind: str, msg) -> None:
+            stamp_ns = stamp_to_ns(msg.header.stamp)
+            convert = INPUTS[kind][3] or decode_local
+            try:
+                value = convert(msg)
+            except CodecError as e:
+                self.reject(e.reason, f'own {kind} of frame {stamp_label(stamp_ns)}: {e}')
+                return
+            except ValueError as e:
+                self.reject(f'bad_{kind}', f'frame {stamp_label(stamp_ns)}: {e}')
+                return
+            if joiner is None:
+                on_frame(stamp_ns, {kind: value})
+                return
+            joined = joiner.add(kind, stamp_ns, value)
+            if joined:
+                on_frame(stamp_ns, joined)
+
+        def receive_state(kind: str, msg) -> None:
+            on_state(kind, INPUTS[kind][3](msg))
+
+        for kind in stamped:
+            msg_type, topic, qos_name, _ = INPUTS[kind]
+            self.create_subscription(msg_type, topic, lambda m, k=kind: receive(k, m), qos[qos_name])
+        for kind in state:
+            msg_type, topic, qos_name, _ = INPUTS[kind]
+            self.create_subscription(msg_type, topic, lambda m, k=kind: receive_state(k, m), qos[qos_name])
+
+    def comm_publishers(self, kinds: Sequence[str], qos: QoSProfile) -> dict[tuple[str, int], Any]:
+        """(kind, receiver) -> publisher for the comm kinds this node sends, to every other drone."""
+        return {(kind, i): self.create_publisher(COMM_TYPES[kind], topics.comm_topic(kind, n), qos)
+                for kind in kinds for i, n in zip(self.ids, self.names) if i != self.drone_id}
+
+    def subscribe_comm(self, kinds: Sequence[str], role, on_message: Callable[[str, Any, int, Any, int], None],
+                       qos: QoSProfile) -> None:
+        """Subscribe raw to the comm kinds a role receives (the request on /swarm/request, the others on this
+        drone's own topics): each payload is deserialized, its addressing checked and decoded by
+        `role.decode(kind, msg)` here, so that a malformed one is rejected and counted instead of raising
+        inside the executor; then `on_message(kind, msg, stamp_ns, decoded, size)`."""
+        for kind in kinds:
+            def callback(data: bytes, kind: str = kind) -> None:
+                got = self.receive(data, COMM_TYPES[kind], kind, decode=lambda m: role.decode(kind, m),
+                                   allow_broadcast=kind == 'request')
+                if got is not None:
+                    on_message(kind, got[0], got[1], got[2], len(data))
+            self.create_subscription(COMM_TYPES[kind], topics.comm_topic(kind, self.drone), callback, qos, raw=True)
+
+    def carry_out(self, actions: list, publishers: dict, sent: Optional[Callable[[Send, int], None]] = None) -> list:
+        """Publish the role's Send actions and count its Rejects; returns the other actions (results)."""
+        rest = []
+        for action in actions:
+            if isinstance(action, Send):
+                msg = COMM_TYPES[action.kind](sender=self.drone_id, receiver=action.receiver)
+                ns_to_stamp(action.stamp_ns, msg.header.stamp)
+                action.fill(msg)
+                payload = serialize_message(msg)
+                publishers[(action.kind, action.receiver)].publish(payload)
+                if sent is not None:
+                    sent(action, len(payload))
+                self.get_logger().debug(f'{self.log_prefix}frame {stamp_label(action.stamp_ns)}: {action.kind} '
+                                        f'{action.note} -> {self.name_of.get(action.receiver, action.receiver)}')
+            elif isinstance(action, Reject):
+                self.reject(action.reason, action.detail)
+            else:
+                rest.append(action)
+        return rest
 
     def status_values(self) -> tuple[int, str, dict]:
         values = {**self.counters(), **{f'rejected.{k}': v for k, v in sorted(self.reject.counts.items())},

@@ -52,13 +52,16 @@ class Method:
              scores: Optional[dict[int, float]] = None) -> np.ndarray:
         raise NotImplementedError
 
-    # Pose warping (Who2com §IV-B pose settings): supporters encode their view warped into the requester's.
+    # The protocol the method speaks (runtime/protocols: 'handshake' or 'spatial'); the nodes run its roles.
+    protocol = 'handshake'
+    # Pose warping (Who2com §IV-B pose settings): the handshake's supporters encode their view warped into
+    # the requester's.
     warp = False
-    # Spatial handshake (MASH §III): supporters answer a query map with patches, no connect stage
-    # (runtime/onnx_mash.py); the nodes switch their protocol on this.
-    spatial = False
     # dtype of `features` on the drone's local perception -> fusion topic (None: codec.local_dtype)
     local_feature_dtype: Optional[str] = None
+
+    def load(self, roles) -> None:
+        """Load the parts of more roles (a supporter that warps also encodes); nothing to load by default."""
 
     def warmup(self) -> None:
         """Run each loaded part once so that the first frame does not pay one-time costs."""
@@ -98,9 +101,9 @@ def create_method(name: str, **args) -> Method:
     return method_factory(name)(**args)
 
 
-def is_spatial(name: str) -> bool:
-    """Whether a registered method speaks the spatial (MASH) protocol."""
-    return bool(getattr(method_factory(name), 'spatial', False))
+def protocol_of(name: str) -> str:
+    """The protocol a registered method speaks (runtime/protocols), without creating it."""
+    return getattr(method_factory(name), 'protocol', Method.protocol)
 
 
 def feature_shape_of(name: str, model_dir: str = '') -> tuple:

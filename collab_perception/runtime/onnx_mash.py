@@ -98,7 +98,7 @@ class MashOnnx(OnnxRoleMethod):
     """MASH from exported ONNX roles (HardSelection or SoftSelection, as exported)."""
 
     ROLE_FILES = {'encoder': 'requester', 'matcher': 'supporter', 'decoder': 'fusion'}
-    spatial = True
+    protocol = 'spatial'
     # The requester keeps its full-resolution class distribution for fusion (K x H x W): as uint8 (1/255 steps
     # of a probability) it is 128 kB on the local topic instead of 512 kB of float32, which Fast DDS did not
     # always deliver between two processes of a loaded machine (a whole run without one arriving).
