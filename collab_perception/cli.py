@@ -292,6 +292,22 @@ def cmd_monitor(args) -> int:
     return code
 
 
+# ---------------------------------------------------------------------------------------------- params
+def cmd_params(args) -> int:
+    from .launch.plan import parameter_rows, parameters_markdown
+    cfg = _load_config(args)
+    if args.markdown:
+        print(parameters_markdown(cfg), end='')
+        return 0
+    rows = parameter_rows(cfg)
+    width = max(len(r['name']) for r in rows)
+    for r in rows:
+        f = r['field']
+        flag = ' [run time]' if f.runtime else ''
+        print(f"{r['name']:<{width}}  {','.join(r['nodes'])}: default {f.default!r}{flag}\n{'':<{width}}  {f.help}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -340,6 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help='use the shell\'s ROS environment as it is (to watch real drones on a network) instead '
                         'of forcing localhost-only DDS')
     p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser('params', help='list every node parameter: default, range, help, run-time changeable',
+                       description='Every ROS parameter the node plan of a config sets, per node, from the config '
+                                   'schema: its default, range or choices, whether `ros2 param set` applies it to a '
+                                   'running node, and its help text. --markdown writes docs/PARAMETERS.md.')
+    _add_config_args(p)
+    p.add_argument('--markdown', action='store_true', help='print the table of docs/PARAMETERS.md')
+    p.set_defaults(func=cmd_params)
 
     from .data.cli import add_dataset_parser
     add_dataset_parser(sub)

@@ -43,6 +43,7 @@ class Field:
     items: Optional[type] = None  # element type for lists
     check: Optional[Callable[[Any], Optional[str]]] = None  # returns an error message or None
     help: str = ''
+    runtime: bool = False         # as a ROS parameter: `ros2 param set` applies it to the running node
 
 
 _NAME_RE = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
@@ -85,9 +86,11 @@ def _topic_name(value: str) -> Optional[str]:
 
 
 QOS_SCHEMA = {
-    'reliability': Field(str, 'reliable', choices=('reliable', 'best_effort')),
-    'depth': Field(int, 10, minimum=1, maximum=1000),
-    'durability': Field(str, 'volatile', choices=('volatile', 'transient_local')),
+    'reliability': Field(str, 'reliable', choices=('reliable', 'best_effort'),
+                         help='reliable (comm messages are few and each one matters) or best_effort'),
+    'depth': Field(int, 10, minimum=1, maximum=1000, help='keep-last history depth'),
+    'durability': Field(str, 'volatile', choices=('volatile', 'transient_local'),
+                        help='volatile, or transient_local (late joiners get the last messages)'),
 }
 
 SOURCE_SCHEMA = {
@@ -100,24 +103,28 @@ SOURCE_SCHEMA = {
                                                            '(relative paths: to the package)'),
     'replay': {
         'dataset': Field(str, 'datasets/hidden-target', help='a dataset made with `collab-perception dataset generate`'),
-        'split': Field(str, 'test', choices=('train', 'val', 'test')),
+        'split': Field(str, 'test', choices=('train', 'val', 'test'), help='the dataset split replayed'),
         'target_drone': Field(str, '', help="the drone that gets each snapshot's target view (default: the first)"),
     },
     'degrade': Field(dict, {}, help='sensor degradation of drones with degraded: true (DegradeConfig keys)'),
-    'degrade_seed': Field(int, 0, minimum=0),
+    'degrade_seed': Field(int, 0, minimum=0, help='seed of the sensor degradation draws'),
 }
 
 CODEC_SCHEMA = {
-    'query_dtype': Field(str, 'float32', choices=('float32', 'float16', 'int8', 'uint8')),
-    'score_dtype': Field(str, 'float32', choices=('float32', 'float16', 'int8', 'uint8')),
-    'feature_dtype': Field(str, 'float16', choices=('float32', 'float16', 'int8', 'uint8')),
+    'query_dtype': Field(str, 'float32', choices=('float32', 'float16', 'int8', 'uint8'),
+                         help='wire dtype of the Request query (MASH models name theirs in roles.json)'),
+    'score_dtype': Field(str, 'float32', choices=('float32', 'float16', 'int8', 'uint8'),
+                         help='wire dtype of the Reply score'),
+    'feature_dtype': Field(str, 'float16', choices=('float32', 'float16', 'int8', 'uint8'),
+                           help='wire dtype of the FeatureMap features (int8: half the bytes of float16)'),
     'patch_dtype': Field(str, 'uint8', choices=('float32', 'float16', 'int8', 'uint8'),
                          help="wire dtype of MASH's patch confidences and class distributions (PatchSegments)"),
     'local_dtype': Field(str, 'float32', choices=('float32', 'float16'),
                          help='dtype of the perception -> matcher/fusion topic inside one drone'),
-    'max_elements': Field(int, 1 << 20, minimum=1, maximum=1 << 28),
-    'max_rank': Field(int, 4, minimum=1, maximum=8),
-    'max_dim': Field(int, 4096, minimum=1, maximum=1 << 20),
+    'max_elements': Field(int, 1 << 20, minimum=1, maximum=1 << 28,
+                          help='largest received tensor accepted (elements); larger ones are rejected'),
+    'max_rank': Field(int, 4, minimum=1, maximum=8, help='largest rank of a received tensor'),
+    'max_dim': Field(int, 4096, minimum=1, maximum=1 << 20, help='largest dimension of a received tensor'),
 }
 
 MONITOR_SCHEMA = {
@@ -173,13 +180,15 @@ DRONE_SCHEMA = {
     'select': Field(str, 'argmax', choices=('argmax', 'top_n', 'threshold'),
                     help='how the requester picks partners from the scores (Who2com Eq. 6, top-n, '
                          'When2com threshold)'),
-    'top_n': Field(int, 1, minimum=1, maximum=16),
-    'score_threshold': Field(float, 0.0, help='used by select: threshold'),
+    'top_n': Field(int, 1, minimum=1, maximum=16, help='how many partners select: top_n (and the gate) connect to'),
+    'score_threshold': Field(float, 0.0, runtime=True,
+                             help='used by select: threshold (the When2com gate); can be set on a running fusion node'),
     'cache_frames': Field(int, 16, minimum=1, maximum=1000, help='per-stamp ring buffer length'),
     'degraded': Field(bool, False, help="the drone's camera is degraded (blur + noise, handshake paper §IV-B)"),
-    'patch_budget': Field(float, 0.1, minimum=0.0, maximum=1.0,
+    'patch_budget': Field(float, 0.1, minimum=0.0, maximum=1.0, runtime=True,
                           help='MASH supporters: the most bytes of one patches reply, as a fraction of the label '
-                               'image (the least confident matched cells are dropped); 0: no cap'),
+                               'image (the least confident matched cells are dropped); 0: no cap; can be set on a '
+                               'running matcher'),
     'obstructed': Field(bool, False, help='a 3D obstruction in front of this drone\'s camera every frame (MASH §IV; '
                                           'embedded world only)'),
     'models': Field(dict, {}, help="{dir: models/<name>}: the exported model's directory (collab-perception export)",
@@ -190,6 +199,57 @@ DRONE_SCHEMA = {
                        help='ONNX Runtime execution providers in order of preference; those this machine '
                             'lacks are skipped (the node logs what each session got)'),
 }
+
+# ROS parameters that the node plan (launch/plan.py) derives from the config rather than copying one key.
+# Lists default to [''] because a ROS parameter file cannot hold an empty list.
+PLAN_PARAMETERS = {
+    'drone_names': Field(list, ['drone1'], items=str, help='namespaces of every drone of the swarm (drones[].name)'),
+    'drone_ids': Field(list, [1], items=int, help='wire id of each drone, same order (drones[].id)'),
+    'drone_name': Field(str, 'drone1', check=_ros_name, help='this drone (its namespace)'),
+    'drone_id': Field(int, 1, minimum=0, maximum=BROADCAST_ID - 1, help='this drone on the wire'),
+    'model.dir': Field(str, '', help='exported model directory (drones[].models.dir; collab-perception export)'),
+    'requesters': Field(list, [''], items=str, help='drones that may ask for help (role requester or auto)'),
+    'output_dir': Field(str, '', help='where the node writes its summary (the run directory)'),
+    'frame_topic': Field(str, '/swarm/frame', check=_topic_name, help='std_msgs/Header per camera snapshot'),
+    'extra_topics': Field(str, '', help="swarm.monitor.extra_topics as 'topic:package/msg/Type,...'"),
+    'expected_nodes': Field(list, [''], items=str, help='fully qualified names of every node of the swarm; frame 1 '
+                                                        'waits until all are in the graph'),
+    'expected_endpoints': Field(list, [''], items=str, help="'topic:publishers:subscribers' of the comm graph; frame "
+                                                            '1 waits until all are matched'),
+    'degraded_drones': Field(list, [''], items=str, help='drones whose camera is degraded (drones[].degraded)'),
+    'obstructed_drones': Field(list, [''], items=str, help='drones with an obstruction in front of the camera '
+                                                           '(drones[].obstructed)'),
+}
+
+
+def parameter_field(name: str) -> Field:
+    """The schema Field behind a node's ROS parameter: default, range or choices, help, whether it can change
+    at run time. Node parameters are config keys by name (`deadline_ms` is drones[].deadline_ms,
+    `codec.feature_dtype` swarm.codec.feature_dtype, `qos.comm.depth` swarm.qos.comm.depth, `replay.split`
+    swarm.source.replay.split) or the plan's own (PLAN_PARAMETERS)."""
+    parts = name.split('.')
+    if name in PLAN_PARAMETERS:
+        return PLAN_PARAMETERS[name]
+    if parts[0] == 'codec' and len(parts) == 2 and parts[1] in CODEC_SCHEMA:
+        return CODEC_SCHEMA[parts[1]]
+    if parts[0] == 'qos' and len(parts) == 3 and parts[1] in SWARM_SCHEMA['qos'] and parts[2] in QOS_SCHEMA:
+        return QOS_SCHEMA[parts[2]]
+    if parts[0] == 'replay' and len(parts) == 2 and parts[1] in SOURCE_SCHEMA['replay']:
+        return SOURCE_SCHEMA['replay'][parts[1]]
+    if len(parts) == 1:
+        for schema in (DRONE_SCHEMA, SWARM_SCHEMA, MONITOR_SCHEMA, SOURCE_SCHEMA):
+            spec = schema.get(name)
+            if isinstance(spec, Field):
+                return spec
+    raise KeyError(f'{name!r} is no node parameter of the config schema')
+
+
+def reply_timeout_problem(reply_timeout_ms: int, deadline_ms: int) -> Optional[str]:
+    """Why these two cannot run together (the requester selects after the replies, before the deadline)."""
+    if reply_timeout_ms >= deadline_ms:
+        return f'reply_timeout_ms ({reply_timeout_ms}) must be below deadline_ms ({deadline_ms})'
+    return None
+
 
 CONFIG_SCHEMA = {
     'swarm': SWARM_SCHEMA,
@@ -206,7 +266,8 @@ def _type_name(kind) -> str:
     return names.get(kind, str(kind))
 
 
-def _check_value(spec: Field, value: Any, path: str, source: str) -> Any:
+def check_value(spec: Field, value: Any, path: str, source: str = '') -> Any:
+    """`value` checked against `spec` (type, choices, range, items, check); ConfigError names `path`."""
     kind = spec.kind
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -251,7 +312,7 @@ def validate_section(schema: Mapping[str, Any], data: Any, path: str, source: st
                 raise ConfigError(sub, f'is required ({spec.help})' if spec.help else 'is required', source)
             out[key] = copy.deepcopy(spec.default)
             continue
-        out[key] = _check_value(spec, data[key], sub, source)
+        out[key] = check_value(spec, data[key], sub, source)
     return out
 
 
@@ -367,9 +428,9 @@ def build_config(data: Mapping[str, Any], source: str = '<dict>',
             raise ConfigError(f'drones[{i}].id', f'{d.id} is also drones[{seen_ids[d.id]}].id', source)
         if d.name == 'swarm':
             raise ConfigError(f'drones[{i}].name', "'swarm' is reserved for swarm-wide topics", source)
-        if d.reply_timeout_ms >= d.deadline_ms:
-            raise ConfigError(f'drones[{i}].reply_timeout_ms',
-                              f'{d.reply_timeout_ms} must be below deadline_ms ({d.deadline_ms})', source)
+        problem = reply_timeout_problem(d.reply_timeout_ms, d.deadline_ms)
+        if problem:
+            raise ConfigError(f'drones[{i}].reply_timeout_ms', problem, source)
         seen_names[d.name] = i
         seen_ids[d.id] = i
     for i, extra in enumerate(top['swarm']['monitor']['extra_topics']):

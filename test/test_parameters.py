@@ -5,7 +5,8 @@ import pytest
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import DescribeParameters, GetParameters, SetParameters
 
-from collab_perception.nodes.common import parameter_descriptor
+from collab_perception.config import resource_path
+from collab_perception.nodes.common import ParameterError, check_parameter, parameter_descriptor
 
 from rostools import stop_process
 from test_monitor import start_monitor
@@ -37,7 +38,7 @@ def test_a_running_node_describes_its_parameters_and_refuses_a_change(ros, tmp_p
         describe = node.create_client(DescribeParameters, '/swarm/monitor/describe_parameters')
         got = _call(node, describe, DescribeParameters.Request(names=['period_s', 'qos.comm.reliability']), spin_until)
         period, reliability = got.descriptors
-        assert period.read_only and period.description == 'BandwidthStats period'
+        assert period.read_only and period.description == 'BandwidthStats publishing period'
         assert period.floating_point_range[0].from_value == pytest.approx(0.05)
         assert reliability.additional_constraints == 'one of: reliable, best_effort'
 
@@ -52,3 +53,78 @@ def test_a_running_node_describes_its_parameters_and_refuses_a_change(ros, tmp_p
     finally:
         node.destroy_node()
         stop_process(proc)
+
+
+def test_parameter_docs_are_generated_from_the_schema_and_current():
+    from collab_perception.config import load_swarm_config
+    from collab_perception.launch.plan import parameters_markdown
+    from collab_perception.config import parameter_field
+    from collab_perception.launch.plan import DATACLASS_PREFIXES, build_node_plan
+    for n in build_node_plan(load_swarm_config(resource_path('config', 'swarm_mash.yaml'))):
+        for name in n.parameters:            # every planned parameter has a schema field
+            assert name.startswith(tuple(DATACLASS_PREFIXES)) or parameter_field(name).help, name
+    text = parameters_markdown(load_swarm_config())
+    with open(resource_path('docs', 'PARAMETERS.md'), encoding='utf-8') as f:
+        assert f.read() == parameters_markdown(load_swarm_config()), \
+            'docs/PARAMETERS.md is stale: collab-perception params --markdown > docs/PARAMETERS.md'
+    assert '| `score_threshold` | fusion | `0.0` |  | yes |' in text
+
+
+def test_node_parameters_check_values_against_the_schema():
+    assert check_parameter('deadline_ms', 250) == 250
+    with pytest.raises(ParameterError, match=r"parameter 'deadline_ms'.*<= 60000"):
+        check_parameter('deadline_ms', 65535)
+    with pytest.raises(ParameterError, match=r"parameter 'codec.local_dtype'.*one of: float32, float16"):
+        check_parameter('codec.local_dtype', 'int8')
+    with pytest.raises(ParameterError, match=r"parameter 'method'.*one of: a, b"):
+        check_parameter('method', '', choices=('a', 'b'))
+    with pytest.raises(ParameterError, match='not finite'):
+        check_parameter('score_threshold', float('nan'))
+
+
+def start_fusion(tmp_path):
+    """drone1's fusion node of a placeholder swarm, started as the node plan starts it."""
+    import subprocess
+    from collab_perception.config import build_config
+    from collab_perception.launch.embedded import executable_command
+    from collab_perception.launch.plan import ProcessSpec, build_node_plan, write_params_file
+    cfg = build_config({'drone_defaults': {'method': 'placeholder', 'role': 'requester'},
+                        'drones': [{'name': 'drone1', 'id': 1}, {'name': 'drone2', 'id': 2}]})
+    spec = next(n for n in build_node_plan(cfg, str(tmp_path)) if n.executable == 'fusion' and n.drone == 'drone1')
+    process = ProcessSpec('drone1/fusion', 'fusion', spec.namespace, [spec])
+    argv = executable_command('fusion') + process.ros_args(write_params_file(process, str(tmp_path)))
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.ros
+def test_a_run_time_parameter_is_applied_on_a_running_node_and_the_others_are_refused(ros, tmp_path):
+    from rostools import spin_until
+    proc = start_fusion(tmp_path)
+    node = ros.create_node('test_fusion_parameter_client')
+    prefix = '/drone1/fusion'
+    try:
+        describe = node.create_client(DescribeParameters, f'{prefix}/describe_parameters')
+        threshold, deadline = _call(node, describe, DescribeParameters.Request(
+            names=['score_threshold', 'deadline_ms']), spin_until).descriptors
+        assert not threshold.read_only and 'When2com' in threshold.description
+        assert deadline.read_only and deadline.integer_range[0].to_value == 60000
+        setter = node.create_client(SetParameters, f'{prefix}/set_parameters')
+
+        def set_one(name, value):
+            (result,) = _call(node, setter, SetParameters.Request(parameters=[Parameter(name=name, value=value)]),
+                              spin_until).results
+            return result
+
+        ok = set_one('score_threshold', ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=0.4))
+        assert ok.successful, ok.reason
+        nan = set_one('score_threshold', ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=float('nan')))
+        assert not nan.successful and 'not finite' in nan.reason, nan.reason
+        refused = set_one('deadline_ms', ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=200))
+        assert not refused.successful and 'read-only' in refused.reason, refused.reason
+        getter = node.create_client(GetParameters, f'{prefix}/get_parameters')
+        got = _call(node, getter, GetParameters.Request(names=['score_threshold', 'deadline_ms']), spin_until).values
+        assert got[0].double_value == pytest.approx(0.4) and got[1].integer_value == 300
+    finally:
+        node.destroy_node()
+        _, out = stop_process(proc)
+    assert 'score_threshold set to 0.4' in out, out

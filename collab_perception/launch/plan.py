@@ -228,7 +228,7 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
             **common, 'role': d.role, 'deadline_ms': d.deadline_ms,
             **_codec_params(cfg), **_qos_params(cfg, 'sensor', 'comm', 'local')}, drone=d.name))
         nodes.append(NodeSpec('matcher', 'matcher', d.namespace, {
-            **common, 'cache_frames': d.cache_frames, 'patch_budget': d.patch_budget,
+            **common, 'cache_frames': d.cache_frames, 'deadline_ms': d.deadline_ms, 'patch_budget': d.patch_budget,
             **_codec_params(cfg), **_qos_params(cfg, 'sensor', 'comm', 'local')}, drone=d.name))
         nodes.append(NodeSpec('fusion', 'fusion', d.namespace, {
             **common, 'deadline_ms': d.deadline_ms, 'reply_timeout_ms': d.reply_timeout_ms,
@@ -287,3 +287,63 @@ def write_params_file(process: ProcessSpec, directory: str) -> str:
     with open(path, 'w', encoding='utf-8') as f:
         yaml.dump(process.params_document(), f, Dumper=_NoAliasDumper, sort_keys=True)
     return path
+
+
+# ---------------------------------------------------------------------------------------------- parameter docs
+# Parameters declared from a config dataclass field by field (nodes/common.declare_dataclass); their defaults,
+# ranges and help are the dataclass's (world/config.py, world/degrade.py, config/world.yaml).
+DATACLASS_PREFIXES = {'world.': 'WorldConfig (config/world.yaml)', 'degrade.': 'DegradeConfig (world/degrade.py)'}
+
+
+def parameter_rows(cfg: SwarmConfig) -> list[dict]:
+    """One row per ROS parameter the node plan of `cfg` sets: the nodes that take it and its schema Field
+    (config.parameter_field). A planned parameter without a field raises KeyError."""
+    from ..config import parameter_field
+    where: dict[str, set[str]] = {}
+    for source in ('world', 'replay', 'airsim'):     # each camera source's node takes its own parameters
+        variant = dataclasses.replace(
+            cfg, swarm={**cfg.swarm, 'source': {**cfg.swarm['source'], 'type': source}},
+            drones=[d if source == 'world' else dataclasses.replace(d, obstructed=False) for d in cfg.drones])
+        for n in build_node_plan(variant):
+            for name in n.parameters:
+                where.setdefault(name, set()).add(n.executable)
+    rows = []
+    for name in sorted(where):
+        prefix = next((p for p in DATACLASS_PREFIXES if name.startswith(p)), None)
+        if prefix:
+            continue
+        rows.append({'name': name, 'nodes': sorted(where[name]), 'field': parameter_field(name)})
+    return rows
+
+
+def parameters_markdown(cfg: SwarmConfig) -> str:
+    """docs/PARAMETERS.md: every node parameter with its default, range or choices, whether `ros2 param set`
+    applies it to a running node, and its help text, all from the config schema."""
+    def number(x) -> str:
+        return '' if x is None else str(int(x)) if float(x).is_integer() else f'{x:g}'
+
+    def limits(f) -> str:
+        if f.choices:
+            return ', '.join(map(str, f.choices))
+        lo, hi = number(f.minimum), number(f.maximum)
+        return f'{lo} .. {hi}' if lo or hi else ''
+
+    lines = ['# Node parameters', '',
+             'Generated from the config schema (`collab_perception/config.py`) by `collab-perception params',
+             '--markdown`; `test/test_parameters.py` checks that it is current. Each parameter is a config key',
+             '(the node plan copies `drones[]`, `swarm.*`, `swarm.codec`, `swarm.qos`, `swarm.source` and',
+             '`swarm.monitor` values by name into the nodes\' parameter files) or derived by the plan from the',
+             'drone list. `ros2 param describe` shows the same help, range and choices. Parameters marked *run',
+             'time* can be changed on a running node with `ros2 param set`; the others are read-only, and rclpy',
+             'refuses a change with a reason.',
+             '', '| parameter | nodes | default | range / choices | run time | help |', '|---|---|---|---|---|---|']
+    for row in parameter_rows(cfg):
+        f = row['field']
+        default = '(required)' if f.default is None else f'`{f.default!r}`'
+        text = f.help.replace('|', '\\|')
+        lines.append(f"| `{row['name']}` | {', '.join(row['nodes'])} | {default} | {limits(f)} | "
+                     f"{'yes' if f.runtime else ''} | {text} |")
+    lines += ['', 'Also declared, field by field, from config dataclasses (their defaults and checks are the '
+              "dataclass's):", '']
+    lines += [f'- `{prefix}*`: {what}' for prefix, what in DATACLASS_PREFIXES.items()]
+    return '\n'.join(lines) + '\n'

@@ -17,7 +17,7 @@ from .swarm_source import SwarmSource
 class AirSimBridgeNode(SwarmSource):
     def __init__(self):
         super().__init__('airsim_bridge')
-        path = declare(self, 'airsim_config', 'config/airsim.yaml', 'AirSim vehicles, cameras, segmentation colours')
+        path = declare(self, 'airsim_config')
         self.config = load_airsim_config(path, load_classes().names)
         feeds = {v.drone for v in self.config.vehicles}
         missing = [d for d in self.drones if d not in feeds]

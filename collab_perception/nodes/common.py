@@ -6,6 +6,7 @@ Only this layer (and launch) imports rclpy.
 from __future__ import annotations
 
 import array
+import dataclasses
 import faulthandler
 import math
 import signal
@@ -17,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -29,6 +30,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from collab_perception.msg import Connect, FeatureMap, PatchSegments, PerceptionOutput, Reply, Request
 
+from ..config import ConfigError, Field, check_value, parameter_field
 from ..runtime import topics
 from ..runtime.codec import CodecError, TensorLimits
 from ..runtime.handshake import AddressError, check_addressing
@@ -47,11 +49,12 @@ _INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 def parameter_descriptor(description: str, default: Any, choices: Optional[Sequence] = None,
-                         minimum: Optional[float] = None, maximum: Optional[float] = None) -> ParameterDescriptor:
-    """What `ros2 param describe` shows: the help text, the range or the choices, and read_only: every
-    parameter is read when the node starts (a change at run time would not be applied, so rclpy refuses it
-    with a reason instead of accepting it silently)."""
-    descriptor = ParameterDescriptor(description=description, read_only=True)
+                         minimum: Optional[float] = None, maximum: Optional[float] = None,
+                         read_only: bool = True) -> ParameterDescriptor:
+    """What `ros2 param describe` shows: the help text, the range or the choices, and read_only: a parameter
+    read only when the node starts would not be applied if changed at run time, so rclpy refuses the change
+    with a reason instead of accepting it silently."""
+    descriptor = ParameterDescriptor(description=description, read_only=read_only)
     if choices is not None:
         descriptor.additional_constraints = 'one of: ' + ', '.join(map(str, choices))
     if (minimum is not None or maximum is not None) and not isinstance(default, bool):
@@ -66,30 +69,41 @@ def parameter_descriptor(description: str, default: Any, choices: Optional[Seque
     return descriptor
 
 
-def declare(node: Node, name: str, default: Any, description: str, choices: Optional[Sequence] = None,
-            minimum: Optional[float] = None, maximum: Optional[float] = None) -> Any:
-    """Declare a read-only parameter with its descriptor and return its validated value; a value outside
-    the range or the choices is a ParameterError naming the parameter."""
-    descriptor = parameter_descriptor(description, default, choices, minimum, maximum)
+def _field(name: str, choices: Optional[Sequence] = None) -> Field:
+    spec = parameter_field(name)
+    return dataclasses.replace(spec, choices=tuple(choices)) if choices is not None else spec
+
+
+def check_parameter(name: str, value: Any, choices: Optional[Sequence] = None) -> Any:
+    """`value` checked against the parameter's schema Field; ParameterError names the parameter."""
+    spec = _field(name, choices)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParameterError(f'parameter {name!r}: {value!r} is not finite')
+    try:
+        return check_value(spec, list(value) if isinstance(value, (list, tuple, array.array)) else value,
+                           f'parameter {name!r}')
+    except ConfigError as e:
+        raise ParameterError(str(e)) from None
+
+
+def declare(node: Node, name: str, choices: Optional[Sequence] = None) -> Any:
+    """Declare a parameter from its schema Field (config.parameter_field: default, range or choices, help;
+    read-only unless the field can change at run time) and return its validated value; a bad value is a
+    ParameterError naming the parameter. `choices`: a registry's names, where the schema leaves them open."""
+    spec = _field(name, choices)
+    default = spec.default if spec.default is not None else ''
+    descriptor = parameter_descriptor(spec.help, default, spec.choices, spec.minimum, spec.maximum,
+                                      read_only=not spec.runtime)
     try:
         value = node.declare_parameter(name, default, descriptor).value
     except (InvalidParameterValueException, InvalidParameterTypeException) as e:
         raise ParameterError(f'parameter {name!r}: {e}') from None
-    if choices is not None and value not in choices:
-        raise ParameterError(f'parameter {name!r}: {value!r} is not one of {", ".join(map(str, choices))}')
-    if minimum is not None and value < minimum:
-        raise ParameterError(f'parameter {name!r}: {value!r} is below the minimum {minimum}')
-    if maximum is not None and value > maximum:
-        raise ParameterError(f'parameter {name!r}: {value!r} is above the maximum {maximum}')
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ParameterError(f'parameter {name!r}: {value!r} is not finite')
-    return value
+    return check_parameter(name, value, choices)
 
 
 def declare_dataclass(node: Node, prefix: str, defaults: Any, description: str) -> dict[str, Any]:
     """Declare `<prefix>.<field>` for every field of a config dataclass instance, defaulting to its values
     (tuples become ROS arrays), and return the values set. The dataclass validates them afterwards."""
-    import dataclasses
     values = {}
     for f in dataclasses.fields(defaults):
         default = getattr(defaults, f.name)
@@ -104,8 +118,8 @@ def declare_dataclass(node: Node, prefix: str, defaults: Any, description: str) 
 
 def declare_swarm(node: Node) -> tuple[list[str], list[int]]:
     """The drone list every node of a swarm gets from the plan: names and their wire ids."""
-    names = list(declare(node, 'drone_names', ['drone1'], 'namespaces of every drone of the swarm'))
-    ids = [int(i) for i in declare(node, 'drone_ids', [1], 'wire id of each drone, same order')]
+    names = list(declare(node, 'drone_names'))
+    ids = [int(i) for i in declare(node, 'drone_ids')]
     if len(names) != len(ids) or not names:
         raise ParameterError(f"parameters 'drone_names' and 'drone_ids' must be non-empty and of equal "
                              f'length (got {len(names)} and {len(ids)})')
@@ -114,14 +128,9 @@ def declare_swarm(node: Node) -> tuple[list[str], list[int]]:
     return names, ids
 
 
-def declare_qos(node: Node, name: str, reliability: str = 'reliable', depth: int = 10,
-                durability: str = 'volatile') -> QoSProfile:
-    """A named QoS profile (`qos.<name>.*`): comm topics reliable with small depth, sensors as configured."""
-    rel = declare(node, f'qos.{name}.reliability', reliability, f'{name} topics: reliable or best_effort',
-                  choices=('reliable', 'best_effort'))
-    dep = declare(node, f'qos.{name}.depth', depth, f'{name} topics: keep-last depth', minimum=1, maximum=1000)
-    dur = declare(node, f'qos.{name}.durability', durability, f'{name} topics: volatile or transient_local',
-                  choices=('volatile', 'transient_local'))
+def declare_qos(node: Node, name: str) -> QoSProfile:
+    """A named QoS profile (`qos.<name>.*`, swarm.qos.<name> in the config)."""
+    rel, dep, dur = (declare(node, f'qos.{name}.{key}') for key in ('reliability', 'depth', 'durability'))
     return QoSProfile(
         history=HistoryPolicy.KEEP_LAST, depth=dep,
         reliability=ReliabilityPolicy.RELIABLE if rel == 'reliable' else ReliabilityPolicy.BEST_EFFORT,
@@ -129,15 +138,10 @@ def declare_qos(node: Node, name: str, reliability: str = 'reliable', depth: int
 
 
 def declare_codec(node: Node) -> tuple[dict[str, str], TensorLimits]:
-    dtypes = {}
-    for key, default in (('query_dtype', 'float32'), ('score_dtype', 'float32'), ('feature_dtype', 'float16'),
-                         ('patch_dtype', 'uint8'), ('local_dtype', 'float32')):
-        dtypes[key] = declare(node, f'codec.{key}', default, f'wire dtype of {key[:-6]} tensors',
-                              choices=('float32', 'float16', 'int8', 'uint8'))
-    limits = TensorLimits(
-        max_elements=declare(node, 'codec.max_elements', 1 << 20, 'largest tensor accepted', minimum=1),
-        max_rank=declare(node, 'codec.max_rank', 4, 'largest rank accepted', minimum=1),
-        max_dim=declare(node, 'codec.max_dim', 4096, 'largest dimension accepted', minimum=1))
+    """The wire dtypes and the tensor limits (swarm.codec in the config)."""
+    dtypes = {key: declare(node, f'codec.{key}')
+              for key in ('query_dtype', 'score_dtype', 'feature_dtype', 'patch_dtype', 'local_dtype')}
+    limits = TensorLimits(**{key: declare(node, f'codec.{key}') for key in ('max_elements', 'max_rank', 'max_dim')})
     return dtypes, limits
 
 
@@ -306,16 +310,14 @@ class DroneNode(Node):
     def __init__(self, node_name: str, roles: Sequence[str] = ()):
         super().__init__(node_name)
         self.names, self.ids = declare_swarm(self)
-        self.drone = declare(self, 'drone_name', 'drone1', 'this drone (its namespace)')
-        self.drone_id = declare(self, 'drone_id', 1, 'this drone on the wire', minimum=0, maximum=254)
+        self.drone = declare(self, 'drone_name')
+        self.drone_id = declare(self, 'drone_id')
         if self.drone_id not in self.ids:
             raise ParameterError(f"parameter 'drone_id': {self.drone_id} is not in 'drone_ids' {self.ids}")
-        self.method_name = declare(self, 'method', '', 'method from the registry (required)',
-                                   choices=method_names())
-        model_dir = declare(self, 'model.dir', '', 'exported model directory (collab-perception export)')
-        providers = list(declare(self, 'providers', ['CPUExecutionProvider'],
-                                 'ONNX Runtime execution providers, in order of preference'))
-        threads = declare(self, 'onnx_threads', 1, 'ONNX Runtime threads per session', minimum=1, maximum=64)
+        self.method_name = declare(self, 'method', choices=method_names())
+        model_dir = declare(self, 'model.dir')
+        providers = list(declare(self, 'providers'))
+        threads = declare(self, 'onnx_threads')
         self.method = create_method(self.method_name, model_dir=model_dir, roles=roles, providers=providers,
                                     threads=threads)
         self.method.warmup()
@@ -329,6 +331,27 @@ class DroneNode(Node):
     def counters(self) -> dict[str, int]:
         """What this node did so far (subclasses add theirs); published on /diagnostics."""
         return {}
+
+    def apply_at_run_time(self, apply: Callable[[str, Any], None]) -> None:
+        """Let `ros2 param set` change this node's run-time parameters (schema fields with runtime=True; the
+        others are read-only and refused by rclpy): a value is checked against its field, then handed to
+        `apply(name, value)` (the protocol role's `update`); a bad one is refused with the reason."""
+        def on_set(parameters) -> SetParametersResult:
+            for p in parameters:
+                try:
+                    spec = parameter_field(p.name)
+                except KeyError:
+                    continue
+                if not spec.runtime:
+                    continue
+                try:
+                    value = check_parameter(p.name, p.value)
+                except ParameterError as e:
+                    return SetParametersResult(successful=False, reason=str(e))
+                apply(p.name, value)
+                self.get_logger().info(f'{self.log_prefix}{p.name} set to {value!r}')
+            return SetParametersResult(successful=True)
+        self.add_on_set_parameters_callback(on_set)
 
     def role_context(self, **params: Any) -> RoleContext:
         """What this node's protocol role gets: the drone, the swarm, the codec and the node's parameters."""

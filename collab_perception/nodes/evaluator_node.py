@@ -67,10 +67,10 @@ class EvaluatorNode(Node):
     def __init__(self):
         super().__init__('evaluator')
         self.drones, _ = declare_swarm(self)
-        self.requesters = set(filter(None, declare(self, 'requesters', [''], 'drones that may ask for help')))
-        self.output_dir = declare(self, 'output_dir', '', 'where summary.json goes')
-        sensor_qos = declare_qos(self, 'sensor', 'reliable', 5)
-        local_qos = declare_qos(self, 'local', 'reliable', 10)
+        self.requesters = set(filter(None, declare(self, 'requesters')))
+        self.output_dir = declare(self, 'output_dir')
+        sensor_qos = declare_qos(self, 'sensor')
+        local_qos = declare_qos(self, 'local')
         self.num_classes = len(load_classes())
         self.scores = {d: DroneScore(self.num_classes) for d in self.drones}
         self.joiners = {d: StampJoiner(('labels', 'fused', 'own'), capacity=64) for d in self.drones}

@@ -29,23 +29,14 @@ from .common import DroneNode, array_to_image, declare, declare_qos, ns_to_stamp
 class FusionNode(DroneNode):
     def __init__(self):
         super().__init__('fusion', roles=('decoder',))
-        params = {
-            'deadline_ms': declare(self, 'deadline_ms', 300, 'camera stamp -> publish, with or without help',
-                                   minimum=1, maximum=60000),
-            'reply_timeout_ms': declare(self, 'reply_timeout_ms', 120, 'camera stamp -> stop waiting for replies',
-                                        minimum=1, maximum=60000),
-            'select': declare(self, 'select', 'argmax', 'partner selection', choices=tuple(SELECTORS.names())),
-            'top_n': declare(self, 'top_n', 1, 'partners for select: top_n', minimum=1, maximum=16),
-            'score_threshold': declare(self, 'score_threshold', 0.0, 'gate threshold for select: threshold'),
-            'cache_frames': declare(self, 'cache_frames', 16, 'open frames kept', minimum=1, maximum=1000),
-        }
-        if params['reply_timeout_ms'] >= params['deadline_ms']:
-            raise ValueError(f"parameter 'reply_timeout_ms' ({params['reply_timeout_ms']}) must be below "
-                             f"'deadline_ms' ({params['deadline_ms']})")
-        comm_qos = declare_qos(self, 'comm', 'reliable', 10)
-        local_qos = declare_qos(self, 'local', 'reliable', 10)
+        params = {name: declare(self, name) for name in ('deadline_ms', 'reply_timeout_ms', 'top_n',
+                                                          'score_threshold', 'cache_frames')}
+        params['select'] = declare(self, 'select', choices=SELECTORS.names())
+        comm_qos = declare_qos(self, 'comm')
+        local_qos = declare_qos(self, 'local')
         self.classes = load_classes()
         self.requester = self.protocol.requester(self.method, self.role_context(**params))
+        self.apply_at_run_time(self.requester.update)
         self.bytes: StampRing[list[int]] = StampRing(4 * params['cache_frames'])   # stamp -> [out, in]
         self.publishers_by_kind = self.comm_publishers(self.requester.outbox, comm_qos)
         self.seg_pub = self.create_publisher(Image, topics.SEGMENTATION, local_qos)

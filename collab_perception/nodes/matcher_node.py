@@ -19,15 +19,11 @@ from .common import DroneNode, declare, declare_qos
 class MatcherNode(DroneNode):
     def __init__(self):
         super().__init__('matcher', roles=('matcher',))
-        params = {
-            'cache_frames': declare(self, 'cache_frames', 16, 'frames of own output kept', minimum=1, maximum=1000),
-            'deadline_ms': declare(self, 'deadline_ms', 300, 'deadline of requests that give none', minimum=1),
-            'patch_budget': declare(self, 'patch_budget', 0.1, 'most bytes of a patches reply, as a fraction of '
-                                    'the label image (0: no cap)', minimum=0.0, maximum=1.0),
-        }
-        qos = {name: declare_qos(self, name, 'reliable', 5 if name == 'sensor' else 10)
-               for name in ('sensor', 'comm', 'local')}
+        # deadline_ms: for requests that give none
+        params = {name: declare(self, name) for name in ('cache_frames', 'deadline_ms', 'patch_budget')}
+        qos = {name: declare_qos(self, name) for name in ('sensor', 'comm', 'local')}
         self.supporter = self.protocol.supporter(self.method, self.role_context(**params))
+        self.apply_at_run_time(self.supporter.update)
         self.publishers_by_kind = self.comm_publishers(self.supporter.outbox, qos['comm'])
         self.subscribe_inputs(self.supporter.inputs, self.supporter.state_inputs, self.on_own, qos,
                               decode_local=self.supporter.decode_local, on_state=self.supporter.on_state)

@@ -62,15 +62,14 @@ class MonitorNode(Node):
     def __init__(self):
         super().__init__('monitor')
         self.names, self.ids = declare_swarm(self)
-        period = declare(self, 'period_s', 1.0, 'BandwidthStats period', minimum=0.05)
-        window = declare(self, 'window_s', 5.0, 'window of the published rates', minimum=0.1)
-        horizon = declare(self, 'frame_horizon_s', 5.0, 'fold frames older than this into the totals',
-                          minimum=0.5)
-        frame_topic = declare(self, 'frame_topic', topics.FRAME, 'std_msgs/Header per camera snapshot')
-        extra = parse_extra_topics(declare(self, 'extra_topics', '', "more topics: 'topic:pkg/msg/Type,...'"))
-        self.output_dir = declare(self, 'output_dir', '', 'where summary.json and frames.csv go '
-                                  '(default: $ROS_HOME/collab_perception/monitor-<time>)')
-        comm_qos = declare_qos(self, 'comm', 'reliable', 10)
+        period = declare(self, 'period_s')
+        window = declare(self, 'window_s')
+        horizon = declare(self, 'frame_horizon_s')
+        frame_topic = declare(self, 'frame_topic')
+        extra = parse_extra_topics(declare(self, 'extra_topics'))
+        # summary.json and frames.csv; without one: $ROS_HOME/collab_perception/monitor-<time>
+        self.output_dir = declare(self, 'output_dir')
+        comm_qos = declare_qos(self, 'comm')
         # Same reliability as the publishers (a reliable reader would not match best-effort writers),
         # a deeper queue so that bursts are counted, not dropped.
         qos = QoSProfile(depth=200, reliability=comm_qos.reliability, durability=comm_qos.durability,

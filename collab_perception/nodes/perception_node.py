@@ -23,12 +23,9 @@ from .common import DroneNode, declare, declare_qos, ns_to_stamp, stamp_label
 class PerceptionNode(DroneNode):
     def __init__(self):
         super().__init__('perception', roles=('encoder',))
-        self.role = declare(self, 'role', 'supporter', 'requester: asks every frame; supporter: never; '
-                            'auto: when the method gate says so', choices=('requester', 'supporter', 'auto'))
-        self.deadline_ms = declare(self, 'deadline_ms', 300, 'how long the requester waits (sent along)',
-                                   minimum=1, maximum=65535)
-        qos = {name: declare_qos(self, name, 'reliable', 5 if name == 'sensor' else 10)
-               for name in ('sensor', 'comm', 'local')}
+        self.role = declare(self, 'role')
+        self.deadline_ms = declare(self, 'deadline_ms')     # sent along: how long the requester waits
+        qos = {name: declare_qos(self, name) for name in ('sensor', 'comm', 'local')}
         self.perception = self.protocol.perception(self.method, self.role_context())
         self.request_pub = self.create_publisher(Request, topics.REQUEST, qos['comm'])
         self.output_pub = self.create_publisher(PerceptionOutput, topics.PERCEPTION, qos['local'])

@@ -16,7 +16,7 @@ import numpy as np
 from ..config import resource_path
 from ..data import iter_snapshots, load_manifest
 from ..runtime.offline import slot_order
-from .common import declare, spin_nodes
+from .common import ParameterError, declare, spin_nodes
 from .swarm_source import SwarmSource
 
 REPLAY_KEYS = ['rgb', 'depth', 'labels', 'position', 'orientation_xyzw', 'K', 'target_index']
@@ -25,10 +25,12 @@ REPLAY_KEYS = ['rgb', 'depth', 'labels', 'position', 'orientation_xyzw', 'K', 't
 class ReplayBridgeNode(SwarmSource):
     def __init__(self):
         super().__init__('replay_bridge')
-        path = declare(self, 'replay.dataset', 'datasets/hidden-target', 'dataset directory')
-        self.split = declare(self, 'replay.split', 'test', 'split to replay', choices=('train', 'val', 'test'))
-        self.target_drone = declare(self, 'replay.target_drone', self.drones[0], 'the drone that gets each '
-                                    "snapshot's target view", choices=tuple(self.drones))
+        path = declare(self, 'replay.dataset')
+        self.split = declare(self, 'replay.split')
+        self.target_drone = declare(self, 'replay.target_drone') or self.drones[0]
+        if self.target_drone not in self.drones:
+            raise ParameterError(f"parameter 'replay.target_drone': {self.target_drone!r} is not a drone of the "
+                                 f'swarm ({", ".join(self.drones)})')
         self.root = path if os.path.exists(path) else resource_path(path)
         manifest = load_manifest(self.root)
         if manifest['agents'] != len(self.drones):

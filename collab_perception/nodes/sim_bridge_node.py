@@ -23,7 +23,7 @@ class SimBridgeNode(SwarmSource):
         super().__init__('sim_bridge')
         values = declare_dataclass(self, 'world', WorldConfig(), 'embedded world (config/world.yaml)')
         values['drones'] = len(self.drones)
-        obstructed = self.declare_drones('obstructed_drones', 'drones with an obstruction in front of the camera')
+        obstructed = self.declare_drones('obstructed_drones')
         self.obstruct = [i for i, d in enumerate(self.drones) if d in obstructed]
         if self.obstruct:
             values['obstructions'] = True

@@ -23,26 +23,17 @@ class SwarmSource(Node):
     def __init__(self, node_name: str):
         super().__init__(node_name)
         self.drones, _ = declare_swarm(self)
-        self.rate_hz = declare(self, 'rate_hz', 5.0, 'snapshots per second', minimum=0.1, maximum=200.0)
-        self.frames = declare(self, 'frames', 0, '0: run until stopped; N: stop after N snapshots', minimum=0)
-        self.startup_timeout_s = declare(self, 'startup_timeout_s', 30.0,
-                                         'wait at most this long for the swarm to come up', minimum=0.0)
-        self.settle_s = declare(self, 'settle_s', 1.0,
-                                'once every planned endpoint has matched, wait this long before frame 1', minimum=0.0)
-        self.drain_s = declare(self, 'drain_s', 1.5, 'after the last snapshot, wait before exiting', minimum=0.0)
-        self.expected_nodes = set(filter(None, declare(
-            self, 'expected_nodes', [''], 'fully qualified names of every node of the swarm (from the node plan); '
-            'frame 1 waits until all are in the graph')))
+        for name in ('rate_hz', 'frames', 'startup_timeout_s', 'settle_s', 'drain_s'):
+            setattr(self, name, declare(self, name))
+        self.expected_nodes = set(filter(None, declare(self, 'expected_nodes')))
         self.expected_endpoints = []
-        for item in filter(None, declare(self, 'expected_endpoints', [''], "'topic:publishers:subscribers' of "
-                                         'the comm graph (from the node plan); frame 1 waits until all are matched')):
+        for item in filter(None, declare(self, 'expected_endpoints')):
             topic, pubs, subs = item.rsplit(':', 2)
             self.expected_endpoints.append((topic, int(pubs), int(subs)))
-        self.degraded_drones = self.declare_drones('degraded_drones', 'drones whose camera is degraded (blur + noise)')
+        self.degraded_drones = self.declare_drones('degraded_drones')
         self.degrade_config = DegradeConfig(**declare_dataclass(self, 'degrade', DegradeConfig(), 'sensor degradation'))
-        self.degrade_rng = np.random.default_rng(declare(self, 'degrade_seed', 0, 'seed of the degradation draws',
-                                                         minimum=0))
-        self.cameras = CameraPublishers(self, self.drones, declare_qos(self, 'sensor', 'reliable', 5))
+        self.degrade_rng = np.random.default_rng(declare(self, 'degrade_seed'))
+        self.cameras = CameraPublishers(self, self.drones, declare_qos(self, 'sensor'))
         # the planned nodes' matched endpoints, from their /diagnostics status (runtime/readiness.py)
         self.reports: dict[str, Endpoints] = {}
         self._diagnostics_sub = self.create_subscription(DiagnosticArray, '/diagnostics', self.on_diagnostics, 50)
@@ -53,9 +44,9 @@ class SwarmSource(Node):
         self._ready_at = None
         self._drain_until = None
 
-    def declare_drones(self, name: str, description: str) -> set[str]:
+    def declare_drones(self, name: str) -> set[str]:
         """A parameter naming some of the swarm's drones ([''] for none); an unknown name fails start-up."""
-        chosen = set(filter(None, declare(self, name, [''], description)))
+        chosen = set(filter(None, declare(self, name)))
         unknown = chosen - set(self.drones)
         if unknown:
             raise ValueError(f"parameter '{name}': {', '.join(sorted(unknown))} not in 'drone_names'")

@@ -23,6 +23,7 @@ from typing import Any, Callable, Generic, Iterable, Optional, TypeVar
 
 import numpy as np
 
+from ..config import reply_timeout_problem
 from ..registry import Registry
 
 T = TypeVar('T')
@@ -159,8 +160,9 @@ class RequesterTracker:
         # the frame is fused when every expected supporter answered, or at the deadline.
         self.spatial = spatial
         self.peers = sorted(set(peers) - {my_id})
-        if reply_timeout_ns >= deadline_ns:
-            raise ValueError('reply_timeout must be shorter than the frame deadline')
+        problem = reply_timeout_problem(reply_timeout_ns // 1_000_000, deadline_ns // 1_000_000)
+        if problem:
+            raise ValueError(problem)
         self.deadline_ns = deadline_ns
         self.reply_timeout_ns = reply_timeout_ns
         self.selector = get_selector(select)

@@ -138,6 +138,9 @@ class SupporterRole:
     def on_time(self, now_ns: int) -> list:
         return []
 
+    def update(self, name: str, value: Any) -> None:
+        """A run-time parameter changed (config schema fields with runtime=True); roles that use it apply it."""
+
     def counters(self) -> dict[str, int]:
         return {}
 
@@ -169,6 +172,9 @@ class RequesterRole:
 
     def next_wakeup(self) -> Optional[int]:
         return None
+
+    def update(self, name: str, value: Any) -> None:
+        """A run-time parameter changed (config schema fields with runtime=True); roles that use it apply it."""
 
     def counters(self) -> dict[str, int]:
         return {}
@@ -311,6 +317,10 @@ class TrackedRequester(RequesterRole):
 
     def next_wakeup(self) -> Optional[int]:
         return self.tracker.next_wakeup()
+
+    def update(self, name: str, value: Any) -> None:
+        if name == 'score_threshold':
+            self.tracker.threshold = float(value)     # the next frame's selection uses it
 
     def counters(self) -> dict[str, int]:
         return {k: int(v) for k, v in self.tracker.counters.items()}

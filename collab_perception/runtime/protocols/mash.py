@@ -57,6 +57,10 @@ class SpatialSupporter(CachingSupporter):
         self.max_cells = method.max_cells(float(ctx.params.get('patch_budget', 0.1)), ctx.dtypes['patch_dtype'])
         self.patch_cells = 0
 
+    def update(self, name: str, value: Any) -> None:
+        if name == 'patch_budget':
+            self.max_cells = self.method.max_cells(float(value), self.ctx.dtypes['patch_dtype'])
+
     def decode(self, kind: str, msg: Any) -> Any:
         return decode_tensor(msg.query, self.ctx.limits, 'request.query', expect_shape=self.method.query_shape())
 
