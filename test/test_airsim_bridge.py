@@ -191,3 +191,34 @@ def test_bridge_node_publishes_every_camera_topic_with_one_stamp(peer, ros, tmp_
             assert len(stamps) == 1, stamps   # every topic of every drone: the snapshot's one stamp
     finally:
         reference.close()
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_the_readme_airsim_path_flies_the_shipped_swarm_against_the_peer(tmp_path):
+    """The README's AirSim step as a user takes it: the shipped config/swarm.yaml with swarm.source.type:
+    airsim and the shipped config/airsim.yaml (its vehicles, 127.0.0.1:41451), the real `airsim` client in
+    the bridge, answered by the AirSim-protocol peer over the embedded world: every drone's segmentation
+    comes out, and drone1 is helped on its frames."""
+    import json
+    from collab_perception.config import default_config_path, load_swarm_config
+    from test_swarm import Swarm
+
+    cfg = load_swarm_config(overrides=[('swarm.source.type', 'airsim')])
+    shipped = load_airsim_config(resource_path(cfg.swarm['source']['airsim_config']), load_classes().names)
+    world = World(WorldConfig.from_mapping({**cfg.swarm['source']['world'], 'drones': len(cfg.drones)}))
+    try:
+        with AirSimPeer(EmbeddedAirSimScene(world, shipped, cfg.names), port=shipped.port, host=shipped.host):
+            swarm = Swarm('--run-dir', str(tmp_path / 'run'), '--frames', '4', '--quiet', '--timeout', '170',
+                          '--set', 'swarm.source.type=airsim', '--set', 'swarm.rate_hz=2',
+                          config=default_config_path())
+            code = swarm.wait(180)
+    finally:
+        world.close()
+    assert code == 0, swarm.output[-3000:]
+    with open(tmp_path / 'run' / 'summary.json') as f:
+        summary = json.load(f)
+    drones = summary['per_drone']
+    assert sorted(drones) == sorted(cfg.names), drones
+    assert all(d['segmentations'] == 4 for d in drones.values()), drones
+    assert drones['drone1']['frames_with_help'] >= 3, drones['drone1']
