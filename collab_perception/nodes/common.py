@@ -254,10 +254,10 @@ class StatusPublisher:
 
     It also watches the node's subscriptions: one that for `rematch_after` reports in a row has matched
     fewer publishers than the node's own graph shows on its topic is destroyed and created again, once per
-    topic, with a warning. Under load Fast DDS has left a reader unmatched to a writer that had matched it
-    (a 3-drone test swarm: /drone3/matcher never matched /drone3/perception's output in 30 s, so that drone
-    never replied); a new reader is discovered afresh. A publisher the subscription can never match (another
-    type, incompatible QoS) costs one re-creation and the warning that names it."""
+    topic, with a warning: under load Fast DDS can leave a reader unmatched to a writer that matched it
+    (docs/RELIABILITY.md, "Fast DDS under load"), and a new reader is discovered afresh. A publisher the
+    subscription can never match (another type, incompatible QoS) costs one re-creation and the warning that
+    names it."""
 
     def __init__(self, node: Node, name: str, hardware_id: str,
                  values: Callable[[], tuple[int, str, dict]] = lambda: (DiagnosticStatus.OK, 'ok', {}),

@@ -100,8 +100,8 @@ class MashOnnx(OnnxRoleMethod):
     ROLE_FILES = {'encoder': 'requester', 'matcher': 'supporter', 'decoder': 'fusion'}
     protocol = 'spatial'
     # The requester keeps its full-resolution class distribution for fusion (K x H x W): as uint8 (1/255 steps
-    # of a probability) it is 128 kB on the local topic instead of 512 kB of float32, which Fast DDS did not
-    # always deliver between two processes of a loaded machine (a whole run without one arriving).
+    # of a probability) it is 128 kB on the local topic instead of 512 kB of float32, a size that a loaded
+    # machine's shared-memory transport delivers reliably (docs/RELIABILITY.md).
     local_feature_dtype = 'uint8'
 
     def __init__(self, model_dir: str = '', roles: Sequence[str] = tuple(ROLE_FILES), **kwargs):
