@@ -35,6 +35,10 @@ def _load_config(args):
         overrides.append(('swarm.frames', args.frames))
     if getattr(args, 'layout', None):
         overrides.append(('swarm.process_layout', args.layout))
+    if getattr(args, 'record', False):
+        overrides.append(('swarm.record', True))
+    if getattr(args, 'bag', None):
+        overrides += [('swarm.source.type', 'bag'), ('swarm.source.bag.path', os.path.abspath(args.bag))]
     cfg = load_swarm_config(args.config, overrides)
     drones = getattr(args, 'drones', None)
     if drones is not None:
@@ -248,8 +252,42 @@ def cmd_swarm(args) -> int:
         print(format_monitor_table(monitor))
     else:
         print('No monitor summary was written (monitor disabled or it did not stop cleanly).')
+    if cfg.swarm['record']:
+        print(f'Bag: {os.path.join(run_dir, "bag")} (collab-perception replay {os.path.join(run_dir, "bag")})')
     print(f'Summary: {summary_path}')
     return result.returncode
+
+
+# ---------------------------------------------------------------------------------------------- record
+def cmd_record(args) -> int:
+    from .launch.plan import ProcessSpec, build_node_plan, write_params_file
+    from .rosenv import apply_safe_ros_env
+
+    cfg = _load_config(args)
+    cfg.swarm['record'] = True
+    out = os.path.abspath(args.out or os.path.join('runs', time.strftime('bag-%Y%m%d-%H%M%S')))
+    work = out + '.params'
+    spec = next(n for n in build_node_plan(cfg, work) if n.executable == 'recorder')
+    spec.parameters['output_dir'] = out
+    if not args.inherit_ros_env:
+        apply_safe_ros_env(domain_id=args.domain_id)
+    params = write_params_file(ProcessSpec('swarm/recorder', 'recorder', spec.namespace, [spec]), work)
+
+    from .nodes.common import spin_nodes
+    from .nodes.recorder_node import RecorderNode
+
+    def make():
+        node = RecorderNode()
+        if args.duration:
+            def done():
+                node.finished = True
+            node.create_timer(args.duration, done)
+        return node
+
+    code = spin_nodes([make], ['collab-perception-record', '--ros-args', '-r', f'__ns:={spec.namespace}',
+                               '--params-file', params])
+    print(f'Bag: {out}')
+    return code
 
 
 # ---------------------------------------------------------------------------------------------- monitor
@@ -339,7 +377,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--timeout', type=float, default=None, help='fail if the run takes longer than this (s)')
     p.add_argument('--domain-id', type=int, default=None, help='ROS_DOMAIN_ID (default: a random one in 1..100)')
     p.add_argument('--quiet', action='store_true', help='forward only warnings and errors of the nodes')
+    p.add_argument('--record', action='store_true', help='record the flight into <run-dir>/bag (rosbag2, MCAP: '
+                   'cameras, segmentation, fusion/info, comm, frames, bandwidth; replay it with `replay`)')
+    p.set_defaults(func=cmd_swarm, bag=None)
+
+    p = sub.add_parser('replay', help='fly a recorded bag\'s cameras through the swarm\'s nodes again',
+                       description='Run the swarm of a config (the one the bag was recorded with) with the cameras '
+                                   'of a bag recorded by `swarm --record` as its source (the bag_bridge node): '
+                                   'the same pixels, poses and camera models, snapshot by snapshot, so the fused '
+                                   'outputs can be compared with the recorded ones. Takes the options of `swarm`.')
+    p.add_argument('bag', help='the bag directory (<run-dir>/bag of a recorded run)')
+    _add_config_args(p)
+    p.add_argument('--drones', type=int, default=None, help='use only the first N drones of the config')
+    p.add_argument('--layout', choices=('per_node', 'per_drone'), default=None, help='process layout')
+    p.add_argument('--run-dir', default=None, help='run directory (default: runs/swarm-<time>)')
+    p.add_argument('--summary', metavar='PATH', default=None, help='write the JSON summary here too')
+    p.add_argument('--timeout', type=float, default=None, help='fail if the run takes longer than this (s)')
+    p.add_argument('--domain-id', type=int, default=None, help='ROS_DOMAIN_ID (default: a random one in 1..100)')
+    p.add_argument('--quiet', action='store_true', help='forward only warnings and errors of the nodes')
+    p.add_argument('--record', action='store_true', help='record the replayed flight too (<run-dir>/bag)')
     p.set_defaults(func=cmd_swarm)
+
+    p = sub.add_parser('record', help='record a running swarm\'s topics into a bag (rosbag2, MCAP)',
+                       description='Run the recorder node alone, as `ros2 bag record` would: raw subscriptions to '
+                                   'every drone\'s cameras, segmentation and fusion/info, the comm topics of the '
+                                   'config\'s protocol, /swarm/frame and /swarm/bandwidth, written with the '
+                                   'rosbags library (no ROS install needed to read the bag). Ctrl-C or --duration '
+                                   'ends it.')
+    _add_config_args(p)
+    p.add_argument('--out', default=None, help='the bag directory to create (default: runs/bag-<time>)')
+    p.add_argument('--duration', type=float, default=None, help='stop after this many seconds (default: Ctrl-C)')
+    p.add_argument('--domain-id', type=int, default=None, help='ROS_DOMAIN_ID (default: the environment\'s)')
+    p.add_argument('--inherit-ros-env', action='store_true',
+                   help='use the shell\'s ROS environment as it is (to record real drones on a network)')
+    p.set_defaults(func=cmd_record)
 
     p = sub.add_parser('monitor', help='measure the comm bytes of a running swarm',
                        description='Run the monitor node alone: raw subscriptions to every comm topic of the '

@@ -94,9 +94,10 @@ QOS_SCHEMA = {
 }
 
 SOURCE_SCHEMA = {
-    'type': Field(str, 'world', choices=('world', 'airsim', 'replay'),
-                  help='camera source: the embedded world (sim_bridge), AirSim / Cosys-AirSim (airsim_bridge), or '
-                       'a generated dataset split replayed (replay_bridge)'),
+    'type': Field(str, 'world', choices=('world', 'airsim', 'replay', 'bag'),
+                  help='camera source: the embedded world (sim_bridge), AirSim / Cosys-AirSim (airsim_bridge), '
+                       'a generated dataset split replayed (replay_bridge), or the cameras of a recorded flight '
+                       '(bag_bridge; collab-perception replay)'),
     'world': Field(dict, {}, help='embedded world settings over the WorldConfig defaults (config/world.yaml '
                                   'keys; drones comes from the drone list)'),
     'airsim_config': Field(str, 'config/airsim.yaml', help='AirSim vehicles, cameras and segmentation colours '
@@ -105,6 +106,9 @@ SOURCE_SCHEMA = {
         'dataset': Field(str, 'datasets/hidden-target', help='a dataset made with `collab-perception dataset generate`'),
         'split': Field(str, 'test', choices=('train', 'val', 'test'), help='the dataset split replayed'),
         'target_drone': Field(str, '', help="the drone that gets each snapshot's target view (default: the first)"),
+    },
+    'bag': {
+        'path': Field(str, '', help='a bag recorded with `collab-perception swarm --record` (its directory)'),
     },
     'degrade': Field(dict, {}, help='sensor degradation of drones with degraded: true (DegradeConfig keys)'),
     'degrade_seed': Field(int, 0, minimum=0, help='seed of the sensor degradation draws'),
@@ -160,6 +164,9 @@ SWARM_SCHEMA = {
     'monitor': MONITOR_SCHEMA,
     'evaluator': {'enabled': Field(bool, True, help='score segmentations against camera/labels where the source '
                                                     'publishes them')},
+    'record': Field(bool, False, help="record the flight into <run dir>/bag (rosbag2, MCAP): every drone's "
+                                      'cameras, segmentation and fusion/info, the comm topics, the frames and '
+                                      'the bandwidth stats (collab-perception swarm --record)'),
     'on_node_exit': Field(str, 'shutdown', choices=('shutdown', 'continue'),
                           help='a node that exits unexpectedly stops the swarm (shutdown), or is reported and '
                                'the others go on (continue: for fault-injection runs)'),
@@ -219,6 +226,8 @@ PLAN_PARAMETERS = {
     'degraded_drones': Field(list, [''], items=str, help='drones whose camera is degraded (drones[].degraded)'),
     'obstructed_drones': Field(list, [''], items=str, help='drones with an obstruction in front of the camera '
                                                            '(drones[].obstructed)'),
+    'record_topics': Field(list, [''], items=str, help="'topic:package/msg/Type:qos' of every recorded topic "
+                                                       '(swarm.record)'),
 }
 
 
@@ -234,8 +243,8 @@ def parameter_field(name: str) -> Field:
         return CODEC_SCHEMA[parts[1]]
     if parts[0] == 'qos' and len(parts) == 3 and parts[1] in SWARM_SCHEMA['qos'] and parts[2] in QOS_SCHEMA:
         return QOS_SCHEMA[parts[2]]
-    if parts[0] == 'replay' and len(parts) == 2 and parts[1] in SOURCE_SCHEMA['replay']:
-        return SOURCE_SCHEMA['replay'][parts[1]]
+    if len(parts) == 2 and isinstance(SOURCE_SCHEMA.get(parts[0]), Mapping) and parts[1] in SOURCE_SCHEMA[parts[0]]:
+        return SOURCE_SCHEMA[parts[0]][parts[1]]      # replay.*, bag.*
     if len(parts) == 1:
         for schema in (DRONE_SCHEMA, SWARM_SCHEMA, MONITOR_SCHEMA, SOURCE_SCHEMA):
             spec = schema.get(name)

@@ -12,12 +12,14 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 #   --threads N        torch threads per run (default: all cores)
 #   --first SETTING    take that setting's runs first (e.g. a second worker on MASH's obstruction runs)
-threads=() first=
+#   --only SETTING     only that setting's runs (then evaluate)
+threads=() first= only=
 while [ $# -gt 0 ]; do
   case $1 in
     --threads) threads=(--threads "$2"); shift 2 ;;
     --first) first=$2; shift 2 ;;
-    *) echo "usage: $0 [--threads N] [--first SETTING]" >&2; exit 2 ;;
+    --only) only=$2; shift 2 ;;
+    *) echo "usage: $0 [--threads N] [--first SETTING] [--only SETTING]" >&2; exit 2 ;;
   esac
 done
 runs=(
@@ -39,6 +41,7 @@ fi
 mkdir -p runs/locks
 for run in "${runs[@]}"; do
   setting=${run%%:*} method=${run##*:}
+  if [ -n "$only" ] && [ "$setting" != "$only" ]; then continue; fi
   exec 9>"runs/locks/$setting-$method.lock"
   if ! flock -n 9; then echo "[train_table] $setting/$method: another worker has it"; continue; fi
   if [ ! -f "datasets/$setting/manifest.json" ]; then

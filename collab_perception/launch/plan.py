@@ -35,6 +35,8 @@ NODE_EXECUTABLES = {
     'sim_bridge': 'collab_perception.nodes.sim_bridge_node',
     'airsim_bridge': 'collab_perception.nodes.airsim_bridge_node',
     'replay_bridge': 'collab_perception.nodes.replay_bridge_node',
+    'bag_bridge': 'collab_perception.nodes.bag_bridge_node',
+    'recorder': 'collab_perception.nodes.recorder_node',
     'perception': 'collab_perception.nodes.perception_node',
     'matcher': 'collab_perception.nodes.matcher_node',
     'fusion': 'collab_perception.nodes.fusion_node',
@@ -162,6 +164,14 @@ def source_node(cfg: SwarmConfig) -> NodeSpec:
         params.update({'replay.dataset': rep['dataset'], 'replay.split': rep['split'], 'replay.target_drone': target,
                        'degraded_drones': [''], 'obstructed_drones': ['']})
         return NodeSpec('replay_bridge', 'replay_bridge', SWARM_NAMESPACE, params)
+    if src['type'] == 'bag':
+        path = src['bag']['path']
+        if not os.path.isfile(os.path.join(path, 'metadata.yaml')):
+            raise ConfigError('swarm.source.bag.path', f'{path!r} is not a recorded bag (a directory with '
+                              'metadata.yaml: collab-perception swarm --record)', cfg.source)
+        # the recorded images carry their degradation already: never degrade them twice
+        params.update({'bag.path': os.path.abspath(path), 'degraded_drones': [''], 'obstructed_drones': ['']})
+        return NodeSpec('bag_bridge', 'bag_bridge', SWARM_NAMESPACE, params)
     if any(d.obstructed for d in cfg.drones):
         i = next(i for i, d in enumerate(cfg.drones) if d.obstructed)
         raise ConfigError(f'drones[{i}].obstructed', 'obstructions are rendered by the embedded world only '
@@ -214,6 +224,13 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
                 'output_dir': os.path.join(run_dir, 'evaluator') if run_dir else '',
                 **_qos_params(cfg, 'sensor', 'local'),
             }))
+    if sw['record']:
+        if not run_dir:
+            raise ConfigError('swarm.record', 'recording needs a run directory (collab-perception swarm --record)',
+                              cfg.source)
+        nodes.append(NodeSpec('recorder', 'recorder', SWARM_NAMESPACE, {
+            'output_dir': os.path.join(run_dir, 'bag'), 'record_topics': record_topics(cfg, protocol),
+            **_qos_params(cfg, 'sensor', 'comm', 'local')}))
     for d in cfg.drones:
         common = {
             **_swarm_params(cfg),
@@ -243,6 +260,20 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
     return nodes
 
 
+def record_topics(cfg: SwarmConfig, protocol) -> list[str]:
+    """'topic:type:qos' of what a recorded flight holds: every drone's cameras (what a replay needs), its
+    segmentation and fusion/info, the protocol's comm topics, the frame markers and the bandwidth stats."""
+    per_drone = [(topics.IMAGE, 'sensor_msgs/msg/Image', 'sensor'), (topics.DEPTH, 'sensor_msgs/msg/Image', 'sensor'),
+                 (topics.CAMERA_INFO, 'sensor_msgs/msg/CameraInfo', 'sensor'),
+                 (topics.LABELS, 'sensor_msgs/msg/Image', 'sensor'), (topics.POSE, 'geometry_msgs/msg/PoseStamped', 'sensor'),
+                 (topics.SEGMENTATION, 'sensor_msgs/msg/Image', 'local'),
+                 (topics.FUSION_INFO, f'{PACKAGE}/msg/FusionInfo', 'local')]
+    types = {'request': 'Request', 'reply': 'Reply', 'connect': 'Connect', 'feature': 'FeatureMap', 'patches': 'PatchSegments'}
+    out = [f'/{d}/{t}:{msg}:{qos}' for d in cfg.names for t, msg, qos in per_drone]
+    out += [f'{t}:{PACKAGE}/msg/{types[topics.topic_kind(t)]}:comm' for t in protocol.topology(cfg.names, False)]
+    return out + [f'{topics.FRAME}:std_msgs/msg/Header:sensor', f'{topics.BANDWIDTH}:{PACKAGE}/msg/BandwidthStats:comm']
+
+
 def swarm_protocol(cfg: SwarmConfig) -> str:
     """The protocol the swarm speaks (runtime/protocols). Every matcher answers every request with its own
     method, so one swarm speaks one protocol: methods of different protocols in one swarm are a config error."""
@@ -257,7 +288,8 @@ def swarm_protocol(cfg: SwarmConfig) -> str:
 def build_process_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[ProcessSpec]:
     """Group the node plan into processes according to swarm.process_layout."""
     nodes = build_node_plan(cfg, run_dir)
-    ends = cfg.swarm['frames'] > 0
+    # the source's normal exit ends the run: after `frames`, or at the end of a replayed split or bag
+    ends = cfg.swarm['frames'] > 0 or cfg.swarm['source']['type'] in ('replay', 'bag')
     processes: list[ProcessSpec] = []
     for n in nodes:
         if n.drone:
@@ -302,11 +334,16 @@ def parameter_rows(cfg: SwarmConfig) -> list[dict]:
     where: dict[str, set[str]] = {}
     for source in ('world', 'replay', 'airsim'):     # each camera source's node takes its own parameters
         variant = dataclasses.replace(
-            cfg, swarm={**cfg.swarm, 'source': {**cfg.swarm['source'], 'type': source}},
+            cfg, swarm={**cfg.swarm, 'record': True, 'source': {**cfg.swarm['source'], 'type': source}},
             drones=[d if source == 'world' else dataclasses.replace(d, obstructed=False) for d in cfg.drones])
-        for n in build_node_plan(variant):
+        for n in build_node_plan(variant, run_dir='run'):
             for name in n.parameters:
                 where.setdefault(name, set()).add(n.executable)
+    # the bag bridge (a recorded bag as the source) takes the replay bridge's source parameters and its path
+    for name, nodes in where.items():
+        if 'replay_bridge' in nodes and not name.startswith('replay.'):
+            nodes.add('bag_bridge')
+    where['bag.path'] = {'bag_bridge'}
     rows = []
     for name in sorted(where):
         prefix = next((p for p in DATACLASS_PREFIXES if name.startswith(p)), None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import array
 import dataclasses
 import faulthandler
+import importlib
 import math
 import signal
 import sys
@@ -213,6 +214,28 @@ INPUTS = {
     'perception': (PerceptionOutput, topics.PERCEPTION, 'local', None),   # decoded by the protocol role
     'camera_info': (CameraInfo, topics.CAMERA_INFO, 'sensor', lambda m: list(m.k)),
 }
+
+
+def resolve_type(name: str):
+    """'sensor_msgs/msg/Image' (or 'sensor_msgs/Image') -> the message class."""
+    parts = name.split('/')
+    if len(parts) == 2:
+        parts = [parts[0], 'msg', parts[1]]
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f'message type {name!r}: expected package/msg/Type')
+    try:
+        return getattr(importlib.import_module(f'{parts[0]}.{parts[1]}'), parts[2])
+    except (ImportError, AttributeError):
+        raise ValueError(f'message type {name!r} cannot be imported') from None
+
+
+def serialized_size(data: bytes, msg_type) -> int:
+    """A raw payload's serialized size without the transport's alignment padding: between processes Fast
+    DDS pads every payload to a multiple of 4 bytes, so one whose length is a multiple of 4 is serialized
+    again to find its size (an undecodable one raises)."""
+    if len(data) % 4:
+        return len(data)
+    return len(serialize_message(deserialize_message(data, msg_type)))
 
 
 # ---------------------------------------------------------------------------------------------- rejects

@@ -17,35 +17,17 @@ from __future__ import annotations
 
 import os
 import time
-from importlib import import_module
-
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
-from rclpy.serialization import deserialize_message, serialize_message
 from std_msgs.msg import Header
 
-from collab_perception.msg import BandwidthStats, Connect, FeatureMap, PatchSegments, Reply, Request
+from collab_perception.msg import BandwidthStats
 
 from ..runtime import topics
 from ..runtime.bandwidth import BandwidthLedger, CsvFrameWriter, write_json
 from ..runtime.cdr import CdrError, read_comm_prefix, read_header
-from .common import StatusPublisher, declare, declare_qos, declare_swarm, ns_to_stamp
-
-COMM_TYPES = {'request': Request, 'reply': Reply, 'connect': Connect, 'feature': FeatureMap,
-              'patches': PatchSegments}
-
-
-def resolve_type(name: str):
-    """'sensor_msgs/msg/Image' (or 'sensor_msgs/Image') -> the message class."""
-    parts = name.split('/')
-    if len(parts) == 2:
-        parts = [parts[0], 'msg', parts[1]]
-    if len(parts) != 3 or not all(parts):
-        raise ValueError(f'message type {name!r}: expected package/msg/Type')
-    try:
-        return getattr(import_module(f'{parts[0]}.{parts[1]}'), parts[2])
-    except (ImportError, AttributeError):
-        raise ValueError(f'message type {name!r} cannot be imported') from None
+from .common import (COMM_TYPES, StatusPublisher, declare, declare_qos, declare_swarm, ns_to_stamp, resolve_type,
+                     serialized_size)
 
 
 def parse_extra_topics(text: str) -> list[tuple[str, str]]:
@@ -106,10 +88,8 @@ class MonitorNode(Node):
 
     def _serialized_size(self, data: bytes, msg_type, topic: str) -> int:
         """The message's serialized size without the transport's alignment padding."""
-        if len(data) % 4:
-            return len(data)  # a padded payload is a multiple of 4: this one carries no padding
         try:
-            return len(serialize_message(deserialize_message(data, msg_type)))
+            return serialized_size(data, msg_type)
         except Exception:  # noqa: BLE001 - undecodable: count what arrived
             self.ledger.reject(topic, 'undecodable payload (counted at its delivered size)')
             return len(data)
