@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from collab_perception.config import resource_path
+from collab_perception.config import load_swarm_config, resource_path
 from collab_perception.data import iter_snapshots
 from collab_perception.runtime.methods import create_method
 from collab_perception.runtime.offline import handshake_offline
@@ -39,7 +39,9 @@ def test_swarm_accuracy_equals_offline_on_the_same_frames(replay_split, tmp_path
     assert code == 0, swarm.output[-3000:]
     with open(tmp_path / 'summary.json') as f:
         online = json.load(f)
-    offline = handshake_offline(create_method('who2com', model_dir=MODEL), iter_snapshots(replay_split, SPLIT))
+    dtype = load_swarm_config(FIVE_DRONES).swarm['codec']['feature_dtype']     # the swarm's wire dtype
+    offline = handshake_offline(create_method('who2com', model_dir=MODEL), iter_snapshots(replay_split, SPLIT),
+                                feature_dtype=dtype)
     o = online['overall']
     assert online['frames'] == frames == offline['frames']
     assert o['fallback_frames'] == 0 and online['per_drone']['drone1']['segmentations'] == frames
