@@ -162,6 +162,7 @@ def build_swarm_summary(cfg, monitor: Optional[dict], evaluator: Optional[dict],
         'end_reason': result.reason,
         'lost_processes': result.lost,
         'teardown_timeouts': result.teardown_timeouts,
+        'respawned_processes': result.respawned,
         'overall': overall,
         'per_drone': per_drone,
         'spatial': spatial_summary(cfg, monitor),
@@ -203,6 +204,8 @@ def format_overall(summary: dict) -> str:
                      + (f' of the label image (max {worst:.3f})' if worst is not None else ''))
     if summary.get('lost_processes'):
         lines.append(f'  LOST       {", ".join(summary["lost_processes"])}')
+    if summary.get('respawned_processes'):
+        lines.append('  respawned  ' + ', '.join(f'{k} x{v}' for k, v in summary['respawned_processes'].items()))
     if summary.get('teardown_timeouts'):
         lines.append(f'  teardown   stuck in Fast DDS, ended by their watchdog after their work: '
                      f'{", ".join(summary["teardown_timeouts"])}')

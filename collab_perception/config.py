@@ -164,12 +164,24 @@ SWARM_SCHEMA = {
     'monitor': MONITOR_SCHEMA,
     'evaluator': {'enabled': Field(bool, True, help='score segmentations against camera/labels where the source '
                                                     'publishes them')},
+    'link': {
+        'enabled': Field(bool, False, help='send every comm message through the link node, a fault-injecting '
+                                           'radio (loss, delay, jitter; nodes/link_node.py)'),
+        'loss': Field(float, 0.0, minimum=0.0, maximum=1.0, runtime=True,
+                      help='probability that the link drops a comm message; can be set on the running link node'),
+        'delay_ms': Field(float, 0.0, minimum=0.0, maximum=10000.0, runtime=True,
+                          help='added delay of every comm message (ms); can be set on the running link node'),
+        'jitter_ms': Field(float, 0.0, minimum=0.0, maximum=10000.0, runtime=True,
+                           help='a uniform 0..jitter_ms more per message (ms); can be set on the running link node'),
+        'seed': Field(int, 0, minimum=0, help="seed of the link's loss and jitter draws"),
+    },
     'record': Field(bool, False, help="record the flight into <run dir>/bag (rosbag2, MCAP): every drone's "
                                       'cameras, segmentation and fusion/info, the comm topics, the frames and '
                                       'the bandwidth stats (collab-perception swarm --record)'),
-    'on_node_exit': Field(str, 'shutdown', choices=('shutdown', 'continue'),
-                          help='a node that exits unexpectedly stops the swarm (shutdown), or is reported and '
-                               'the others go on (continue: for fault-injection runs)'),
+    'on_node_exit': Field(str, 'shutdown', choices=('shutdown', 'continue', 'respawn'),
+                          help='a node that exits unexpectedly stops the swarm (shutdown), is reported while the '
+                               'others go on (continue: fault-injection runs), or is started again (respawn, as '
+                               "launch_ros's respawn)"),
 }
 
 DRONE_SCHEMA = {
@@ -226,6 +238,7 @@ PLAN_PARAMETERS = {
     'degraded_drones': Field(list, [''], items=str, help='drones whose camera is degraded (drones[].degraded)'),
     'obstructed_drones': Field(list, [''], items=str, help='drones with an obstruction in front of the camera '
                                                            '(drones[].obstructed)'),
+    'link_topics': Field(list, [''], items=str, help='comm topics the link relays (from /radio/<topic>)'),
     'record_topics': Field(list, [''], items=str, help="'topic:package/msg/Type:qos' of every recorded topic "
                                                        '(swarm.record)'),
 }
@@ -245,6 +258,8 @@ def parameter_field(name: str) -> Field:
         return QOS_SCHEMA[parts[2]]
     if len(parts) == 2 and isinstance(SOURCE_SCHEMA.get(parts[0]), Mapping) and parts[1] in SOURCE_SCHEMA[parts[0]]:
         return SOURCE_SCHEMA[parts[0]][parts[1]]      # replay.*, bag.*
+    if parts[0] == 'link' and len(parts) == 2 and parts[1] in SWARM_SCHEMA['link']:
+        return SWARM_SCHEMA['link'][parts[1]]
     if len(parts) == 1:
         for schema in (DRONE_SCHEMA, SWARM_SCHEMA, MONITOR_SCHEMA, SOURCE_SCHEMA):
             spec = schema.get(name)

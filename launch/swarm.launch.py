@@ -57,6 +57,7 @@ def launch_setup(context, *args, **kwargs):
             arguments=process.arguments(),
             output='screen',
             emulate_tty=True,
+            respawn=cfg.swarm['on_node_exit'] == 'respawn' and not process.ends_swarm,
         )
         actions = [node]
         if process.ends_swarm or cfg.swarm['on_node_exit'] == 'shutdown':

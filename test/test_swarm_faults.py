@@ -128,3 +128,78 @@ def test_paused_supporter_drops_its_stale_backlog_and_the_swarm_recovers_within_
     assert not any(i.fallback for i in after), [(list(i.answered), i.fallback) for i in after]
     full = sum(len(i.answered) == 2 for i in after)
     assert full >= 0.9 * len(after), [list(i.answered) for i in after]
+
+
+def _set_link(node, spin_until, **values):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+    client = node.create_client(SetParameters, '/swarm/link/set_parameters')
+    assert client.wait_for_service(timeout_sec=20)
+    future = client.call_async(SetParameters.Request(parameters=[
+        Parameter(name=f'link.{k}', value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=float(v)))
+        for k, v in values.items()]))
+    assert spin_until(node, future.done, timeout=20)
+    assert all(r.successful for r in future.result().results), [r.reason for r in future.result().results]
+
+
+def test_a_lossy_slow_link_costs_fallbacks_only_and_the_swarm_recovers_when_it_clears(tmp_path, ros):
+    """The demo's handshake (3 drones) through the link node: for 3 s it drops 30% of the comm messages and
+    delays the rest by 200 ms (set on the running link), then clears. Every frame still gets exactly one
+    segmentation (fused or flagged fallback), nothing is rejected, the link counts what it dropped, and from
+    1 s after the link clears every frame is fused again."""
+    infos = []
+    node = ros.create_node('test_link_listener')
+    node.create_subscription(FusionInfo, '/drone1/fusion/info', infos.append, 100)
+    swarm = Swarm('--run-dir', str(tmp_path), '--frames', '40', '--drones', '3', '--quiet',
+                  '--set', 'swarm.rate_hz=5', '--set', 'swarm.link.enabled=true',
+                  '--set', 'drone_defaults.deadline_ms=600', '--set', 'drone_defaults.reply_timeout_ms=250',
+                  config=default_config_path())
+    assert spin_until(node, lambda: len(infos) >= 8 or swarm.proc.poll() is not None, timeout=90), swarm.output
+    _set_link(node, spin_until, loss=0.3, delay_ms=200)
+    spin_until(node, lambda: False, timeout=3.0)
+    _set_link(node, spin_until, loss=0.0, delay_ms=0.0)
+    cleared_s = time.time()
+    spin_until(node, lambda: swarm.proc.poll() is not None, timeout=60)
+    spin_until(node, lambda: len(infos) >= 40, timeout=10)
+    code, summary = finish(swarm, tmp_path)
+    node.destroy_node()
+    assert code == 0, summary['end_reason']
+    d1 = summary['per_drone']['drone1']
+    assert summary['frames'] == 40 and d1['segmentations'] == 40, d1
+    assert d1['frames_without_segmentation'] == 0 and d1['frames_with_several_segmentations'] == 0
+    assert summary['monitor']['rejected'] == {}
+    link = summary['evaluator']['diagnostics']['swarm/link']
+    assert sum(int(v) for k, v in link.items() if k.startswith('dropped.')) >= 3, link
+    assert summary['overall']['fused_accuracy'] >= summary['overall']['own_accuracy']
+    requested = [i for i in infos if i.requested]
+    stamp_s = [i.header.stamp.sec + i.header.stamp.nanosec * 1e-9 for i in requested]
+    during = [i for i, s in zip(requested, stamp_s) if cleared_s - 3.0 <= s < cleared_s]
+    after = [i for i, s in zip(requested, stamp_s) if s >= cleared_s + 1.0]
+    assert any(i.fallback or len(i.answered) < 2 for i in during), [list(i.answered) for i in during]
+    assert len(after) >= 10 and not any(i.fallback for i in after), [(list(i.answered), i.fallback) for i in after]
+
+
+def test_a_killed_supporter_is_respawned_and_answers_again(tmp_path, ros):
+    """on_node_exit: respawn (launch_ros's respawn): drone2's matcher is killed (SIGKILL) mid-run, the
+    launcher starts it again, and it answers drone1's requests again before the run ends."""
+    infos = []
+    node = ros.create_node('test_respawn_listener')
+    node.create_subscription(FusionInfo, '/drone1/fusion/info', infos.append, 100)
+    swarm = Swarm('--run-dir', str(tmp_path), '--frames', '60', '--drones', '3', '--quiet',
+                  '--set', 'swarm.rate_hz=5', '--set', 'swarm.on_node_exit=respawn',
+                  '--set', 'drone_defaults.deadline_ms=600', '--set', 'drone_defaults.reply_timeout_ms=250',
+                  config=default_config_path())
+    assert spin_until(node, lambda: len(infos) >= 8 or swarm.proc.poll() is not None, timeout=90), swarm.output
+    os.kill(swarm.pids()['drone2/matcher'], signal.SIGKILL)
+    killed = len(infos)
+    spin_until(node, lambda: swarm.proc.poll() is not None, timeout=90)
+    spin_until(node, lambda: len(infos) >= 60, timeout=10)
+    code, summary = finish(swarm, tmp_path)
+    node.destroy_node()
+    assert code == 0, summary['end_reason']
+    assert summary['respawned_processes'] == {'drone2/matcher': 1}, summary['respawned_processes']
+    assert 'respawned drone2/matcher' in swarm.output
+    d1 = summary['per_drone']['drone1']
+    assert d1['segmentations'] == 60 and d1['frames_without_segmentation'] == 0, d1
+    later = [i for i in infos[killed:] if i.requested]
+    assert any(2 in list(i.answered) for i in later[-15:]), [list(i.answered) for i in later]

@@ -80,6 +80,7 @@ class LaunchResult:
     duration_s: float = 0.0
     lost: dict[str, int] = field(default_factory=dict)    # processes that died while the swarm went on
     teardown_timeouts: list[str] = field(default_factory=list)   # ended by their teardown watchdog
+    respawned: dict[str, int] = field(default_factory=dict)       # label -> times started again (respawn)
 
 
 class EmbeddedLauncher:
@@ -95,10 +96,11 @@ class EmbeddedLauncher:
         self.term_grace_s = term_grace_s    # SIGTERM -> stack dump and SIGKILL
         self.log_to_files = log_to_files
         self.line_filter = line_filter
-        if on_node_exit not in ('shutdown', 'continue'):
-            raise ValueError(f'on_node_exit must be shutdown or continue, got {on_node_exit!r}')
+        if on_node_exit not in ('shutdown', 'continue', 'respawn'):
+            raise ValueError(f'on_node_exit must be shutdown, continue or respawn, got {on_node_exit!r}')
         self.on_node_exit = on_node_exit
         self.lost: dict[str, int] = {}      # label -> exit code of children that died while the swarm went on
+        self.respawned: dict[str, int] = {}
         self.children: list[Child] = []
         self._lock = threading.Lock()
         self._stop_requested: Optional[str] = None
@@ -115,7 +117,9 @@ class EmbeddedLauncher:
 
     def _forward(self, child: Child, stream) -> None:
         label = child.spec.label
-        log = open(child.log_path, 'w', encoding='utf-8') if child.log_path else None
+        # a respawned child appends to its log
+        log = open(child.log_path, 'a' if child.spec.label in self.respawned else 'w', encoding='utf-8') \
+            if child.log_path else None
         try:
             for raw in iter(stream.readline, b''):
                 line = raw.decode('utf-8', errors='replace').rstrip('\n')
@@ -137,16 +141,28 @@ class EmbeddedLauncher:
         return [(p, executable_command(p.executable) + p.arguments() + p.ros_args(write_params_file(p, params_dir)))
                 for p in self.processes]
 
+    def _spawn(self, spec: ProcessSpec, argv: list[str]) -> Child:
+        popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=self.env, start_new_session=True, preexec_fn=_die_with_parent)
+        child = Child(spec, argv, popen, None, self.log_path(spec.label) if self.log_to_files else None)
+        child.reader = threading.Thread(target=self._forward, args=(child, popen.stdout), daemon=True)
+        child.reader.start()
+        return child
+
     def start(self) -> None:
         os.makedirs(os.path.join(self.run_dir, 'logs'), exist_ok=True)
         for spec, argv in self.commands():
-            popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=self.env, start_new_session=True, preexec_fn=_die_with_parent)
-            child = Child(spec, argv, popen, None, self.log_path(spec.label) if self.log_to_files else None)
-            child.reader = threading.Thread(target=self._forward, args=(child, popen.stdout), daemon=True)
-            child.reader.start()
+            child = self._spawn(spec, argv)
             self.children.append(child)
-            self.say(f'[launch] started {spec.label} (pid {popen.pid})')
+            self.say(f'[launch] started {spec.label} (pid {child.popen.pid})')
+
+    def respawn(self, child: Child) -> None:
+        """Start an exited child again with the same command line (launch_ros's respawn)."""
+        child.reader.join(timeout=5.0)
+        self.respawned[child.spec.label] = self.respawned.get(child.spec.label, 0) + 1
+        again = self._spawn(child.spec, child.argv)
+        self.children[self.children.index(child)] = again
+        self.say(f'[launch] respawned {child.spec.label} (pid {again.popen.pid})')
 
     def request_stop(self, why: str) -> None:
         if self._stop_requested is None:
@@ -219,6 +235,11 @@ class EmbeddedLauncher:
                         reason = f'{child.spec.label} finished'
                         self.say(f'[launch] {reason}; stopping the other processes')
                         break
+                    if self.on_node_exit == 'respawn' and not child.spec.ends_swarm:
+                        self.say(f'[launch] WARNING: process {child.spec.label} (pid {child.popen.pid}) exited '
+                                 f'unexpectedly with {describe_exit(code)}; starting it again (on_node_exit: respawn)')
+                        self.respawn(child)
+                        continue
                     returncode = 1
                     reason = f'{child.spec.label} exited unexpectedly with {describe_exit(code)}'
                     if self.on_node_exit == 'continue' and not child.spec.ends_swarm:
@@ -253,4 +274,4 @@ class EmbeddedLauncher:
         if self.lost:
             reason = 'lost during the run: ' + ', '.join(f'{l} ({describe_exit(c)})' for l, c in self.lost.items())
         return LaunchResult(returncode, reason, exits, time.monotonic() - t0, dict(self.lost),
-                            [c.spec.label for c in stuck_teardown])
+                            [c.spec.label for c in stuck_teardown], dict(self.respawned))

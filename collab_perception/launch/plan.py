@@ -37,6 +37,7 @@ NODE_EXECUTABLES = {
     'replay_bridge': 'collab_perception.nodes.replay_bridge_node',
     'bag_bridge': 'collab_perception.nodes.bag_bridge_node',
     'recorder': 'collab_perception.nodes.recorder_node',
+    'link': 'collab_perception.nodes.link_node',
     'perception': 'collab_perception.nodes.perception_node',
     'matcher': 'collab_perception.nodes.matcher_node',
     'fusion': 'collab_perception.nodes.fusion_node',
@@ -92,9 +93,12 @@ class ProcessSpec:
         return {n.fqn: {'ros__parameters': n.parameters} for n in self.nodes}
 
     def remappings(self) -> list[tuple[str, str]]:
+        """A container's remappings are prefixed with their node's name (rcl's `node:from:=to`), so that one
+        node's remapped publisher does not take a sibling's subscription of the same topic along."""
         out: list[tuple[str, str]] = []
         for n in self.nodes:
-            out.extend(n.remappings)
+            prefix = f'{n.name}:' if self.executable == 'drone_container' else ''
+            out.extend((prefix + src, dst) for src, dst in n.remappings)
         return out
 
     def ros_args(self, params_file: str) -> list[str]:
@@ -252,12 +256,40 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
             'select': d.select, 'top_n': d.top_n, 'score_threshold': d.score_threshold,
             'cache_frames': d.cache_frames,
             **_codec_params(cfg), **_qos_params(cfg, 'comm', 'local')}, drone=d.name))
+    graph = protocol.topology(cfg.names, mon['enabled'])
+    if sw['link']['enabled']:
+        graph = link_through_radio(cfg, nodes, graph)
     source = nodes[0]
     source.parameters['expected_nodes'] = [n.fqn for n in nodes if n is not source]
-    source.parameters['expected_endpoints'] = [
-        f'{topic}:{pubs}:{subs}' for topic, (pubs, subs)
-        in protocol.topology(cfg.names, mon['enabled']).items()]
+    source.parameters['expected_endpoints'] = [f'{topic}:{pubs}:{subs}' for topic, (pubs, subs) in graph.items()]
     return nodes
+
+
+RADIO_PREFIX = '/radio'     # nodes/link_node.py: senders publish here, the link forwards to the real topic
+
+
+def link_through_radio(cfg: SwarmConfig, nodes: list[NodeSpec], graph: dict) -> dict:
+    """Put the link node between every comm sender and its receivers: each drone node's publishers of comm
+    topics (perception: the request; matcher and fusion: the other drones' addressed topics) are remapped to
+    /radio/<topic>, where the link subscribes, and the link publishes <topic>. Returns the comm graph the
+    camera source then waits for."""
+    link = cfg.swarm['link']
+    for n in nodes:
+        if not n.drone:
+            continue
+        if n.executable == 'perception':
+            sent = [topics.REQUEST]
+        else:
+            sent = [t for t in graph if t != topics.REQUEST and topics.topic_owner(t) != n.drone]
+        n.remappings.extend((t, RADIO_PREFIX + t) for t in sent)
+    nodes.append(NodeSpec('link', 'link', SWARM_NAMESPACE, {
+        'link.loss': link['loss'], 'link.delay_ms': link['delay_ms'], 'link.jitter_ms': link['jitter_ms'],
+        'link.seed': link['seed'], 'link_topics': sorted(graph), **_qos_params(cfg, 'comm')}))
+    out = {}
+    for topic, (pubs, subs) in graph.items():
+        out[RADIO_PREFIX + topic] = (pubs, 1)
+        out[topic] = (1, subs)
+    return out
 
 
 def record_topics(cfg: SwarmConfig, protocol) -> list[str]:
@@ -334,7 +366,8 @@ def parameter_rows(cfg: SwarmConfig) -> list[dict]:
     where: dict[str, set[str]] = {}
     for source in ('world', 'replay', 'airsim'):     # each camera source's node takes its own parameters
         variant = dataclasses.replace(
-            cfg, swarm={**cfg.swarm, 'record': True, 'source': {**cfg.swarm['source'], 'type': source}},
+            cfg, swarm={**cfg.swarm, 'record': True, 'link': {**cfg.swarm['link'], 'enabled': True},
+                        'source': {**cfg.swarm['source'], 'type': source}},
             drones=[d if source == 'world' else dataclasses.replace(d, obstructed=False) for d in cfg.drones])
         for n in build_node_plan(variant, run_dir='run'):
             for name in n.parameters:

@@ -123,7 +123,7 @@ class EvaluatorNode(Node):
         for status in msg.status:
             values = {kv.key: kv.value for kv in status.values
                       if kv.key != NODE_KEY and not kv.key.startswith(MATCHED_PREFIX)}
-            if 'rejected' in values:            # the drone nodes' counters (not the swarm nodes' endpoints)
+            if values:                          # nodes' counters (a status of matched endpoints only is not kept)
                 self.diagnostics[status.name] = values
 
     def summary(self) -> dict:
