@@ -11,8 +11,13 @@ setup(
     python_requires='>=3.10',
     packages=find_packages(include=['collab_perception', 'collab_perception.*']),
     package_data={'collab_perception': ['py.typed']},
-    install_requires=['numpy', 'PyYAML', 'tqdm', 'onnxruntime', 'opencv-python-headless', 'moderngl'],
+    # ONNX Runtime is an extra: the CPU wheel (onnxruntime) and the GPU one (onnxruntime-gpu, or NVIDIA's
+    # Jetson wheel) provide the same module and cannot be installed together.
+    install_requires=['numpy', 'PyYAML', 'tqdm', 'opencv-python-headless', 'moderngl'],
     extras_require={
+        'cpu': ['onnxruntime'],
+        'gpu': ['onnxruntime-gpu'],
+        'bag': ['rosbags'],
         # exactly this torch: any other spec pulls GBs of CUDA wheels on CPU machines
         'learn': ['torch==2.13.0', 'onnx', 'onnxscript', 'matplotlib'],
         'test': ['pytest', 'hypothesis'],

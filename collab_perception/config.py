@@ -73,6 +73,39 @@ def _check_providers(names: list) -> Optional[str]:
     return None
 
 
+# Options of the GPU execution providers (ONNX Runtime 1.31's names; TensorRT: its engine cache makes a
+# restart cheap, fp16 halves the work on Jetson). A name outside these is a typo, caught at start-up.
+PROVIDER_OPTIONS = {
+    'TensorrtExecutionProvider': {
+        'device_id': int, 'trt_fp16_enable': bool, 'trt_int8_enable': bool, 'trt_engine_cache_enable': bool,
+        'trt_engine_cache_path': str, 'trt_timing_cache_enable': bool, 'trt_timing_cache_path': str,
+        'trt_max_workspace_size': int, 'trt_builder_optimization_level': int, 'trt_dla_enable': bool,
+        'trt_dla_core': int},
+    'CUDAExecutionProvider': {
+        'device_id': int, 'gpu_mem_limit': int, 'arena_extend_strategy': str, 'cudnn_conv_algo_search': str,
+        'do_copy_in_default_stream': bool, 'use_tf32': bool},
+}
+
+
+def check_provider_options(options: dict) -> Optional[str]:
+    for provider, values in options.items():
+        known = PROVIDER_OPTIONS.get(provider)
+        if known is None:
+            return (f'names {provider!r}; options can be given for: {", ".join(PROVIDER_OPTIONS)} '
+                    f'(and the provider must be in providers)')
+        if not isinstance(values, Mapping):
+            return f'{provider}: expected a mapping of option: value'
+        for key, value in values.items():
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+                hint = f"did you mean '{close[0]}'? " if close else ''
+                return f'{provider}.{key} is not an option of {provider}; {hint}known: {", ".join(known)}'
+            kind = known[key]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                return f'{provider}.{key}: expected {kind.__name__}, got {value!r}'
+    return None
+
+
 def _ros_name(value: str) -> Optional[str]:
     if not _NAME_RE.match(value):
         return 'must be a valid ROS name (a letter, then letters, digits or _)'
@@ -216,7 +249,13 @@ DRONE_SCHEMA = {
     'onnx_threads': Field(int, 1, minimum=1, maximum=64, help='ONNX Runtime threads per session'),
     'providers': Field(list, ['CPUExecutionProvider'], items=str, check=_check_providers,
                        help='ONNX Runtime execution providers in order of preference; those this machine '
-                            'lacks are skipped (the node logs what each session got)'),
+                            'lacks are skipped (the node logs what each session got). On a GPU: '
+                            '[TensorrtExecutionProvider, CUDAExecutionProvider, CPUExecutionProvider]'),
+    'provider_options': Field(dict, {}, check=check_provider_options,
+                              help='per GPU provider, its ONNX Runtime options, e.g. {TensorrtExecutionProvider: '
+                                   '{trt_fp16_enable: true, trt_engine_cache_enable: true, trt_engine_cache_path: '
+                                   '/var/cache/collab_perception/trt, device_id: 0}, CUDAExecutionProvider: '
+                                   '{device_id: 0}} (docs/DEPLOY.md)'),
 }
 
 # ROS parameters that the node plan (launch/plan.py) derives from the config rather than copying one key.
@@ -238,6 +277,8 @@ PLAN_PARAMETERS = {
     'degraded_drones': Field(list, [''], items=str, help='drones whose camera is degraded (drones[].degraded)'),
     'obstructed_drones': Field(list, [''], items=str, help='drones with an obstruction in front of the camera '
                                                            '(drones[].obstructed)'),
+    'provider_options_json': Field(str, '{}', help='drones[].provider_options as JSON (a ROS parameter cannot '
+                                                   'hold a mapping)'),
     'link_topics': Field(list, [''], items=str, help='comm topics the link relays (from /radio/<topic>)'),
     'record_topics': Field(list, [''], items=str, help="'topic:package/msg/Type:qos' of every recorded topic "
                                                        '(swarm.record)'),
@@ -355,6 +396,7 @@ class DroneConfig:
     models: dict
     onnx_threads: int
     providers: list
+    provider_options: dict
     degraded: bool
     obstructed: bool
     patch_budget: float
@@ -452,6 +494,10 @@ def build_config(data: Mapping[str, Any], source: str = '<dict>',
             raise ConfigError(f'drones[{i}].id', f'{d.id} is also drones[{seen_ids[d.id]}].id', source)
         if d.name == 'swarm':
             raise ConfigError(f'drones[{i}].name', "'swarm' is reserved for swarm-wide topics", source)
+        extra = sorted(set(d.provider_options) - set(d.providers))
+        if extra:
+            raise ConfigError(f'drones[{i}].provider_options', f'{", ".join(extra)} not in providers {d.providers}',
+                              source)
         problem = reply_timeout_problem(d.reply_timeout_ms, d.deadline_ms)
         if problem:
             raise ConfigError(f'drones[{i}].reply_timeout_ms', problem, source)

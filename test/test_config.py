@@ -126,3 +126,44 @@ def test_a_config_can_overlay_another(tmp_path):
     (tmp_path / 'd.yaml').write_text('extends: missing.yaml\n')
     with pytest.raises(ConfigError, match='missing.yaml: <file>: cannot read'):
         load_swarm_config(str(tmp_path / 'd.yaml'))
+
+
+def test_provider_options_are_checked_and_reach_the_node_as_json():
+    import json
+    from collab_perception.launch.plan import build_node_plan
+    from collab_perception.nodes.common import ParameterError, provider_options_parameter
+    base = {'drone_defaults': {'method': 'placeholder',
+                               'providers': ['TensorrtExecutionProvider', 'CUDAExecutionProvider', 'CPUExecutionProvider']},
+            'drones': [{'name': 'drone1', 'id': 1}, {'name': 'drone2', 'id': 2}]}
+    trt = {'TensorrtExecutionProvider': {'trt_fp16_enable': True, 'trt_engine_cache_enable': True,
+                                         'trt_engine_cache_path': '/tmp/trt', 'device_id': 0},
+           'CUDAExecutionProvider': {'device_id': 0}}
+    cfg = build_config({**base, 'drone_defaults': {**base['drone_defaults'], 'provider_options': trt}})
+    perception = next(n for n in build_node_plan(cfg) if n.executable == 'perception')
+    assert provider_options_parameter(perception.parameters['provider_options_json']) == trt
+    cases = {
+        "did you mean 'trt_fp16_enable'": {'TensorrtExecutionProvider': {'trt_fp16_enabled': True}},
+        'expected bool': {'TensorrtExecutionProvider': {'trt_fp16_enable': 'yes'}},
+        "options can be given for": {'CPUExecutionProvider': {'threads': 2}},
+    }
+    for words, options in cases.items():
+        with pytest.raises(ConfigError, match=r'drone_defaults\.provider_options') as e:
+            build_config({**base, 'drone_defaults': {**base['drone_defaults'], 'provider_options': options}})
+        assert words in str(e.value), str(e.value)
+    with pytest.raises(ConfigError, match=r'drones\[0\]\.provider_options.*not in providers'):
+        build_config({**base, 'drones': [{'name': 'drone1', 'id': 1, 'providers': ['CPUExecutionProvider'],
+                                          'provider_options': {'CUDAExecutionProvider': {'device_id': 1}}}]})
+    with pytest.raises(ParameterError, match='not JSON'):
+        provider_options_parameter('{device_id: 0')
+    assert json.loads(perception.parameters['provider_options_json'])['CUDAExecutionProvider'] == {'device_id': 0}
+
+
+def test_gpu_provider_options_never_reach_a_cpu_only_runtime(tmp_path):
+    """The shipped model with TensorRT, CUDA, CPU and their options: on a machine with the CPU wheel the GPU
+    providers (and their options) are skipped and every session runs on the CPU."""
+    from collab_perception.runtime.methods import create_method
+    m = create_method('who2com', model_dir='models/who2com_hidden_target', roles=('encoder',),
+                      providers=['TensorrtExecutionProvider', 'CUDAExecutionProvider', 'CPUExecutionProvider'],
+                      provider_options={'TensorrtExecutionProvider': {'trt_fp16_enable': True},
+                                        'CUDAExecutionProvider': {'device_id': 0}})
+    assert m.providers_used == {'encoder': ['CPUExecutionProvider']}

@@ -13,6 +13,7 @@ Process layouts (config `swarm.process_layout`):
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -243,6 +244,7 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
             'method': d.method,
             **{f'model.{role}': path for role, path in sorted(d.models.items())},
             'providers': d.providers,
+            'provider_options_json': json.dumps(d.provider_options, sort_keys=True),
             'onnx_threads': d.onnx_threads,
         }
         nodes.append(NodeSpec('perception', 'perception', d.namespace, {

@@ -9,6 +9,7 @@ import array
 import dataclasses
 import faulthandler
 import importlib
+import json
 import math
 import signal
 import sys
@@ -31,7 +32,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from collab_perception.msg import Connect, FeatureMap, PatchSegments, PerceptionOutput, Reply, Request
 
-from ..config import ConfigError, Field, check_value, parameter_field
+from ..config import ConfigError, Field, check_provider_options, check_value, parameter_field
 from ..runtime import topics
 from ..runtime.codec import CodecError, TensorLimits
 from ..runtime.handshake import AddressError, check_addressing
@@ -115,6 +116,19 @@ def declare_dataclass(node: Node, prefix: str, defaults: Any, description: str) 
                                                            read_only=True)).value
         values[f.name] = list(value) if isinstance(value, (list, tuple)) else value
     return values
+
+
+def provider_options_parameter(text: str) -> dict:
+    """The `provider_options_json` parameter as a mapping, checked as drones[].provider_options is."""
+    try:
+        options = json.loads(text or '{}')
+    except json.JSONDecodeError as e:
+        raise ParameterError(f"parameter 'provider_options_json': not JSON: {e}") from None
+    problem = None if isinstance(options, dict) else 'must be a JSON object'
+    problem = problem or check_provider_options(options)
+    if problem:
+        raise ParameterError(f"parameter 'provider_options_json': {problem}")
+    return options
 
 
 def declare_swarm(node: Node) -> tuple[list[str], list[int]]:
@@ -340,8 +354,10 @@ class DroneNode(Node):
         self.method_name = declare(self, 'method', choices=method_names())
         model_dir = declare(self, 'model.dir')
         providers = list(declare(self, 'providers'))
+        provider_options = provider_options_parameter(declare(self, 'provider_options_json'))
         threads = declare(self, 'onnx_threads')
         self.method = create_method(self.method_name, model_dir=model_dir, roles=roles, providers=providers,
+                                    provider_options=provider_options,
                                     threads=threads)
         self.method.warmup()
         self.protocol = protocol_class(self.method.protocol)
@@ -535,7 +551,7 @@ def spin_nodes(factories: Sequence[Callable[[], Node]], args: Optional[list[str]
         try:
             for factory in factories:
                 nodes.append(factory())
-        except (ParameterError, ValueError, OSError) as e:
+        except (ParameterError, ValueError, OSError, ImportError) as e:
             rclpy.logging.get_logger('collab_perception').fatal(f'cannot start: {e}')
             return 2
         for n in nodes:

@@ -43,10 +43,21 @@ def read_roles_json(model_dir: str) -> dict:
         return json.load(f)
 
 
-def onnx_session(path: str, providers: Sequence[str], threads: int = 1):
+def onnxruntime():
+    """The ONNX Runtime module, CPU or GPU build, whichever is installed (they cannot be installed together)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError('ONNX Runtime is not installed: pip install "collab_perception[cpu]" (onnxruntime), or on '
+                          'a CUDA / Jetson machine "collab_perception[gpu]" or NVIDIA\'s onnxruntime-gpu wheel '
+                          '(docs/DEPLOY.md)') from None
+    return ort
+
+
+def onnx_session(path: str, providers: Sequence, threads: int = 1):
     """An ONNX Runtime session as every drone node opens one: `threads` intra-op threads, one inter-op
-    thread, warnings off; `providers` must be available ones."""
-    import onnxruntime as ort
+    thread, warnings off; `providers` must be available ones (names, or (name, options) pairs)."""
+    ort = onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -61,8 +72,9 @@ class OnnxRoleMethod(Method):
     ROLE_FILES = {'encoder': 'encoder', 'matcher': 'matcher', 'decoder': 'decoder'}
 
     def __init__(self, model_dir: str = '', roles: Sequence[str] = ROLES,
-                 providers: Sequence[str] = ('CPUExecutionProvider',), threads: int = 1, **_unused):
-        import onnxruntime as ort
+                 providers: Sequence[str] = ('CPUExecutionProvider',), threads: int = 1,
+                 provider_options: Optional[dict] = None, **_unused):
+        ort = onnxruntime()
         if not model_dir:
             raise ValueError(f'method {self.name!r} needs a model directory (drones[].models.dir in config/swarm.yaml)')
         self.info = read_roles_json(model_dir)
@@ -74,7 +86,9 @@ class OnnxRoleMethod(Method):
             raise ValueError(f'none of the execution providers {list(providers)} is available '
                              f'(available: {sorted(available)})')
         self._threads = threads
-        self._providers = wanted
+        # ONNX Runtime takes (name, options) pairs; options of providers this machine lacks never reach it
+        options = provider_options or {}
+        self._providers = [(p, dict(options[p])) if p in options else p for p in wanted]
         self.sessions = {}
         self.load(roles)
 
