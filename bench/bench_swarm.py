@@ -21,9 +21,16 @@ import tempfile
 from benchtools import emit_table
 
 
+def drone_list(n: int) -> str:
+    """The config's drone list grown to n drones (drone1 stays the degraded requester), as a --set value."""
+    items = ['{name: drone1, id: 1, role: requester, degraded: true}'] + [f'{{name: drone{i}, id: {i}}}'
+                                                                           for i in range(2, n + 1)]
+    return 'drones=[' + ', '.join(items) + ']'
+
+
 def run_swarm(drones: int, frames: int, requesters: str, extra: list[str], workdir: str) -> dict:
     summary = os.path.join(workdir, f'swarm-{drones}-{requesters}.json')
-    cmd = [sys.executable, '-m', 'collab_perception.cli', 'swarm', '--drones', str(drones), '--frames', str(frames),
+    cmd = [sys.executable, '-m', 'collab_perception.cli', 'swarm', '--set', drone_list(drones), '--frames', str(frames),
            '--requesters', requesters, '--run-dir', os.path.join(workdir, f'run-{drones}-{requesters}'),
            '--summary', summary, '--quiet', *extra]
     result = subprocess.run(cmd, capture_output=True, text=True)
@@ -48,7 +55,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     extra = [x for kv in args.set for x in ('--set', kv)]
     rows = ['| drones | method | single agent p50 / p95 (ms) | handshake requester p50 / p95 (ms) | ratio p50 | '
-            'ratio p95 | fused vs own accuracy | comm B/frame |', '|---|---|---|---|---|---|---|---|']
+            'ratio p95 | fused vs own accuracy | fallbacks | comm B/frame |', '|---|---|---|---|---|---|---|---|---|']
     with tempfile.TemporaryDirectory(prefix='bench-swarm-') as work:
         for n in args.drones:
             alone = run_swarm(n, args.frames, 'none', extra, work)
@@ -59,7 +66,8 @@ def main(argv=None) -> int:
             acc = (f'{100 * o["fused_accuracy"]:.1f}% vs {100 * o["own_accuracy"]:.1f}%'
                    if o['fused_accuracy'] is not None else '-')
             rows.append(f'| {n} | {", ".join(shake["methods"])} | {a50:.1f} / {a95:.1f} | {h50:.1f} / {h95:.1f} | '
-                        f'{h50 / a50:.2f} | {h95 / a95:.2f} | {acc} | {o["comm_bytes_per_frame"]:.0f} |')
+                        f'{h50 / a50:.2f} | {h95 / a95:.2f} | {acc} | {o["fallback_frames"]} of {args.frames} | '
+                        f'{o["comm_bytes_per_frame"]:.0f} |')
             print(rows[-1], flush=True)
     table = '\n'.join(rows)
     emit_table(table, args.out)

@@ -236,6 +236,10 @@ DRONE_SCHEMA = {
     'score_threshold': Field(float, 0.0, runtime=True,
                              help='used by select: threshold (the When2com gate); can be set on a running fusion node'),
     'cache_frames': Field(int, 16, minimum=1, maximum=1000, help='per-stamp ring buffer length'),
+    'warp_on': Field(str, 'request', choices=('request', 'connect'),
+                     help="pose-warping supporters (Who2com §IV-B): warp and encode their view for every request, "
+                          "so that the score compares the warped view (request, the paper's), or only when "
+                          'selected, scoring their own view (connect: a request costs a match only)'),
     'degraded': Field(bool, False, help="the drone's camera is degraded (blur + noise, handshake paper §IV-B)"),
     'patch_budget': Field(float, 0.1, minimum=0.0, maximum=1.0, runtime=True,
                           help='MASH supporters: the most bytes of one patches reply, as a fraction of the label '
@@ -393,6 +397,7 @@ class DroneConfig:
     top_n: int
     score_threshold: float
     cache_frames: int
+    warp_on: str
     models: dict
     onnx_threads: int
     providers: list

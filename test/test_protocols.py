@@ -213,3 +213,33 @@ def test_spatial_requester_refuses_a_swarm_larger_than_the_model_fuses(mash_dir)
     ctx = RoleContext(1, ids, [f'd{i}' for i in ids], DTYPES, DEFAULT_LIMITS, {})
     with pytest.raises(ValueError, match=f'fuses at most {m.supporters} supporters'):
         protocol_class('spatial').requester(m, ctx)
+
+
+def test_warping_supporter_can_defer_the_warp_to_the_connect():
+    """warp_on: connect: a request is scored against the supporter's own key (no warp, no encoder pass);
+    only the selected supporter warps and encodes, when the Connect comes."""
+    methods = {i: WarpingPlaceholder() for i in (1, 2, 3)}
+    swarm = Swarm('handshake', methods, {'warp_on': 'connect'})
+    sup = swarm.roles[2]['supporter']
+    assert sup.inputs == ('image', 'depth', 'pose', 'perception')
+    K = geometry.intrinsics_from_fov(32, 32, 90.0)
+    for i in (2, 3):
+        swarm.roles[i]['supporter'].on_state('camera_info', K.ravel().tolist())
+    calls = []
+    encode = methods[2].encode
+    methods[2].encode = lambda image: calls.append(image.shape) or encode(image)
+    pose = [0.0, 0.0, 10.0, 0.0, 0.0, 0.0, 1.0]
+    views = images(3, seed=2)
+    views[1] = np.clip(views[0].astype(int) + 2, 0, 255).astype(np.uint8)   # drone2 is the best match
+    inputs = {i: {'image': views[i - 1], 'depth': np.full((32, 32), 20.0, np.float32), 'pose': pose} for i in (1, 2, 3)}
+    swarm.frame(4_000 * MS, inputs, requester=1)
+    assert swarm.rejects == []
+    (result,) = swarm.results
+    q = methods[1].encode(views[0]).query
+    assert result.outcome.scores[2] == pytest.approx(float(methods[1].match(q, methods[1].encode(views[1]).key)[0]))
+    assert result.outcome.selected == [2]
+    # drone2 encoded its own view once for its perception output and the warped one once, for the Connect only
+    assert len(calls) == 2
+    warped, _ = geometry.warp_to_target(views[1], inputs[2]['depth'], K, geometry.pose_matrix(pose[:3], pose[3:]),
+                                        K, geometry.pose_matrix(pose[:3], pose[3:]))
+    assert np.allclose(result.outcome.received[2], encode(warped).features, atol=1e-3)

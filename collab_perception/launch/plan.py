@@ -252,6 +252,7 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
             **_codec_params(cfg), **_qos_params(cfg, 'sensor', 'comm', 'local')}, drone=d.name))
         nodes.append(NodeSpec('matcher', 'matcher', d.namespace, {
             **common, 'cache_frames': d.cache_frames, 'deadline_ms': d.deadline_ms, 'patch_budget': d.patch_budget,
+            'warp_on': d.warp_on,
             **_codec_params(cfg), **_qos_params(cfg, 'sensor', 'comm', 'local')}, drone=d.name))
         nodes.append(NodeSpec('fusion', 'fusion', d.namespace, {
             **common, 'deadline_ms': d.deadline_ms, 'reply_timeout_ms': d.reply_timeout_ms,

@@ -20,7 +20,7 @@ class MatcherNode(DroneNode):
     def __init__(self):
         super().__init__('matcher', roles=('matcher',))
         # deadline_ms: for requests that give none
-        params = {name: declare(self, name) for name in ('cache_frames', 'deadline_ms', 'patch_budget')}
+        params = {name: declare(self, name) for name in ('cache_frames', 'deadline_ms', 'patch_budget', 'warp_on')}
         qos = {name: declare_qos(self, name) for name in ('sensor', 'comm', 'local')}
         self.supporter = self.protocol.supporter(self.method, self.role_context(**params))
         self.apply_at_run_time(self.supporter.update)

@@ -99,18 +99,31 @@ class HandshakeSupporter(CachingSupporter):
 
 
 class WarpingSupporter(HandshakeSupporter):
-    """Encodes its own view warped into the requester's, per request (Who2com §IV-B): it keeps its camera
-    image, depth and pose per stamp, and the warped features per (stamp, requester) for the Connect."""
+    """Encodes its own view warped into the requester's (Who2com §IV-B): it keeps its camera image, depth and
+    pose per stamp. `warp_on` says when it pays for the warp and the encoder pass:
+
+    - 'request' (the paper): for every request, so that the score compares the warped view; the warped
+      features are kept per (stamp, requester) for the Connect;
+    - 'connect': only when selected; the score compares its own view's key (from its perception output), so
+      a request costs a match only, and the other supporters never warp (what lets a large swarm answer in
+      time; the selection may differ from the paper's)."""
 
     inputs = ('image', 'depth', 'pose')
     state_inputs = ('camera_info',)
 
     def __init__(self, method, ctx: RoleContext):
         super().__init__(method, ctx)
+        self.warp_on = ctx.params.get('warp_on', 'request')
+        if self.warp_on not in ('request', 'connect'):
+            raise ValueError(f"warp_on must be 'request' or 'connect', got {self.warp_on!r}")
+        if self.warp_on == 'connect':
+            self.inputs = ('image', 'depth', 'pose', 'perception')
         method.load(('encoder',))
         method.warmup()
         self.K = None
-        self.warped: StampRing[np.ndarray] = StampRing(4 * int(ctx.params.get('cache_frames', 16)))
+        ring = 4 * int(ctx.params.get('cache_frames', 16))
+        self.warped: StampRing[np.ndarray] = StampRing(ring)       # (stamp, requester) -> warped features
+        self.poses: StampRing[list] = StampRing(ring)               # (stamp, requester) -> requester's pose
 
     def on_state(self, kind: str, value: Any) -> None:
         self.K = np.asarray(value, dtype=np.float64).reshape(3, 3)
@@ -118,7 +131,10 @@ class WarpingSupporter(HandshakeSupporter):
     def own_value(self, inputs: Mapping[str, Any]) -> dict:
         from ...world import geometry
         pose = inputs['pose']
-        return {'image': inputs['image'], 'depth': inputs['depth'], 'pose': geometry.pose_matrix(pose[:3], pose[3:])}
+        own = {'image': inputs['image'], 'depth': inputs['depth'], 'pose': geometry.pose_matrix(pose[:3], pose[3:])}
+        if 'perception' in inputs:
+            own['key'] = inputs['perception'].key
+        return own
 
     def decode(self, kind: str, msg: Any) -> Any:
         query = super().decode(kind, msg)
@@ -129,19 +145,30 @@ class WarpingSupporter(HandshakeSupporter):
                                  f'its 7-float pose, got {len(pose)} values')
         return query
 
-    def key_for(self, stamp_ns: int, requester: int, request: Any, own: dict) -> Any:
+    def _warped(self, own: dict, pose: list):
         from ...world import geometry
+        T_req = geometry.pose_matrix(pose[:3], pose[3:])
+        warped, _ = geometry.warp_to_target(own['image'], own['depth'], self.K, own['pose'], self.K, T_req)
+        return self.method.encode(warped)
+
+    def key_for(self, stamp_ns: int, requester: int, request: Any, own: dict) -> Any:
         if self.K is None:
             return Reject('no_camera_info', f'frame {stamp_label(stamp_ns)}: no camera_info yet, cannot warp')
         _query, pose = request
-        T_req = geometry.pose_matrix(pose[:3], pose[3:])
-        warped, _ = geometry.warp_to_target(own['image'], own['depth'], self.K, own['pose'], self.K, T_req)
-        out = self.method.encode(warped)
+        if self.warp_on == 'connect':
+            self.poses.put((stamp_ns, requester), pose)
+            return own['key']
+        out = self._warped(own, pose)
         self.warped.put((stamp_ns, requester), out.features)
         return out.key
 
     def features_for(self, stamp_ns: int, requester: int) -> Any:
-        return self.warped.get((stamp_ns, requester))
+        if self.warp_on == 'request':
+            return self.warped.get((stamp_ns, requester))
+        pose, own = self.poses.get((stamp_ns, requester)), self.cache.own(stamp_ns)
+        if pose is None or own is None:
+            return None
+        return self._warped(own, pose).features
 
 
 class HandshakeRequester(TrackedRequester):
