@@ -122,7 +122,7 @@ def _check_range(name: str, value: Any, lo: float, hi: float):
 def _validate(c: WorldConfig) -> None:
     _check_scalar('seed', c.seed, int, 0)
     _check_scalar('map_id', c.map_id, int, 0)
-    _check_scalar('drones', c.drones, int, 1, 16)
+    _check_scalar('drones', c.drones, int, 1, 32)   # the atlas is drones x image_width wide
     _check_scalar('image_width', c.image_width, int, 16, 2048)
     _check_scalar('image_height', c.image_height, int, 16, 2048)
     _check_scalar('fov_deg', c.fov_deg, float, 20.0, 150.0)
