@@ -55,7 +55,7 @@ def test_roles_give_what_the_exported_pipeline_gives(model_dir, images):
     assert method.protocol == protocol_of('mash') == 'spatial' and protocol_of('who2com') == 'handshake'
     assert method.query_shape() == (16, 16, 4) and method.supporters == 5
     own = method.encode(images[0])
-    assert own.features.shape == (8, 128, 128) and own.key.shape == (16, 16) and own.own_classes.dtype == np.uint8
+    assert own.features.shape == (8, 128, 128) and own.self_confidence.shape == (16, 16) and own.own_classes.dtype == np.uint8
     query = decode_tensor(encode_tensor(own.query, 'uint8'))
     # a threshold that keeps about half of one supporter's matched cells (an untrained net is unsure)
     t = float(np.median(method.patches(query, images[1], threshold=0.0).confidence))

@@ -30,6 +30,7 @@ class EncoderOutput:
     own_classes: np.ndarray           # [H, W] uint8, the drone's own prediction
     self_score: Optional[float] = None  # When2com's self-attention score, if the method has a gate
     needs_help: Optional[bool] = None   # the method's own decision to ask (role: auto)
+    self_confidence: Optional[np.ndarray] = None   # MASH: [Hc, Wc] confidence in its own cells (fusion)
 
 
 class Method:

@@ -145,10 +145,11 @@ class MashOnnx(OnnxRoleMethod):
     # ------------------------------------------------------------------ roles
     def encode(self, image: np.ndarray) -> EncoderOutput:
         """Requester role (run on every drone for its own prediction): features = own class distribution
-        [K, H, W], key = self-confidence [Hc, Wc] (both stay on the drone), query = the query map."""
+        [K, H, W] and the self-confidence [Hc, Wc] (both stay on the drone), query = the query map; no key
+        (the supporter role matches the query map against its image)."""
         query, own_probs, self_conf, own_classes = self._session('encoder').run(None, {'image': self.image_input(image)})
-        return EncoderOutput(features=own_probs[0], key=self_conf[0], query=query[0],
-                             own_classes=own_classes[0].astype(np.uint8))
+        return EncoderOutput(features=own_probs[0], key=None, query=query[0], own_classes=own_classes[0].astype(np.uint8),
+                             self_confidence=self_conf[0])
 
     def max_cells(self, budget: float, dtype: str = 'uint8') -> Optional[int]:
         """The most cells one PatchSegments may carry to stay within `budget` x the label image's bytes
@@ -199,7 +200,7 @@ class MashOnnx(OnnxRoleMethod):
             patches[0, slot, reply.cells] = reply.labels if self.pixel_cell else reply.class_probs
             patch_conf[0, slot, reply.cells] = reply.confidence
         classes = self._session('decoder').run(None, {
-            'own_probs': own.features[None].astype(np.float32), 'self_confidence': own.key[None].astype(np.float32),
+            'own_probs': own.features[None].astype(np.float32), 'self_confidence': own.self_confidence[None].astype(np.float32),
             name: patches, 'patch_confidence': patch_conf})[0]
         return classes[0].astype(np.uint8)
 
@@ -211,6 +212,6 @@ class MashOnnx(OnnxRoleMethod):
             self.patches(np.zeros(self.query_shape(), np.float32), image)
         if 'decoder' in self.sessions:
             k = self.num_classes
-            own = own or EncoderOutput(np.full((k, h, w), 1.0 / k, np.float32), np.zeros(self.grid, np.float32),
-                                       None, None)
+            own = own or EncoderOutput(np.full((k, h, w), 1.0 / k, np.float32), None, None, None,
+                                       self_confidence=np.zeros(self.grid, np.float32))
             self.fuse(own, {})

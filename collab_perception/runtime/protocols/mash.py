@@ -41,7 +41,8 @@ class SpatialPerception(PerceptionRole):
         # frames it fuses
         encode_tensor(out.features if requested else _EMPTY, self.method.local_feature_dtype, msg.features,
                       'features')
-        encode_tensor(out.key if requested else _EMPTY, self.ctx.dtypes['local_dtype'], msg.key, 'key')
+        encode_tensor(out.self_confidence if requested else _EMPTY, self.ctx.dtypes['local_dtype'],
+                      msg.self_confidence, 'self_confidence')
         encode_tensor(out.own_classes, 'uint8', msg.own_classes, 'own_classes')
 
 
@@ -95,8 +96,9 @@ class SpatialRequester(TrackedRequester):
         lim = self.ctx.limits
         return EncoderOutput(
             features=decode_tensor(msg.features, lim, 'perception.features'),
-            key=decode_tensor(msg.key, lim, 'perception.key'), query=None,
-            own_classes=decode_tensor(msg.own_classes, lim, 'perception.own_classes', out_dtype='uint8'))
+            key=None, query=None,
+            own_classes=decode_tensor(msg.own_classes, lim, 'perception.own_classes', out_dtype='uint8'),
+            self_confidence=decode_tensor(msg.self_confidence, lim, 'perception.self_confidence'))
 
     def decode(self, kind: str, msg: Any) -> Any:
         return self.method.decode_reply(msg, self.ctx.limits)
