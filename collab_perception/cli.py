@@ -263,8 +263,8 @@ def cmd_swarm(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- record
 def cmd_record(args) -> int:
-    from .launch.plan import ProcessSpec, build_node_plan, write_params_file
-    from .rosenv import apply_safe_ros_env
+    from .launch.plan import build_node_plan
+    from .nodes.recorder_node import RecorderNode
 
     cfg = _load_config(args)
     cfg.swarm['record'] = True
@@ -272,31 +272,37 @@ def cmd_record(args) -> int:
     work = out + '.params'
     spec = next(n for n in build_node_plan(cfg, work) if n.executable == 'recorder')
     spec.parameters['output_dir'] = out
+    code = _spin_alone(RecorderNode, spec, work, args)
+    print(f'Bag: {out}')
+    return code
+
+
+def _spin_alone(node_class, spec, params_dir: str, args) -> int:
+    """Run one swarm-wide node of the plan in this process (the monitor, the recorder), with the safe ROS
+    environment unless --inherit-ros-env, until Ctrl-C or --duration seconds."""
+    from .launch.plan import ProcessSpec, write_params_file
+    from .nodes.common import spin_nodes
+    from .rosenv import apply_safe_ros_env
     if not args.inherit_ros_env:
         apply_safe_ros_env(domain_id=args.domain_id)
-    params = write_params_file(ProcessSpec('swarm/recorder', 'recorder', spec.namespace, [spec]), work)
-
-    from .nodes.common import spin_nodes
-    from .nodes.recorder_node import RecorderNode
+    params = write_params_file(ProcessSpec(f'swarm/{spec.name}', spec.executable, spec.namespace, [spec]), params_dir)
 
     def make():
-        node = RecorderNode()
+        node = node_class()
         if args.duration:
             def done():
                 node.finished = True
             node.create_timer(args.duration, done)
         return node
 
-    code = spin_nodes([make], ['collab-perception-record', '--ros-args', '-r', f'__ns:={spec.namespace}',
+    return spin_nodes([make], [f'collab-perception-{spec.name}', '--ros-args', '-r', f'__ns:={spec.namespace}',
                                '--params-file', params])
-    print(f'Bag: {out}')
-    return code
 
 
 # ---------------------------------------------------------------------------------------------- monitor
 def cmd_monitor(args) -> int:
-    from .launch.plan import build_node_plan, write_params_file, ProcessSpec
-    from .rosenv import apply_safe_ros_env
+    from .launch.plan import build_node_plan
+    from .nodes.monitor_node import MonitorNode
 
     cfg = _load_config(args)
     for extra in args.extra_topic:
@@ -306,25 +312,7 @@ def cmd_monitor(args) -> int:
     spec = next(n for n in build_node_plan(cfg, out_dir) if n.executable == 'monitor')
     spec.parameters['output_dir'] = out_dir
     spec.parameters['extra_topics'] = ','.join(f"{e['topic']}:{e['type']}" for e in cfg.swarm['monitor']['extra_topics'])
-    if not args.inherit_ros_env:
-        apply_safe_ros_env(domain_id=args.domain_id)
-    params = write_params_file(ProcessSpec('swarm/monitor', 'monitor', spec.namespace, [spec]), out_dir)
-
-    import rclpy
-    from .nodes.common import spin_nodes
-    from .nodes.monitor_node import MonitorNode
-
-    def make():
-        node = MonitorNode()
-        if args.duration:
-            def done():
-                node.finished = True
-            node.create_timer(args.duration, done)
-        return node
-
-    code = spin_nodes([make], ['collab-perception-monitor', '--ros-args', '-r', f'__ns:={spec.namespace}',
-                                '--params-file', params])
-    del rclpy
+    code = _spin_alone(MonitorNode, spec, out_dir, args)
     summary_path = os.path.join(out_dir, 'summary.json')
     if os.path.exists(summary_path):
         with open(summary_path, encoding='utf-8') as f:

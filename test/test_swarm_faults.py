@@ -28,6 +28,29 @@ def finish(swarm, tmp_path, timeout=90):
         return code, json.load(f)
 
 
+def demo_swarm(ros, tmp_path, frames, *sets):
+    """The demo's handshake on 3 drones with deadlines wider than the demo's (a loaded CI machine's slow frames
+    must not be taken for the fault), a listener on drone1's fusion/info, and its first 8 frames done."""
+    infos = []
+    node = ros.create_node('test_fault_listener')
+    node.create_subscription(FusionInfo, '/drone1/fusion/info', infos.append, 100)
+    swarm = Swarm('--run-dir', str(tmp_path), '--frames', str(frames), '--drones', '3', '--quiet',
+                  '--set', 'swarm.rate_hz=5', '--set', 'drone_defaults.deadline_ms=600',
+                  '--set', 'drone_defaults.reply_timeout_ms=250', *[x for kv in sets for x in ('--set', kv)],
+                  config=default_config_path())
+    assert spin_until(node, lambda: len(infos) >= 8 or swarm.proc.poll() is not None, timeout=90), swarm.output
+    return swarm, infos, node
+
+
+def finish_demo(swarm, infos, node, tmp_path, frames):
+    spin_until(node, lambda: swarm.proc.poll() is not None, timeout=90)
+    spin_until(node, lambda: len(infos) >= frames, timeout=10)    # the last frames' fusion/info
+    code, summary = finish(swarm, tmp_path)
+    node.destroy_node()
+    assert code == 0, summary['end_reason']
+    return summary
+
+
 def test_killed_supporter_is_reported_and_the_requester_keeps_publishing(tmp_path):
     swarm = Swarm('--run-dir', str(tmp_path), '--frames', '30', '--layout', 'per_drone',
                   '--set', 'swarm.on_node_exit=continue', '--set', 'swarm.rate_hz=5')
@@ -99,23 +122,13 @@ def test_paused_supporter_drops_its_stale_backlog_and_the_swarm_recovers_within_
     has passed instead of answering them, and from 1 s after the resume every frame is fused with both
     replies again. Deadlines are wider than the demo's so that a loaded CI machine's slow frames are not
     taken for the fault."""
-    infos = []
-    node = ros.create_node('test_fusion_listener')
-    node.create_subscription(FusionInfo, '/drone1/fusion/info', infos.append, 100)
-    swarm = Swarm('--run-dir', str(tmp_path), '--frames', '40', '--drones', '3', '--quiet',
-                  '--set', 'swarm.rate_hz=5', '--set', 'drone_defaults.deadline_ms=600',
-                  '--set', 'drone_defaults.reply_timeout_ms=250', config=default_config_path())
-    assert spin_until(node, lambda: len(infos) >= 8 or swarm.proc.poll() is not None, timeout=90), swarm.output
+    swarm, infos, node = demo_swarm(ros, tmp_path, 40)
     matcher = swarm.pids()['drone2/matcher']
     os.kill(matcher, signal.SIGSTOP)
     spin_until(node, lambda: False, timeout=3.0)
     os.kill(matcher, signal.SIGCONT)
     resumed_s = time.time()
-    spin_until(node, lambda: swarm.proc.poll() is not None, timeout=60)
-    spin_until(node, lambda: len(infos) >= 40, timeout=10)    # the last frames' fusion/info
-    code, summary = finish(swarm, tmp_path)
-    node.destroy_node()
-    assert code == 0, summary['end_reason']
+    summary = finish_demo(swarm, infos, node, tmp_path, 40)
     d1 = summary['per_drone']['drone1']
     assert summary['frames'] == 40 and d1['segmentations'] == 40, d1
     assert d1['frames_without_segmentation'] == 0 and d1['frames_with_several_segmentations'] == 0
@@ -147,23 +160,12 @@ def test_a_lossy_slow_link_costs_fallbacks_only_and_the_swarm_recovers_when_it_c
     delays the rest by 200 ms (set on the running link), then clears. Every frame still gets exactly one
     segmentation (fused or flagged fallback), nothing is rejected, the link counts what it dropped, and from
     1 s after the link clears every frame is fused again."""
-    infos = []
-    node = ros.create_node('test_link_listener')
-    node.create_subscription(FusionInfo, '/drone1/fusion/info', infos.append, 100)
-    swarm = Swarm('--run-dir', str(tmp_path), '--frames', '40', '--drones', '3', '--quiet',
-                  '--set', 'swarm.rate_hz=5', '--set', 'swarm.link.enabled=true',
-                  '--set', 'drone_defaults.deadline_ms=600', '--set', 'drone_defaults.reply_timeout_ms=250',
-                  config=default_config_path())
-    assert spin_until(node, lambda: len(infos) >= 8 or swarm.proc.poll() is not None, timeout=90), swarm.output
+    swarm, infos, node = demo_swarm(ros, tmp_path, 40, 'swarm.link.enabled=true')
     _set_link(node, spin_until, loss=0.3, delay_ms=200)
     spin_until(node, lambda: False, timeout=3.0)
     _set_link(node, spin_until, loss=0.0, delay_ms=0.0)
     cleared_s = time.time()
-    spin_until(node, lambda: swarm.proc.poll() is not None, timeout=60)
-    spin_until(node, lambda: len(infos) >= 40, timeout=10)
-    code, summary = finish(swarm, tmp_path)
-    node.destroy_node()
-    assert code == 0, summary['end_reason']
+    summary = finish_demo(swarm, infos, node, tmp_path, 40)
     d1 = summary['per_drone']['drone1']
     assert summary['frames'] == 40 and d1['segmentations'] == 40, d1
     assert d1['frames_without_segmentation'] == 0 and d1['frames_with_several_segmentations'] == 0
@@ -182,21 +184,10 @@ def test_a_lossy_slow_link_costs_fallbacks_only_and_the_swarm_recovers_when_it_c
 def test_a_killed_supporter_is_respawned_and_answers_again(tmp_path, ros):
     """on_node_exit: respawn (launch_ros's respawn): drone2's matcher is killed (SIGKILL) mid-run, the
     launcher starts it again, and it answers drone1's requests again before the run ends."""
-    infos = []
-    node = ros.create_node('test_respawn_listener')
-    node.create_subscription(FusionInfo, '/drone1/fusion/info', infos.append, 100)
-    swarm = Swarm('--run-dir', str(tmp_path), '--frames', '60', '--drones', '3', '--quiet',
-                  '--set', 'swarm.rate_hz=5', '--set', 'swarm.on_node_exit=respawn',
-                  '--set', 'drone_defaults.deadline_ms=600', '--set', 'drone_defaults.reply_timeout_ms=250',
-                  config=default_config_path())
-    assert spin_until(node, lambda: len(infos) >= 8 or swarm.proc.poll() is not None, timeout=90), swarm.output
+    swarm, infos, node = demo_swarm(ros, tmp_path, 60, 'swarm.on_node_exit=respawn')
     os.kill(swarm.pids()['drone2/matcher'], signal.SIGKILL)
     killed = len(infos)
-    spin_until(node, lambda: swarm.proc.poll() is not None, timeout=90)
-    spin_until(node, lambda: len(infos) >= 60, timeout=10)
-    code, summary = finish(swarm, tmp_path)
-    node.destroy_node()
-    assert code == 0, summary['end_reason']
+    summary = finish_demo(swarm, infos, node, tmp_path, 60)
     assert summary['respawned_processes'] == {'drone2/matcher': 1}, summary['respawned_processes']
     assert 'respawned drone2/matcher' in swarm.output
     d1 = summary['per_drone']['drone1']

@@ -106,11 +106,10 @@ class PerceptionRole:
         raise NotImplementedError
 
 
-class SupporterRole:
-    """The matcher's part: answers other drones' messages (`inbox`) with `Send` actions (`outbox`)."""
+class CommRole:
+    """What the supporter and requester roles share: the comm kinds they receive (`inbox`) and send
+    (`outbox`), decoding, the node's time tick, run-time parameters and counters."""
 
-    inputs: tuple[str, ...] = ('perception',)
-    state_inputs: tuple[str, ...] = ()
     inbox: tuple[str, ...] = ()
     outbox: tuple[str, ...] = ()
 
@@ -118,18 +117,11 @@ class SupporterRole:
         self.method, self.ctx = method, ctx
 
     def decode_local(self, msg: Any) -> Any:
-        """This drone's PerceptionOutput as the role keeps it (for input 'perception'); CodecError if bad."""
+        """This drone's PerceptionOutput as the role needs it; CodecError if it is bad."""
         raise NotImplementedError
 
     def decode(self, kind: str, msg: Any) -> Any:
         """A received comm message's payload, validated; CodecError naming the field if it is bad."""
-        raise NotImplementedError
-
-    def on_state(self, kind: str, value: Any) -> None:
-        """The latest value of a state input (camera_info)."""
-
-    def on_own(self, stamp_ns: int, inputs: Mapping[str, Any], now_ns: int) -> list:
-        """This drone's inputs of one stamp are complete; returns actions (answers to waiting requests)."""
         raise NotImplementedError
 
     def on_message(self, kind: str, msg: Any, stamp_ns: int, payload: Any, now_ns: int) -> list:
@@ -145,39 +137,31 @@ class SupporterRole:
         return {}
 
 
-class RequesterRole:
-    """The fusion node's part: collects what the supporters send for the frames this drone asked about."""
+class SupporterRole(CommRole):
+    """The matcher's part: answers other drones' messages (`inbox`) with `Send` actions (`outbox`), from
+    this drone's own `inputs` of each stamp (and its `state_inputs`)."""
 
-    inbox: tuple[str, ...] = ()
-    outbox: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ('perception',)
+    state_inputs: tuple[str, ...] = ()
 
-    def __init__(self, method, ctx: RoleContext):
-        self.method, self.ctx = method, ctx
+    def on_state(self, kind: str, value: Any) -> None:
+        """The latest value of a state input (camera_info)."""
 
-    def decode_local(self, msg: Any) -> Any:
-        """This drone's PerceptionOutput as fusion needs it (an EncoderOutput); CodecError if bad."""
+    def on_own(self, stamp_ns: int, inputs: Mapping[str, Any], now_ns: int) -> list:
+        """This drone's inputs of one stamp are complete; returns actions (answers to waiting requests)."""
         raise NotImplementedError
 
-    def decode(self, kind: str, msg: Any) -> Any:
-        raise NotImplementedError
+
+class RequesterRole(CommRole):
+    """The fusion node's part: collects what the supporters send for the frames this drone asked about and
+    returns one FrameResult per frame."""
 
     def on_own(self, stamp_ns: int, own: Any, requested: bool, now_ns: int) -> list:
         raise NotImplementedError
 
-    def on_message(self, kind: str, msg: Any, stamp_ns: int, payload: Any, now_ns: int) -> list:
-        raise NotImplementedError
-
-    def on_time(self, now_ns: int) -> list:
-        raise NotImplementedError
-
     def next_wakeup(self) -> Optional[int]:
+        """When `on_time` must next be called (ns), None if no frame is open."""
         return None
-
-    def update(self, name: str, value: Any) -> None:
-        """A run-time parameter changed (config schema fields with runtime=True); roles that use it apply it."""
-
-    def counters(self) -> dict[str, int]:
-        return {}
 
 
 class Protocol:
