@@ -205,11 +205,12 @@ def test_a_whole_demo_swarm_run_sends_nothing_off_the_machine(tmp_path):
     child traced: sim bridge, monitor, evaluator, and each drone's perception, matcher and fusion."""
     t0 = time.monotonic()
     proc, log = _traced(tmp_path, 'swarm', [sys.executable, '-m', 'collab_perception.cli', 'swarm', '--frames', '30',
-                                            '--set', 'swarm.rate_hz=1', '--quiet', '--timeout', '150',
-                                            # strace slows every child: time for the last frame to be counted
-                                            '--set', 'swarm.drain_s=4',
+                                            '--set', 'swarm.rate_hz=1', '--quiet', '--timeout', '240',
+                                            # strace slows every child, DDS discovery most: time to come up
+                                            # before frame 1, and for the last frame to be counted
+                                            '--set', 'swarm.startup_timeout_s=150', '--set', 'swarm.drain_s=4',
                                             '--run-dir', str(tmp_path / 'run')], BARE_ENV)
-    out = proc.communicate(timeout=180)[0]
+    out = proc.communicate(timeout=270)[0]
     watched_s = time.monotonic() - t0
     assert proc.returncode == 0, out[-4000:]
     with open(tmp_path / 'run' / 'summary.json') as f:
