@@ -88,7 +88,7 @@ def test_three_drone_swarm_per_node(tmp_path):
     assert re.search(r'\[drone1/fusion\] .*\[drone1\] frame \d+\.\d+: 2/2 replies, selected drone\d', output)
     assert 'Bytes per frame on the wire (6 frames' in output
     assert all(code == 0 for code in summary['process_exits'].values()), summary['process_exits']
-    # the source saw the whole comm graph of runtime/topics.comm_topology and every planned endpoint matched
+    # the source saw the protocol's whole comm graph (Protocol.topology) and every planned endpoint matched
     # (runtime/readiness.py) before frame 1, not a timeout
     source_log = (tmp_path / 'logs' / 'swarm__sim_bridge.log').read_text()
     assert 'swarm up and matched after' in source_log and 'starting after' not in source_log
