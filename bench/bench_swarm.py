@@ -52,14 +52,18 @@ def main(argv=None) -> int:
     parser.add_argument('--frames', type=int, default=40, help='frames per run (default 40)')
     parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='config overrides')
     parser.add_argument('--out', default=None, help='also write the table to this file')
+    parser.add_argument('--plot', default=None, metavar='PNG', help='also plot bytes and latency against the swarm '
+                        'size (the handshake and CatAll, from these runs)')
     args = parser.parse_args(argv)
     extra = [x for kv in args.set for x in ('--set', kv)]
     rows = ['| drones | method | single agent p50 / p95 (ms) | handshake requester p50 / p95 (ms) | ratio p50 | '
             'ratio p95 | fused vs own accuracy | fallbacks | comm B/frame |', '|---|---|---|---|---|---|---|---|---|']
+    measured = []
     with tempfile.TemporaryDirectory(prefix='bench-swarm-') as work:
         for n in args.drones:
             alone = run_swarm(n, args.frames, 'none', extra, work)
             shake = run_swarm(n, args.frames, 'drone1', extra, work)
+            measured.append((n, alone, shake))
             a50, a95 = latencies(alone, 'drone1')
             h50, h95 = latencies(shake, 'drone1')
             o = shake['overall']
@@ -71,7 +75,36 @@ def main(argv=None) -> int:
             print(rows[-1], flush=True)
     table = '\n'.join(rows)
     emit_table(table, args.out)
+    if args.plot:
+        plot(measured, args.plot, ' '.join(args.set))
     return 0
+
+
+def plot(measured: list, path: str, settings: str) -> None:
+    """Bytes per requester frame (the handshake as measured, CatAll as the same codec would send it) and the
+    requester's latency against the single agent's, against the swarm size."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    sizes = [n for n, _, _ in measured]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(sizes, [s['overall']['comm_bytes_per_frame'] / 1e3 for _, _, s in measured], 'o-', label='handshake')
+    left.plot(sizes, [s['overall']['catall_bytes_per_frame'] / 1e3 for _, _, s in measured], 's--', label='CatAll')
+    left.set(xlabel='drones', ylabel='kB per requester frame', title='bytes on the wire')
+    left.legend()
+    for key, style, name in (('latency_ms_p50', 'o-', 'p50'), ('latency_ms_p95', 'o:', 'p95')):
+        right.plot(sizes, [s['per_drone']['drone1'][key] for _, _, s in measured], style, label=f'handshake {name}')
+        right.plot(sizes, [a['per_drone']['drone1'][key] for _, a, _ in measured], style.replace('o', 's'),
+                   label=f'single agent {name}')
+    right.set(xlabel='drones', ylabel='ms, camera stamp -> segmentation', title="drone1's latency")
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.set_xticks(sizes)
+    import textwrap
+    fig.suptitle('\n'.join(textwrap.wrap(settings or 'config/swarm.yaml as shipped', 110)), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f'plot: {path}')
 
 
 if __name__ == '__main__':
