@@ -268,9 +268,6 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
     return nodes
 
 
-RADIO_PREFIX = '/radio'     # nodes/link_node.py: senders publish here, the link forwards to the real topic
-
-
 def link_through_radio(cfg: SwarmConfig, nodes: list[NodeSpec], graph: dict) -> dict:
     """Put the link node between every comm sender and its receivers: each drone node's publishers of comm
     topics (perception: the request; matcher and fusion: the other drones' addressed topics) are remapped to
@@ -284,13 +281,13 @@ def link_through_radio(cfg: SwarmConfig, nodes: list[NodeSpec], graph: dict) -> 
             sent = [topics.REQUEST]
         else:
             sent = [t for t in graph if t != topics.REQUEST and topics.topic_owner(t) != n.drone]
-        n.remappings.extend((t, RADIO_PREFIX + t) for t in sent)
+        n.remappings.extend((t, topics.RADIO_PREFIX + t) for t in sent)
     nodes.append(NodeSpec('link', 'link', SWARM_NAMESPACE, {
         'link.loss': link['loss'], 'link.delay_ms': link['delay_ms'], 'link.jitter_ms': link['jitter_ms'],
         'link.seed': link['seed'], 'link_topics': sorted(graph), **_qos_params(cfg, 'comm')}))
     out = {}
     for topic, (pubs, subs) in graph.items():
-        out[RADIO_PREFIX + topic] = (pubs, 1)
+        out[topics.RADIO_PREFIX + topic] = (pubs, 1)
         out[topic] = (1, subs)
     return out
 
@@ -303,9 +300,8 @@ def record_topics(cfg: SwarmConfig, protocol) -> list[str]:
                  (topics.LABELS, 'sensor_msgs/msg/Image', 'sensor'), (topics.POSE, 'geometry_msgs/msg/PoseStamped', 'sensor'),
                  (topics.SEGMENTATION, 'sensor_msgs/msg/Image', 'local'),
                  (topics.FUSION_INFO, f'{PACKAGE}/msg/FusionInfo', 'local')]
-    types = {'request': 'Request', 'reply': 'Reply', 'connect': 'Connect', 'feature': 'FeatureMap', 'patches': 'PatchSegments'}
     out = [f'/{d}/{t}:{msg}:{qos}' for d in cfg.names for t, msg, qos in per_drone]
-    out += [f'{t}:{PACKAGE}/msg/{types[topics.topic_kind(t)]}:comm' for t in protocol.topology(cfg.names, False)]
+    out += [f'{t}:{topics.COMM_MSG_TYPES[topics.topic_kind(t)]}:comm' for t in protocol.topology(cfg.names, False)]
     return out + [f'{topics.FRAME}:std_msgs/msg/Header:sensor', f'{topics.BANDWIDTH}:{PACKAGE}/msg/BandwidthStats:comm']
 
 

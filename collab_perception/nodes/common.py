@@ -30,7 +30,7 @@ from rclpy.signals import SignalHandlerOptions
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CameraInfo, Image
 
-from collab_perception.msg import Connect, FeatureMap, PatchSegments, PerceptionOutput, Reply, Request
+from collab_perception.msg import PerceptionOutput
 
 from ..config import ConfigError, Field, check_provider_options, check_value, parameter_field
 from ..runtime import topics
@@ -210,8 +210,23 @@ def array_to_image(arr: np.ndarray, encoding: str, header=None) -> Image:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-# The ROS message of each comm kind (runtime/topics.COMM_KINDS).
-COMM_TYPES = {'request': Request, 'reply': Reply, 'connect': Connect, 'feature': FeatureMap, 'patches': PatchSegments}
+def resolve_type(name: str):
+    """'sensor_msgs/msg/Image' (or 'sensor_msgs/Image') -> the message class."""
+    parts = name.split('/')
+    if len(parts) == 2:
+        parts = [parts[0], 'msg', parts[1]]
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f'message type {name!r}: expected package/msg/Type')
+    try:
+        return getattr(importlib.import_module(f'{parts[0]}.{parts[1]}'), parts[2])
+    except (ImportError, AttributeError):
+        raise ValueError(f'message type {name!r} cannot be imported') from None
+
+
+# The ROS message of each comm kind (runtime/topics.COMM_MSG_TYPES).
+COMM_TYPES = {kind: resolve_type(name) for kind, name in topics.COMM_MSG_TYPES.items()}
+
+
 
 
 def pose_values(msg: PoseStamped) -> list[float]:
@@ -228,19 +243,6 @@ INPUTS = {
     'perception': (PerceptionOutput, topics.PERCEPTION, 'local', None),   # decoded by the protocol role
     'camera_info': (CameraInfo, topics.CAMERA_INFO, 'sensor', lambda m: list(m.k)),
 }
-
-
-def resolve_type(name: str):
-    """'sensor_msgs/msg/Image' (or 'sensor_msgs/Image') -> the message class."""
-    parts = name.split('/')
-    if len(parts) == 2:
-        parts = [parts[0], 'msg', parts[1]]
-    if len(parts) != 3 or not all(parts):
-        raise ValueError(f'message type {name!r}: expected package/msg/Type')
-    try:
-        return getattr(importlib.import_module(f'{parts[0]}.{parts[1]}'), parts[2])
-    except (ImportError, AttributeError):
-        raise ValueError(f'message type {name!r} cannot be imported') from None
 
 
 def serialized_size(data: bytes, msg_type) -> int:
@@ -338,6 +340,28 @@ class StatusPublisher:
 
 
 # ---------------------------------------------------------------------------------------------- drone nodes
+def accept_run_time_parameters(node: Node, apply: Callable[[str, Any], None], log_prefix: str = '') -> None:
+    """Let `ros2 param set` change a node's run-time parameters (schema fields with runtime=True; the others
+    are read-only and refused by rclpy): a value is checked against its field, then handed to
+    `apply(name, value)`; a bad one is refused with the reason."""
+    def on_set(parameters) -> SetParametersResult:
+        for p in parameters:
+            try:
+                spec = parameter_field(p.name)
+            except KeyError:
+                continue
+            if not spec.runtime:
+                continue
+            try:
+                value = check_parameter(p.name, p.value)
+            except ParameterError as e:
+                return SetParametersResult(successful=False, reason=str(e))
+            apply(p.name, value)
+            node.get_logger().info(f'{log_prefix}{p.name} set to {value!r}')
+        return SetParametersResult(successful=True)
+    node.add_on_set_parameters_callback(on_set)
+
+
 class DroneNode(Node):
     """Base of the per-drone nodes (perception, matcher, fusion): the swarm's drone list, this drone's
     name and wire id, its method from the registry (only the `roles` of the network this node runs), counted
@@ -372,25 +396,9 @@ class DroneNode(Node):
         return {}
 
     def apply_at_run_time(self, apply: Callable[[str, Any], None]) -> None:
-        """Let `ros2 param set` change this node's run-time parameters (schema fields with runtime=True; the
-        others are read-only and refused by rclpy): a value is checked against its field, then handed to
-        `apply(name, value)` (the protocol role's `update`); a bad one is refused with the reason."""
-        def on_set(parameters) -> SetParametersResult:
-            for p in parameters:
-                try:
-                    spec = parameter_field(p.name)
-                except KeyError:
-                    continue
-                if not spec.runtime:
-                    continue
-                try:
-                    value = check_parameter(p.name, p.value)
-                except ParameterError as e:
-                    return SetParametersResult(successful=False, reason=str(e))
-                apply(p.name, value)
-                self.get_logger().info(f'{self.log_prefix}{p.name} set to {value!r}')
-            return SetParametersResult(successful=True)
-        self.add_on_set_parameters_callback(on_set)
+        """Let `ros2 param set` change this node's run-time parameters (accept_run_time_parameters), applied
+        by `apply(name, value)` (the protocol role's `update`)."""
+        accept_run_time_parameters(self, apply, self.log_prefix)
 
     def role_context(self, **params: Any) -> RoleContext:
         """What this node's protocol role gets: the drone, the swarm, the codec and the node's parameters."""

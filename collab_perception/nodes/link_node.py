@@ -18,9 +18,7 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 
 from ..runtime import topics
-from .common import COMM_TYPES, StatusPublisher, declare, declare_qos, spin_nodes
-
-RADIO_PREFIX = '/radio'
+from .common import COMM_TYPES, StatusPublisher, accept_run_time_parameters, declare, declare_qos, spin_nodes
 
 
 class LinkNode(Node):
@@ -39,26 +37,13 @@ class LinkNode(Node):
         for topic in relayed:
             kind = topics.topic_kind(topic)
             pub = self.create_publisher(COMM_TYPES[kind], topic, qos)
-            self.create_subscription(COMM_TYPES[kind], RADIO_PREFIX + topic,
+            self.create_subscription(COMM_TYPES[kind], topics.RADIO_PREFIX + topic,
                                      lambda data, p=pub, k=kind: self.on_message(p, k, data), qos, raw=True)
         self.timer = self.create_timer(1.0, self.release, autostart=False)   # armed for the next due message
-        self.add_on_set_parameters_callback(self.on_set)
+        accept_run_time_parameters(self, lambda name, value: setattr(self, name.split('.', 1)[1], value))
         self.status = StatusPublisher(self, 'swarm/link', 'swarm', self.status_values)
         self.get_logger().info(f'relaying {len(relayed)} comm topics: loss {self.loss:g}, delay {self.delay_ms:g} '
                                f'ms, jitter {self.jitter_ms:g} ms')
-
-    def on_set(self, parameters):
-        from rcl_interfaces.msg import SetParametersResult
-        from .common import ParameterError, check_parameter
-        for p in parameters:
-            if p.name in ('link.loss', 'link.delay_ms', 'link.jitter_ms'):
-                try:
-                    value = check_parameter(p.name, p.value)
-                except ParameterError as e:
-                    return SetParametersResult(successful=False, reason=str(e))
-                setattr(self, p.name.split('.', 1)[1], value)
-                self.get_logger().info(f'{p.name} set to {value:g}')
-        return SetParametersResult(successful=True)
 
     def status_values(self):
         values = {**{f'forwarded.{k}': v for k, v in sorted(self.forwarded.items())},

@@ -24,6 +24,11 @@ FUSION_INFO = 'fusion/info'
 # Message kinds on the radio (msg/): the request is broadcast, every other kind is addressed to one drone.
 COMM_KINDS = ('request', 'reply', 'connect', 'feature', 'patches')
 ADDRESSED_KINDS = COMM_KINDS[1:]     # every kind but the request goes to one drone's own topic
+# the message type of each kind (msg/)
+COMM_MSG_TYPES = {'request': 'collab_perception/msg/Request', 'reply': 'collab_perception/msg/Reply',
+                  'connect': 'collab_perception/msg/Connect', 'feature': 'collab_perception/msg/FeatureMap',
+                  'patches': 'collab_perception/msg/PatchSegments'}
+RADIO_PREFIX = '/radio'     # nodes/link_node.py: senders publish here, the link forwards to the real topic
 
 
 def comm_topic(kind: str, drone: str) -> str:

@@ -77,6 +77,14 @@ class RoleContext:
     def peers(self) -> list[int]:
         return sorted(set(self.ids) - {self.drone_id})
 
+    def param(self, name: str):
+        """The node's value of a drone parameter, or the config schema's default (config.DRONE_SCHEMA) where
+        the node gave none."""
+        if name in self.params:
+            return self.params[name]
+        from ...config import DRONE_SCHEMA
+        return DRONE_SCHEMA[name].default
+
     def name_of(self, drone_id: int) -> str:
         return dict(zip(self.ids, self.names)).get(drone_id, f'id {drone_id}')
 
@@ -226,8 +234,8 @@ class CachingSupporter(SupporterRole):
     def __init__(self, method, ctx: RoleContext):
         super().__init__(method, ctx)
         from ..handshake import SupporterCache
-        self.cache = SupporterCache(int(ctx.params.get('cache_frames', 16)))
-        self.default_deadline_ns = int(ctx.params.get('deadline_ms', 300)) * 1_000_000
+        self.cache = SupporterCache(int(ctx.param('cache_frames')))
+        self.default_deadline_ns = int(ctx.param('deadline_ms')) * 1_000_000
         self.replies = 0
 
     def own_value(self, inputs: Mapping[str, Any]) -> Any:
@@ -269,12 +277,11 @@ class TrackedRequester(RequesterRole):
     def __init__(self, method, ctx: RoleContext):
         super().__init__(method, ctx)
         from ..handshake import RequesterTracker
-        p = ctx.params
+        p = ctx.param
         self.tracker = RequesterTracker(
-            ctx.drone_id, ctx.ids, int(p.get('deadline_ms', 300)) * 1_000_000,
-            int(p.get('reply_timeout_ms', 120)) * 1_000_000, select=p.get('select', 'argmax'),
-            top_n=int(p.get('top_n', 1)), threshold=float(p.get('score_threshold', 0.0)),
-            capacity=int(p.get('cache_frames', 16)), spatial=self.spatial)
+            ctx.drone_id, ctx.ids, int(p('deadline_ms')) * 1_000_000, int(p('reply_timeout_ms')) * 1_000_000,
+            select=p('select'), top_n=int(p('top_n')), threshold=float(p('score_threshold')),
+            capacity=int(p('cache_frames')), spatial=self.spatial)
 
     def actions(self, tracker_actions: list) -> list:
         """The tracker's Connect and FrameOutcome as Send and FrameResult actions."""

@@ -55,7 +55,7 @@ class SpatialSupporter(CachingSupporter):
 
     def __init__(self, method, ctx: RoleContext):
         super().__init__(method, ctx)
-        self.max_cells = method.max_cells(float(ctx.params.get('patch_budget', 0.1)), ctx.dtypes['patch_dtype'])
+        self.max_cells = method.max_cells(float(ctx.param('patch_budget')), ctx.dtypes['patch_dtype'])
         self.patch_cells = 0
 
     def update(self, name: str, value: Any) -> None:

@@ -113,7 +113,7 @@ class WarpingSupporter(HandshakeSupporter):
 
     def __init__(self, method, ctx: RoleContext):
         super().__init__(method, ctx)
-        self.warp_on = ctx.params.get('warp_on', 'request')
+        self.warp_on = ctx.param('warp_on')
         if self.warp_on not in ('request', 'connect'):
             raise ValueError(f"warp_on must be 'request' or 'connect', got {self.warp_on!r}")
         if self.warp_on == 'connect':
@@ -121,7 +121,7 @@ class WarpingSupporter(HandshakeSupporter):
         method.load(('encoder',))
         method.warmup()
         self.K = None
-        ring = 4 * int(ctx.params.get('cache_frames', 16))
+        ring = 4 * int(ctx.param('cache_frames'))
         self.warped: StampRing[np.ndarray] = StampRing(ring)       # (stamp, requester) -> warped features
         self.poses: StampRing[list] = StampRing(ring)               # (stamp, requester) -> requester's pose
 
