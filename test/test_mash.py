@@ -328,6 +328,63 @@ def test_tiny_training_lowers_the_loss(tiny_dataset, tmp_path, sampling):
     assert ceiling['the run']['miou'] == pytest.approx(100 * hard['miou'], abs=1e-6)
 
 
+def test_a_frozen_backbone_caches_every_view_and_trains_the_matcher_alone(tiny_dataset, tmp_path):
+    """`train --freeze-encoder` on MASH: each view's features and own class distributions cached once (both
+    flips, correspondences mirrored), the same handshake as from the images, and only the matcher and the
+    fusion's weights move; best.pt chosen by the matcher's own validation measure."""
+    from collab_perception.learn.feature_cache import EncodedObstructionFrames
+    from collab_perception.learn.train import TrainConfig, load_model, train
+    common = dict(setting='obstruction', data_dir=tiny_dataset, batch_size=2, val_batches=1, threads=1)
+    cfg = replace(SMALL, patch_sampling='pixels')
+    train(TrainConfig(method='mash', out_dir=str(tmp_path / 'e2e'), iterations=2, eval_every=2, model=cfg,
+                      **common), progress=False)
+    pretrained, _ = load_model(str(tmp_path / 'e2e' / 'last.pt'))
+    frozen = Mash(replace(cfg, freeze_encoder=True))
+    frozen.load_state_dict(pretrained.state_dict())
+    frozen.method_name = 'mash'
+    frozen.eval()
+    loader = ObstructionLoader(tiny_dataset, 'obstruction', 'train', 4, shuffle=False)
+    cache = EncodedObstructionFrames(loader, frozen.encoder, 4, head=frozen.own_head, progress=False)
+    raw = next(iter(loader.loader))
+    n = len(raw['labels'])
+    for flip in (0, 1):
+        images = loader.tensors(raw, np.full(n, bool(flip)))
+        encoded = {k: v[:n, flip] for k, v in cache.frames.items()}
+        features = encoded.pop('features').float()
+        encoded.update(target=features[:, 0], supporters=features[:, 1:], encoded=True,
+                       own_probs=encoded.pop('own_probs').float() / 255, labels=encoded['labels'].long(),
+                       supporter_labels=encoded['supporter_labels'].long())
+        assert torch.equal(encoded['correspondence'], images['correspondence'])
+        assert torch.equal(encoded['labels'], images['labels'])
+        with torch.no_grad():
+            from_images = frozen.forward_batch(images, 'eval')
+            from_cache = frozen.forward_batch(encoded, 'eval')
+        assert torch.allclose(from_cache.extra['volume'], from_images.extra['volume'], atol=5e-2)
+        own = from_images.own_logits.softmax(2)
+        assert (from_cache.own_logits.exp() - own).abs().max() < 3e-3          # the uint8 steps of 1/255
+    batches = list(cache)
+    assert sum(len(b['labels']) for b in batches) == len(cache.frames['labels'])
+    assert all(b['encoded'] and b['own_probs'].shape[1:] == (6, 8, 128, 128) for b in batches)
+
+    with pytest.raises(ValueError, match='--select-by .*match_within_one_cell'):
+        train(TrainConfig(method='mash', out_dir=str(tmp_path / 'bad'), iterations=2, eval_every=2, model=cfg,
+                          select_by='recall', **common), progress=False)
+    result = train(TrainConfig(method='mash', out_dir=str(tmp_path / 'matcher'), iterations=4, eval_every=2,
+                               lr=5e-3, init_from=str(tmp_path / 'e2e' / 'last.pt'), select_by='match_within_one_cell',
+                               model=replace(cfg, freeze_encoder=True), **common), progress=False)
+    history = json.load(open(tmp_path / 'matcher' / 'history.json'))['history']
+    assert [h['step'] for h in history] == [2, 4]
+    assert all(0 <= h['val_match_within_one_cell'] <= 1 for h in history)
+    assert result['best_val_match_within_one_cell'] == max(h['val_match_within_one_cell'] for h in history)
+    trained, _ = load_model(str(tmp_path / 'matcher' / 'last.pt'))
+    before, after = pretrained.state_dict(), trained.state_dict()
+    for name in after:
+        moved = not torch.equal(after[name], before[name])
+        if name.startswith(('encoder.', 'own_head.')):
+            assert not moved, name
+    assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith('smoothing.'))
+
+
 def test_init_from_copies_the_backbone_of_another_run(tiny_dataset, tmp_path):
     from collab_perception.learn.mash_eval import train_command
     from collab_perception.learn.train import TrainConfig, init_from_checkpoint, load_model, train

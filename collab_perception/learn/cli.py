@@ -57,7 +57,11 @@ def add_learn_parsers(sub) -> None:
                         'sub-cell warping grid (MASH Eq. 3; needs a dataset with correspondence_uv)')
     p.add_argument('--freeze-encoder', action='store_true',
                    help='keep the encoder of --init-from fixed (e.g. runs/train/<setting>/backbone/best.pt); '
-                        'the training frames are then encoded once and their features cached in memory')
+                        'the training frames are then encoded once and their features cached in memory (MASH: the '
+                        'own head is kept too, and every view\'s class distribution cached with its features)')
+    p.add_argument('--select-by', default='accuracy', metavar='METRIC',
+                   help='the validation measure that picks best.pt: accuracy (default), miou, or for MASH '
+                        'match_within_one_cell (its matcher: real matches within one cell of the truth)')
     p.add_argument('--init-from', default='', metavar='CHECKPOINT',
                    help='start from the weights of another run whose names and shapes match (e.g. MASH\'s '
                         'backbone from runs/train/obstruction/inpainting/best.pt); ignored with --resume')
@@ -115,12 +119,18 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(method=args.method, setting=args.setting, data_dir=data, out_dir=args.out, seed=args.seed,
                       iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
                       max_minutes=args.max_minutes, threads=args.threads, init_from=args.init_from,
-                      model=ModelConfig(query_size=args.query_size, key_size=args.key_size, attention=args.attention,
+                      select_by=args.select_by, model=ModelConfig(query_size=args.query_size, key_size=args.key_size, attention=args.attention,
                                         selection=args.selection, freeze_encoder=args.freeze_encoder,
                                         patch_sampling=args.patch_sampling))
-    result = train(cfg, resume=args.resume, progress=not args.quiet)
+    try:
+        result = train(cfg, resume=args.resume, progress=not args.quiet)
+    except ValueError as e:
+        if str(e).startswith('--select-by'):
+            raise ConfigError('--select-by', str(e)) from None
+        raise
+    metric = result['select_by']
     print(f'{result["method"]}/{result["setting"]}: {result["steps"]} steps in {result["elapsed_s"] / 60:.1f} min, '
-          f'best validation accuracy {result["best_val_accuracy"]:.4f}{" (truncated)" if result["truncated"] else ""}; '
+          f'best validation {metric} {result["best_val_" + metric]:.4f}{" (truncated)" if result["truncated"] else ""}; '
           f'{result["out_dir"]}')
     return 0
 

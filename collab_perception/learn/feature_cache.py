@@ -4,13 +4,15 @@ With `freeze_encoder` (a pretrained backbone kept fixed, `train --freeze-encoder
 view never changes during training, so encoding every view at every step, five or six encoder passes per frame
 and most of a step's time, is work thrown away. EncodedFrames encodes each frame's views once, both left-right
 flips of each (so the flip augmentation stays exact), keeps them in memory as float16 and yields batches shaped
-like FrameLoader's, with 'encoded' set: CollabModel.encode then passes them through.
+like FrameLoader's, with 'encoded' set: CollabModel.encode then passes them through. EncodedObstructionFrames
+does the same for MASH's obstruction frames (every agent's view; a frozen backbone leaves the matcher, the
+fusion and the own head to train).
 """
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -77,6 +79,84 @@ class EncodedFrames:
             yield {'target': f['target'][idx, flip].float(), 'clean': f['clean'][idx, flip].float(),
                    'supporters': f['supporters'][idx, flip].float(), 'labels': f['labels'][idx, flip].long(),
                    'best': f['best'][idx], 'encoded': True}
+
+
+class EncodedObstructionFrames:
+    """Every frame of an ObstructionLoader (mash_data) with every agent's view encoded once by `encoder`,
+    both left-right flips (labels, obstruction masks and correspondences mirrored with them), float16 features
+    in memory; with `head` (a frozen own head) also every view's class distribution ('own_probs', stored in
+    uint8 steps of 1/255); batches shaped like the loader's with 'encoded' set."""
+
+    def __init__(self, loader, encoder: nn.Module, batch_size: int, seed: int = 0, progress: bool = True,
+                 head: Optional[nn.Module] = None):
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        self.agents, self.num_classes = loader.agents, loader.num_classes
+        parts: dict[str, list] = {}
+        encoder.eval()
+        if head is not None:
+            head.eval()
+        with torch.no_grad():
+            for raw in tqdm(loader.loader, desc='encoding every view of the training frames once',
+                            disable=not progress, dynamic_ncols=True, leave=False):
+                n = len(raw['labels'])
+                both = [loader.tensors(raw, None), loader.tensors(raw, np.ones(n, dtype=bool))]
+                for flip, batch in enumerate(both):
+                    images = torch.cat([batch['target'][:, None], batch['supporters']], 1)      # [B, A, 3, H, W]
+                    feats = encoder(images.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+                    batch['features'] = feats.contiguous().half().view(n, images.shape[1], *feats.shape[1:])
+                    if head is not None:
+                        probs = head(feats).softmax(1).mul_(255).round_().to(torch.uint8)
+                        batch['own_probs'] = probs.contiguous().view(n, images.shape[1], *probs.shape[1:])
+                for key in both[0]:
+                    if key in ('target', 'supporters'):
+                        continue
+                    value = torch.stack([both[0][key], both[1][key]], 1)                        # [B, 2, ...]
+                    if key in ('labels', 'supporter_labels'):
+                        value = value.to(torch.uint8)
+                    parts.setdefault(key, []).append(value)
+        if not parts:
+            raise ValueError(f'{loader.loader.root}: the {loader.loader.split!r} split holds no frame to encode')
+        self.frames = {k: torch.cat(v, 0) for k, v in parts.items()}
+
+    def __len__(self) -> int:
+        n = len(self.frames['labels'])
+        return (n + self.batch_size - 1) // self.batch_size
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.frames.values())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        n = len(self.frames['labels'])
+        order = rng.permutation(n)
+        flips = rng.random(n) < 0.5
+        for start in range(0, n, self.batch_size):
+            idx = torch.from_numpy(order[start:start + self.batch_size])
+            flip = torch.from_numpy(flips[order[start:start + self.batch_size]].astype(np.int64))
+            picked = {k: v[idx, flip] for k, v in self.frames.items()}
+            features = picked.pop('features').float()
+            batch = {'target': features[:, 0], 'supporters': features[:, 1:], 'encoded': True}
+            if 'own_probs' in picked:
+                batch['own_probs'] = picked.pop('own_probs').float().div_(255.0)
+            for key, value in picked.items():
+                batch[key] = value.long() if key in ('labels', 'supporter_labels') else value
+            yield batch
+
+
+def cached_loader(loader, model: nn.Module, batch_size: int, seed: int = 0, progress: bool = True):
+    """A training loader's frames through a model's frozen encoder, once: EncodedFrames, or for MASH's
+    obstruction frames EncodedObstructionFrames (its own head frozen too, so its outputs are cached)."""
+    if getattr(loader, 'setting', None) == 'obstruction':
+        return EncodedObstructionFrames(loader, model.encoder, batch_size, seed=seed, progress=progress,
+                                        head=model.own_head)
+    return EncodedFrames(loader, model.encoder, batch_size, seed=seed, progress=progress)
 
 
 def training_step_times(data_dir: str, steps: int, batch_size: int = 16, threads: int = 0) -> dict:

@@ -245,6 +245,14 @@ def bilinear_cell_targets(positions: torch.Tensor, grid: tuple[int, int]) -> tor
     return out
 
 
+def within_one_cell(match: torch.Tensor, truth: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Matches in the 3x3 cell neighbourhood of a real ground-truth match (never true for no-match truth)."""
+    hc, wc = grid
+    rows = (torch.div(match, wc, rounding_mode='floor') - torch.div(truth, wc, rounding_mode='floor')).abs()
+    cols = (match % wc - truth % wc).abs()
+    return (rows <= 1) & (cols <= 1) & (truth != hc * wc) & (match != hc * wc)
+
+
 # ---------------------------------------------------------------------------------------------- MASH parts
 def distance_volume(p: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """The dense distance volume with its no-match bin (§III "Data Correspondence", Eq. 1-2).
@@ -334,16 +342,35 @@ class ObstructionModel(CollabModel):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.agents = cfg.supporters + 1
+        if cfg.freeze_encoder:          # MASH's pretrained part is the whole backbone: encoder and own head
+            self.own_head.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> 'ObstructionModel':
+        super().train(mode)
+        if self.cfg.freeze_encoder:
+            self.own_head.eval()
+        return self
 
     def forward_batch(self, batch: dict, mode: str) -> Output:
-        return self(batch, mode)
+        with self.inputs_of(batch):
+            return self(batch, mode)
 
     def backbone(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images [B, A, 3, H, W] -> features [B, A, F, H/4, W/4], own logits [B, A, K, H, W]."""
+        """images [B, A, 3, H, W] -> features [B, A, F, H/4, W/4], own logits [B, A, K, H, W]. (In a batch of
+        cached features, feature_cache.EncodedObstructionFrames, `images` are already the features.)"""
         b, a = images.shape[:2]
-        features = self.encoder(images.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+        features = self.encode(images.flatten(0, 1).contiguous(memory_format=torch.channels_last))
         logits = self.own_head(features)
         return features.view(b, a, *features.shape[1:]), logits.view(b, a, *logits.shape[1:])
+
+    def agent_outputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every agent's backbone features and own logits for a batch (`backbone`); a batch of cached
+        features (feature_cache.EncodedObstructionFrames) brings the frozen own head's class distributions
+        along, so the head is not run again."""
+        images = self.all_images(batch)
+        if self._inputs_encoded and 'own_probs' in batch:
+            return images, batch['own_probs'].clamp_min(1e-4).log()
+        return self.backbone(images)
 
     @staticmethod
     def all_images(batch: dict) -> torch.Tensor:
@@ -351,7 +378,7 @@ class ObstructionModel(CollabModel):
 
     def loss(self, out: Output, batch: dict, ignore_index: int = 255) -> torch.Tensor:
         loss = F.cross_entropy(out.logits, batch['labels'], ignore_index=ignore_index)
-        if out.own_logits is not None and self.cfg.own_loss_weight > 0:
+        if out.own_logits is not None and self.cfg.own_loss_weight > 0 and not self.cfg.freeze_encoder:
             own = out.own_logits                                              # [B, A, K, H, W]
             labels = torch.cat([batch['labels'].unsqueeze(1), batch['supporter_labels']], 1)
             loss = loss + self.cfg.own_loss_weight * F.cross_entropy(own.flatten(0, 1), labels.flatten(0, 1),
@@ -368,7 +395,7 @@ class Inpainting(ObstructionModel):
     needs_supporters = False
 
     def forward(self, batch: dict, mode: str = 'train') -> Output:
-        return Output(logits=self.own_head(self.encoder(batch['target'])))
+        return Output(logits=self.own_head(self.encode(batch["target"])))
 
 
 @register('inpainting_all')
@@ -381,7 +408,7 @@ class InpaintingAllViews(Inpainting):
         if mode != 'train':
             return super().forward(batch, mode)
         images = self.all_images(batch).flatten(0, 1).contiguous(memory_format=torch.channels_last)
-        return Output(logits=self.own_head(self.encoder(images)))
+        return Output(logits=self.own_head(self.encode(images)))
 
     def loss(self, out: Output, batch: dict, ignore_index: int = 255) -> torch.Tensor:
         if out.logits.shape[0] == batch['labels'].shape[0]:          # an inference output: the target only
@@ -427,7 +454,7 @@ class OutputStack(ObstructionModel):
         return probs[:, 1:]
 
     def forward(self, batch: dict, mode: str = 'train') -> Output:
-        _, own_logits = self.backbone(self.all_images(batch))
+        _, own_logits = self.agent_outputs(batch)
         probs = own_logits.softmax(2)
         stack = torch.cat([probs[:, :1], self.supporter_distributions(probs, batch)], 1).flatten(1, 2)
         return Output(logits=self.stack_fusion(stack), own_logits=own_logits)
@@ -579,21 +606,28 @@ class Mash(ObstructionModel):
         mass in that window: the counterpart of the paper's channel-wise max (§III (4)) once a match is spread
         over neighbouring cells on purpose. volume [N, C + 1, Hc, Wc] logits -> confidence [N, C], match [N, C]
         (C = no match), positions [N, C, 2] pixels (u, v), NaN for no match; differentiable in the volume."""
-        n = volume.shape[0]
         hc, wc = self.grid
         cells = hc * wc
-        probs = volume.softmax(1)
-        best = probs[:, :cells].flatten(2).argmax(1)                                           # [N, Ct]
-        source = probs[:, :cells].reshape(n, hc, wc, cells).permute(0, 3, 1, 2)                # [N, Ct, Hs, Ws]
-        centres = self.cell_centre_uv.to(probs.dtype)                                          # [2, 1, Hs, Ws]
-        stacked = torch.cat([source, source * centres[0], source * centres[1]], 1)
-        window = 9 * F.avg_pool2d(stacked, 3, stride=1, padding=1, count_include_pad=True).flatten(2)
-        mass, u, v = (window[:, i * cells:(i + 1) * cells].gather(2, best[:, :, None])[..., 0] for i in range(3))
+        probs = volume.softmax(1).flatten(2)                                                   # [N, C + 1, Ct]
+        source = probs[:, :cells]
+        best = source.argmax(1)                                                                # [N, Ct]
+        centres = self.cell_centre_uv.to(probs.dtype).reshape(2, cells)                       # [2, Cs]
+        row, col = torch.div(best, wc, rounding_mode='floor'), best % wc
+        mass = u = v = 0.0
+        for dy in (-1, 0, 1):          # the 3 x 3 source cells around the argmax (a window past the border
+            for dx in (-1, 0, 1):      # holds nothing there)
+                r, c = row + dy, col + dx
+                inside = ((r >= 0) & (r < hc) & (c >= 0) & (c < wc)).to(probs.dtype)
+                index = r.clamp(0, hc - 1) * wc + c.clamp(0, wc - 1)
+                p = source.gather(1, index[:, None])[:, 0] * inside
+                mass = mass + p
+                u = u + p * centres[0][index]
+                v = v + p * centres[1][index]
         positions = torch.stack([u, v], -1) / mass.clamp_min(1e-12)[..., None]
         # a match is spread over up to four cells on purpose, so it is weighed as the window's mass against the
         # no-match bin (a plain argmax over all bins would call a cell unmatched whenever p(no match) exceeds
         # the largest single source cell)
-        no_match = probs[:, cells].flatten(1)
+        no_match = probs[:, cells]
         none = mass <= no_match
         match = torch.where(none, torch.full_like(best, cells), best)
         positions = torch.where(none[..., None], torch.full_like(positions, float('nan')), positions)
@@ -683,13 +717,13 @@ class Mash(ObstructionModel):
         """Everything before the supporters' cell selection, for every agent of the batch: own logits
         [B, A, K, H, W], per-cell distributions [B, A, C, K], the target's self-confidence [B, Hc, Wc] and every
         supporter's smoothed correspondence logits [B, S, C + 1, Hc, Wc]."""
-        images = self.all_images(batch)
-        b, a = images.shape[:2]
-        if tuple(images.shape[-2:]) != self.image_size:
+        b, a = batch['supporters'].shape[0], batch['supporters'].shape[1] + 1
+        size = tuple(batch['labels'].shape[-2:])
+        if size != self.image_size:
             raise ValueError(f'this MASH model was built for {self.image_size[1]}x{self.image_size[0]} images '
                              f'(its cell grid sets the smoothing network\'s channels), got '
-                             f'{images.shape[-1]}x{images.shape[-2]}: construct it with image_size=(H, W)')
-        features, own_logits = self.backbone(images)
+                             f'{size[1]}x{size[0]}: construct it with image_size=(H, W)')
+        features, own_logits = self.agent_outputs(batch)
         query = self.query_map(features[:, 0])
         s = a - 1
         volume = self.match_volume(query[:, None].expand(b, s, *query.shape[1:]).flatten(0, 1),
@@ -768,6 +802,18 @@ class Mash(ObstructionModel):
             scores = result.pop('scores')
             extra.update(result)
         return Output(logits=self.scores_to_logits(scores), own_logits=state['own_logits'], extra=extra)
+
+    validation_metrics = ('match_within_one_cell',)
+
+    def validation_counts(self, out: Output, batch: dict) -> dict[str, tuple[int, int]]:
+        """Training's validation of the matcher itself (`train --select-by match_within_one_cell`): target cells
+        with a ground-truth match whose most probable source cell is within one cell of it, of all such cells.
+        The fused accuracy hardly sees the matcher: the target's own cells dominate it."""
+        volume = out.extra['volume']                                           # [B, S, C + 1, Hc, Wc]
+        best = volume.flatten(3)[:, :, :-1].argmax(2)
+        truth = batch['correspondence']
+        real = truth != self.grid[0] * self.grid[1]
+        return {'match_within_one_cell': (int(within_one_cell(best, truth, self.grid).sum()), int(real.sum()))}
 
     def loss(self, out: Output, batch: dict, ignore_index: int = 255) -> torch.Tensor:
         """The segmentation cross entropies (fused, every agent's own) + the correspondence cross entropy of

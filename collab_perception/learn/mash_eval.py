@@ -40,7 +40,7 @@ from ..runtime import wire
 from ..runtime.metrics import SegmentationScore
 from ..world.geometry import cell_centres
 from .mash import (CELL_SIZE, SUBCELL_KEY, Mash, bilinear_cell_targets, role_modules, sample_cells,
-                   sample_label_resolution)
+                   sample_label_resolution, within_one_cell)
 from .evaluate import cached_evaluation
 from .mash_data import SETTING, ObstructionLoader
 from .models import ModelConfig, create_model
@@ -157,7 +157,7 @@ class _Variant:
         self.cells += sent.numel()
         self.sent += int(sent.sum())
         self.sent_exact += int((sent & (result['match'] == truth)).sum())
-        self.sent_near += int((sent & _within_one_cell(result['match'], truth, grid)).sum())
+        self.sent_near += int((sent & within_one_cell(result['match'], truth, grid)).sum())
 
     def summary(self, image_size: tuple[int, int]) -> dict:
         h, w = image_size
@@ -176,14 +176,6 @@ class _Variant:
             out['sent_precision'] = self.sent_exact / max(self.sent, 1)
             out['sent_precision_within_one_cell'] = self.sent_near / max(self.sent, 1)
         return out
-
-
-def _within_one_cell(match: torch.Tensor, truth: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Matches in the 3x3 cell neighbourhood of a real ground-truth match (never true for no-match truth)."""
-    hc, wc = grid
-    rows = (torch.div(match, wc, rounding_mode='floor') - torch.div(truth, wc, rounding_mode='floor')).abs()
-    cols = (match % wc - truth % wc).abs()
-    return (rows <= 1) & (cols <= 1) & (truth != hc * wc) & (match != hc * wc)
 
 
 @torch.no_grad()
@@ -233,7 +225,7 @@ def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, prog
                 real = truth != hc * wc
                 best_real = state['volume'].flatten(3)[:, :, :-1].argmax(2)        # ignoring the no-match bin
                 real_correct += int(((best_real == truth) & real).sum())
-                near = _within_one_cell(best_real, truth, (hc, wc))
+                near = within_one_cell(best_real, truth, (hc, wc))
                 real_near += int(near.sum())
                 real_total += int(real.sum())
                 # a target cell is obstructed when most of its pixels are (Table I's obstructed region)

@@ -170,6 +170,13 @@ class CollabModel(nn.Module):
         """Features [N, C, h, w] as the requester receives them (see `received_on_wire`)."""
         return features if self.received_on_wire is None else self.received_on_wire(features)
 
+    # validation measures beyond accuracy and mIoU (train --select-by), counted per batch by validation_counts
+    validation_metrics: tuple[str, ...] = ()
+
+    def validation_counts(self, out: 'Output', batch: dict) -> dict[str, tuple[int, int]]:
+        """{metric: (hits, total)} of one validation batch, for each name in `validation_metrics`."""
+        return {}
+
     def warm_start(self, source: dict) -> list[str]:
         """Weights that a pretrained run (`train --init-from`) gives beyond same-named ones: none here."""
         return []
@@ -329,6 +336,13 @@ class _Handshake(CollabModel):
         return WireSpec(handshake=True, query_shape=(self.cfg.query_size,) if self.use_message else (),
                         feature_shape=(self.cfg.channels,), features_sent='selected')
 
+    # validation measures beyond accuracy and mIoU (train --select-by), counted per batch by validation_counts
+    validation_metrics: tuple[str, ...] = ()
+
+    def validation_counts(self, out: 'Output', batch: dict) -> dict[str, tuple[int, int]]:
+        """{metric: (hits, total)} of one validation batch, for each name in `validation_metrics`."""
+        return {}
+
     def warm_start(self, source: dict) -> list[str]:
         return decoder_from_own_head(self, source)
 
@@ -399,6 +413,13 @@ class RandomSelection(CollabModel):
     def wire(self) -> WireSpec:
         # no matching: the target asks one supporter directly (a Connect) and receives its features
         return WireSpec(handshake=False, feature_shape=(self.cfg.channels,), features_sent='selected')
+
+    # validation measures beyond accuracy and mIoU (train --select-by), counted per batch by validation_counts
+    validation_metrics: tuple[str, ...] = ()
+
+    def validation_counts(self, out: 'Output', batch: dict) -> dict[str, tuple[int, int]]:
+        """{metric: (hits, total)} of one validation batch, for each name in `validation_metrics`."""
+        return {}
 
     def warm_start(self, source: dict) -> list[str]:
         return decoder_from_own_head(self, source)

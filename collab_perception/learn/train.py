@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ..runtime.metrics import ConfusionMatrix
 from .data import HANDSHAKE_SETTINGS, FrameLoader
-from .feature_cache import EncodedFrames
+from .feature_cache import cached_loader
 from .models import CollabModel, ModelConfig, create_model
 
 
@@ -46,6 +46,8 @@ class TrainConfig:
     max_minutes: float = 0.0            # 0: no limit; else stop early (the run is marked truncated)
     threads: int = 0                    # torch threads; 0: all cores
     init_from: str = ''                 # a checkpoint whose same-named, same-shaped weights start this run
+    select_by: str = 'accuracy'         # the validation measure that picks best.pt (accuracy, miou, or one of
+                                        # the model's validation_metrics)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def resolve(self) -> 'TrainConfig':
@@ -81,11 +83,16 @@ def forward(model: CollabModel, batch: dict, mode: str):
 def validate(model: CollabModel, loader: FrameLoader) -> dict:
     model.eval()
     cm = ConfusionMatrix(loader.num_classes)
+    counts = {name: [0, 0] for name in model.validation_metrics}
     for batch in loader:
         out = forward(model, batch, 'eval')
         cm.update(out.logits.argmax(1).numpy(), batch['labels'].numpy())
+        for name, (hits, total) in model.validation_counts(out, batch).items():
+            counts[name][0] += hits
+            counts[name][1] += total
     model.train()
-    return {'accuracy': cm.accuracy(), 'miou': cm.miou()}
+    return {'accuracy': cm.accuracy(), 'miou': cm.miou(),
+            **{name: hits / max(total, 1) for name, (hits, total) in counts.items()}}
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -150,6 +157,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     val_loader = loader_cls(cfg.data_dir, cfg.setting, 'val', cfg.batch_size, shuffle=False, limit=cfg.val_batches)
     model = build_model(cfg, train_loader.agents, train_loader.num_classes)
     cfg.model = model.cfg
+    selectable = ('accuracy', 'miou') + tuple(model.validation_metrics)
+    if cfg.select_by not in selectable:
+        raise ValueError(f'--select-by {cfg.select_by!r}: {cfg.method} is validated on {", ".join(selectable)}')
     if cfg.model.freeze_encoder and not (cfg.init_from or resume):
         raise ValueError('--freeze-encoder keeps the encoder as it starts: give --init-from a pretrained run '
                          '(e.g. runs/train/<setting>/backbone/best.pt)')
@@ -170,14 +180,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         step, elapsed = ckpt['step'], ckpt['elapsed_s']
         if os.path.exists(history_path):
             history = json.load(open(history_path))['history']
-            best = max((h['val_accuracy'] for h in history), default=-1.0)
+            best = max((h.get('val_' + cfg.select_by, -1.0) for h in history), default=-1.0)
     elif cfg.init_from:
         copied = init_from_checkpoint(model, cfg.init_from)
         modules = sorted({name.split('.')[0] for name in copied})
         print(f'{cfg.method}/{cfg.setting}: {len(copied)} of {len(model.state_dict())} weights from '
               f'{cfg.init_from} ({", ".join(modules)})')
-    if cfg.model.freeze_encoder and cfg.setting in HANDSHAKE_SETTINGS:
-        train_loader = EncodedFrames(train_loader, model.encoder, cfg.batch_size, seed=cfg.seed, progress=progress)
+    if cfg.model.freeze_encoder:
+        train_loader = cached_loader(train_loader, model, cfg.batch_size, seed=cfg.seed, progress=progress)
         print(f'{cfg.method}/{cfg.setting}: the frozen encoder\'s features of {len(train_loader)} batches cached '
               f'({train_loader.nbytes / 2 ** 20:.0f} MiB)')
     if step:
@@ -211,12 +221,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                 elapsed = time.monotonic() - start
                 val = validate(model, val_loader)
                 history.append({'step': step, 'loss': running, 'elapsed_s': round(elapsed, 1),
-                                'val_accuracy': val['accuracy'], 'val_miou': val['miou']})
+                                **{'val_' + name: value for name, value in val.items()}})
+                extra = ''.join(f', {name} {val[name]:.4f}' for name in model.validation_metrics)
                 bar.write(f'{cfg.method}/{cfg.setting} step {step}: loss {running:.3f}, val accuracy '
-                          f'{val["accuracy"]:.4f}, mIoU {val["miou"]:.4f} ({elapsed / 60:.1f} min)')
+                          f'{val["accuracy"]:.4f}, mIoU {val["miou"]:.4f}{extra} ({elapsed / 60:.1f} min)')
                 save_checkpoint(last_path, model, optimizer, step, elapsed, cfg, val)
-                if val['accuracy'] > best:
-                    best = val['accuracy']
+                if val[cfg.select_by] > best:
+                    best = val[cfg.select_by]
                     save_checkpoint(best_path, model, optimizer, step, elapsed, cfg, val)
                 with open(history_path, 'w') as f:
                     json.dump({'history': history, 'truncated': truncated}, f, indent=2)
@@ -225,7 +236,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     bar.close()
     elapsed = time.monotonic() - start
     result = {'method': cfg.method, 'setting': cfg.setting, 'steps': step, 'elapsed_s': round(elapsed, 1),
-              'truncated': truncated, 'best_val_accuracy': best, 'out_dir': cfg.out_dir}
+              'truncated': truncated, 'select_by': cfg.select_by, 'best_val_' + cfg.select_by: best,
+              'out_dir': cfg.out_dir}
+    if cfg.select_by != 'accuracy':
+        result['best_val_accuracy'] = max((h['val_accuracy'] for h in history), default=-1.0)
     with open(os.path.join(cfg.out_dir, 'train.json'), 'w') as f:
         json.dump(result, f, indent=2)
     return result
