@@ -491,6 +491,39 @@ def test_sub_cell_positions_read_back_the_bilinear_targets():
     assert torch.allclose(confidence, torch.ones_like(confidence), atol=1e-4)   # all the mass: in the window
 
 
+def test_the_ground_plane_carries_confident_matches_into_the_unmatched_cells():
+    """geometry 'homography': where the confident matches agree on one plane, every cell gets its position
+    through it, the unmatched and the wrong ones included, with the plane's support as confidence; a cell the
+    plane maps outside the view has none, and a pair with no plane keeps the matcher's own matches."""
+    from collab_perception.runtime.homography import project
+    model = make('mash_pixels', size=128)                              # a 16 x 16 cell grid
+    cells = 256
+    centres = cell_centres(128, 128, CELL_SIZE).astype(np.float64)
+    plane = np.array([[0.8, 0.3, 4.0], [-0.3, 0.8, 28.0], [0.0, 0.0, 1.0]])
+    truth = project(plane, centres)
+    g = np.random.default_rng(3)
+    found = truth + g.normal(0, 0.3, truth.shape)
+    wrong = g.random(cells) < 0.25
+    found[wrong] = g.uniform(0, 127, (int(wrong.sum()), 2))
+    unmatched = g.random(cells) < 0.3                                   # e.g. obstructed cells: no match
+    positions = torch.from_numpy(np.where(unmatched[:, None], np.nan, found)).float()
+    match = torch.where(torch.from_numpy(unmatched), torch.tensor(cells), torch.arange(cells))
+    confidence = torch.where(torch.from_numpy(unmatched), torch.tensor(0.9), torch.tensor(0.6))
+    noise = torch.rand(1, cells, 2, generator=torch.Generator().manual_seed(0)) * 127    # a pair with no plane
+    conf, idx, pos = model.planar_matches(torch.stack([confidence, confidence]), torch.stack([match, match]),
+                                          torch.cat([positions[None], noise]))
+    inside = (truth >= -0.5).all(-1) & (truth <= 127.5).all(-1)
+    assert np.abs(pos[0].numpy()[inside] - truth[inside]).max() < 0.5
+    assert torch.isnan(pos[0][torch.from_numpy(~inside)]).all() and (idx[0][torch.from_numpy(~inside)] == cells).all()
+    support = conf[0][torch.from_numpy(inside)]
+    assert torch.allclose(support, support[0].expand_as(support)) and 0.3 < float(support[0]) < 0.75
+    assert torch.equal(pos[1], noise[0]) and torch.equal(idx[1], match) and torch.equal(conf[1], confidence)
+    model.geometry = 'sphere'
+    state = model.handshake(synthetic_batch(b=1, size=128))
+    with pytest.raises(ValueError, match="unknown geometry 'sphere'"):
+        model.infer(state)
+
+
 def test_pixel_patches_carry_the_supporters_labels_at_label_resolution():
     """With ground-truth volumes (the supporters' correspondences, sharpened), MASH 'pixels' sampling sends
     the supporters' own classes per pixel, and HardSelection puts them where the target cannot see: the

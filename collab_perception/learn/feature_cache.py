@@ -98,8 +98,10 @@ class EncodedObstructionFrames:
         if head is not None:
             head.eval()
         with torch.no_grad():
-            for raw in tqdm(loader.loader, desc='encoding every view of the training frames once',
-                            disable=not progress, dynamic_ncols=True, leave=False):
+            for i, raw in enumerate(tqdm(loader.loader, desc='encoding every view of the training frames once',
+                                         total=len(loader), disable=not progress, dynamic_ncols=True, leave=False)):
+                if loader.limit is not None and i >= loader.limit:
+                    break
                 n = len(raw['labels'])
                 both = [loader.tensors(raw, None), loader.tensors(raw, np.ones(n, dtype=bool))]
                 for flip, batch in enumerate(both):
@@ -193,6 +195,47 @@ def training_step_times(data_dir: str, steps: int, batch_size: int = 16, threads
             times[name].append(time.perf_counter() - started)
     return {**{name: statistics.median(t) for name, t in times.items()}, 'cache_s': cache_s,
             'cached_frames': len(cache.frames['best'])}
+
+
+def mash_training_step_times(data_dir: str, steps: int, batch_size: int = 8, threads: int = 0,
+                             frames: int = 32) -> dict:
+    """Median seconds of one MASH training step ('pixels' patches, the obstruction setting's main row), two
+    ways in interleaved rounds on the same `frames` training frames (bench/bench_train_step.py --setting
+    obstruction): 'end to end' (backbone trained, images in) and 'cached' (the backbone frozen, every view's
+    features and own class distributions cached: --freeze-encoder); plus 'cache_s' for those frames."""
+    from .mash import Mash
+    from .mash_data import ObstructionLoader
+    if threads:
+        torch.set_num_threads(threads)
+    loader = ObstructionLoader(data_dir, 'obstruction', 'train', batch_size, shuffle=False,
+                               limit=max(1, frames // batch_size))
+    images = next(iter(loader))
+    cfg = ModelConfig(num_classes=loader.num_classes, supporters=loader.agents - 1, query_size=16, key_size=32,
+                      patch_sampling='pixels')
+    steps_by_way, cache_s = {}, 0.0
+    for name in ('end to end', 'cached'):
+        torch.manual_seed(0)
+        model = Mash(ModelConfig(**{**cfg.__dict__, 'freeze_encoder': name == 'cached'}), loader.image_size)
+        model = model.to(memory_format=torch.channels_last).train()
+        optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-3)
+        batch = images
+        if name == 'cached':
+            started = time.perf_counter()
+            cache = EncodedObstructionFrames(loader, model.encoder, batch_size, progress=False, head=model.own_head)
+            cache_s = time.perf_counter() - started
+            model.train()
+            batch = next(iter(cache))
+        steps_by_way[name] = _step(model, optimizer, batch)
+    for step in steps_by_way.values():      # warm-up
+        step()
+    times = {name: [] for name in steps_by_way}
+    for _ in range(steps):
+        for name, step in steps_by_way.items():
+            started = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - started)
+    return {**{name: statistics.median(t) for name, t in times.items()}, 'cache_s': cache_s,
+            'cached_frames': len(cache.frames['labels'])}
 
 
 def _step(model, optimizer, batch):

@@ -62,10 +62,13 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..runtime.homography import project, ransac_homography
 from ..runtime.onnx_mash import NO_LABEL
 from ..world.geometry import cell_centres
 from .backbone import Encoder, conv_block
@@ -80,6 +83,12 @@ QUERY_DTYPE = 'uint8'                # the query map on the wire (msg/Request.ms
 PATCH_DTYPE = 'uint8'                # confidences and class distributions on the wire (msg/PatchSegments.msg)
 DISTANCE_EPS = 1e-6                  # keeps sqrt differentiable at distance 0
 DISTANCE_SCALE = 4.0                 # initial inverse temperature of the distances (learned)
+GEOMETRIES = ('none', 'homography')  # inference: the supporter's matches as the matcher gives them, or through
+                                     # the ground plane they agree on (runtime/homography.py)
+PLANE_MIN_CONFIDENCE = 0.1           # matches that vote for the plane: from this confidence on
+PLANE_THRESHOLD_PX = 6.0             # a match agrees with a plane within this many pixels (3/4 of a cell)
+PLANE_MIN_SUPPORT = 0.15             # a plane needs this share of the target's cells to agree (chance agreement
+                                     # of random matches with a RANSAC hypothesis stays far below it)
 _QUANT_RANGE = {'uint8': (0, 255), 'int8': (-128, 127)}
 
 
@@ -534,6 +543,7 @@ class Mash(ObstructionModel):
         self.self_confidence_scale = 1.0
         self.query_dtype = QUERY_DTYPE
         self.patch_dtype = PATCH_DTYPE
+        self.geometry = 'none'
 
     def set_image_size(self, image_size: tuple[int, int]) -> None:
         """(Re)build the smoothing autoencoder for images of `image_size` (H, W): new, untrained weights."""
@@ -633,6 +643,37 @@ class Mash(ObstructionModel):
         positions = torch.where(none[..., None], torch.full_like(positions, float('nan')), positions)
         confidence = torch.where(none, no_match, mass)
         return confidence, match, positions
+
+    def planar_matches(self, confidence: torch.Tensor, match: torch.Tensor, positions: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Supporter, `geometry = 'homography'`: the ground plane its confident sub-cell matches agree on
+        (RANSAC, runtime/homography.py) gives every target cell a position, the obstructed cells included, whose
+        own matches are the weakest; a cell whose plane position falls outside the view has no match, and every
+        matched cell's confidence is the plane's support (the share of the target's cells that voted for it).
+        Where no plane has PLANE_MIN_SUPPORT the matcher's own matches stay. Same shapes as subcell_matches'
+        outputs, which it takes; not differentiable (inference only)."""
+        cells = self.grid[0] * self.grid[1]
+        h, w = self.image_size
+        centres = self.cell_centre_uv.reshape(2, cells).T.double().numpy()
+        conf, idx, pos = confidence.clone(), match.clone(), positions.clone()
+        voters = ((match != cells) & (confidence >= PLANE_MIN_CONFIDENCE)).numpy()
+        found = positions.double().numpy()
+        for n in range(len(match)):
+            plane, inliers = ransac_homography(centres[voters[n]], found[n][voters[n]], PLANE_THRESHOLD_PX,
+                                               min_inliers=max(8, int(np.ceil(PLANE_MIN_SUPPORT * cells))))
+            if plane is None:
+                continue
+            uv = project(plane, centres)
+            inside = np.isfinite(uv).all(-1) & (uv[:, 0] >= -0.5) & (uv[:, 0] <= w - 0.5) & \
+                (uv[:, 1] >= -0.5) & (uv[:, 1] <= h - 0.5)
+            col = np.clip(np.floor((uv[:, 0] + 0.5) / CELL_SIZE), 0, self.grid[1] - 1)
+            row = np.clip(np.floor((uv[:, 1] + 0.5) / CELL_SIZE), 0, self.grid[0] - 1)
+            nearest = np.where(inside, np.nan_to_num(row) * self.grid[1] + np.nan_to_num(col), cells)
+            support = inliers.sum() / cells
+            pos[n] = torch.from_numpy(np.where(inside[:, None], uv, np.nan)).to(pos.dtype)
+            idx[n] = torch.from_numpy(nearest.astype(np.int64))
+            conf[n] = torch.from_numpy(np.where(inside, support, 0.0)).to(conf.dtype)
+        return conf, idx, pos
 
     def pixel_patches(self, own_probs: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Supporter, 'pixels' sampling (MASH Eq. 3): its per-pixel class distribution [N, K, H, W] sampled
@@ -746,6 +787,10 @@ class Mash(ObstructionModel):
             floor = self.need_map(own_confidence)[:, None].expand(b, s, -1).flatten(0, 1)
         if self.cfg.patch_sampling == 'pixels':
             confidence, match, positions = self.subcell_matches(volume)
+            if self.geometry == 'homography':
+                confidence, match, positions = self.planar_matches(confidence, match, positions)
+            elif self.geometry != 'none':
+                raise ValueError(f'unknown geometry {self.geometry!r}; valid: {", ".join(GEOMETRIES)}')
             blocks, valid = self.pixel_patches(state['own_logits'][:, 1:].flatten(0, 1).softmax(1), positions)
             sent, conf, probs = self.select_pixel_patches(confidence, match, blocks, valid, threshold, floor)
         else:

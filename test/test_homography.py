@@ -1,0 +1,55 @@
+"""runtime/homography: the DLT recovers a known plane-to-plane map, RANSAC finds it among outliers and says so
+when it cannot, and bad input is refused by name."""
+import numpy as np
+import pytest
+
+from collab_perception.runtime.homography import fit_homography, project, ransac_homography
+
+TRUE = np.array([[0.9, -0.25, 14.0], [0.2, 1.1, -6.0], [4e-4, -2e-4, 1.0]])
+
+
+def grid_points(n=8, size=128):
+    xs = (np.arange(n) + 0.5) * size / n
+    return np.stack(np.meshgrid(xs, xs), -1).reshape(-1, 2)
+
+
+def test_the_dlt_recovers_a_known_homography_and_batches():
+    src = grid_points()
+    dst = project(TRUE, src)
+    assert np.allclose(fit_homography(src, dst), TRUE, atol=1e-8)
+    batch = fit_homography(np.stack([src, src]), np.stack([dst, src]))
+    assert batch.shape == (2, 3, 3)
+    assert np.allclose(batch[0], TRUE, atol=1e-8) and np.allclose(batch[1], np.eye(3), atol=1e-8)
+
+
+def test_ransac_finds_the_plane_among_outliers_and_flags_them():
+    rng = np.random.default_rng(1)
+    src = grid_points(10)
+    dst = project(TRUE, src) + rng.normal(0, 0.5, (len(src), 2))
+    wrong = rng.random(len(src)) < 0.6                              # 60 % of the matches are anywhere
+    dst[wrong] = rng.uniform(0, 128, (int(wrong.sum()), 2))
+    h, inliers = ransac_homography(src, dst, threshold_px=3.0, iterations=400)
+    assert h is not None
+    assert np.abs(project(h, src) - project(TRUE, src)).max() < 1.5
+    assert inliers[~wrong].mean() > 0.95 and inliers[wrong].mean() < 0.05
+    again, _ = ransac_homography(src, dst, threshold_px=3.0, iterations=400)
+    assert np.array_equal(h, again)                                  # same request, same answer
+
+
+def test_ransac_gives_up_without_a_consistent_plane():
+    rng = np.random.default_rng(2)
+    h, inliers = ransac_homography(grid_points(2)[:3], grid_points(2)[:3])
+    assert h is None and not inliers.any()                           # three points fix no homography
+    src = rng.uniform(0, 128, (30, 2))
+    h, inliers = ransac_homography(src, rng.uniform(0, 128, (30, 2)), threshold_px=0.01, iterations=50)
+    assert h is None and not inliers.any()
+    line = np.stack([np.arange(10.0), np.arange(10.0)], -1)          # collinear: degenerate, no exception
+    h, _ = ransac_homography(line, line * 2, iterations=20)
+    assert h is None or np.isfinite(h).all()
+
+
+def test_bad_point_sets_are_refused_by_name():
+    with pytest.raises(ValueError, match='fit_homography needs'):
+        fit_homography(np.zeros((5, 2)), np.zeros((6, 2)))
+    with pytest.raises(ValueError, match='n >= 4'):
+        fit_homography(np.zeros((3, 2)), np.zeros((3, 2)))
