@@ -62,13 +62,12 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import numpy as np
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..runtime.homography import project, ransac_homography
+from ..runtime.homography import plane_matches
 from ..runtime.onnx_mash import NO_LABEL
 from ..world.geometry import cell_centres
 from .backbone import Encoder, conv_block
@@ -653,26 +652,14 @@ class Mash(ObstructionModel):
         Where no plane has PLANE_MIN_SUPPORT the matcher's own matches stay. Same shapes as subcell_matches'
         outputs, which it takes; not differentiable (inference only)."""
         cells = self.grid[0] * self.grid[1]
-        h, w = self.image_size
         centres = self.cell_centre_uv.reshape(2, cells).T.double().numpy()
         conf, idx, pos = confidence.clone(), match.clone(), positions.clone()
-        voters = ((match != cells) & (confidence >= PLANE_MIN_CONFIDENCE)).numpy()
-        found = positions.double().numpy()
         for n in range(len(match)):
-            plane, inliers = ransac_homography(centres[voters[n]], found[n][voters[n]], PLANE_THRESHOLD_PX,
-                                               min_inliers=max(8, int(np.ceil(PLANE_MIN_SUPPORT * cells))))
-            if plane is None:
-                continue
-            uv = project(plane, centres)
-            inside = np.isfinite(uv).all(-1) & (uv[:, 0] >= -0.5) & (uv[:, 0] <= w - 0.5) & \
-                (uv[:, 1] >= -0.5) & (uv[:, 1] <= h - 0.5)
-            col = np.clip(np.floor((uv[:, 0] + 0.5) / CELL_SIZE), 0, self.grid[1] - 1)
-            row = np.clip(np.floor((uv[:, 1] + 0.5) / CELL_SIZE), 0, self.grid[0] - 1)
-            nearest = np.where(inside, np.nan_to_num(row) * self.grid[1] + np.nan_to_num(col), cells)
-            support = inliers.sum() / cells
-            pos[n] = torch.from_numpy(np.where(inside[:, None], uv, np.nan)).to(pos.dtype)
-            idx[n] = torch.from_numpy(nearest.astype(np.int64))
-            conf[n] = torch.from_numpy(np.where(inside, support, 0.0)).to(conf.dtype)
+            planar = plane_matches(centres, confidence[n].double().numpy(), match[n].numpy(),
+                                   positions[n].double().numpy(), cells, self.image_size, CELL_SIZE,
+                                   PLANE_MIN_CONFIDENCE, PLANE_THRESHOLD_PX, PLANE_MIN_SUPPORT)
+            if planar is not None:
+                conf[n], idx[n], pos[n] = (torch.from_numpy(x).to(t.dtype) for x, t in zip(planar, (conf, idx, pos)))
         return conf, idx, pos
 
     def pixel_patches(self, own_probs: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -107,3 +107,34 @@ def ransac_homography(src: np.ndarray, dst: np.ndarray, threshold_px: float = 6.
     if inliers.sum() < max(MIN_POINTS, min_inliers) or not np.isfinite(h).all():
         return None, none
     return h, inliers
+
+
+def plane_matches(centres: np.ndarray, confidence: np.ndarray, match: np.ndarray, positions: np.ndarray,
+                  no_match: int, image_size: tuple[int, int], cell_size: int, min_confidence: float,
+                  threshold_px: float, min_support: float) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """One supporter's cell matches through the ground plane they agree on (MASH with a planar prior).
+
+    centres [C, 2] (the requester's cell centres, pixels), confidence [C], match [C] (source cell, `no_match`
+    for none) and positions [C, 2] (where each cell lands in the supporter, NaN for none), as the matcher gives
+    them. The matches from `min_confidence` on vote (RANSAC within `threshold_px`); a plane that at least
+    `min_support` of the C cells agree with gives every cell its position, the unmatched ones included: a cell
+    the plane maps outside the supporter's view has no match, the others the plane's support (the share of
+    cells that agree) as confidence and the source cell under their position. -> (confidence, match,
+    positions) like the inputs, or None when no plane has that support (keep the matcher's own)."""
+    cells = len(centres)
+    voters = (match != no_match) & (confidence >= min_confidence) & np.isfinite(positions).all(-1)
+    plane, inliers = ransac_homography(centres[voters], positions[voters], threshold_px,
+                                       min_inliers=max(MIN_INLIERS, int(np.ceil(min_support * cells))))
+    if plane is None:
+        return None
+    h, w = image_size
+    uv = project(plane, centres)
+    with np.errstate(invalid='ignore'):
+        inside = np.isfinite(uv).all(-1) & (uv[:, 0] >= -0.5) & (uv[:, 0] <= w - 0.5) & \
+            (uv[:, 1] >= -0.5) & (uv[:, 1] <= h - 0.5)
+    grid_w, grid_h = w // cell_size, h // cell_size
+    col = np.clip(np.floor((np.nan_to_num(uv[:, 0]) + 0.5) / cell_size), 0, grid_w - 1)
+    row = np.clip(np.floor((np.nan_to_num(uv[:, 1]) + 0.5) / cell_size), 0, grid_h - 1)
+    support = inliers.sum() / cells
+    return (np.where(inside, support, 0.0), np.where(inside, row * grid_w + col, no_match).astype(np.int64),
+            np.where(inside[:, None], uv, np.nan))
