@@ -62,7 +62,6 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-
 import torch
 from torch import nn
 from torch.nn import functional as F
