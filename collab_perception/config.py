@@ -251,6 +251,10 @@ DRONE_SCHEMA = {
                     check=lambda v: None if set(v) <= {'dir'} and all(isinstance(x, str) for x in v.values())
                     else "must be {dir: <path>}"),
     'onnx_threads': Field(int, 1, minimum=1, maximum=64, help='ONNX Runtime threads per session'),
+    'precision': Field(str, 'fp32', choices=('fp32', 'fp16'),
+                       help='which export of the model the drone runs: fp32 (<role>.onnx) or fp16 (<role>.fp16.onnx, '
+                            'from collab-perception export --fp16: half the weights, for the fp16 units of a GPU or '
+                            'Jetson; on a CPU it is slower, not faster)'),
     'providers': Field(list, ['CPUExecutionProvider'], items=str, check=_check_providers,
                        help='ONNX Runtime execution providers in order of preference; those this machine '
                             'lacks are skipped (the node logs what each session got). On a GPU: '
@@ -287,6 +291,18 @@ PLAN_PARAMETERS = {
     'record_topics': Field(list, [''], items=str, help="'topic:package/msg/Type:qos' of every recorded topic "
                                                        '(swarm.record)'),
 }
+
+
+def precision_problem(precision: str, model_dir: str) -> Optional[str]:
+    """Why a drone cannot run `precision` with the model in `model_dir` (a half-precision run needs the
+    .fp16.onnx files of `collab-perception export --fp16`), or None."""
+    if precision != 'fp16' or not model_dir:
+        return None
+    path = model_dir if os.path.isabs(model_dir) else resource_path(model_dir)
+    if os.path.isdir(path) and not any(f.endswith('.fp16.onnx') for f in os.listdir(path)):
+        return (f'{model_dir} has no fp16 export (<role>.fp16.onnx); write one with collab-perception export '
+                f'--run <its run> --out {model_dir} --fp16, or use precision fp32')
+    return None
 
 
 def parameter_field(name: str) -> Field:
@@ -402,6 +418,7 @@ class DroneConfig:
     onnx_threads: int
     providers: list
     provider_options: dict
+    precision: str
     degraded: bool
     obstructed: bool
     patch_budget: float
@@ -506,6 +523,9 @@ def build_config(data: Mapping[str, Any], source: str = '<dict>',
         problem = reply_timeout_problem(d.reply_timeout_ms, d.deadline_ms)
         if problem:
             raise ConfigError(f'drones[{i}].reply_timeout_ms', problem, source)
+        problem = precision_problem(d.precision, d.models.get('dir', ''))
+        if problem:
+            raise ConfigError(f'drones[{i}].precision', problem, source)
         seen_names[d.name] = i
         seen_ids[d.id] = i
     for i, extra in enumerate(top['swarm']['monitor']['extra_topics']):

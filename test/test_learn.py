@@ -126,6 +126,43 @@ def test_onnx_roles_agree_with_torch(name, tmp_path):
             assert abs(outs[4][0] - float(model.match(query, key.unsqueeze(1))[0, 0])) < 1e-4
 
 
+def test_half_precision_roles_keep_the_fp32_interface_and_its_answers(tmp_path):
+    """export --fp16: each role's .fp16.onnx twin takes and gives what the fp32 file does (float32 in and out)
+    and answers within half-precision rounding; the runtime loads it with precision fp16, and refuses an
+    unknown precision or a model directory without the twins, naming what is missing."""
+    from collab_perception.learn.export import compare_fp16, export_roles
+    from collab_perception.runtime.onnx_method import OnnxHandshake
+    torch.manual_seed(0)
+    model = create_model('who2com', SMALL).eval()
+    with torch.no_grad():
+        model.own_head.classify.weight.mul_(50)
+        model.decoder.classify.weight.mul_(50)
+    paths = export_roles(model, str(tmp_path / 'm'), (32, 32), fp16=True)
+    assert sorted(os.listdir(tmp_path / 'm')) == ['decoder.fp16.onnx', 'decoder.onnx', 'encoder.fp16.onnx',
+                                                 'encoder.onnx', 'matcher.fp16.onnx', 'matcher.onnx', 'roles.json']
+    target, supporters = batch(b=1)
+    with torch.no_grad():
+        f, fs = model.encoder(target).numpy(), model.encoder(supporters[:, 0]).numpy()
+    report = compare_fp16(paths, {'encoder': [{'image': target.numpy()}],
+                                  'decoder': [{'own': f, 'received': fs}]})
+    assert report['encoder']['features']['max_abs_diff'] < 0.02 * max(1.0, report['encoder']['features']['max_abs_fp32'])
+    assert report['encoder']['own_classes']['equal_share'] > 0.98
+    assert report['decoder']['classes']['equal_share'] > 0.98
+    image = (target[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    full = OnnxHandshake(str(tmp_path / 'm'))
+    half = OnnxHandshake(str(tmp_path / 'm'), precision='fp16')
+    assert 'fp16' in half.describe()
+    a, b = full.encode(image), half.encode(image)
+    assert a.features.dtype == b.features.dtype == np.float32 and a.features.shape == b.features.shape
+    assert np.abs(a.features - b.features).max() < 0.05 * max(1.0, float(np.abs(a.features).max()))
+    with pytest.raises(ValueError, match="unknown precision 'int4'"):
+        OnnxHandshake(str(tmp_path / 'm'), precision='int4')
+    for p in paths.values():
+        os.remove(p[:-len('.onnx')] + '.fp16.onnx')
+    with pytest.raises(FileNotFoundError, match='export --fp16'):
+        OnnxHandshake(str(tmp_path / 'm'), precision='fp16')
+
+
 @pytest.fixture(scope='module')
 def tiny_dataset(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('data') / 'hidden-target')

@@ -592,10 +592,16 @@ def test_export_writes_roles_and_a_card_with_the_unseen_worlds(tiny_dataset, tmp
                       eval_every=2, val_batches=1, threads=1, model=replace(SMALL, patch_sampling='pixels')),
           progress=False)
     out = tmp_path / 'model'
-    card = export_mash_run(run, str(out), threshold=0.3, check_frames=2)
-    assert sorted(os.listdir(out)) == ['fusion.onnx', 'model_card.yaml', 'requester.onnx', 'roles.json',
-                                       'supporter.onnx']
-    assert json.load(open(out / 'roles.json'))['patch_sampling'] == 'pixels'
+    card = export_mash_run(run, str(out), threshold=0.3, check_frames=2, fp16=True)
+    assert sorted(os.listdir(out)) == ['fusion.fp16.onnx', 'fusion.onnx', 'model_card.yaml', 'requester.fp16.onnx',
+                                       'requester.onnx', 'roles.json', 'supporter.fp16.onnx', 'supporter.onnx']
+    roles = json.load(open(out / 'roles.json'))
+    assert roles['patch_sampling'] == 'pixels' and roles['precisions'] == ['fp32', 'fp16']
+    # the half-precision swarm pipeline against the fp32 one on the same frames
+    fp16 = card['onnx_fp16_check']
+    assert fp16['frames'] == 2 and fp16['fused_classes_equal_share'] > 0.95, fp16
+    assert abs(fp16['fused_accuracy_fp16'] - fp16['fused_accuracy_fp32']) < 0.05
+    assert card['exported_with'].endswith('--fp16') and card['files_fp16']['supporter'] == 'supporter.fp16.onnx'
     saved = yaml.safe_load(open(out / 'model_card.yaml'))
     assert saved['trained_with'] == card['trained_with'] and '--patch-sampling pixels' in card['trained_with']
     assert f'--data {data}' in card['trained_with']

@@ -246,6 +246,7 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
             'providers': d.providers,
             'provider_options_json': json.dumps(d.provider_options, sort_keys=True),
             'onnx_threads': d.onnx_threads,
+            'precision': d.precision,
         }
         nodes.append(NodeSpec('perception', 'perception', d.namespace, {
             **common, 'role': d.role, 'deadline_ms': d.deadline_ms,

@@ -8,14 +8,20 @@
 `received` is what the requester got: the selected supporter's features (argmax), or for the gate the
 normalized weighted sum of its own and the selected supporters' features (runtime/onnx_method.py). Models
 are written as single files (weights inside), with torch 2.13's exporter (dynamo, which needs onnxscript).
-A model card (model_card.yaml) goes next to them: how it was trained and its measured metrics.
+A model card (model_card.yaml) goes next to them: how it was trained and its measured metrics. With `fp16`
+each role also gets a half-precision twin, <role>.fp16.onnx (weights and arithmetic in float16, inputs and
+outputs float32 as in the fp32 file, so the runtime feeds both alike): what a drone with `precision: fp16`
+loads, for GPUs and Jetsons whose fp16 units it is made for; the export checks it against the fp32 file.
 """
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -61,16 +67,79 @@ class DecoderRole(nn.Module):
         return self.model.decoder(torch.cat([own, received], 1)).argmax(1)
 
 
-def _export(module: nn.Module, args: tuple, path: str, inputs: list[str], outputs: list[str]) -> None:
+FP16_SUFFIX = '.fp16.onnx'
+
+
+def fp16_path(path: str) -> str:
+    """models/x/encoder.onnx -> models/x/encoder.fp16.onnx"""
+    return path[:-len('.onnx')] + FP16_SUFFIX
+
+
+class HalfPrecision(nn.Module):
+    """A role with its weights and arithmetic in float16 and the fp32 file's interface: float inputs cast
+    to float16 on entry, float outputs back to float32 on exit (integer ones, e.g. argmax classes, as they are)."""
+
+    def __init__(self, role: nn.Module):
+        super().__init__()
+        self.role = copy.deepcopy(role).half().eval()
+
+    def forward(self, *args):
+        outs = self.role(*(a.half() if a.is_floating_point() else a for a in args))
+        single = not isinstance(outs, tuple)
+        outs = tuple(o.float() if o.is_floating_point() else o for o in ((outs,) if single else outs))
+        return outs[0] if single else outs
+
+
+def export_onnx(module: nn.Module, args: tuple, path: str, inputs: list[str], outputs: list[str],
+                fp16: bool = False) -> None:
+    """One role as one ONNX file (weights inside); with `fp16` also its half-precision twin (fp16_path)."""
+    logging.getLogger('torch.onnx').setLevel(logging.ERROR)
     module.eval()
-    program = torch.onnx.export(module, args, input_names=inputs, output_names=outputs, opset_version=OPSET,
-                                dynamo=True, external_data=False, verbose=False)
-    program.save(path, external_data=False)
+    variants = [(module, path)] + ([(HalfPrecision(module), fp16_path(path))] if fp16 else [])
+    for m, target in variants:
+        m.eval()
+        program = torch.onnx.export(m, args, input_names=inputs, output_names=outputs, opset_version=OPSET,
+                                    dynamo=True, external_data=False, verbose=False)
+        program.save(target, external_data=False)
+
+
+def compare_fp16(paths: dict[str, str], feeds: dict[str, Sequence[dict]]) -> dict[str, dict]:
+    """Each role's fp16 twin against its fp32 file on the same inputs (`feeds`: role -> input dicts): per
+    float output the largest absolute difference and the largest fp32 magnitude, per integer output (classes)
+    the share of equal elements."""
+    from ..runtime.onnx_method import onnx_session
+    out = {}
+    for role, path in paths.items():
+        s32 = onnx_session(path, ['CPUExecutionProvider'])
+        s16 = onnx_session(fp16_path(path), ['CPUExecutionProvider'])
+        names = [o.name for o in s32.get_outputs()]
+        stats: dict[str, list] = {n: [0.0, 0.0] for n in names}
+        for feed in feeds.get(role, ()):
+            for name, a, b in zip(names, s32.run(None, feed), s16.run(None, feed)):
+                if np.issubdtype(a.dtype, np.floating):
+                    stats[name][0] = max(stats[name][0], float(np.abs(a.astype(np.float64) - b).max()))
+                    stats[name][1] = max(stats[name][1], float(np.abs(a).max()))
+                else:
+                    stats[name][0] += int((a == b).sum())
+                    stats[name][1] += int(a.size)
+        out[role] = {}
+        for name, (x, y) in stats.items():
+            is_float = np.issubdtype(np.dtype(_onnx_dtype(s32, name)), np.floating)
+            out[role][name] = ({'max_abs_diff': round(x, 6), 'max_abs_fp32': round(y, 4)} if is_float
+                               else {'equal_share': round(x / max(y, 1), 6)})
+    return out
+
+
+def _onnx_dtype(session, name: str) -> str:
+    kind = next(o.type for o in session.get_outputs() if o.name == name)     # e.g. 'tensor(float)'
+    return {'tensor(float)': 'float32', 'tensor(float16)': 'float16', 'tensor(double)': 'float64'}.get(kind, 'int64')
+
 
 
 def export_roles(model: CollabModel, out_dir: str, image_size: tuple[int, int], setting: str = '',
-                 card: Optional[dict] = None) -> dict[str, str]:
-    """Write encoder.onnx, matcher.onnx, decoder.onnx (and model_card.yaml) for a handshake model."""
+                 card: Optional[dict] = None, fp16: bool = False) -> dict[str, str]:
+    """Write encoder.onnx, matcher.onnx, decoder.onnx (and model_card.yaml) for a handshake model; with
+    `fp16` also their .fp16.onnx twins. Returns the fp32 paths by role."""
     if not isinstance(model, _Handshake):
         raise ValueError(f'{model.method_name} has no handshake roles to export (only who2com, who2com_nomsg, '
                          'when2com do)')
@@ -83,18 +152,19 @@ def export_roles(model: CollabModel, out_dir: str, image_size: tuple[int, int], 
         features = model.encoder(image)
     paths = {role: os.path.join(out_dir, f'{role}.onnx') for role in ('encoder', 'matcher', 'decoder')}
     enc = EncoderRole(model)
-    _export(enc, (image,), paths['encoder'], ['image'],
-            ['features', 'key', 'query', 'own_classes'] + (['self_score'] if enc.gate else []))
-    _export(MatcherRole(model), (torch.rand(1, cfg.query_size), torch.rand(1, cfg.key_size)), paths['matcher'],
-            ['query', 'key'], ['score'])
+    export_onnx(enc, (image,), paths['encoder'], ['image'],
+                ['features', 'key', 'query', 'own_classes'] + (['self_score'] if enc.gate else []), fp16)
+    export_onnx(MatcherRole(model), (torch.rand(1, cfg.query_size), torch.rand(1, cfg.key_size)),
+                paths['matcher'], ['query', 'key'], ['score'], fp16)
     # two distinct example tensors: the exporter folds one tensor passed twice into a single graph input
-    _export(DecoderRole(model), (features, torch.rand_like(features)), paths['decoder'], ['own', 'received'],
-            ['classes'])
+    export_onnx(DecoderRole(model), (features, torch.rand_like(features)), paths['decoder'], ['own', 'received'],
+                ['classes'], fp16)
     if card is not None:
         with open(os.path.join(out_dir, 'model_card.yaml'), 'w') as f:
             yaml.safe_dump(card, f, sort_keys=False)
     with open(os.path.join(out_dir, 'roles.json'), 'w') as f:
         json.dump({'method': model.method_name, 'setting': setting, 'image_size': [h, w],
+                   'precisions': ['fp32', 'fp16'] if fp16 else ['fp32'],
                    'feature_shape': list(features.shape[1:]),
                    'query_size': cfg.query_size, 'key_size': cfg.key_size, 'num_classes': cfg.num_classes,
                    'gate': enc.gate, 'gate_threshold': cfg.gate_threshold}, f, indent=2)
@@ -115,8 +185,10 @@ def training_command(c: dict) -> str:
     return cmd
 
 
-def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', check_frames: int = 16) -> dict:
-    """Export a run's best.pt by role, check ONNX Runtime against torch on test frames, write the model card."""
+def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', check_frames: int = 16,
+               fp16: bool = False) -> dict:
+    """Export a run's best.pt by role, check ONNX Runtime against torch on test frames (and with `fp16` the
+    half-precision twins against the fp32 files on the same frames), write the model card."""
     import numpy as np
     import onnxruntime as ort
 
@@ -129,9 +201,10 @@ def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', chec
     data = os.path.join(datasets_root, c['setting'])
     loader = FrameLoader(data, c['setting'], 'test', 1, shuffle=False, limit=check_frames)
     size = (loader.manifest['image']['height'], loader.manifest['image']['width'])
-    paths = export_roles(model, out_dir, size, setting=c['setting'])
+    paths = export_roles(model, out_dir, size, setting=c['setting'], fp16=fp16)
     sessions = {r: ort.InferenceSession(p, providers=['CPUExecutionProvider']) for r, p in paths.items()}
     max_diff, agree, pixels = 0.0, 0, 0
+    feeds: dict[str, list] = {'encoder': [], 'matcher': [], 'decoder': []}
     with torch.no_grad():
         for batch in loader:
             image = batch['target']
@@ -140,6 +213,9 @@ def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', chec
             max_diff = max(max_diff, float(np.abs(f - tf.numpy()).max()), float(np.abs(key - model.key(tf).numpy()).max()))
             sup = model.encoder(batch['supporters'][:, 0])
             classes = sessions['decoder'].run(None, {'own': f, 'received': sup.numpy()})[0]
+            feeds['encoder'].append({'image': image.numpy()})
+            feeds['matcher'].append({'query': query, 'key': key})
+            feeds['decoder'].append({'own': f, 'received': sup.numpy()})
             ref = model.decoder(torch.cat([tf, sup], 1)).argmax(1).numpy()
             agree += int((classes == ref).sum())
             pixels += ref.size
@@ -154,7 +230,7 @@ def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', chec
         'init_from_trained_with': (training_command(torch.load(c['init_from'], map_location='cpu',
                                                                weights_only=False)['config'])
                                    if c.get('init_from') and os.path.exists(c['init_from']) else None),
-        'exported_with': f'collab-perception export --run {run_dir} --out {out_dir}',
+        'exported_with': f'collab-perception export --run {run_dir} --out {out_dir}' + (' --fp16' if fp16 else ''),
         'training': {'steps': ckpt['step'], 'minutes': round(ckpt['elapsed_s'] / 60, 1), 'model': c['model']},
         'dataset': {'path': data, 'frames': loader.manifest['frames'], 'seed': loader.manifest['seed'],
                     # what a swarm running this model should degrade with (swarm.source.degrade)
@@ -171,7 +247,14 @@ def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', chec
                        'decoder_argmax_agreement': agree / max(pixels, 1)},
         'files': {r: os.path.basename(p) for r, p in paths.items()},
     }
+    if fp16:
+        card['onnx_fp16_check'] = {'frames': check_frames, 'against': 'the fp32 files, same inputs',
+                                   **compare_fp16(paths, feeds)}
+        card['files_fp16'] = {r: os.path.basename(fp16_path(p)) for r, p in paths.items()}
     with open(os.path.join(out_dir, 'model_card.yaml'), 'w') as f:
         yaml.safe_dump(card, f, sort_keys=False)
-    return {'max_abs_diff': f'{max_diff:.2e}', 'argmax_agreement': f'{agree / max(pixels, 1):.5f}',
-            'test_accuracy': f'{test["overall_accuracy"]:.4f}'}
+    report = {'max_abs_diff': f'{max_diff:.2e}', 'argmax_agreement': f'{agree / max(pixels, 1):.5f}',
+              'test_accuracy': f'{test["overall_accuracy"]:.4f}'}
+    if fp16:
+        report['fp16_decoder_classes_equal'] = f'{card["onnx_fp16_check"]["decoder"]["classes"]["equal_share"]:.5f}'
+    return report

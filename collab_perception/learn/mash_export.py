@@ -31,7 +31,6 @@ model_card.yaml (training command, measured metrics, the ONNX Runtime check).
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Optional
 
@@ -41,6 +40,7 @@ import yaml
 from torch import nn
 
 from .evaluate import UNSEEN_SUFFIX
+from .export import export_onnx, fp16_path
 from .mash import CELL_SIZE, NO_LABEL, Mash, role_modules
 
 OPSET = 18
@@ -120,16 +120,9 @@ def tensor_spec(model: Mash) -> dict:
     }
 
 
-def _export(module: nn.Module, args: tuple, path: str, inputs: list[str], outputs: list[str]) -> None:
-    logging.getLogger('torch.onnx').setLevel(logging.ERROR)
-    program = torch.onnx.export(module, args, input_names=inputs, output_names=outputs, opset_version=OPSET,
-                                dynamo=True, external_data=False, verbose=False)
-    program.save(path, external_data=False)
-
-
-def export_roles(model: Mash, out_dir: str) -> dict[str, str]:
+def export_roles(model: Mash, out_dir: str, fp16: bool = False) -> dict[str, str]:
     """Write requester.onnx, supporter.onnx, fusion.onnx and roles.json for a MASH model (its current fusion
-    kind and confidence threshold)."""
+    kind and confidence threshold); with `fp16` also their .fp16.onnx twins (export.export_onnx)."""
     if not isinstance(model, Mash):
         raise ValueError(f'{type(model).__name__} has no MASH roles to export (only mash and mash_stacked do)')
     model.eval()
@@ -138,7 +131,7 @@ def export_roles(model: Mash, out_dir: str) -> dict[str, str]:
     paths = {}
     for role in ROLES:
         paths[role] = os.path.join(out_dir, f'{role}.onnx')
-        _export(modules[role], examples[role], paths[role], *io[role])
+        export_onnx(modules[role], examples[role], paths[role], *io[role], fp16=fp16)
     hc, wc = model.grid
     with open(os.path.join(out_dir, 'roles.json'), 'w') as f:
         json.dump({'method': getattr(model, 'method_name', type(model).__name__), 'fusion': model.fusion_kind,
@@ -148,6 +141,7 @@ def export_roles(model: Mash, out_dir: str) -> dict[str, str]:
                    'confidence_threshold': model.confidence_threshold,
                    'self_confidence_scale': model.self_confidence_scale,
                    'patch_sampling': model.cfg.patch_sampling,
+                   'precisions': ['fp32', 'fp16'] if fp16 else ['fp32'],
                    'wire': {'query_dtype': model.query_dtype, 'patch_confidence_dtype': model.patch_dtype,
                             'patch_probs_dtype': model.patch_dtype},
                    'roles': tensor_spec(model)}, f, indent=2)
@@ -191,6 +185,35 @@ def run_swarm_onnx(sessions: dict, target: np.ndarray, supporters: np.ndarray, t
 
 
 @torch.no_grad()
+def check_fp16(model: Mash, paths: dict[str, str], loader, frames: int) -> dict:
+    """The half-precision roles against the fp32 ones, the whole swarm pipeline (roles + codec) on the same
+    dataset frames: the share of fused pixels that agree, and each pipeline's accuracy on the labels."""
+    from ..runtime.onnx_method import onnx_session
+    sessions = {precision: {r: onnx_session(fp16_path(p) if precision == 'fp16' else p, ['CPUExecutionProvider'])
+                            for r, p in paths.items()} for precision in ('fp32', 'fp16')}
+    same = right32 = right16 = labelled = seen = 0
+    for batch in loader:
+        for i in range(batch['target'].shape[0]):
+            if seen >= frames:
+                break
+            seen += 1
+            target, supporters = batch['target'][i:i + 1].numpy(), batch['supporters'][i].numpy()
+            fused = {p: run_swarm_onnx(s, target, supporters, model.confidence_threshold, model.query_dtype,
+                                       model.patch_dtype)[0] for p, s in sessions.items()}
+            labels = batch['labels'][i].numpy()
+            known = labels != 255
+            same += int((fused['fp32'] == fused['fp16']).sum())
+            right32 += int((fused['fp32'] == labels)[known].sum())
+            right16 += int((fused['fp16'] == labels)[known].sum())
+            labelled += int(known.sum())
+        if seen >= frames:
+            break
+    pixels = seen * int(np.prod(model.image_size))
+    return {'frames': seen, 'fused_classes_equal_share': round(same / max(pixels, 1), 6),
+            'fused_accuracy_fp32': round(right32 / max(labelled, 1), 6),
+            'fused_accuracy_fp16': round(right16 / max(labelled, 1), 6)}
+
+
 def check_onnx(model: Mash, paths: dict[str, str], loader, frames: int) -> dict:
     """ONNX Runtime against torch on dataset frames: each role's outputs on the same inputs (max abs
     difference, argmax / match agreement), and the whole swarm pipeline (roles + codec) against the model's
@@ -255,9 +278,10 @@ def check_onnx(model: Mash, paths: dict[str, str], loader, frames: int) -> dict:
 
 
 def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', fusion: Optional[str] = None,
-                    threshold: Optional[float] = None, check_frames: int = 16) -> dict:
+                    threshold: Optional[float] = None, check_frames: int = 16, fp16: bool = False) -> dict:
     """Export a MASH run's best.pt by role (optionally with another fusion kind or threshold), check ONNX
-    Runtime against torch on test frames, write roles.json and model_card.yaml. Returns the card."""
+    Runtime against torch on test frames (with `fp16`, the half-precision swarm pipeline against the fp32 one
+    on the same frames), write roles.json and model_card.yaml. Returns the card."""
     from .mash_data import ObstructionLoader
     from .mash_eval import evaluate_mash_run, train_command
     from .train import load_model
@@ -269,7 +293,7 @@ def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets',
         model.confidence_threshold = threshold
     c = ckpt['config']
     data = c.get('data_dir') or os.path.join(datasets_root, c['setting'])     # the dataset the run trained on
-    paths = export_roles(model, out_dir)
+    paths = export_roles(model, out_dir, fp16=fp16)
     loader = ObstructionLoader(data, c['setting'], 'test', 4, shuffle=False)
     check = check_onnx(model, paths, loader, check_frames)
     name = f'{model.fusion_kind}@{model.confidence_threshold:g}'
@@ -283,7 +307,7 @@ def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets',
         'confidence_threshold': model.confidence_threshold,
         'trained_with': train_command(c, run_dir),
         'exported_with': f'collab-perception export --run {run_dir} --out {out_dir} --fusion {model.fusion_kind} '
-                         f'--threshold {model.confidence_threshold:g}',
+                         f'--threshold {model.confidence_threshold:g}' + (' --fp16' if fp16 else ''),
         'training': {'steps': ckpt['step'], 'minutes': round(ckpt['elapsed_s'] / 60, 1), 'model': c['model']},
         'dataset': {'path': data, 'frames': loader.manifest['frames'], 'seed': loader.manifest['seed']},
         'metrics_test_split': ({k: (round(v, 4) if isinstance(v, float) else v) for k, v in variant.items()}
@@ -294,6 +318,9 @@ def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets',
         'onnx_check': check,
         'files': {r: os.path.basename(p) for r, p in paths.items()} | {'roles': 'roles.json'},
     }
+    if fp16:
+        card['onnx_fp16_check'] = check_fp16(model, paths, loader, check_frames)
+        card['files_fp16'] = {r: os.path.basename(fp16_path(p)) for r, p in paths.items()}
     with open(os.path.join(out_dir, 'model_card.yaml'), 'w') as f:
         yaml.safe_dump(card, f, sort_keys=False)
     return card

@@ -381,8 +381,8 @@ class DroneNode(Node):
         provider_options = provider_options_parameter(declare(self, 'provider_options_json'))
         threads = declare(self, 'onnx_threads')
         self.method = create_method(self.method_name, model_dir=model_dir, roles=roles, providers=providers,
-                                    provider_options=provider_options,
-                                    threads=threads)
+                                    provider_options=provider_options, threads=threads,
+                                    precision=declare(self, 'precision'))
         self.method.warmup()
         self.protocol = protocol_class(self.method.protocol)
         self.dtypes, self.limits = declare_codec(self)

@@ -8,7 +8,8 @@
 A model directory is what `collab-perception export` writes: encoder/matcher/decoder.onnx, roles.json
 (shapes, method, whether it has a gate, the setting it was trained on) and model_card.yaml.
 Execution providers come from config in order of preference (TensorRT, CUDA, CPU); `providers_used`
-reports what each session really got, not what is available.
+reports what each session really got, not what is available. `precision` picks the files: fp32
+(<role>.onnx) or fp16 (<role>.fp16.onnx, `collab-perception export --fp16`; same inputs and outputs).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ..config import resource_path
 from .methods import EncoderOutput, Method, register_method
 
 ROLES = ('encoder', 'matcher', 'decoder')
+PRECISIONS = {'fp32': '.onnx', 'fp16': '.fp16.onnx'}      # drones[].precision -> the role files' suffix
 WARPED_SETTINGS = ('accurate-pose', 'noisy-pose', 'random-exploration')
 
 
@@ -73,8 +75,11 @@ class OnnxRoleMethod(Method):
 
     def __init__(self, model_dir: str = '', roles: Sequence[str] = ROLES,
                  providers: Sequence[str] = ('CPUExecutionProvider',), threads: int = 1,
-                 provider_options: Optional[dict] = None, **_unused):
+                 provider_options: Optional[dict] = None, precision: str = 'fp32', **_unused):
         ort = onnxruntime()
+        if precision not in PRECISIONS:
+            raise ValueError(f'unknown precision {precision!r}; valid: {", ".join(PRECISIONS)}')
+        self.precision = precision
         if not model_dir:
             raise ValueError(f'method {self.name!r} needs a model directory (drones[].models.dir in config/swarm.yaml)')
         self.info = read_roles_json(model_dir)
@@ -99,9 +104,11 @@ class OnnxRoleMethod(Method):
                 raise ValueError(f'unknown role {role!r}; roles: {", ".join(self.ROLE_FILES)}')
             if role in self.sessions:
                 continue
-            file = os.path.join(self.model_dir, f'{self.ROLE_FILES[role]}.onnx')
+            file = os.path.join(self.model_dir, self.ROLE_FILES[role] + PRECISIONS[self.precision])
             if not os.path.exists(file):
-                raise FileNotFoundError(f'{file} is missing')
+                hint = (' (precision fp16 needs the half-precision export: collab-perception export --fp16)'
+                        if self.precision == 'fp16' else '')
+                raise FileNotFoundError(f'{file} is missing{hint}')
             self.sessions[role] = onnx_session(file, self._providers, self._threads)
 
     @property
@@ -111,7 +118,7 @@ class OnnxRoleMethod(Method):
 
     def describe(self) -> str:
         used = ', '.join(f'{r}: {"/".join(p)}' for r, p in self.providers_used.items())
-        return f'{self.name} ({os.path.basename(self.model_dir)}; {used})'
+        return f'{self.name} ({os.path.basename(self.model_dir)}, {self.precision}; {used})'
 
     def _session(self, role: str):
         try:
