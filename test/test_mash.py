@@ -323,9 +323,16 @@ def test_tiny_training_lowers_the_loss(tiny_dataset, tmp_path, sampling):
     assert need['target_bytes'] > hard['target_bytes'] and need['sent_fraction'] <= hard['sent_fraction']
     assert os.path.exists(tmp_path / 'run' / 'eval_mash_test.json')
     # the matcher replaced by the ground truth, through the run's own sampling and fusion
-    ceiling = matcher_ceiling(str(tmp_path / 'run'), tiny_dataset, 'test', threshold=0.5, progress=False)
-    assert set(ceiling) == {'the run', 'ground-truth matching'}
+    planes = sampling == 'pixels'
+    ceiling = matcher_ceiling(str(tmp_path / 'run'), tiny_dataset, 'test', threshold=0.5, progress=False,
+                              planes=planes)
+    assert set(ceiling) == {'the run', 'ground-truth matching'} | (
+        {'its matches through their plane', 'the ground-truth plane'} if planes else set())
     assert ceiling['the run']['miou'] == pytest.approx(100 * hard['miou'], abs=1e-6)
+    assert all(0 <= r[k] <= 100 for r in ceiling.values() for k in r)
+    if not planes:
+        with pytest.raises(ValueError, match="'pixels' run"):
+            matcher_ceiling(str(tmp_path / 'run'), tiny_dataset, 'test', progress=False, planes=True)
 
 
 def test_a_frozen_backbone_caches_every_view_and_trains_the_matcher_alone(tiny_dataset, tmp_path):

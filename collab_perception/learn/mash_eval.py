@@ -781,21 +781,27 @@ def warping_ceiling(data_dir: str, split: str = 'val', limit: Optional[int] = No
 
 @torch.no_grad()
 def matcher_ceiling(run_dir: str, data_dir: str, split: str = 'val', threshold: Optional[float] = None,
-                    self_confidence_scale: Optional[float] = None, progress: bool = True) -> dict[str, dict]:
+                    self_confidence_scale: Optional[float] = None, progress: bool = True,
+                    planes: bool = False) -> dict[str, dict]:
     """A MASH run as it is and with its matcher replaced by the ground truth (correspondence volumes peaked on
     the true source cell, or on the bilinear sub-cell targets with 'pixels' sampling), the same sampling,
     selection and fusion: what a perfect matcher would give this run (MASH issue: "ground-truth matches fed
-    through MASH's own sampling and fusion"). HardSelection at `threshold` and `self_confidence_scale` (default:
-    the run's). Per variant: accuracy and mIoU (%) on the full image and in the obstructed region."""
+    through MASH's own sampling and fusion"). With `planes` ('pixels' runs), also the run's matches through the
+    ground plane they agree on (geometry 'homography', Mash.planar_matches) and the ground-truth matches'
+    plane, the ceiling of that prior. HardSelection at `threshold` and `self_confidence_scale` (default: the
+    run's). Per variant: accuracy and mIoU (%) on the full image and in the obstructed region."""
     model, _ = load_run(run_dir)
     if self_confidence_scale is not None:
         model.self_confidence_scale = self_confidence_scale
     if not isinstance(model, Mash):
         raise ValueError(f'{run_dir} is a {model.method_name} run; the matcher ceiling needs a MASH run')
+    if planes and model.cfg.patch_sampling != 'pixels':
+        raise ValueError(f'{run_dir} samples whole cells; the ground-plane variants need a \'pixels\' run')
     model.fusion_kind = 'hard'
     loader = ObstructionLoader(data_dir, SETTING, split, 8, shuffle=False)
-    scores = {'the run': SegmentationScore(loader.num_classes),
-              'ground-truth matching': SegmentationScore(loader.num_classes)}
+    names = ['the run', 'ground-truth matching'] + (['its matches through their plane',
+                                                    'the ground-truth plane'] if planes else [])
+    scores = {name: SegmentationScore(loader.num_classes) for name in names}
     cells = loader.grid[0] * loader.grid[1]
     for batch in tqdm(loader, desc=f'matcher ceiling {split}', disable=not progress, leave=False):
         state = model.handshake(batch)
@@ -805,8 +811,17 @@ def matcher_ceiling(run_dir: str, data_dir: str, split: str = 'val', threshold: 
         else:
             truth = torch.nn.functional.one_hot(batch['correspondence'].flatten(0, 1), cells + 1).transpose(1, 2)
         perfect = dict(state, volume=(40.0 * truth.float() - 20.0).view(*state['volume'].shape))
+        predictions = {}
         for name, st in (('the run', state), ('ground-truth matching', perfect)):
-            pred = model.infer(st, threshold)['scores'].argmax(1).numpy()
+            model.geometry = 'none'
+            predictions[name] = model.infer(st, threshold)['scores']
+            if planes:
+                model.geometry = 'homography'
+                plane_name = 'its matches through their plane' if name == 'the run' else 'the ground-truth plane'
+                predictions[plane_name] = model.infer(st, threshold)['scores']
+        model.geometry = 'none'
+        for name, scores_ in predictions.items():
+            pred = scores_.argmax(1).numpy()
             for i in range(b):
                 scores[name].add(pred[i], batch['labels'][i].numpy(), region=batch['obstruction_mask'][i].numpy())
     out = {}
