@@ -23,9 +23,43 @@ from .data import FrameLoader
 from .models import ModelConfig, create_model
 
 
-class EncodedFrames:
-    """Every frame of `loader` (read in order, unflipped) encoded by `encoder`; batches of `batch_size`
-    frames in an order drawn from (seed, epoch), each frame flipped or not at random."""
+class CachedFrames:
+    """Frames held in memory as tensors [N, 2 flips, ...] (`frames`); batches of `batch_size` frames in an
+    order drawn from (seed, epoch), each frame flipped or not at random (`batch` builds one)."""
+
+    frames: dict[str, torch.Tensor]
+    batch_size: int
+    seed: int
+    epoch: int
+
+    def __len__(self) -> int:
+        """The number of batches (`frames` holds the frames)."""
+        n = len(self.frames['labels'])
+        return (n + self.batch_size - 1) // self.batch_size
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.frames.values())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batch(self, index: torch.Tensor, flip: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[dict]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        n = len(self.frames['labels'])
+        order = rng.permutation(n)
+        flips = rng.random(n) < 0.5
+        for start in range(0, n, self.batch_size):
+            index = torch.from_numpy(order[start:start + self.batch_size])
+            yield self.batch(index, torch.from_numpy(flips[order[start:start + self.batch_size]].astype(np.int64)))
+
+
+class EncodedFrames(CachedFrames):
+    """Every frame of `loader` (read in order, unflipped) encoded by `encoder`, both flips."""
 
     def __init__(self, loader: FrameLoader, encoder: nn.Module, batch_size: int, seed: int = 0,
                  progress: bool = True):
@@ -55,33 +89,14 @@ class EncodedFrames:
             raise ValueError(f'{loader.loader.root}: the {loader.loader.split!r} split holds no frame to encode')
         self.frames = {k: torch.cat(v, 0) for k, v in parts.items()}
 
-    def __len__(self) -> int:
-        n = len(self.frames['best'])
-        return (n + self.batch_size - 1) // self.batch_size
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.frames.values())
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[dict]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.epoch += 1
-        n = len(self.frames['best'])
-        order = rng.permutation(n)
-        flips = rng.random(n) < 0.5
-        for start in range(0, n, self.batch_size):
-            idx = torch.from_numpy(order[start:start + self.batch_size])
-            flip = torch.from_numpy(flips[order[start:start + self.batch_size]].astype(np.int64))
-            f = self.frames
-            yield {'target': f['target'][idx, flip].float(), 'clean': f['clean'][idx, flip].float(),
-                   'supporters': f['supporters'][idx, flip].float(), 'labels': f['labels'][idx, flip].long(),
-                   'best': f['best'][idx], 'encoded': True}
+    def batch(self, idx: torch.Tensor, flip: torch.Tensor) -> dict:
+        f = self.frames
+        return {'target': f['target'][idx, flip].float(), 'clean': f['clean'][idx, flip].float(),
+                'supporters': f['supporters'][idx, flip].float(), 'labels': f['labels'][idx, flip].long(),
+                'best': f['best'][idx], 'encoded': True}
 
 
-class EncodedObstructionFrames:
+class EncodedObstructionFrames(CachedFrames):
     """Every frame of an ObstructionLoader (mash_data) with every agent's view encoded once by `encoder`,
     both left-right flips (labels, obstruction masks and correspondences mirrored with them), float16 features
     in memory; with `head` (a frozen own head) also every view's class distribution ('own_probs', stored in
@@ -122,34 +137,15 @@ class EncodedObstructionFrames:
             raise ValueError(f'{loader.loader.root}: the {loader.loader.split!r} split holds no frame to encode')
         self.frames = {k: torch.cat(v, 0) for k, v in parts.items()}
 
-    def __len__(self) -> int:
-        n = len(self.frames['labels'])
-        return (n + self.batch_size - 1) // self.batch_size
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.frames.values())
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[dict]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.epoch += 1
-        n = len(self.frames['labels'])
-        order = rng.permutation(n)
-        flips = rng.random(n) < 0.5
-        for start in range(0, n, self.batch_size):
-            idx = torch.from_numpy(order[start:start + self.batch_size])
-            flip = torch.from_numpy(flips[order[start:start + self.batch_size]].astype(np.int64))
-            picked = {k: v[idx, flip] for k, v in self.frames.items()}
-            features = picked.pop('features').float()
-            batch = {'target': features[:, 0], 'supporters': features[:, 1:], 'encoded': True}
-            if 'own_probs' in picked:
-                batch['own_probs'] = picked.pop('own_probs').float().div_(255.0)
-            for key, value in picked.items():
-                batch[key] = value.long() if key in ('labels', 'supporter_labels') else value
-            yield batch
+    def batch(self, idx: torch.Tensor, flip: torch.Tensor) -> dict:
+        picked = {k: v[idx, flip] for k, v in self.frames.items()}
+        features = picked.pop('features').float()
+        batch = {'target': features[:, 0], 'supporters': features[:, 1:], 'encoded': True}
+        if 'own_probs' in picked:
+            batch['own_probs'] = picked.pop('own_probs').float().div_(255.0)
+        for key, value in picked.items():
+            batch[key] = value.long() if key in ('labels', 'supporter_labels') else value
+        return batch
 
 
 def cached_loader(loader, model: nn.Module, batch_size: int, seed: int = 0, progress: bool = True):
@@ -185,16 +181,8 @@ def training_step_times(data_dir: str, steps: int, batch_size: int = 16, threads
             cache_s = time.perf_counter() - started
             batch = next(iter(cache))
         steps_by_way[name] = _step(model, optimizer, batch)
-    for step in steps_by_way.values():      # warm-up
-        step()
-    times = {name: [] for name in steps_by_way}
-    for _ in range(steps):
-        for name, step in steps_by_way.items():
-            started = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - started)
-    return {**{name: statistics.median(t) for name, t in times.items()}, 'cache_s': cache_s,
-            'cached_frames': len(cache.frames['best'])}
+    return {**_interleaved_medians(steps_by_way, steps), 'cache_s': cache_s,
+            'cached_frames': len(cache.frames['labels'])}
 
 
 def mash_training_step_times(data_dir: str, steps: int, batch_size: int = 8, threads: int = 0,
@@ -226,6 +214,12 @@ def mash_training_step_times(data_dir: str, steps: int, batch_size: int = 8, thr
             model.train()
             batch = next(iter(cache))
         steps_by_way[name] = _step(model, optimizer, batch)
+    return {**_interleaved_medians(steps_by_way, steps), 'cache_s': cache_s,
+            'cached_frames': len(cache.frames['labels'])}
+
+
+def _interleaved_medians(steps_by_way: dict, steps: int) -> dict[str, float]:
+    """Median seconds of each way's step, timed in interleaved rounds (a busy machine slows all alike)."""
     for step in steps_by_way.values():      # warm-up
         step()
     times = {name: [] for name in steps_by_way}
@@ -234,8 +228,7 @@ def mash_training_step_times(data_dir: str, steps: int, batch_size: int = 8, thr
             started = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - started)
-    return {**{name: statistics.median(t) for name, t in times.items()}, 'cache_s': cache_s,
-            'cached_frames': len(cache.frames['labels'])}
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _step(model, optimizer, batch):
