@@ -381,6 +381,9 @@ def test_a_frozen_backbone_caches_every_view_and_trains_the_matcher_alone(tiny_d
                                model=replace(cfg, freeze_encoder=True), **common), progress=False)
     history = json.load(open(tmp_path / 'matcher' / 'history.json'))['history']
     assert [h['step'] for h in history] == [2, 4]
+    from collab_perception.learn.mash_eval import train_command
+    command = train_command(json.load(open(tmp_path / 'matcher' / 'config.json')))
+    assert '--freeze-encoder --select-by match_within_one_cell' in command
     assert all(0 <= h['val_match_within_one_cell'] <= 1 for h in history)
     assert result['best_val_match_within_one_cell'] == max(h['val_match_within_one_cell'] for h in history)
     trained, _ = load_model(str(tmp_path / 'matcher' / 'last.pt'))

@@ -182,6 +182,8 @@ def training_command(c: dict) -> str:
         cmd += f' --init-from {c["init_from"]}'
     if m.get('freeze_encoder'):
         cmd += ' --freeze-encoder'
+    if c.get('select_by', 'accuracy') != 'accuracy':
+        cmd += f' --select-by {c["select_by"]}'
     return cmd
 
 

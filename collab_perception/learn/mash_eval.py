@@ -349,6 +349,8 @@ def train_command(config: dict, run_dir: Optional[str] = None) -> str:
         cmd += f' --data {data}'
     if m.get('freeze_encoder'):
         cmd += ' --freeze-encoder'
+    if config.get('select_by', 'accuracy') != 'accuracy':
+        cmd += f' --select-by {config["select_by"]}'
     if config.get('init_from'):
         cmd += f' --init-from {config["init_from"]}'
     default_out = os.path.join('runs', 'train', config['setting'], config['method'])
