@@ -745,7 +745,8 @@ class Mash(ObstructionModel):
         [B, A, K, H, W], per-cell distributions [B, A, C, K], the target's self-confidence [B, Hc, Wc] and every
         supporter's smoothed correspondence logits [B, S, C + 1, Hc, Wc]."""
         b, a = batch['supporters'].shape[0], batch['supporters'].shape[1] + 1
-        size = tuple(batch['labels'].shape[-2:])
+        # cached features (feature_cache) are at 1/4 resolution; their frames' labels are not
+        size = tuple((batch['labels'] if self._inputs_encoded else batch['target']).shape[-2:])
         if size != self.image_size:
             raise ValueError(f'this MASH model was built for {self.image_size[1]}x{self.image_size[0]} images '
                              f'(its cell grid sets the smoothing network\'s channels), got '

@@ -214,6 +214,7 @@ def check_fp16(model: Mash, paths: dict[str, str], loader, frames: int) -> dict:
             'fused_accuracy_fp16': round(right16 / max(labelled, 1), 6)}
 
 
+@torch.no_grad()
 def check_onnx(model: Mash, paths: dict[str, str], loader, frames: int) -> dict:
     """ONNX Runtime against torch on dataset frames: each role's outputs on the same inputs (max abs
     difference, argmax / match agreement), and the whole swarm pipeline (roles + codec) against the model's
