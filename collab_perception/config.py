@@ -49,6 +49,10 @@ class Field:
 _NAME_RE = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
 
 
+# drones[].precision -> the suffix of the model's role files (`collab-perception export --fp16` writes the fp16 ones)
+PRECISION_SUFFIXES = {'fp32': '.onnx', 'fp16': '.fp16.onnx'}
+
+
 # Every execution provider ONNX Runtime 1.31 knows (onnxruntime.get_all_providers(); test_config checks the
 # installed wheel still agrees). A name outside it is a typo, not a provider this machine happens to lack.
 KNOWN_PROVIDERS = (
@@ -251,7 +255,7 @@ DRONE_SCHEMA = {
                     check=lambda v: None if set(v) <= {'dir'} and all(isinstance(x, str) for x in v.values())
                     else "must be {dir: <path>}"),
     'onnx_threads': Field(int, 1, minimum=1, maximum=64, help='ONNX Runtime threads per session'),
-    'precision': Field(str, 'fp32', choices=('fp32', 'fp16'),
+    'precision': Field(str, 'fp32', choices=tuple(PRECISION_SUFFIXES),
                        help='which export of the model the drone runs: fp32 (<role>.onnx) or fp16 (<role>.fp16.onnx, '
                             'from collab-perception export --fp16: half the weights, for the fp16 units of a GPU or '
                             'Jetson; on a CPU it is slower, not faster)'),
@@ -299,7 +303,7 @@ def precision_problem(precision: str, model_dir: str) -> Optional[str]:
     if precision != 'fp16' or not model_dir:
         return None
     path = model_dir if os.path.isabs(model_dir) else resource_path(model_dir)
-    if os.path.isdir(path) and not any(f.endswith('.fp16.onnx') for f in os.listdir(path)):
+    if os.path.isdir(path) and not any(f.endswith(PRECISION_SUFFIXES['fp16']) for f in os.listdir(path)):
         return (f'{model_dir} has no fp16 export (<role>.fp16.onnx); write one with collab-perception export '
                 f'--run <its run> --out {model_dir} --fp16, or use precision fp32')
     return None

@@ -115,7 +115,7 @@ def _quiet_torch_export_logs() -> None:
 
 def cmd_train(args) -> int:
     from .models import ModelConfig
-    from .train import TrainConfig, train
+    from .train import TrainConfig, select_by_problem, train
     data = args.data or os.path.join('datasets', args.setting)
     if not os.path.exists(os.path.join(data, 'manifest.json')):
         raise ConfigError('--data', f'{data} holds no dataset; make it with: collab-perception dataset generate '
@@ -123,15 +123,14 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(method=args.method, setting=args.setting, data_dir=data, out_dir=args.out, seed=args.seed,
                       iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
                       max_minutes=args.max_minutes, threads=args.threads, init_from=args.init_from,
-                      select_by=args.select_by, model=ModelConfig(query_size=args.query_size, key_size=args.key_size, attention=args.attention,
+                      select_by=args.select_by,
+                      model=ModelConfig(query_size=args.query_size, key_size=args.key_size, attention=args.attention,
                                         selection=args.selection, freeze_encoder=args.freeze_encoder,
                                         patch_sampling=args.patch_sampling))
-    try:
-        result = train(cfg, resume=args.resume, progress=not args.quiet)
-    except ValueError as e:
-        if str(e).startswith('--select-by'):
-            raise ConfigError('--select-by', str(e)) from None
-        raise
+    problem = select_by_problem(args.method, args.select_by)
+    if problem:
+        raise ConfigError('--select-by', problem)
+    result = train(cfg, resume=args.resume, progress=not args.quiet)
     metric = result['select_by']
     print(f'{result["method"]}/{result["setting"]}: {result["steps"]} steps in {result["elapsed_s"] / 60:.1f} min, '
           f'best validation {metric} {result["best_val_" + metric]:.4f}{" (truncated)" if result["truncated"] else ""}; '

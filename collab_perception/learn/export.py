@@ -26,6 +26,7 @@ import torch
 import yaml
 from torch import nn
 
+from ..config import PRECISION_SUFFIXES
 from .models import CollabModel, When2com, _Handshake
 
 OPSET = 18
@@ -67,12 +68,9 @@ class DecoderRole(nn.Module):
         return self.model.decoder(torch.cat([own, received], 1)).argmax(1)
 
 
-FP16_SUFFIX = '.fp16.onnx'
-
-
 def fp16_path(path: str) -> str:
-    """models/x/encoder.onnx -> models/x/encoder.fp16.onnx"""
-    return path[:-len('.onnx')] + FP16_SUFFIX
+    """models/x/encoder.onnx -> models/x/encoder.fp16.onnx (config.PRECISION_SUFFIXES)"""
+    return path[:-len(PRECISION_SUFFIXES['fp32'])] + PRECISION_SUFFIXES['fp16']
 
 
 class HalfPrecision(nn.Module):
@@ -94,7 +92,6 @@ def export_onnx(module: nn.Module, args: tuple, path: str, inputs: list[str], ou
                 fp16: bool = False) -> None:
     """One role as one ONNX file (weights inside); with `fp16` also its half-precision twin (fp16_path)."""
     logging.getLogger('torch.onnx').setLevel(logging.ERROR)
-    module.eval()
     variants = [(module, path)] + ([(HalfPrecision(module), fp16_path(path))] if fp16 else [])
     for m, target in variants:
         m.eval()
@@ -113,26 +110,19 @@ def compare_fp16(paths: dict[str, str], feeds: dict[str, Sequence[dict]]) -> dic
         s32 = onnx_session(path, ['CPUExecutionProvider'])
         s16 = onnx_session(fp16_path(path), ['CPUExecutionProvider'])
         names = [o.name for o in s32.get_outputs()]
+        floats = {o.name: o.type == 'tensor(float)' for o in s32.get_outputs()}     # the others: classes
         stats: dict[str, list] = {n: [0.0, 0.0] for n in names}
         for feed in feeds.get(role, ()):
             for name, a, b in zip(names, s32.run(None, feed), s16.run(None, feed)):
-                if np.issubdtype(a.dtype, np.floating):
+                if floats[name]:
                     stats[name][0] = max(stats[name][0], float(np.abs(a.astype(np.float64) - b).max()))
                     stats[name][1] = max(stats[name][1], float(np.abs(a).max()))
                 else:
                     stats[name][0] += int((a == b).sum())
                     stats[name][1] += int(a.size)
-        out[role] = {}
-        for name, (x, y) in stats.items():
-            is_float = np.issubdtype(np.dtype(_onnx_dtype(s32, name)), np.floating)
-            out[role][name] = ({'max_abs_diff': round(x, 6), 'max_abs_fp32': round(y, 4)} if is_float
-                               else {'equal_share': round(x / max(y, 1), 6)})
+        out[role] = {name: ({'max_abs_diff': round(x, 6), 'max_abs_fp32': round(y, 4)} if floats[name]
+                            else {'equal_share': round(x / max(y, 1), 6)}) for name, (x, y) in stats.items()}
     return out
-
-
-def _onnx_dtype(session, name: str) -> str:
-    kind = next(o.type for o in session.get_outputs() if o.name == name)     # e.g. 'tensor(float)'
-    return {'tensor(float)': 'float32', 'tensor(float16)': 'float16', 'tensor(double)': 'float64'}.get(kind, 'int64')
 
 
 

@@ -402,7 +402,7 @@ class Inpainting(ObstructionModel):
     needs_supporters = False
 
     def forward(self, batch: dict, mode: str = 'train') -> Output:
-        return Output(logits=self.own_head(self.encode(batch["target"])))
+        return Output(logits=self.own_head(self.encode(batch['target'])))
 
 
 @register('inpainting_all')

@@ -37,13 +37,11 @@ from typing import Optional
 import numpy as np
 import torch
 import yaml
-from torch import nn
 
 from .evaluate import UNSEEN_SUFFIX
 from .export import export_onnx, fp16_path
 from .mash import CELL_SIZE, NO_LABEL, Mash, role_modules
 
-OPSET = 18
 ROLES = ('requester', 'supporter', 'fusion')
 
 

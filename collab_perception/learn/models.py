@@ -336,13 +336,6 @@ class _Handshake(CollabModel):
         return WireSpec(handshake=True, query_shape=(self.cfg.query_size,) if self.use_message else (),
                         feature_shape=(self.cfg.channels,), features_sent='selected')
 
-    # validation measures beyond accuracy and mIoU (train --select-by), counted per batch by validation_counts
-    validation_metrics: tuple[str, ...] = ()
-
-    def validation_counts(self, out: 'Output', batch: dict) -> dict[str, tuple[int, int]]:
-        """{metric: (hits, total)} of one validation batch, for each name in `validation_metrics`."""
-        return {}
-
     def warm_start(self, source: dict) -> list[str]:
         return decoder_from_own_head(self, source)
 
@@ -413,13 +406,6 @@ class RandomSelection(CollabModel):
     def wire(self) -> WireSpec:
         # no matching: the target asks one supporter directly (a Connect) and receives its features
         return WireSpec(handshake=False, feature_shape=(self.cfg.channels,), features_sent='selected')
-
-    # validation measures beyond accuracy and mIoU (train --select-by), counted per batch by validation_counts
-    validation_metrics: tuple[str, ...] = ()
-
-    def validation_counts(self, out: 'Output', batch: dict) -> dict[str, tuple[int, int]]:
-        """{metric: (hits, total)} of one validation batch, for each name in `validation_metrics`."""
-        return {}
 
     def warm_start(self, source: dict) -> list[str]:
         return decoder_from_own_head(self, source)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..runtime.metrics import ConfusionMatrix
 from .data import HANDSHAKE_SETTINGS, FrameLoader
 from .feature_cache import cached_loader
-from .models import CollabModel, ModelConfig, create_model
+from .models import MODELS, CollabModel, ModelConfig, create_model
 
 
 @dataclass
@@ -103,6 +103,15 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def select_by_problem(method: str, select_by: str) -> Optional[str]:
+    """Why `select_by` cannot pick a `method` run's best.pt (it is validated on accuracy, mIoU and its model's
+    own validation_metrics), or None."""
+    selectable = ('accuracy', 'miou') + tuple(MODELS.get(method).validation_metrics)
+    if select_by in selectable:
+        return None
+    return f'{select_by!r}: {method} is validated on {", ".join(selectable)}'
+
+
 def build_model(cfg: TrainConfig, agents: int, num_classes: int) -> CollabModel:
     mcfg = dataclasses.replace(cfg.model, num_classes=num_classes, supporters=agents - 1)
     return create_model(cfg.method, mcfg).to(memory_format=torch.channels_last)
@@ -157,9 +166,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     val_loader = loader_cls(cfg.data_dir, cfg.setting, 'val', cfg.batch_size, shuffle=False, limit=cfg.val_batches)
     model = build_model(cfg, train_loader.agents, train_loader.num_classes)
     cfg.model = model.cfg
-    selectable = ('accuracy', 'miou') + tuple(model.validation_metrics)
-    if cfg.select_by not in selectable:
-        raise ValueError(f'--select-by {cfg.select_by!r}: {cfg.method} is validated on {", ".join(selectable)}')
+    problem = select_by_problem(cfg.method, cfg.select_by)
+    if problem:
+        raise ValueError(f'--select-by {problem}')
     if cfg.model.freeze_encoder and not (cfg.init_from or resume):
         raise ValueError('--freeze-encoder keeps the encoder as it starts: give --init-from a pretrained run '
                          '(e.g. runs/train/<setting>/backbone/best.pt)')

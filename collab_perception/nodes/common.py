@@ -227,8 +227,6 @@ def resolve_type(name: str):
 COMM_TYPES = {kind: resolve_type(name) for kind, name in topics.COMM_MSG_TYPES.items()}
 
 
-
-
 def pose_values(msg: PoseStamped) -> list[float]:
     """A camera pose as the protocols take it: position x, y, z, then orientation x, y, z, w."""
     p, o = msg.pose.position, msg.pose.orientation

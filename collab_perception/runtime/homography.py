@@ -76,13 +76,14 @@ def ransac_homography(src: np.ndarray, dst: np.ndarray, threshold_px: float = 6.
     """The homography most matches [n, 2] -> [n, 2] agree with (within `threshold_px`), RANSAC over minimal
     four-point samples, refitted on its inliers `refinements` times. -> (H [3, 3], inliers [n] bool), or
     (None, all False) when no hypothesis has `min_inliers` matches agreeing (a minimal sample always fits its
-    own four points). Deterministic for a
-    given `rng` (default: seed 0), so a supporter answers the same request the same way."""
+    own four points). Deterministic for a given `rng` (default: seed 0), so a supporter answers the same
+    request the same way."""
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)
     n = len(src)
     none = np.zeros(n, dtype=bool)
-    if n < max(MIN_POINTS, min_inliers):
+    needed = max(MIN_POINTS, min_inliers)
+    if n < needed:
         return None, none
     rng = np.random.default_rng(0) if rng is None else rng
     samples = np.argsort(rng.random((iterations, n)), axis=1)[:, :MIN_POINTS]
@@ -91,11 +92,10 @@ def ransac_homography(src: np.ndarray, dst: np.ndarray, threshold_px: float = 6.
         errors = np.linalg.norm(project(hypotheses, src) - dst[None], axis=-1)         # [iterations, n]
         votes = np.nan_to_num(errors, nan=np.inf) < threshold_px
     best = int(votes.sum(1).argmax())
-    inliers = votes[best]
-    h = hypotheses[best]
+    h, inliers = hypotheses[best], votes[best]
     for _ in range(refinements):
-        if inliers.sum() < max(MIN_POINTS, min_inliers):
-            return None, none
+        if inliers.sum() < needed:
+            break
         refit = fit_homography(src[inliers], dst[inliers])
         if not np.isfinite(refit).all():
             break
@@ -104,7 +104,7 @@ def ransac_homography(src: np.ndarray, dst: np.ndarray, threshold_px: float = 6.
         if agree.sum() < inliers.sum():
             break
         h, inliers = refit, agree
-    if inliers.sum() < max(MIN_POINTS, min_inliers) or not np.isfinite(h).all():
+    if inliers.sum() < needed or not np.isfinite(h).all():
         return None, none
     return h, inliers
 

@@ -19,11 +19,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..config import resource_path
+from ..config import PRECISION_SUFFIXES, resource_path
 from .methods import EncoderOutput, Method, register_method
 
 ROLES = ('encoder', 'matcher', 'decoder')
-PRECISIONS = {'fp32': '.onnx', 'fp16': '.fp16.onnx'}      # drones[].precision -> the role files' suffix
 WARPED_SETTINGS = ('accurate-pose', 'noisy-pose', 'random-exploration')
 
 
@@ -77,8 +76,8 @@ class OnnxRoleMethod(Method):
                  providers: Sequence[str] = ('CPUExecutionProvider',), threads: int = 1,
                  provider_options: Optional[dict] = None, precision: str = 'fp32', **_unused):
         ort = onnxruntime()
-        if precision not in PRECISIONS:
-            raise ValueError(f'unknown precision {precision!r}; valid: {", ".join(PRECISIONS)}')
+        if precision not in PRECISION_SUFFIXES:
+            raise ValueError(f'unknown precision {precision!r}; valid: {", ".join(PRECISION_SUFFIXES)}')
         self.precision = precision
         if not model_dir:
             raise ValueError(f'method {self.name!r} needs a model directory (drones[].models.dir in config/swarm.yaml)')
@@ -104,7 +103,7 @@ class OnnxRoleMethod(Method):
                 raise ValueError(f'unknown role {role!r}; roles: {", ".join(self.ROLE_FILES)}')
             if role in self.sessions:
                 continue
-            file = os.path.join(self.model_dir, self.ROLE_FILES[role] + PRECISIONS[self.precision])
+            file = os.path.join(self.model_dir, self.ROLE_FILES[role] + PRECISION_SUFFIXES[self.precision])
             if not os.path.exists(file):
                 hint = (' (precision fp16 needs the half-precision export: collab-perception export --fp16)'
                         if self.precision == 'fp16' else '')
