@@ -27,6 +27,42 @@ def wait_for_subscribers(node, publishers, count=1, timeout=15.0):
                                                       if p.get_subscription_count() < count)
 
 
+def wait_until_readers_match(node, publishers, timeout=30.0):
+    """Wait until every reader of the `publishers`' topics reports on /diagnostics that it has matched every
+    publisher the test's graph shows there, ours included. A writer can match a reader before the reader has
+    matched the writer (docs/RELIABILITY.md, "Fast DDS under load"), and a volatile reader drops what arrives
+    before; so an injected message counts only once the readers' side of the match is done."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from collab_perception.runtime.readiness import NODE_KEY, parse_endpoint_values
+
+    reports = {}
+
+    def on_diagnostics(msg):
+        for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if NODE_KEY in values:
+                reports[values[NODE_KEY]] = parse_endpoint_values(values)
+
+    sub = node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 50)
+
+    def short():
+        out = []
+        for pub in publishers:
+            topic, graph = pub.topic_name, node.count_publishers(pub.topic_name)
+            done = sum(1 for endpoints in reports.values() for count in endpoints.get(('sub', topic), [])
+                       if count >= graph)
+            if done < pub.get_subscription_count():
+                out.append(f'{topic} ({done}/{pub.get_subscription_count()} readers matched all {graph} writers)')
+        return out
+
+    try:
+        assert spin_until(node, lambda: reports and not short(), timeout), \
+            'readers still unmatched: ' + ', '.join(short())
+    finally:
+        node.destroy_subscription(sub)
+
+
 def stop_process(proc, sig=signal.SIGINT, timeout=15.0):
     """Signal a child and wait for it; returns (returncode, output)."""
     if proc.poll() is None:

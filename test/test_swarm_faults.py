@@ -16,7 +16,7 @@ from collab_perception.config import default_config_path
 from collab_perception.msg import Connect, FeatureMap, FusionInfo, Reply, Request
 from collab_perception.runtime.codec import encode_tensor
 
-from rostools import spin_until
+from rostools import spin_until, wait_until_readers_match
 from test_swarm import Swarm
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -81,7 +81,7 @@ def test_malformed_messages_are_rejected_and_counted(tmp_path, ros):
     # each drone's matcher subscribes to /swarm/request; fusion of drone1 to its reply/feature topics
     spin_until(node, lambda: pubs['request'].get_subscription_count() >= 4 and
                all(p.get_subscription_count() >= 2 for p in pubs.values()), timeout=20)
-    spin_until(node, lambda: False, timeout=1.5)   # the subscribers' side of the match may still be under way
+    wait_until_readers_match(node, list(pubs.values()))
     stamp = Header(stamp=node.get_clock().now().to_msg()).stamp
 
     def header():

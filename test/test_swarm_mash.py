@@ -22,7 +22,7 @@ from collab_perception.runtime.methods import create_method
 from collab_perception.runtime.offline import mash_offline
 
 from replaytools import SPLIT, generate_split, replay_args, replay_frames
-from rostools import spin_until
+from rostools import spin_until, wait_until_readers_match
 from test_swarm import Swarm
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -68,7 +68,7 @@ def test_malformed_spatial_messages_are_rejected_and_counted(tmp_path, ros):
     patches_pub = node.create_publisher(PatchSegments, '/drone1/comm/patches', 10)
     spin_until(node, lambda: request_pub.get_subscription_count() >= 3 and patches_pub.get_subscription_count() >= 2,
                timeout=20)
-    spin_until(node, lambda: False, timeout=1.5)   # the subscribers' side of the match may still be under way
+    wait_until_readers_match(node, [request_pub, patches_pub])
     stamp = node.get_clock().now().to_msg()
 
     def patches(sender=2, cells=(1, 5), grid=(16, 16), classes=8):
