@@ -431,6 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_parser(sub)
     from .learn.cli import add_learn_parsers   # torch is imported only when a learn command runs
     add_learn_parsers(sub)
+    nav = sub.add_parser('nav', help='collaborative visual navigation (CollaVN): datasets, training, evaluation',
+                         description='CollaVN (memory-augmented communication, ../shared/papers) on the embedded '
+                                     'world\'s navigation mode: `nav generate` builds maps and episodes, `nav '
+                                     'preview` draws one, `nav train` trains a variant, `nav evaluate` writes the '
+                                     'tables. Details: docs/DATASETS.md, "Navigation (CollaVN)".')
+    nav_sub = nav.add_subparsers(dest='nav_command', metavar='SUBCOMMAND', required=True)
+    from .data.nav_cli import add_nav_data_commands
+    add_nav_data_commands(nav_sub)
+    from .learn.nav_cli import add_nav_learn_commands   # torch only once train / evaluate runs
+    add_nav_learn_commands(nav_sub)
     return parser
 
 

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from rclpy.serialization import serialize_message
 from std_msgs.msg import Header
 
-from collab_perception.msg import Connect, FeatureMap, PatchSegments, Reply, Request
+from collab_perception.msg import Connect, FeatureMap, MemoryValue, PatchSegments, Reply, Request
 from collab_perception.runtime import wire
 from collab_perception.runtime.codec import encode_tensor
 
@@ -36,6 +36,9 @@ def test_tensor_messages(shape, dtype, frame_id):
     con = Connect(header=Header(frame_id=frame_id), sender=1, receiver=2)
     encode_tensor(x, dtype, con.context)
     assert wire.connect_size(shape, dtype, frame_id) == len(serialize_message(con))
+    value = MemoryValue(header=Header(frame_id=frame_id), sender=2, receiver=1, score=0.75)
+    encode_tensor(x, dtype, value.value)
+    assert wire.memory_value_size(shape, dtype, frame_id) == len(serialize_message(value))
 
 
 @settings(max_examples=60, deadline=None)

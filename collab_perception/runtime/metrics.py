@@ -121,3 +121,44 @@ class SegmentationScore:
         if self.selections:
             out['selection_accuracy'] = self.correct_selections / self.selections
         return out
+
+
+# ------------------------------------------------------------------------------------------ navigation
+@dataclass
+class NavOutcome:
+    """One agent's episode (CollaVN §3.3): its final geodesic distance to its goal, the shortest start-goal
+    distance, the length of the path it took, the steps it used and the episode's allowed maximum."""
+
+    final_m: float
+    shortest_m: float
+    path_m: float
+    steps: int
+    max_steps: int
+    success_m: float
+
+    @property
+    def success(self) -> bool:
+        return self.final_m <= self.success_m
+
+
+def nav_metrics(outcomes: list[NavOutcome]) -> dict[str, float]:
+    """SR, DTS, SPL and SSR over agents and episodes (means over every agent of every episode):
+        SR  = mean S                                   S: 1 when the final distance <= the success radius d_s
+        DTS = mean max(d_final - d_s, 0)               distance to success, metres
+        SPL = mean S * l / max(p, l)                   l: shortest start-goal length, p: the path taken
+        SSR = mean S * T_max / max(T, 1)               T: steps used (to the stop action or T_max)
+    SSR follows the paper's "success weighted by step ratio" (its CommonGoal N=2 SSR of 1.34 at SR 21.52%
+    says it is not bounded by 1: faster successes count more)."""
+    if not outcomes:
+        return {'episodes': 0, 'success_rate': 0.0, 'dts': 0.0, 'spl': 0.0, 'ssr': 0.0}
+    s = np.array([o.success for o in outcomes], np.float64)
+    final = np.array([o.final_m for o in outcomes])
+    short = np.array([o.shortest_m for o in outcomes])
+    path = np.array([o.path_m for o in outcomes])
+    steps = np.array([max(o.steps, 1) for o in outcomes], np.float64)
+    tmax = np.array([o.max_steps for o in outcomes], np.float64)
+    d_s = np.array([o.success_m for o in outcomes])
+    return {'episodes': len(outcomes), 'success_rate': float(s.mean()),
+            'dts': float(np.maximum(final - d_s, 0.0).mean()),
+            'spl': float((s * short / np.maximum(np.maximum(path, short), 1e-9)).mean()),
+            'ssr': float((s * tmax / steps).mean())}

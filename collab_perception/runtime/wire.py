@@ -96,6 +96,11 @@ def patches_size(cells: int, num_classes: int, confidence_dtype, probs_dtype, fr
     return s.total
 
 
+def memory_value_size(value_shape: Sequence[int], dtype, frame_id: str = '') -> int:
+    """msg/MemoryValue.msg: a CollaVN supporter's score (float32) and attention-weighted value."""
+    return _Sizer().addressing(frame_id).prim(4).tensor(value_shape, dtype).total
+
+
 def handshake_frame_bytes(query_shape: Sequence[int], query_dtype, supporters: int,
                           score_shape: Sequence[int], score_dtype, feature_shape: Sequence[int], feature_dtype,
                           selected: int, request: bool = True, pose: bool = False,

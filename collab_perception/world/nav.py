@@ -153,8 +153,11 @@ class NavMap:
 
     @classmethod
     def from_arrays(cls, a: Mapping[str, np.ndarray]) -> 'NavMap':
-        return cls(map_id=int(a['map_id']), landscape_seed=int(a['landscape_seed']), origin=np.asarray(a['origin']),
-                   lattice_m=float(a['lattice_m']), occupancy_m=float(a['occupancy_m']),
+        def scalar(name):         # () or (1,): writers may store scalars as one-element arrays
+            return np.asarray(a[name]).item()
+        return cls(map_id=int(scalar('map_id')), landscape_seed=int(scalar('landscape_seed')),
+                   origin=np.asarray(a['origin']), lattice_m=float(scalar('lattice_m')),
+                   occupancy_m=float(scalar('occupancy_m')),
                    occupancy=np.asarray(a['occupancy']), cells=np.asarray(a['cells']),
                    positions=np.asarray(a['positions']), neighbours=np.asarray(a['neighbours']),
                    rgb=np.asarray(a['rgb']), labels=np.asarray(a['labels']))

@@ -1,0 +1,796 @@
+"""CollaVN (memory-augmented communication for collaborative visual navigation, §4) on the world's navigation
+mode: the view encoder, the agent, imitation of a shortest-path expert with DAgger corrections, and the
+evaluation of the paper's rows (ours, w/o memory, w/o communication, imitation only, random walk).
+
+Pipeline (`collab-perception nav train | evaluate`):
+1. The observation encoder is the project's own (learn/backbone.Encoder), pretrained here on the training
+   maps' panorama views to segment them (the world renders labels); frozen afterwards. A view's descriptor is
+   its feature map pooled to 2x2 cells (4 x channels numbers). Every node's four views and every goal view
+   are encoded once per map and cached, so an episode step is a lookup (the paper: ResNet18, 1024-d).
+2. The agent (`CollaVNAgent`): view and goal embeddings, the goal's similarity to each view, its GPS cell,
+   the previous action; a query from its recurrent state and goal, a key from what it sees, a value from what
+   it sees and where; the memory-augmented exchange of runtime/memory.py (the same arithmetic, batched and
+   differentiable); a GRU and a policy over the five moves. Stopped agents keep answering from memory.
+3. Training: rollouts of the team (policy actions mixed with the expert's with probability beta, halved every
+   DAgger round), every visited state labelled with the expert's move; the team is then re-run along the
+   recorded paths and the policy fitted to the labels (cross-entropy) plus a small price on the scores
+   (fewer sends). The selection is hard in the forward pass with the score's gradient (straight-through),
+   so training sees what inference sends.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..runtime import wire
+from ..runtime.metrics import NavOutcome, nav_metrics
+from ..world.nav import STOP, NavConfig, NavMap, bfs_steps
+from .backbone import Decoder, Encoder
+
+VARIANTS = ('collavn', 'no_memory', 'no_comm')      # trained models; 'imitation' is collavn without DAgger
+POOL = 2                                            # a view's descriptor: its feature map pooled to POOL x POOL
+NUM_ACTIONS = 5
+UNREACHABLE = np.iinfo(np.int32).max
+
+
+# ------------------------------------------------------------------------------------------- encoder
+class ViewSegmenter(nn.Module):
+    """The pretraining model: backbone.Encoder and a Decoder segmenting one panorama view."""
+
+    def __init__(self, num_classes: int = 8, channels: int = 32):
+        super().__init__()
+        self.encoder = Encoder(channels=channels)
+        self.decoder = Decoder(channels, num_classes)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(image))
+
+
+def pretrain_encoder(maps: Sequence[NavMap], steps: int, batch: int = 32, lr: float = 2e-3, seed: int = 0,
+                     progress=None) -> tuple[Encoder, float]:
+    """Fit the encoder (with a throw-away decoder) to segment the maps' panorama views; returns it frozen,
+    with the last 50 steps' mean pixel accuracy."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    rgb = np.concatenate([m.rgb.reshape(-1, *m.rgb.shape[2:]) for m in maps])
+    labels = np.concatenate([m.labels.reshape(-1, *m.labels.shape[2:]) for m in maps])
+    model = ViewSegmenter().to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    accuracy = []
+    for step in range(steps):
+        idx = rng.integers(0, len(rgb), batch)
+        x = torch.from_numpy(rgb[idx]).permute(0, 3, 1, 2).float().div(255).contiguous(memory_format=torch.channels_last)
+        y = torch.from_numpy(labels[idx]).long()
+        flip = rng.random() < 0.5            # a mirrored view is another valid view
+        if flip:
+            x, y = x.flip(-1), y.flip(-1)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        accuracy.append(float((logits.argmax(1) == y).float().mean()))
+        if progress is not None:
+            progress(step, float(loss.detach()))
+    encoder = model.encoder.eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder, float(np.mean(accuracy[-50:]))
+
+
+@torch.no_grad()
+def encode_views(encoder: Encoder, rgb: np.ndarray, batch: int = 256) -> np.ndarray:
+    """(..., S, S, 3) uint8 views -> (..., POOL * POOL * channels) float32 descriptors."""
+    flat = rgb.reshape(-1, *rgb.shape[-3:])
+    out = []
+    for start in range(0, len(flat), batch):
+        x = torch.from_numpy(flat[start:start + batch]).permute(0, 3, 1, 2).float().div(255)
+        out.append(F.adaptive_avg_pool2d(encoder(x), POOL).flatten(1).numpy())
+    return np.concatenate(out).reshape(*rgb.shape[:-3], -1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------- agent
+@dataclass(frozen=True)
+class AgentConfig:
+    variant: str = 'collavn'
+    feature_dim: int = 128           # a view's descriptor (POOL * POOL * encoder channels)
+    embed: int = 128
+    hidden: int = 128
+    query_dim: int = 32              # q: broadcast every step
+    key_dim: int = 32                # k: never leaves the agent
+    value_dim: int = 64              # v: sent by a supporter whose score passes the threshold
+    threshold: float = 0.5           # select: send when score >= threshold
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f'variant {self.variant!r} is not one of: {", ".join(VARIANTS)}')
+
+    @property
+    def communicates(self) -> bool:
+        return self.variant != 'no_comm'
+
+    @property
+    def memory(self) -> bool:
+        return self.variant != 'no_memory'
+
+
+class CollaVNAgent(nn.Module):
+    """One agent's networks (shared by the team: decentralized execution, each agent its own state)."""
+
+    def __init__(self, cfg: AgentConfig):
+        super().__init__()
+        self.cfg = cfg
+        E, H = cfg.embed, cfg.hidden
+        self.view = nn.Sequential(nn.Linear(cfg.feature_dim, E), nn.ReLU(), nn.Linear(E, E))
+        self.panorama = nn.Sequential(nn.Linear(4 * E, E), nn.ReLU())
+        self.position = nn.Sequential(nn.Linear(2, 32), nn.ReLU())
+        self.query = nn.Linear(H + E, cfg.query_dim)
+        self.key = nn.Linear(E, cfg.key_dim)
+        self.value = nn.Sequential(nn.Linear(E + 32, cfg.value_dim), nn.Tanh())
+        self.read_query = nn.Linear(cfg.query_dim, cfg.key_dim)
+        inputs = E + E + 4 + 32 + NUM_ACTIONS + cfg.value_dim + 1 + cfg.value_dim
+        self.gru = nn.GRUCell(inputs, H)
+        self.policy = nn.Sequential(nn.Linear(H, H), nn.ReLU(), nn.Linear(H, NUM_ACTIONS))
+        if cfg.communicates and cfg.query_dim != cfg.key_dim:
+            raise ValueError(f'query_dim ({cfg.query_dim}) must equal key_dim ({cfg.key_dim}): scores are q . k')
+
+    def embed_views(self, views: torch.Tensor) -> torch.Tensor:
+        """(..., 4, F) -> (..., 4, E)"""
+        return self.view(views)
+
+
+@dataclass
+class TeamState:
+    """The team's recurrent state and private memories during a batch of episodes."""
+    hidden: torch.Tensor             # (B, N, H)
+    prev_action: torch.Tensor        # (B, N) long
+    keys: list = field(default_factory=list)      # per past step: (B, N, dk)
+    values: list = field(default_factory=list)    # per past step: (B, N, dv)
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor             # (B, N, 5)
+    sent: torch.Tensor               # (B, Ni, Nj) bool: supporter j sent to requester i
+    requested: torch.Tensor          # (B, N) bool: agent i broadcast a query
+    scores: torch.Tensor             # (B, Ni, Nj)
+
+
+def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor):
+    """runtime.memory.match, batched: query (..., dk), keys (..., M, dk), values (..., M, dv), valid (..., M)
+    -> score (...), value (...)."""
+    logits = torch.einsum('...d,...md->...m', query, keys) / math.sqrt(keys.shape[-1])
+    logits = logits.masked_fill(~valid, float('-inf'))
+    weights = torch.softmax(logits, dim=-1)
+    weights = torch.nan_to_num(weights, nan=0.0)            # rows without any valid entry
+    best = logits.max(dim=-1).values
+    score = torch.where(torch.isfinite(best), torch.sigmoid(best), torch.zeros_like(best))
+    return score, torch.einsum('...m,...mv->...v', weights, values)
+
+
+def team_step(model: CollaVNAgent, state: TeamState, views: torch.Tensor, goal: torch.Tensor, cells: torch.Tensor,
+              active: torch.Tensor, present: torch.Tensor) -> StepOutput:
+    """One step of every agent. views (B, N, 4, F): the current panoramas; goal (B, N, F); cells (B, N, 2)
+    normalized GPS; active (B, N): agents still navigating (they request); present (B, N): agents in the
+    team (stopped ones included: they still answer)."""
+    cfg = model.cfg
+    B, N = active.shape
+    view_emb = model.embed_views(views)                                   # (B, N, 4, E)
+    goal_emb = model.view(goal)                                           # (B, N, E)
+    similarity = torch.einsum('bnke,bne->bnk', F.normalize(view_emb, dim=-1), F.normalize(goal_emb, dim=-1))
+    obs = model.panorama(view_emb.flatten(2))                             # (B, N, E)
+    pos = model.position(cells)
+    query = model.query(torch.cat([state.hidden, goal_emb], -1))          # (B, N, dq)
+    key = model.key(obs)
+    value = model.value(torch.cat([obs, pos], -1))
+    zeros_v = value.new_zeros(B, N, cfg.value_dim)
+
+    # own memory read (over past steps only)
+    if cfg.memory and state.keys:
+        past_k, past_v = torch.stack(state.keys, 2), torch.stack(state.values, 2)     # (B, N, T, d)
+        _, own_read = attend(model.read_query(query), past_k, past_v, past_k.new_ones(past_k.shape[:3], dtype=torch.bool))
+    else:
+        own_read = zeros_v
+
+    sent = torch.zeros(B, N, N, dtype=torch.bool, device=views.device)
+    scores = torch.zeros(B, N, N, device=views.device)
+    received, got = zeros_v, value.new_zeros(B, N, 1)
+    if cfg.communicates:
+        # supporter j's entries: its current (key, value) and, with memory, every stored pair
+        sup_k, sup_v = key[:, :, None], value[:, :, None]                 # (B, Nj, 1, d)
+        if cfg.memory and state.keys:
+            sup_k = torch.cat([sup_k, torch.stack(state.keys, 2)], 2)
+            sup_v = torch.cat([sup_v, torch.stack(state.values, 2)], 2)
+        M = sup_k.shape[2]
+        q = query[:, :, None, None].expand(B, N, N, 1, cfg.query_dim).squeeze(3)   # (B, Ni, Nj, dq)
+        k = sup_k[:, None].expand(B, N, N, M, cfg.key_dim)
+        v = sup_v[:, None].expand(B, N, N, M, cfg.value_dim)
+        score, mixed = attend(q, k, v, k.new_ones(B, N, N, M, dtype=torch.bool))   # (B, Ni, Nj), (B, Ni, Nj, dv)
+        eye = torch.eye(N, dtype=torch.bool, device=views.device)[None]
+        eligible = active[:, :, None] & present[:, None, :] & ~eye
+        hard = (score >= cfg.threshold) & eligible
+        gate = hard.float() + score - score.detach()                      # straight-through selection
+        weight = gate * score * eligible.float()
+        received = torch.einsum('bij,bijv->biv', weight, mixed) / (weight.detach().sum(-1, keepdim=True) + 1e-6)
+        received = received * hard.any(-1, keepdim=True).float()
+        got = hard.any(-1, keepdim=True).float()
+        sent, scores = hard, torch.where(eligible, score, torch.zeros_like(score))
+
+    prev = F.one_hot(state.prev_action, NUM_ACTIONS).float()
+    x = torch.cat([obs, goal_emb, similarity, pos, prev, received, got, own_read], -1)
+    hidden = model.gru(x.flatten(0, 1), state.hidden.flatten(0, 1)).view(B, N, -1)
+    hidden = torch.where(active[..., None], hidden, state.hidden)        # a stopped agent's state stays
+    state.hidden = hidden
+    state.keys.append(key)
+    state.values.append(value)
+    return StepOutput(model.policy(hidden), sent, active.clone(), scores)
+
+
+# ------------------------------------------------------------------------------------------ episodes
+class EpisodeBatch:
+    """A batch of episodes of one team size on cached maps: starts, goals, expert distance fields."""
+
+    def __init__(self, episodes: list, maps: dict, features: dict, config: NavConfig):
+        self.episodes, self.config = episodes, config
+        N = episodes[0].team
+        if any(e.team != N for e in episodes):
+            raise ValueError('an EpisodeBatch holds episodes of one team size')
+        self.team = N
+        self.maps = [maps[(e.map_split, e.map_id)] for e in episodes]
+        self.features = [features[(e.map_split, e.map_id)] for e in episodes]
+        cache: dict = {}
+        self.distance = []                                  # per episode, per agent: moves to its goal, per node
+        for e, m in zip(episodes, self.maps):
+            per_agent = []
+            for g in e.goals:
+                k = (e.map_split, e.map_id, g)
+                if k not in cache:
+                    cache[k] = bfs_steps(m.neighbours, g)
+                per_agent.append(cache[k])
+            self.distance.append(per_agent)
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def expert_actions(self, nodes: np.ndarray) -> np.ndarray:
+        """(B, N) nodes -> the shortest-path expert's moves (STOP at the goal; ties: the first move)."""
+        out = np.full(nodes.shape, STOP, np.int64)
+        for b, m in enumerate(self.maps):
+            for i in range(self.team):
+                d = self.distance[b][i]
+                n = nodes[b, i]
+                if d[n] == 0:
+                    continue
+                nb = m.neighbours[n]
+                cand = np.where(nb >= 0, d[np.maximum(nb, 0)], UNREACHABLE)
+                out[b, i] = int(np.argmin(cand))
+        return out
+
+    def observe(self, nodes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(views (B, N, 4, F), cells (B, N, 2) in 0..1) of the agents at `nodes`."""
+        views = np.stack([f['views'][nodes[b]] for b, f in enumerate(self.features)])
+        side = self.config.region_m / self.config.lattice_m
+        cells = np.stack([(m.cells[nodes[b]] + 0.5) / side for b, m in enumerate(self.maps)])
+        return torch.from_numpy(views), torch.from_numpy(cells.astype(np.float32))
+
+    def goals(self) -> torch.Tensor:
+        """(B, N, F): each agent's goal image descriptor."""
+        return torch.from_numpy(np.stack([
+            np.stack([f['views'][g, k] for g, k in zip(e.goals, e.goal_views)])
+            for e, f in zip(self.episodes, self.features)]))
+
+    def move(self, nodes: np.ndarray, actions: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(next nodes, collided) for the active agents' actions."""
+        nxt, hit = nodes.copy(), np.zeros(nodes.shape, bool)
+        for b, m in enumerate(self.maps):
+            for i in range(self.team):
+                if active[b, i] and actions[b, i] != STOP:
+                    nxt[b, i], hit[b, i] = m.step(int(nodes[b, i]), int(actions[b, i]))
+        return nxt, hit
+
+    def starts(self) -> np.ndarray:
+        return np.array([e.starts for e in self.episodes], np.int64)
+
+
+@dataclass
+class Rollout:
+    """A recorded batch: nodes visited (B, N, T+1), who was active at each step (B, N, T), the expert's
+    labels (B, N, T) and the actions taken (B, N, T)."""
+    nodes: np.ndarray
+    active: np.ndarray
+    expert: np.ndarray
+    actions: np.ndarray
+    sent: np.ndarray                 # (B, T, Ni, Nj) bool
+    requested: np.ndarray            # (B, T, N) bool
+    collisions: np.ndarray           # (B, N)
+
+
+def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0.0, rng=None,
+             policy: str = 'greedy', teacher: Optional[Rollout] = None):
+    """Roll a team out for T_max steps. `beta`: probability of executing the expert's move instead of the
+    policy's (DAgger); policy 'greedy' (argmax), 'sample', or 'random' (random walk, no model). With `teacher`
+    (a Rollout), the team follows its recorded nodes instead and the step logits are returned for training."""
+    T, B, N = batch.config.max_steps, len(batch), batch.team
+    rng = rng or np.random.default_rng(0)
+    nodes = batch.starts() if teacher is None else teacher.nodes[:, :, 0].copy()
+    active = np.ones((B, N), bool)
+    present = torch.ones(B, N, dtype=torch.bool)
+    rec_nodes, rec_active, rec_expert, rec_actions = [nodes.copy()], [], [], []
+    rec_sent, rec_req = [], []
+    collisions = np.zeros((B, N), np.int64)
+    state = None
+    goal = batch.goals() if model is not None else None
+    logits_seq, scores_seq = [], []
+    for t in range(T if teacher is None else teacher.active.shape[2]):
+        if teacher is not None:
+            active = teacher.active[:, :, t]
+        if not active.any():
+            break
+        expert = batch.expert_actions(nodes) if teacher is None else None
+        if model is not None:
+            if state is None:
+                state = TeamState(torch.zeros(B, N, model.cfg.hidden), torch.full((B, N), STOP, dtype=torch.long))
+            views, cells = batch.observe(nodes)
+            out = team_step(model, state, views, goal, cells, torch.from_numpy(active), present)
+            logits_seq.append(out.logits)
+            scores_seq.append(out.scores)
+            rec_sent.append(out.sent.detach().numpy())
+            rec_req.append(out.requested.numpy())
+            if teacher is None:
+                if policy == 'sample':
+                    probs = torch.softmax(out.logits.detach(), -1).reshape(-1, NUM_ACTIONS).numpy()
+                    own = np.array([rng.choice(NUM_ACTIONS, p=p / p.sum()) for p in probs]).reshape(B, N)
+                else:
+                    own = out.logits.detach().argmax(-1).numpy()
+        else:
+            own = rng.integers(0, NUM_ACTIONS, (B, N))
+            rec_sent.append(np.zeros((B, N, N), bool))
+            rec_req.append(np.zeros((B, N), bool))
+        if teacher is not None:
+            actions = teacher.actions[:, :, t]
+            if state is not None:
+                state.prev_action = torch.from_numpy(np.where(active, actions, state.prev_action.numpy()))
+            nodes = teacher.nodes[:, :, t + 1].copy()
+            rec_expert.append(teacher.expert[:, :, t])
+            rec_active.append(active.copy())
+            continue
+        use_expert = rng.random((B, N)) < beta
+        actions = np.where(use_expert, expert, own)
+        actions = np.where(active, actions, STOP)
+        nodes, hit = batch.move(nodes, actions, active)
+        collisions += hit
+        if state is not None:
+            state.prev_action = torch.from_numpy(np.where(active, actions, state.prev_action.numpy()))
+        rec_active.append(active.copy())
+        rec_expert.append(expert)
+        rec_actions.append(actions)
+        rec_nodes.append(nodes.copy())
+        active = active & (actions != STOP)
+    if teacher is not None:
+        return logits_seq, scores_seq, np.stack(rec_expert, -1), np.stack(rec_active, -1)
+    steps = len(rec_active)
+    return Rollout(nodes=np.stack(rec_nodes, -1), active=np.stack(rec_active, -1), expert=np.stack(rec_expert, -1),
+                   actions=np.stack(rec_actions, -1), sent=np.stack(rec_sent, 1)[:, :steps],
+                   requested=np.stack(rec_req, 1)[:, :steps], collisions=collisions)
+
+
+def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, score_price: float = 0.01):
+    """(loss, cross-entropy, label accuracy) of the policy against the expert's labels along a recorded rollout;
+    the loss adds `score_price` times the mean score of the pairs that could send."""
+    logits_seq, scores_seq, expert, active = run_team(model, batch, teacher=rollout)
+    logits = torch.stack(logits_seq, 2)                                  # (B, N, T, 5)
+    mask = torch.from_numpy(active)
+    labels = torch.from_numpy(expert)
+    ce = F.cross_entropy(logits[mask], labels[mask])
+    accuracy = float((logits[mask].argmax(-1) == labels[mask]).float().mean())
+    loss = ce
+    if model.cfg.communicates and score_price:
+        # the scores of the pairs that could send (zero elsewhere): a price per value sent
+        scores = torch.stack(scores_seq, 1)                              # (B, T, Ni, Nj)
+        loss = ce + score_price * scores.sum() / max(int((scores > 0).sum()), 1)
+    return loss, float(ce.detach()), accuracy
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+def episode_outcomes(batch: EpisodeBatch, rollout: Rollout) -> list[NavOutcome]:
+    cfg = batch.config
+    out = []
+    for b, e in enumerate(batch.episodes):
+        for i in range(batch.team):
+            path = rollout.nodes[b, i]
+            moved = int((path[1:] != path[:-1]).sum())
+            steps = int(rollout.active[b, i].sum())
+            final = batch.distance[b][i][path[-1]] * cfg.lattice_m
+            out.append(NavOutcome(final_m=float(final), shortest_m=float(e.shortest_m[i]), path_m=moved * cfg.lattice_m,
+                                  steps=steps, max_steps=cfg.max_steps, success_m=cfg.success_m))
+    return out
+
+
+def comm_bytes(rollout: Rollout, agent: Optional[AgentConfig]) -> dict:
+    """Bytes on the wire as the swarm serializes them: every active agent's query (a Request with a
+    [query_dim] float32 tensor) and every sent (score, value) (a MemoryValue with a [value_dim] float32)."""
+    if agent is None or not agent.communicates:
+        return {'bytes_per_agent_step': 0.0, 'silent_step_share': 1.0, 'values_per_step': 0.0}
+    q = wire.request_size([agent.query_dim], 'float32')
+    v = wire.memory_value_size([agent.value_dim], 'float32')
+    agent_steps = rollout.requested.sum()
+    total = rollout.requested.sum() * q + rollout.sent.sum() * v
+    team_steps = rollout.requested.any(-1)                               # (B, T): steps someone navigated
+    silent = (~rollout.sent.any((-1, -2))) & team_steps
+    return {'bytes_per_agent_step': float(total / max(agent_steps, 1)),
+            'silent_step_share': float(silent.sum() / max(team_steps.sum(), 1)),
+            'values_per_step': float(rollout.sent.sum() / max(team_steps.sum(), 1))}
+
+
+@torch.no_grad()
+def evaluate_batches(model: Optional[CollaVNAgent], batches: list[EpisodeBatch], seed: int = 0,
+                     threshold: Optional[float] = None) -> dict:
+    """SR, DTS, SPL, SSR, collisions and bytes of a model (None: random walk) over episode batches."""
+    if model is not None:
+        model.eval()
+        if threshold is not None:
+            model.cfg = dataclasses.replace(model.cfg, threshold=threshold)
+    rng = np.random.default_rng(seed)
+    outcomes, byte_rows = [], []
+    for batch in batches:
+        r = run_team(model, batch, rng=rng, policy='greedy' if model is not None else 'random')
+        outcomes += episode_outcomes(batch, r)
+        byte_rows.append((comm_bytes(r, model.cfg if model is not None else None), int(r.requested.sum())))
+    metrics = nav_metrics(outcomes)
+    weight = sum(n for _, n in byte_rows) or 1
+    for key in ('bytes_per_agent_step', 'silent_step_share', 'values_per_step'):
+        metrics[key] = float(sum(b[key] * n for b, n in byte_rows) / weight)
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------ training
+@dataclass(frozen=True)
+class NavTrainConfig:
+    """One training run (`collab-perception nav train`); every field lands in train.json."""
+    variant: str = 'collavn'
+    dagger: bool = True               # False: behaviour cloning of the expert only (the imitation row)
+    rounds: int = 6                   # DAgger rounds; beta = 0.5 ** round (round 0: the expert alone)
+    rollouts_per_round: int = 12      # batches of episodes recorded per round
+    steps_per_round: int = 150        # gradient steps per round, on the whole buffer
+    batch_size: int = 24
+    teams: tuple[int, ...] = (2, 3, 4)
+    tasks: tuple[str, ...] = ('common', 'specific')
+    lr: float = 1e-3
+    score_price: float = 0.01
+    seed: int = 0
+    encoder_steps: int = 1500
+    threads: int = 0
+    val_episodes: int = 96
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f'variant {self.variant!r} is not one of: {", ".join(VARIANTS)}')
+        if self.rounds < 1 or self.rollouts_per_round < 1 or self.steps_per_round < 1 or self.batch_size < 1:
+            raise ValueError('rounds, rollouts_per_round, steps_per_round and batch_size must be >= 1')
+        if any(not 2 <= t <= 8 for t in self.teams):
+            raise ValueError(f'teams: each team size must be in 2..8, got {list(self.teams)}')
+
+
+def encoder_path(dataset_dir: str) -> str:
+    """Where a dataset's pretrained view encoder lives (shared by every variant trained on it)."""
+    return os.path.join(dataset_dir, 'encoder.pt')
+
+
+def load_or_pretrain_encoder(dataset, steps: int, seed: int = 0, log=print) -> Encoder:
+    """The dataset's encoder: loaded from encoder.pt, or pretrained on its train maps' views and saved."""
+    path = encoder_path(dataset.path)
+    encoder = Encoder(channels=32)
+    if os.path.exists(path):
+        encoder.load_state_dict(torch.load(path, weights_only=True)['encoder'])
+    else:
+        from tqdm import tqdm
+        maps = [dataset.map('train', i) for i in dataset.manifest['splits']['train']['map_ids']]
+        bar = tqdm(total=steps, desc='encoder', unit='step', dynamic_ncols=True)
+
+        def progress(step, loss):
+            bar.update(1)
+            bar.set_postfix(loss=f'{loss:.3f}')
+        encoder, accuracy = pretrain_encoder(maps, steps, seed=seed, progress=progress)
+        bar.close()
+        torch.save({'encoder': encoder.state_dict(), 'steps': steps, 'train_pixel_accuracy': accuracy}, path)
+        log(f'encoder: {steps} steps, train pixel accuracy {accuracy:.3f} -> {path}')
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder.eval()
+
+
+def map_features(dataset, encoder: Encoder, split: str) -> tuple[dict, dict]:
+    """({(split, id): NavMap without its images}, {(split, id): {'views': (N, 4, F)}}) of a split, the
+    descriptors cached next to the encoder (features-<split>.npz)."""
+    ids = dataset.manifest['splits'][split]['map_ids']
+    cache = os.path.join(dataset.path, f'features-{split}.npz')
+    stored = dict(np.load(cache)) if os.path.exists(cache) else {}
+    maps, feats, changed = {}, {}, False
+    for i in ids:
+        m = dataset.map(split, i)
+        name = f'map{i}'
+        if name not in stored:
+            stored[name] = encode_views(encoder, m.rgb).astype(np.float16)
+            changed = True
+        maps[(split, i)] = dataclasses.replace(m, rgb=m.rgb[:0])      # labels stay: goal views avoid the sky
+        feats[(split, i)] = {'views': stored[name].astype(np.float32)}
+    if changed:
+        np.savez(cache, **stored)
+    return maps, feats
+
+
+def batches_of(episodes: list, maps: dict, features: dict, config: NavConfig, size: int) -> list[EpisodeBatch]:
+    """Episodes grouped by team size into batches of at most `size` (in their order)."""
+    out = []
+    for team in sorted({e.team for e in episodes}):
+        same = [e for e in episodes if e.team == team]
+        out += [EpisodeBatch(same[i:i + size], maps, features, config) for i in range(0, len(same), size)]
+    return out
+
+
+def train_agent(dataset_dir: str, out_dir: str, cfg: NavTrainConfig, log=print) -> dict:
+    """Train one variant (see the module docstring); writes model.pt (the best by validation SR),
+    train.json (config, history, timing) and returns the summary."""
+    from tqdm import tqdm
+
+    from ..data.nav import BANDS, NavDataset, sample_episodes
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    dataset = NavDataset(dataset_dir)
+    nav = dataset.config
+    os.makedirs(out_dir, exist_ok=True)
+    t0 = time.time()
+    encoder = load_or_pretrain_encoder(dataset, cfg.encoder_steps, cfg.seed, log)
+    maps, feats = map_features(dataset, encoder, 'train')
+    vmaps, vfeats = map_features(dataset, encoder, 'val')
+    maps.update(vmaps)
+    feats.update(vfeats)
+    val = [e for e in dataset.episodes('val') if e.team in cfg.teams][:cfg.val_episodes]
+    val_batches = batches_of(val, maps, feats, nav, 32)
+    train_keys = [k for k in maps if k[0] == 'train']
+
+    agent_cfg = AgentConfig(variant=cfg.variant, feature_dim=next(iter(feats.values()))['views'].shape[-1])
+    model = CollaVNAgent(agent_cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    total_steps = cfg.rounds * cfg.steps_per_round
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.05)
+    buffer: list[tuple[EpisodeBatch, Rollout]] = []
+    history, best = [], (-1.0, None)
+    bar = tqdm(total=total_steps, desc=f'nav {cfg.variant}', unit='step', dynamic_ncols=True)
+
+    def fresh_batch() -> EpisodeBatch:
+        team = int(rng.choice(cfg.teams))
+        episodes = []
+        for _ in range(cfg.batch_size):
+            key = train_keys[int(rng.integers(len(train_keys)))]
+            task = cfg.tasks[int(rng.integers(len(cfg.tasks)))]
+            band = BANDS[int(rng.integers(len(BANDS)))]
+            episodes += sample_episodes(maps[key], nav, rng, 1, task, team, band, map_split='train')
+        return EpisodeBatch(episodes, maps, feats, nav)
+
+    for rnd in range(cfg.rounds):
+        beta = 0.5 ** rnd if cfg.dagger else 1.0
+        model.eval()
+        with torch.no_grad():
+            for _ in range(cfg.rollouts_per_round):
+                batch = fresh_batch()
+                buffer.append((batch, run_team(model, batch, beta=beta, rng=rng, policy='sample')))
+        model.train()
+        losses, accs = [], []
+        for _ in range(cfg.steps_per_round):
+            batch, rollout = buffer[int(rng.integers(len(buffer)))]
+            loss, ce, acc = imitation_loss(model, batch, rollout, cfg.score_price)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            losses.append(ce)
+            accs.append(acc)
+            bar.update(1)
+            bar.set_postfix(round=rnd, loss=f'{np.mean(losses[-20:]):.3f}', acc=f'{np.mean(accs[-20:]):.2f}')
+        metrics = evaluate_batches(model, val_batches, seed=cfg.seed)
+        history.append({'round': rnd, 'beta': beta, 'loss': float(np.mean(losses)), 'label_accuracy': float(np.mean(accs)),
+                        'buffer': len(buffer), 'val_success_rate': metrics['success_rate'], 'val_spl': metrics['spl'],
+                        'val_bytes_per_agent_step': metrics['bytes_per_agent_step'],
+                        'minutes': (time.time() - t0) / 60})
+        log(f'round {rnd}: beta {beta:.3f} loss {np.mean(losses):.3f} label acc {np.mean(accs):.3f} '
+            f'val SR {metrics["success_rate"]:.3f} SPL {metrics["spl"]:.3f}')
+        if metrics['success_rate'] > best[0]:
+            best = (metrics['success_rate'], {k: v.clone() for k, v in model.state_dict().items()})
+            torch.save({'agent': dataclasses.asdict(agent_cfg), 'state_dict': best[1], 'round': rnd,
+                        'train': _json_ready(dataclasses.asdict(cfg))}, os.path.join(out_dir, 'model.pt'))
+    bar.close()
+    summary = {'config': _json_ready(dataclasses.asdict(cfg)), 'agent': dataclasses.asdict(agent_cfg),
+               'dataset': dataset_dir, 'history': history, 'best_val_success_rate': best[0],
+               'minutes': (time.time() - t0) / 60}
+    with open(os.path.join(out_dir, 'train.json'), 'w', encoding='utf-8') as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
+def _json_ready(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def load_agent(path: str) -> CollaVNAgent:
+    """A trained agent from its model.pt."""
+    ckpt = torch.load(path, weights_only=True)
+    model = CollaVNAgent(AgentConfig(**ckpt['agent']))
+    model.load_state_dict(ckpt['state_dict'])
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------ the tables
+EVAL_SPLITS = ('test', 'unseen')
+TASK_NAMES = {'common': 'CommonGoal', 'specific': 'SpecificGoal'}
+
+
+def evaluate_table(dataset_dir: str, runs_dir: str, rows: dict, adhoc: dict,
+                   thresholds: Sequence[float] = (0.5,), log=print) -> dict:
+    """Every row (name -> (run directory or None for the random walk, label)) on every task and team size
+    of the test split and the unseen world; Ad-hoCoop (name -> (run, team tested)); ours' threshold sweep."""
+    from ..data.nav import NavDataset, TASKS
+
+    dataset = NavDataset(dataset_dir)
+    nav = dataset.config
+    if not os.path.exists(encoder_path(dataset_dir)):
+        raise FileNotFoundError(f'{encoder_path(dataset_dir)}: no encoder; train a variant first (`nav train`)')
+    encoder = load_or_pretrain_encoder(dataset, 0, log=log)
+    maps, feats = {}, {}
+    for split in EVAL_SPLITS:
+        if split in dataset.splits:
+            m, f = map_features(dataset, encoder, split)
+            maps.update(m)
+            feats.update(f)
+    splits = [s for s in EVAL_SPLITS if s in dataset.splits]
+
+    def models(run):
+        path = os.path.join(runs_dir, run, 'model.pt') if run else None
+        return None if path is None or not os.path.exists(path) else load_agent(path)
+
+    def score(model, split, task, team, random_walk=False, threshold=None):
+        eps = dataset.episodes(split, task=task, team=team)
+        if not eps or (model is None and not random_walk):
+            return None
+        return evaluate_batches(model, batches_of(eps, maps, feats, nav, 32), threshold=threshold)
+
+    out = {'config': nav.to_dict(), 'splits': splits, 'rows': {}, 'adhoc': {}, 'sweep': []}
+    teams = sorted({e.team for e in dataset.episodes('test')})
+    for name, (run, label) in rows.items():
+        model = models(run)
+        entry = {'label': label, 'trained': run is None or model is not None, 'results': {}}
+        for split in splits:
+            for task in TASKS:
+                for team in teams:
+                    r = score(model, split, task, team, random_walk=run is None)
+                    if r is not None:
+                        entry['results'][f'{split}/{task}/{team}'] = r
+        out['rows'][name] = entry
+        log(f'{label}: ' + ('evaluated' if entry['results'] else 'not trained'))
+    for name, (run, team) in adhoc.items():
+        model = models(run)
+        out['adhoc'][name] = {'run': run, 'team': team, 'trained': model is not None,
+                              'results': {f'{s}/common/{team}': score(model, s, 'common', team) for s in splits}
+                              if model is not None else {}}
+    ours = models(rows['collavn'][0])
+    if ours is not None:
+        for th in thresholds:
+            per_team = [score(ours, 'test', 'common', team, threshold=th) for team in teams]
+            per_team = [r for r in per_team if r is not None]
+            n = sum(r['episodes'] for r in per_team) or 1
+            out['sweep'].append({'threshold': th, **{k: sum(r[k] * r['episodes'] for r in per_team) / n
+                                                     for k in ('success_rate', 'spl', 'ssr', 'dts',
+                                                               'bytes_per_agent_step', 'silent_step_share')}})
+    return out
+
+
+def _cell(r: Optional[dict], key: str, fmt: str) -> str:
+    return '—' if r is None else format(r[key] * (100 if key == 'success_rate' else 1), fmt)
+
+
+def write_results_section(path: str, table: dict, plot_path: str, begin: str, end: str, command: str) -> None:
+    """Replace the text between `begin` and `end` in `path` (appended when absent) with the CollaVN tables,
+    and draw success rate against bytes per agent per step into `plot_path`."""
+    lines = [begin, '## CollaVN: collaborative visual navigation', '',
+             f'Written by `{command}` (every number below; episodes of the dataset\'s test maps and of the unseen '
+             'world seed, greedy actions). SR and SPL in %, DTS in metres, SSR = mean S·T_max/T (not bounded '
+             'by 1), bytes: what an agent puts on the wire per step (its Request with the query, and the '
+             'MemoryValue answers it sends), serialized as on the swarm (runtime/wire.py).', '']
+    c = table['config']
+    lines.append(f'Maps: {c["region_m"]:g} m regions, lattice {c["lattice_m"]:g} m, success within '
+                 f'{c["band_scale"] * 1.0:g} m, T_max {c["max_steps"]} steps; bands: the paper\'s times '
+                 f'{c["band_scale"]:g}.')
+    lines.append('')
+    for task, task_name in TASK_NAMES.items():
+        lines += [f'### {task_name}', '',
+                  '| method | N | SR | DTS | SPL | SSR | bytes/agent/step | unseen SR | unseen SPL |',
+                  '|---|---|---|---|---|---|---|---|---|']
+        for name, row in table['rows'].items():
+            if not row['trained']:
+                lines.append(f'| {row["label"]} | — | not trained | | | | | | |')
+                continue
+            for key in sorted({k.split('/')[2] for k in row['results'] if k.split('/')[1] == task}, key=int):
+                r = row['results'].get(f'test/{task}/{key}')
+                u = row['results'].get(f'unseen/{task}/{key}')
+                lines.append(f'| {row["label"]} | {key} | {_cell(r, "success_rate", ".2f")} | {_cell(r, "dts", ".2f")} | '
+                             f'{_cell(r, "spl", ".3f")} | {_cell(r, "ssr", ".2f")} | '
+                             f'{_cell(r, "bytes_per_agent_step", ".0f")} | {_cell(u, "success_rate", ".2f")} | '
+                             f'{_cell(u, "spl", ".3f")} |')
+        lines.append('')
+    lines += ['### Ad-hoCoop (CommonGoal, trained with one team size, tested with another)', '',
+              '| trained → tested | SR | SPL | SSR | unseen SR | ours trained on 2-4, same team |', '|---|---|---|---|---|---|']
+    for name, a in table['adhoc'].items():
+        if not a['trained']:
+            lines.append(f'| {name} | not trained | | | | |')
+            continue
+        r, u = a['results'].get(f'test/common/{a["team"]}'), a['results'].get(f'unseen/common/{a["team"]}')
+        ref = table['rows'].get('collavn', {}).get('results', {}).get(f'test/common/{a["team"]}')
+        lines.append(f'| {name} | {_cell(r, "success_rate", ".2f")} | {_cell(r, "spl", ".3f")} | '
+                     f'{_cell(r, "ssr", ".2f")} | {_cell(u, "success_rate", ".2f")} | {_cell(ref, "success_rate", ".2f")} |')
+    lines.append('')
+    if table['sweep']:
+        lines += ['### The select threshold (ours, CommonGoal, test, every team size)', '',
+                  '| threshold | SR | SPL | bytes/agent/step | steps in which nobody sends |', '|---|---|---|---|---|']
+        for s in table['sweep']:
+            lines.append(f'| {s["threshold"]:g} | {100 * s["success_rate"]:.2f} | {s["spl"]:.3f} | '
+                         f'{s["bytes_per_agent_step"]:.0f} | {100 * s["silent_step_share"]:.1f}% |')
+        lines.append('')
+    lines += [f'![success rate against bytes]({os.path.relpath(plot_path, os.path.dirname(path) or ".")})', '', end]
+    section = '\n'.join(lines)
+    text = open(path, encoding='utf-8').read() if os.path.exists(path) else ''
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip('\n') + '\n\n' + section + '\n'
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write(text)
+    _plot_sr_bytes(table, plot_path)
+
+
+def _plot_sr_bytes(table: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for name, row in table['rows'].items():
+        rs = [r for k, r in row['results'].items() if k.startswith('test/common/')]
+        if not rs:
+            continue
+        n = sum(r['episodes'] for r in rs)
+        sr = 100 * sum(r['success_rate'] * r['episodes'] for r in rs) / n
+        b = sum(r['bytes_per_agent_step'] * r['episodes'] for r in rs) / n
+        ax.scatter([max(b, 1.0)], [sr], s=40, label=row['label'])
+    if table['sweep']:
+        xs = [max(s['bytes_per_agent_step'], 1.0) for s in table['sweep']]
+        ax.plot(xs, [100 * s['success_rate'] for s in table['sweep']], '--', color='gray', lw=1,
+                label='ours, select threshold swept')
+        for s, x in zip(table['sweep'], xs):
+            ax.annotate(f'{s["threshold"]:g}', (x, 100 * s['success_rate']), fontsize=7, xytext=(3, 3),
+                        textcoords='offset points')
+    ax.set_xscale('log')
+    ax.set_xlabel('bytes per agent per step (serialized; 1 = nothing sent)')
+    ax.set_ylabel('success rate, % (CommonGoal, test)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,105 @@
+"""`collab-perception nav train | evaluate`: CollaVN's agents on a navigation dataset (learn/collavn.py).
+
+Imported only when one of these commands runs (torch); `add_nav_learn_commands(sub)` adds them to the `nav`
+command's subparsers (collab_perception/cli.py).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+VARIANTS = ('collavn', 'no_memory', 'no_comm')          # learn.collavn.VARIANTS, repeated: --help loads no torch
+# the rows of the paper's tables (CollaVN Tables 3-5): name -> (run directory under --runs, label)
+ROWS = {
+    'random_walk': (None, 'Random walk'),
+    'imitation': ('imitation', 'Imitation only (no DAgger)'),
+    'no_comm': ('no_comm', 'w/o communication'),
+    'no_memory': ('no_memory', 'w/o memory'),
+    'collavn': ('collavn', 'Ours (memory-augmented communication)'),
+}
+ADHOC = {'2->3': ('collavn_team2', 3), '3->2': ('collavn_team3', 2)}
+RESULTS_BEGIN = '<!-- collavn:begin (written by `collab-perception nav evaluate`) -->'
+RESULTS_END = '<!-- collavn:end -->'
+
+
+def add_nav_learn_commands(sub) -> None:
+    t = sub.add_parser(
+        'train', help='train one CollaVN variant (imitation of the shortest-path expert, DAgger)',
+        description='Train a CollaVN agent on a navigation dataset: the view encoder is pretrained once per '
+                    'dataset (DIR/encoder.pt, features cached next to it), then DAgger rounds: the team rolls out '
+                    'with the expert\'s move taken with probability 0.5^round, every visited state is labelled '
+                    'with the shortest-path move, and the team is refitted along the recorded paths. model.pt '
+                    '(best round by validation success rate) and train.json go to --out.\n\n'
+                    'variants: collavn (memory-augmented communication), no_memory (supporters answer from '
+                    'their current key only, no own-memory read), no_comm (no messages at all); --no-dagger '
+                    'trains on the expert\'s paths only (the imitation row).',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument('--data', default='datasets/nav', help='navigation dataset (default datasets/nav)')
+    t.add_argument('--variant', choices=VARIANTS, default='collavn')
+    t.add_argument('--out', required=True, metavar='DIR', help='run directory, e.g. runs/nav/collavn')
+    t.add_argument('--no-dagger', action='store_true', help='behaviour cloning of the expert only')
+    t.add_argument('--teams', type=int, nargs='+', default=[2, 3, 4], help='team sizes trained on (default 2 3 4)')
+    t.add_argument('--rounds', type=int, default=6, help='DAgger rounds (default 6)')
+    t.add_argument('--rollouts-per-round', type=int, default=12, help='episode batches recorded per round')
+    t.add_argument('--steps-per-round', type=int, default=150, help='gradient steps per round')
+    t.add_argument('--batch-size', type=int, default=24, help='episodes per batch')
+    t.add_argument('--lr', type=float, default=1e-3)
+    t.add_argument('--encoder-steps', type=int, default=1500, help='encoder pretraining steps (once per dataset)')
+    t.add_argument('--seed', type=int, default=0)
+    t.add_argument('--threads', type=int, default=0, help='torch threads (default: all cores)')
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser(
+        'evaluate', help='the CollaVN tables: SR, DTS, SPL, SSR and bytes per agent per step',
+        description='Evaluate every trained variant under --runs (collavn, no_memory, no_comm, imitation, and '
+                    'collavn_team2 / collavn_team3 for Ad-hoCoop) and a random walk on the test split and on the '
+                    'unseen world, greedy actions, and write the CollaVN section of --results (between its '
+                    'collavn markers; the rest of the file is kept) and a PNG of success rate against bytes. '
+                    'Missing runs are listed as not trained.',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument('--data', default='datasets/nav')
+    e.add_argument('--runs', default='runs/nav', help='directory holding one run directory per variant')
+    e.add_argument('--results', default='docs/RESULTS.md', help='Markdown file whose CollaVN section is rewritten')
+    e.add_argument('--plot', default='docs/collavn_sr_bytes.png', help='PNG: success rate against bytes')
+    e.add_argument('--json', default='', help='also write every number as JSON here')
+    e.add_argument('--thresholds', type=float, nargs='+', default=[0.0, 0.5, 0.8, 0.95, 1.01],
+                   help='select thresholds swept for ours (the plot and the saving; default 0 0.5 0.8 0.95 1.01)')
+    e.add_argument('--threads', type=int, default=0)
+    e.set_defaults(func=cmd_evaluate)
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from .collavn import NavTrainConfig, train_agent
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = NavTrainConfig(variant=args.variant, dagger=not args.no_dagger, rounds=args.rounds,
+                         rollouts_per_round=args.rollouts_per_round, steps_per_round=args.steps_per_round,
+                         batch_size=args.batch_size, teams=tuple(args.teams), lr=args.lr,
+                         encoder_steps=args.encoder_steps, seed=args.seed, threads=args.threads)
+    summary = train_agent(args.data, args.out, cfg)
+    print(f'{args.out}: best validation SR {summary["best_val_success_rate"]:.3f} in {summary["minutes"]:.1f} min')
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import json
+
+    import torch
+
+    from .collavn import evaluate_table, write_results_section
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    table = evaluate_table(args.data, args.runs, ROWS, ADHOC, thresholds=args.thresholds)
+    write_results_section(args.results, table, args.plot, RESULTS_BEGIN, RESULTS_END, command=_command(args))
+    if args.json:
+        with open(args.json, 'w', encoding='utf-8') as f:
+            json.dump(table, f, indent=1)
+    print(f'{args.results}: CollaVN section written; {args.plot}')
+    return 0
+
+
+def _command(args) -> str:
+    parts = ['collab-perception nav evaluate', f'--data {args.data}', f'--runs {args.runs}']
+    return ' '.join(parts)

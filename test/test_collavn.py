@@ -1,0 +1,113 @@
+"""CollaVN's memory-augmented communication (runtime/memory.py), its torch twin (learn/collavn.py), the
+navigation metrics, and a short training + evaluation run on a tiny generated dataset."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from collab_perception.learn import collavn
+from collab_perception.runtime.memory import EpisodeMemory, fuse, match, select
+from collab_perception.runtime.metrics import NavOutcome, nav_metrics
+
+
+def test_memory_stores_in_order_and_keeps_at_most_its_capacity():
+    mem = EpisodeMemory(key_dim=2, value_dim=3, capacity=3)
+    for t in range(5):
+        mem.store([t, t], [t, t, t])
+    assert len(mem) == 3 and mem.keys[:, 0].tolist() == [2, 3, 4]     # the oldest went first
+    mem.clear()
+    assert len(mem) == 0
+    with pytest.raises(ValueError, match=r'key \[2\] and value \[3\]'):
+        mem.store([1, 2, 3], [1, 2, 3])
+    with pytest.raises(ValueError, match='capacity'):
+        EpisodeMemory(2, 3, 0)
+
+
+def test_match_finds_a_past_key_that_the_current_one_misses():
+    mem = EpisodeMemory(key_dim=4, value_dim=2, capacity=10)
+    goal = np.array([8.0, 0, 0, 0])
+    mem.store(goal / 2, [1.0, -1.0])          # the supporter saw the goal some steps ago
+    mem.store([0, 3.0, 0, 0], [5.0, 5.0])
+    current_key, current_value = np.array([0, 0, 3.0, 0]), np.array([-2.0, 2.0])
+    score, value = match(goal, current_key, current_value, mem)
+    assert score == pytest.approx(1 / (1 + math.exp(-32 / 2)))          # sigmoid(q.k / sqrt(4))
+    np.testing.assert_allclose(value, [1.0, -1.0], atol=1e-3)
+    # without the memory only the current entry is there: a low score, its own value
+    score, value = match(goal, current_key, current_value, None)
+    assert score == pytest.approx(0.5) and value.tolist() == [-2.0, 2.0]
+
+
+def test_select_and_fuse():
+    assert select({2: 0.9, 3: 0.4, 4: 0.5}, 0.5) == [2, 4]
+    assert select({2: 0.1, 3: 0.2}, 0.5) == []                            # nobody sends this step
+    value, got = fuse([(0.9, np.array([1.0, 0.0])), (0.3, np.array([0.0, 1.0]))], 2)
+    np.testing.assert_allclose(value, [0.75, 0.25], rtol=1e-6)
+    assert got
+    value, got = fuse([], 2)
+    assert not got and value.tolist() == [0.0, 0.0]
+
+
+def test_the_batched_torch_attention_equals_the_runtime_match():
+    rng = np.random.default_rng(3)
+    for entries in (1, 4, 9):
+        q = rng.normal(size=8).astype(np.float32)
+        keys = rng.normal(size=(entries, 8)).astype(np.float32)
+        values = rng.normal(size=(entries, 5)).astype(np.float32)
+        mem = EpisodeMemory(8, 5, 16)
+        for k, v in zip(keys[1:], values[1:]):
+            mem.store(k, v)
+        want_score, want_value = match(q, keys[0], values[0], mem)
+        score, value = collavn.attend(torch.from_numpy(q), torch.from_numpy(keys), torch.from_numpy(values),
+                                      torch.ones(entries, dtype=torch.bool))
+        assert float(score) == pytest.approx(want_score, rel=1e-5)
+        np.testing.assert_allclose(value.numpy(), want_value, rtol=1e-5, atol=1e-6)
+
+
+def test_nav_metrics_follow_their_formulas():
+    d_s, tmax = 4.0, 60
+    outcomes = [NavOutcome(final_m=2.0, shortest_m=10.0, path_m=20.0, steps=10, max_steps=tmax, success_m=d_s),
+                NavOutcome(final_m=0.0, shortest_m=8.0, path_m=8.0, steps=5, max_steps=tmax, success_m=d_s),
+                NavOutcome(final_m=10.0, shortest_m=12.0, path_m=30.0, steps=60, max_steps=tmax, success_m=d_s)]
+    m = nav_metrics(outcomes)
+    assert m['success_rate'] == pytest.approx(2 / 3)
+    assert m['dts'] == pytest.approx((0 + 0 + 6.0) / 3)
+    assert m['spl'] == pytest.approx((10 / 20 + 1.0 + 0) / 3)
+    assert m['ssr'] == pytest.approx((60 / 10 + 60 / 5 + 0) / 3)
+
+
+@pytest.fixture(scope='module')
+def tiny_nav(tmp_path_factory):
+    from collab_perception.data.nav import generate_nav_dataset
+    from collab_perception.world.nav import NavConfig
+    out = str(tmp_path_factory.mktemp('nav') / 'data')
+    cfg = NavConfig(region_m=24.0, image_size=16, band_scale=2.0, max_steps=20)
+    generate_nav_dataset(out, cfg, {'train': 1, 'val': 1, 'test': 1}, 1, 12, teams=(2, 3), progress=False)
+    return out
+
+
+def test_training_and_the_tables(tiny_nav, tmp_path):
+    from collab_perception.learn.nav_cli import ADHOC, RESULTS_BEGIN, RESULTS_END, ROWS
+    cfg = collavn.NavTrainConfig(rounds=2, rollouts_per_round=2, steps_per_round=3, batch_size=4, teams=(2, 3),
+                                 encoder_steps=5, val_episodes=8, threads=1)
+    summary = collavn.train_agent(tiny_nav, str(tmp_path / 'runs' / 'collavn'), cfg, log=lambda *_: None)
+    assert [h['beta'] for h in summary['history']] == [1.0, 0.5]
+    assert (tmp_path / 'runs' / 'collavn' / 'model.pt').exists()
+    table = collavn.evaluate_table(tiny_nav, str(tmp_path / 'runs'), ROWS, ADHOC, thresholds=[0.0, 1.01],
+                                   log=lambda *_: None)
+    ours = table['rows']['collavn']['results']['test/common/2']
+    assert 0.0 <= ours['success_rate'] <= 1.0 and ours['bytes_per_agent_step'] > 0
+    assert not table['rows']['no_comm']['trained'] and table['rows']['random_walk']['trained']
+    assert table['rows']['random_walk']['results']['test/common/2']['bytes_per_agent_step'] == 0
+    # threshold above every score: nobody ever sends a value, only queries go out
+    never = table['sweep'][-1]
+    assert never['silent_step_share'] == 1.0
+    from collab_perception.runtime import wire
+    assert never['bytes_per_agent_step'] == wire.request_size([32], 'float32')
+    results = tmp_path / 'RESULTS.md'
+    results.write_text('# Results\n\nhand-written text\n')
+    collavn.write_results_section(str(results), table, str(tmp_path / 'plot.png'), RESULTS_BEGIN, RESULTS_END, 'cmd')
+    collavn.write_results_section(str(results), table, str(tmp_path / 'plot.png'), RESULTS_BEGIN, RESULTS_END, 'cmd')
+    text = results.read_text()
+    assert text.startswith('# Results\n\nhand-written text\n') and text.count(RESULTS_BEGIN) == 1
+    assert '| w/o communication | — | not trained |' in text and (tmp_path / 'plot.png').stat().st_size > 1000
