@@ -86,14 +86,35 @@ def tiny_nav(tmp_path_factory):
     return out
 
 
-def test_training_and_the_tables(tiny_nav, tmp_path):
-    from collab_perception.learn.nav_cli import ADHOC, RESULTS_BEGIN, RESULTS_END, ROWS
+@pytest.fixture(scope='module')
+def tiny_runs(tiny_nav, tmp_path_factory):
+    runs = tmp_path_factory.mktemp('runs')
     cfg = collavn.NavTrainConfig(rounds=2, rollouts_per_round=2, steps_per_round=3, batch_size=4, teams=(2, 3),
                                  encoder_steps=5, val_episodes=8, threads=1)
-    summary = collavn.train_agent(tiny_nav, str(tmp_path / 'runs' / 'collavn'), cfg, log=lambda *_: None)
+    summary = collavn.train_agent(tiny_nav, str(runs / 'collavn'), cfg, log=lambda *_: None)
     assert [h['beta'] for h in summary['history']] == [1.0, 0.5]
-    assert (tmp_path / 'runs' / 'collavn' / 'model.pt').exists()
-    table = collavn.evaluate_table(tiny_nav, str(tmp_path / 'runs'), ROWS, ADHOC, thresholds=[0.0, 1.01],
+    assert (runs / 'collavn' / 'model.pt').exists()
+    return runs
+
+
+def test_the_onnx_agent_plays_the_episodes_as_torch_does(tiny_nav, tiny_runs, tmp_path):
+    from collab_perception.data.nav import NavDataset
+    from collab_perception.runtime.nav_agent import NavAgent
+    report = collavn.export_run(str(tiny_runs / 'collavn'), tiny_nav, str(tmp_path / 'model'), check=12)
+    assert report['episodes_checked'] == 12 and report['agree'], report
+    # the encode role gives the descriptors training used
+    dataset = NavDataset(tiny_nav)
+    nav_map = dataset.map('test', dataset.manifest['splits']['test']['map_ids'][0])
+    encoder = collavn.load_or_pretrain_encoder(dataset, 0)
+    want = collavn.encode_views(encoder, nav_map.rgb[:3])
+    agent = NavAgent(str(tmp_path / 'model'))
+    got = np.stack([agent.encode(panorama) for panorama in nav_map.rgb[:3]])     # one node's four views at a time
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_training_and_the_tables(tiny_nav, tiny_runs, tmp_path):
+    from collab_perception.learn.nav_cli import ADHOC, RESULTS_BEGIN, RESULTS_END, ROWS
+    table = collavn.evaluate_table(tiny_nav, str(tiny_runs), ROWS, ADHOC, thresholds=[0.0, 1.01],
                                    log=lambda *_: None)
     ours = table['rows']['collavn']['results']['test/common/2']
     assert 0.0 <= ours['success_rate'] <= 1.0 and ours['bytes_per_agent_step'] > 0

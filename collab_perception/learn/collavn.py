@@ -146,9 +146,24 @@ class CollaVNAgent(nn.Module):
         if cfg.communicates and cfg.query_dim != cfg.key_dim:
             raise ValueError(f'query_dim ({cfg.query_dim}) must equal key_dim ({cfg.key_dim}): scores are q . k')
 
-    def embed_views(self, views: torch.Tensor) -> torch.Tensor:
-        """(..., 4, F) -> (..., 4, E)"""
-        return self.view(views)
+    def observe(self, views: torch.Tensor, goal: torch.Tensor, cells: torch.Tensor, hidden: torch.Tensor):
+        """An agent's request side (the `observe` role): panorama descriptors (..., 4, F), goal (..., F), GPS
+        cell (..., 2), recurrent state (..., H) -> (context for `act`, query, key, value, own-read query)."""
+        view_emb, goal_emb = self.view(views), self.view(goal)
+        similarity = torch.einsum('...ke,...e->...k', F.normalize(view_emb, dim=-1), F.normalize(goal_emb, dim=-1))
+        obs = self.panorama(view_emb.flatten(-2))
+        pos = self.position(cells)
+        query = self.query(torch.cat([hidden, goal_emb], -1))
+        context = torch.cat([obs, goal_emb, similarity, pos], -1)
+        return context, query, self.key(obs), self.value(torch.cat([obs, pos], -1)), self.read_query(query)
+
+    def act(self, context: torch.Tensor, prev_action: torch.Tensor, received: torch.Tensor, got: torch.Tensor,
+            own_read: torch.Tensor, hidden: torch.Tensor):
+        """The `act` role: the step's context, the previous action (one-hot), what arrived (fused value and
+        whether anything did), the own-memory read and the state -> (new state, action logits)."""
+        x = torch.cat([context, prev_action, received, got, own_read], -1)
+        new = self.gru(x.reshape(-1, x.shape[-1]), hidden.reshape(-1, hidden.shape[-1])).view(hidden.shape)
+        return new, self.policy(new)
 
 
 @dataclass
@@ -187,20 +202,13 @@ def team_step(model: CollaVNAgent, state: TeamState, views: torch.Tensor, goal: 
     team (stopped ones included: they still answer)."""
     cfg = model.cfg
     B, N = active.shape
-    view_emb = model.embed_views(views)                                   # (B, N, 4, E)
-    goal_emb = model.view(goal)                                           # (B, N, E)
-    similarity = torch.einsum('bnke,bne->bnk', F.normalize(view_emb, dim=-1), F.normalize(goal_emb, dim=-1))
-    obs = model.panorama(view_emb.flatten(2))                             # (B, N, E)
-    pos = model.position(cells)
-    query = model.query(torch.cat([state.hidden, goal_emb], -1))          # (B, N, dq)
-    key = model.key(obs)
-    value = model.value(torch.cat([obs, pos], -1))
+    context, query, key, value, read_query = model.observe(views, goal, cells, state.hidden)
     zeros_v = value.new_zeros(B, N, cfg.value_dim)
 
     # own memory read (over past steps only)
     if cfg.memory and state.keys:
         past_k, past_v = torch.stack(state.keys, 2), torch.stack(state.values, 2)     # (B, N, T, d)
-        _, own_read = attend(model.read_query(query), past_k, past_v, past_k.new_ones(past_k.shape[:3], dtype=torch.bool))
+        _, own_read = attend(read_query, past_k, past_v, past_k.new_ones(past_k.shape[:3], dtype=torch.bool))
     else:
         own_read = zeros_v
 
@@ -229,13 +237,11 @@ def team_step(model: CollaVNAgent, state: TeamState, views: torch.Tensor, goal: 
         sent, scores = hard, torch.where(eligible, score, torch.zeros_like(score))
 
     prev = F.one_hot(state.prev_action, NUM_ACTIONS).float()
-    x = torch.cat([obs, goal_emb, similarity, pos, prev, received, got, own_read], -1)
-    hidden = model.gru(x.flatten(0, 1), state.hidden.flatten(0, 1)).view(B, N, -1)
-    hidden = torch.where(active[..., None], hidden, state.hidden)        # a stopped agent's state stays
-    state.hidden = hidden
+    hidden, logits = model.act(context, prev, received, got, own_read, state.hidden)
+    state.hidden = torch.where(active[..., None], hidden, state.hidden)  # a stopped agent's state stays
     state.keys.append(key)
     state.values.append(value)
-    return StepOutput(model.policy(hidden), sent, active.clone(), scores)
+    return StepOutput(logits, sent, active.clone(), scores)
 
 
 # ------------------------------------------------------------------------------------------ episodes
@@ -504,7 +510,9 @@ def load_or_pretrain_encoder(dataset, steps: int, seed: int = 0, log=print) -> E
             bar.set_postfix(loss=f'{loss:.3f}')
         encoder, accuracy = pretrain_encoder(maps, steps, seed=seed, progress=progress)
         bar.close()
-        torch.save({'encoder': encoder.state_dict(), 'steps': steps, 'train_pixel_accuracy': accuracy}, path)
+        partial = f'{path}.{os.getpid()}.tmp'
+        torch.save({'encoder': encoder.state_dict(), 'steps': steps, 'train_pixel_accuracy': accuracy}, partial)
+        os.replace(partial, path)
         log(f'encoder: {steps} steps, train pixel accuracy {accuracy:.3f} -> {path}')
     for p in encoder.parameters():
         p.requires_grad_(False)
@@ -526,8 +534,10 @@ def map_features(dataset, encoder: Encoder, split: str) -> tuple[dict, dict]:
             changed = True
         maps[(split, i)] = dataclasses.replace(m, rgb=m.rgb[:0])      # labels stay: goal views avoid the sky
         feats[(split, i)] = {'views': stored[name].astype(np.float32)}
-    if changed:
-        np.savez(cache, **stored)
+    if changed:     # written whole, then renamed: runs started together never read half a file
+        partial = f'{cache}.{os.getpid()}.tmp.npz'
+        np.savez(partial, **stored)
+        os.replace(partial, cache)
     return maps, feats
 
 
@@ -794,3 +804,94 @@ def _plot_sr_bytes(table: dict, path: str) -> None:
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------- export
+NAV_ROLES = ('encode', 'observe', 'act')
+
+
+class EncodeRole(nn.Module):
+    """views [V, 3, S, S] in 0..1 -> descriptors [V, F] (the frozen encoder, pooled as in training)."""
+
+    def __init__(self, encoder: Encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, views: torch.Tensor):
+        return F.adaptive_avg_pool2d(self.encoder(views), POOL).flatten(1)
+
+
+class ObserveRole(nn.Module):
+    def __init__(self, model: CollaVNAgent):
+        super().__init__()
+        self.model = model
+
+    def forward(self, views, goal, cells, hidden):
+        return self.model.observe(views, goal, cells, hidden)
+
+
+class ActRole(nn.Module):
+    def __init__(self, model: CollaVNAgent):
+        super().__init__()
+        self.model = model
+
+    def forward(self, context, prev_action, received, got, own_read, hidden):
+        return self.model.act(context, prev_action, received, got, own_read, hidden)
+
+
+def export_agent(model: CollaVNAgent, encoder: Encoder, out_dir: str, image_size: int, nav: NavConfig,
+                 source: str = '') -> dict:
+    """The agent as three ONNX roles (encode, observe, act) plus roles.json: what runtime/nav_agent.py
+    loads. Shapes are for one agent (batch 1; encode takes the four views at once)."""
+    from .export import export_onnx
+    os.makedirs(out_dir, exist_ok=True)
+    cfg = model.cfg
+    model, encoder = model.eval(), encoder.eval()
+    F_ = cfg.feature_dim
+    context_dim = 2 * cfg.embed + 4 + 32
+    export_onnx(EncodeRole(encoder), (torch.rand(4, 3, image_size, image_size),), os.path.join(out_dir, 'encode.onnx'),
+                ['views'], ['descriptors'])
+    export_onnx(ObserveRole(model), (torch.randn(1, 4, F_), torch.randn(1, F_), torch.rand(1, 2), torch.zeros(1, cfg.hidden)),
+                os.path.join(out_dir, 'observe.onnx'), ['views', 'goal', 'cells', 'hidden'],
+                ['context', 'query', 'key', 'value', 'read_query'])
+    export_onnx(ActRole(model), (torch.randn(1, context_dim), torch.zeros(1, NUM_ACTIONS), torch.zeros(1, cfg.value_dim),
+                                 torch.zeros(1, 1), torch.zeros(1, cfg.value_dim), torch.zeros(1, cfg.hidden)),
+                os.path.join(out_dir, 'act.onnx'), ['context', 'prev_action', 'received', 'got', 'own_read', 'hidden'],
+                ['new_hidden', 'logits'])
+    info = {'method': 'collavn', 'variant': cfg.variant, 'roles': list(NAV_ROLES), 'image_size': image_size,
+            'feature_dim': F_, 'hidden': cfg.hidden, 'query_dim': cfg.query_dim, 'key_dim': cfg.key_dim,
+            'value_dim': cfg.value_dim, 'threshold': cfg.threshold, 'communicates': cfg.communicates,
+            'memory': cfg.memory, 'actions': ['east', 'north', 'west', 'south', 'stop'],
+            'max_steps': nav.max_steps, 'lattice_m': nav.lattice_m, 'region_m': nav.region_m, 'source': source}
+    with open(os.path.join(out_dir, 'roles.json'), 'w', encoding='utf-8') as f:
+        json.dump(info, f, indent=1)
+    return info
+
+
+def export_run(run_dir: str, dataset_dir: str, out_dir: str, check: int = 32) -> dict:
+    """Export a run's model.pt with its dataset's encoder (export_agent), then play `check` test episodes
+    through ONNX Runtime (runtime/nav_agent.py) and through torch: how many end with equal outcomes."""
+    from ..data.nav import NavDataset
+    from ..runtime.nav_agent import NavAgent, run_episode
+
+    dataset = NavDataset(dataset_dir)
+    nav = dataset.config
+    model = load_agent(os.path.join(run_dir, 'model.pt'))
+    encoder = load_or_pretrain_encoder(dataset, 0)
+    export_agent(model, encoder, out_dir, nav.image_size, nav, source=os.path.join(run_dir, 'model.pt'))
+    report = {'roles': ', '.join(NAV_ROLES)}
+    if not check:
+        return report
+    episodes = dataset.episodes('test')[:check]
+    maps, feats = map_features(dataset, encoder, 'test')
+    agents = [NavAgent(out_dir) for _ in range(max(e.team for e in episodes))]
+    same = 0
+    for e in episodes:
+        batch = EpisodeBatch([e], maps, feats, nav)
+        with torch.no_grad():
+            want = episode_outcomes(batch, run_team(model, batch, policy='greedy'))
+        got, _ = run_episode(agents, maps[(e.map_split, e.map_id)], feats[(e.map_split, e.map_id)]['views'], e,
+                             nav.max_steps, nav.success_m, nav.region_m)
+        same += all((a.final_m, a.steps, a.path_m) == (b.final_m, b.steps, b.path_m) for a, b in zip(want, got))
+    report.update({'episodes_checked': len(episodes), 'equal_outcomes': same, 'agree': same == len(episodes)})
+    return report

@@ -49,6 +49,20 @@ def add_nav_learn_commands(sub) -> None:
     t.add_argument('--threads', type=int, default=0, help='torch threads (default: all cores)')
     t.set_defaults(func=cmd_train)
 
+    x = sub.add_parser(
+        'export', help='export a trained agent as ONNX roles (encode, observe, act) for the swarm',
+        description='Write encode.onnx (panorama views -> descriptors), observe.onnx (descriptors, goal, GPS '
+                    'cell, state -> query, key, value), act.onnx (context, what arrived, own-memory read, '
+                    'state -> new state, action logits) and roles.json into --out: what runtime/nav_agent.py '
+                    'runs (ONNX Runtime, no torch). Then plays --check episodes of the test split through ONNX '
+                    'Runtime and through torch and prints whether their outcomes agree.',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    x.add_argument('run', help='run directory with model.pt (from `nav train`)')
+    x.add_argument('--data', default='datasets/nav', help='the dataset it was trained on (its encoder.pt)')
+    x.add_argument('--out', required=True, metavar='DIR', help='model directory, e.g. models/collavn_nav')
+    x.add_argument('--check', type=int, default=32, metavar='N', help='episodes compared (default 32; 0: none)')
+    x.set_defaults(func=cmd_export)
+
     e = sub.add_parser(
         'evaluate', help='the CollaVN tables: SR, DTS, SPL, SSR and bytes per agent per step',
         description='Evaluate every trained variant under --runs (collavn, no_memory, no_comm, imitation, and '
@@ -81,6 +95,13 @@ def cmd_train(args) -> int:
     summary = train_agent(args.data, args.out, cfg)
     print(f'{args.out}: best validation SR {summary["best_val_success_rate"]:.3f} in {summary["minutes"]:.1f} min')
     return 0
+
+
+def cmd_export(args) -> int:
+    from .collavn import export_run
+    report = export_run(args.run, args.data, args.out, check=args.check)
+    print(f'{args.out}: ' + ', '.join(f'{k} {v}' for k, v in report.items()))
+    return 0 if report.get('agree', True) else 1
 
 
 def cmd_evaluate(args) -> int:

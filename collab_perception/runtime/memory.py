@@ -9,6 +9,7 @@ Every agent is requester and supporter at every step:
 - select: a supporter sends (score, value) only when score >= threshold; when no score passes, nobody
   sends at all (When2com's "when to communicate", `select`);
 - fuse: the requester mixes what it received weighted by score (`fuse`), and knows whether anyone answered;
+  it also reads its own memory with a query of its own (`read`);
 - store: the step's key and value are appended to the agent's own memory (`EpisodeMemory.store`), which
   holds at most `capacity` entries per episode (the oldest go first) and is cleared when an episode starts.
 """
@@ -76,4 +77,13 @@ def fuse(received: Sequence[tuple[float, np.ndarray]], value_dim: int) -> tuple[
         return np.zeros(value_dim, np.float32), False
     scores = np.array([s for s, _ in received], np.float32)
     values = np.stack([np.asarray(v, np.float32) for _, v in received])
-    return (scores @ values / max(float(scores.sum()), 1e-6)).astype(np.float32), True
+    return (scores @ values / (float(scores.sum()) + 1e-6)).astype(np.float32), True
+
+
+def read(query: np.ndarray, memory: EpisodeMemory) -> np.ndarray:
+    """An agent's read of its own memory: the attention-weighted stored value (zeros while it is empty)."""
+    if not len(memory):
+        return np.zeros(memory.value_dim, np.float32)
+    logits = memory.keys @ np.asarray(query, np.float32) / math.sqrt(memory.key_dim)
+    weights = np.exp(logits - logits.max())
+    return (weights / weights.sum() @ memory.values).astype(np.float32)
