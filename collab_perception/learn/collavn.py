@@ -14,7 +14,11 @@ Pipeline (`collab-perception nav train | evaluate`):
 3. Training: rollouts of the team (policy actions mixed with the expert's with probability beta, halved every
    DAgger round), every visited state labelled with the expert's move; the team is then re-run along the
    recorded paths and the policy fitted to the labels (cross-entropy) plus a small price on the scores
-   (fewer sends). The selection is hard in the forward pass with the score's gradient (straight-through),
+   (fewer sends). The expert knows no more than the variant could: it explores (keeps its heading, turns
+   at obstacles) until the goal has been within `sight_m` of the agent, or, for the communicating
+   variants, of any teammate so far, and then takes the shortest path (`run_team`). A shortest-path expert
+   that always knows the goal cannot be imitated by an agent that does not, and would teach it nothing
+   about asking the team. The selection is hard in the forward pass with the score's gradient (straight-through),
    so training sees what inference sends.
 """
 from __future__ import annotations
@@ -171,8 +175,13 @@ class TeamState:
     """The team's recurrent state and private memories during a batch of episodes."""
     hidden: torch.Tensor             # (B, N, H)
     prev_action: torch.Tensor        # (B, N) long
-    keys: list = field(default_factory=list)      # per past step: (B, N, dk)
-    values: list = field(default_factory=list)    # per past step: (B, N, dv)
+    keys: Optional[torch.Tensor] = None      # (B, N, T, dk): every past step's key, oldest first
+    values: Optional[torch.Tensor] = None    # (B, N, T, dv)
+
+    def store(self, key: torch.Tensor, value: torch.Tensor) -> None:
+        key, value = key[:, :, None], value[:, :, None]
+        self.keys = key if self.keys is None else torch.cat([self.keys, key], 2)
+        self.values = value if self.values is None else torch.cat([self.values, value], 2)
 
 
 @dataclass
@@ -206,8 +215,8 @@ def team_step(model: CollaVNAgent, state: TeamState, views: torch.Tensor, goal: 
     zeros_v = value.new_zeros(B, N, cfg.value_dim)
 
     # own memory read (over past steps only)
-    if cfg.memory and state.keys:
-        past_k, past_v = torch.stack(state.keys, 2), torch.stack(state.values, 2)     # (B, N, T, d)
+    if cfg.memory and state.keys is not None:
+        past_k, past_v = state.keys, state.values                         # (B, N, T, d)
         _, own_read = attend(read_query, past_k, past_v, past_k.new_ones(past_k.shape[:3], dtype=torch.bool))
     else:
         own_read = zeros_v
@@ -218,14 +227,13 @@ def team_step(model: CollaVNAgent, state: TeamState, views: torch.Tensor, goal: 
     if cfg.communicates:
         # supporter j's entries: its current (key, value) and, with memory, every stored pair
         sup_k, sup_v = key[:, :, None], value[:, :, None]                 # (B, Nj, 1, d)
-        if cfg.memory and state.keys:
-            sup_k = torch.cat([sup_k, torch.stack(state.keys, 2)], 2)
-            sup_v = torch.cat([sup_v, torch.stack(state.values, 2)], 2)
-        M = sup_k.shape[2]
-        q = query[:, :, None, None].expand(B, N, N, 1, cfg.query_dim).squeeze(3)   # (B, Ni, Nj, dq)
-        k = sup_k[:, None].expand(B, N, N, M, cfg.key_dim)
-        v = sup_v[:, None].expand(B, N, N, M, cfg.value_dim)
-        score, mixed = attend(q, k, v, k.new_ones(B, N, N, M, dtype=torch.bool))   # (B, Ni, Nj), (B, Ni, Nj, dv)
+        if cfg.memory and state.keys is not None:
+            sup_k = torch.cat([sup_k, state.keys], 2)
+            sup_v = torch.cat([sup_v, state.values], 2)
+        # attend() for every (requester i, supporter j) pair at once
+        pair_logits = torch.einsum('bid,bjmd->bijm', query, sup_k) / math.sqrt(cfg.key_dim)
+        score = torch.sigmoid(pair_logits.max(-1).values)                 # (B, Ni, Nj)
+        mixed = torch.einsum('bijm,bjmv->bijv', torch.softmax(pair_logits, -1), sup_v)
         eye = torch.eye(N, dtype=torch.bool, device=views.device)[None]
         eligible = active[:, :, None] & present[:, None, :] & ~eye
         hard = (score >= cfg.threshold) & eligible
@@ -239,8 +247,7 @@ def team_step(model: CollaVNAgent, state: TeamState, views: torch.Tensor, goal: 
     prev = F.one_hot(state.prev_action, NUM_ACTIONS).float()
     hidden, logits = model.act(context, prev, received, got, own_read, state.hidden)
     state.hidden = torch.where(active[..., None], hidden, state.hidden)  # a stopped agent's state stays
-    state.keys.append(key)
-    state.values.append(value)
+    state.store(key, value)
     return StepOutput(logits, sent, active.clone(), scores)
 
 
@@ -270,16 +277,38 @@ class EpisodeBatch:
     def __len__(self) -> int:
         return len(self.episodes)
 
-    def expert_actions(self, nodes: np.ndarray) -> np.ndarray:
-        """(B, N) nodes -> the shortest-path expert's moves (STOP at the goal; ties: the first move)."""
+    def sighted(self, nodes: np.ndarray, sight_m: float, team: bool) -> np.ndarray:
+        """(B, N): whether agent i's goal lies within `sight_m` of agent i (team=False) or of any agent of
+        its team (team=True) at `nodes`."""
+        steps = sight_m / self.config.lattice_m
+        out = np.zeros(nodes.shape, bool)
+        for b in range(len(self.maps)):
+            for i in range(self.team):
+                d = self.distance[b][i]
+                out[b, i] = (d[nodes[b]] <= steps).any() if team else d[nodes[b, i]] <= steps
+        return out
+
+    def expert_actions(self, nodes: np.ndarray, prev: Optional[np.ndarray] = None,
+                       known: Optional[np.ndarray] = None) -> np.ndarray:
+        """(B, N) nodes -> the expert's moves. Where the goal is `known` (default: everywhere): the shortest
+        path (STOP at the goal; ties: the first move). Elsewhere it explores: it keeps its previous move while
+        that is open and otherwise turns counter-clockwise to the first open one (the first move of an
+        episode: agent i starts towards direction i mod 4, so a team fans out)."""
         out = np.full(nodes.shape, STOP, np.int64)
         for b, m in enumerate(self.maps):
             for i in range(self.team):
-                d = self.distance[b][i]
                 n = nodes[b, i]
+                nb = m.neighbours[n]
+                if known is not None and not known[b, i]:
+                    heading = i % 4 if prev is None or prev[b, i] == STOP else int(prev[b, i])
+                    for turn in range(4):
+                        if nb[(heading + turn) % 4] >= 0:
+                            out[b, i] = (heading + turn) % 4
+                            break
+                    continue
+                d = self.distance[b][i]
                 if d[n] == 0:
                     continue
-                nb = m.neighbours[n]
                 cand = np.where(nb >= 0, d[np.maximum(nb, 0)], UNREACHABLE)
                 out[b, i] = int(np.argmin(cand))
         return out
@@ -324,10 +353,17 @@ class Rollout:
 
 
 def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0.0, rng=None,
-             policy: str = 'greedy', teacher: Optional[Rollout] = None):
+             policy: str = 'greedy', teacher: Optional[Rollout] = None, sight_m: Optional[float] = None,
+             team_sight: bool = True):
     """Roll a team out for T_max steps. `beta`: probability of executing the expert's move instead of the
-    policy's (DAgger); policy 'greedy' (argmax), 'sample', or 'random' (random walk, no model). With `teacher`
-    (a Rollout), the team follows its recorded nodes instead and the step logits are returned for training."""
+    policy's (DAgger); policy 'greedy' (argmax), 'sample', 'random' (random walk, no model) or 'expert'.
+    With `teacher` (a Rollout), the team follows its recorded nodes instead and the step logits are returned
+    for training.
+
+    The expert knows an agent's goal once it has been within `sight_m` of the agent (team_sight=False: what
+    the agent could know alone) or of any agent of the team so far (team_sight=True: what the team's
+    memories could tell it); before, it explores (EpisodeBatch.expert_actions). `sight_m` None: it always
+    knows (the shortest-path expert)."""
     T, B, N = batch.config.max_steps, len(batch), batch.team
     rng = rng or np.random.default_rng(0)
     nodes = batch.starts() if teacher is None else teacher.nodes[:, :, 0].copy()
@@ -336,6 +372,8 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
     rec_nodes, rec_active, rec_expert, rec_actions = [nodes.copy()], [], [], []
     rec_sent, rec_req = [], []
     collisions = np.zeros((B, N), np.int64)
+    prev = np.full((B, N), STOP, np.int64)
+    known = None if sight_m is None else batch.sighted(nodes, sight_m, team_sight)
     state = None
     goal = batch.goals() if model is not None else None
     logits_seq, scores_seq = [], []
@@ -344,7 +382,7 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
             active = teacher.active[:, :, t]
         if not active.any():
             break
-        expert = batch.expert_actions(nodes) if teacher is None else None
+        expert = batch.expert_actions(nodes, prev, known) if teacher is None else None
         if model is not None:
             if state is None:
                 state = TeamState(torch.zeros(B, N, model.cfg.hidden), torch.full((B, N), STOP, dtype=torch.long))
@@ -361,7 +399,7 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
                 else:
                     own = out.logits.detach().argmax(-1).numpy()
         else:
-            own = rng.integers(0, NUM_ACTIONS, (B, N))
+            own = expert if policy == 'expert' else rng.integers(0, NUM_ACTIONS, (B, N))
             rec_sent.append(np.zeros((B, N, N), bool))
             rec_req.append(np.zeros((B, N), bool))
         if teacher is not None:
@@ -377,6 +415,9 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
         actions = np.where(active, actions, STOP)
         nodes, hit = batch.move(nodes, actions, active)
         collisions += hit
+        prev = np.where(active, actions, prev)
+        if known is not None:
+            known |= batch.sighted(nodes, sight_m, team_sight)
         if state is not None:
             state.prev_action = torch.from_numpy(np.where(active, actions, state.prev_action.numpy()))
         rec_active.append(active.copy())
@@ -475,6 +516,7 @@ class NavTrainConfig:
     tasks: tuple[str, ...] = ('common', 'specific')
     lr: float = 1e-3
     score_price: float = 0.01
+    sight_m: float = 8.0              # the expert knows a goal once it (or, with communication, a teammate) came this close
     seed: int = 0
     encoder_steps: int = 1500
     threads: int = 0
@@ -599,7 +641,8 @@ def train_agent(dataset_dir: str, out_dir: str, cfg: NavTrainConfig, log=print) 
         with torch.no_grad():
             for _ in range(cfg.rollouts_per_round):
                 batch = fresh_batch()
-                buffer.append((batch, run_team(model, batch, beta=beta, rng=rng, policy='sample')))
+                buffer.append((batch, run_team(model, batch, beta=beta, rng=rng, policy='sample', sight_m=cfg.sight_m,
+                                               team_sight=agent_cfg.communicates)))
         model.train()
         losses, accs = [], []
         for _ in range(cfg.steps_per_round):
