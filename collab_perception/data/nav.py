@@ -34,7 +34,7 @@ import yaml
 
 from ..config import ConfigError, resource_path
 from ..world.landscape import SKY
-from ..world.nav import BANDS, NavConfig, NavMap, bfs_steps, build_nav_map
+from ..world.nav import BANDS, UNREACHABLE_STEPS, NavConfig, NavMap, bfs_steps, build_nav_map
 from .shards import write_npz
 
 FORMAT = 'collab_perception.nav/1'
@@ -125,7 +125,7 @@ def shortest_path(nav_map: NavMap, start: int, goal: int) -> list[int]:
     """The nodes of a shortest path from `start` to `goal` (both included): the walk down the BFS distance
     field of the goal, taking the first move (E, N, W, S) that gets one step closer."""
     steps = bfs_steps(nav_map.neighbours, goal)
-    if steps[start] == np.iinfo(np.int32).max:
+    if steps[start] == UNREACHABLE_STEPS:
         raise ValueError(f'map {nav_map.map_id}: node {goal} is not reachable from node {start}')
     path = [start]
     while path[-1] != goal:

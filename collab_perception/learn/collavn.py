@@ -38,13 +38,12 @@ from torch.nn import functional as F
 
 from ..runtime import wire
 from ..runtime.metrics import NavOutcome, nav_metrics
-from ..world.nav import STOP, NavConfig, NavMap, bfs_steps
+from ..world.nav import STOP, UNREACHABLE_STEPS, NavConfig, NavMap, bfs_steps
 from .backbone import Decoder, Encoder
 
 VARIANTS = ('collavn', 'no_memory', 'no_comm')      # trained models; 'imitation' is collavn without DAgger
 POOL = 2                                            # a view's descriptor: its feature map pooled to POOL x POOL
 NUM_ACTIONS = 5
-UNREACHABLE = np.iinfo(np.int32).max
 
 
 # ------------------------------------------------------------------------------------------- encoder
@@ -309,7 +308,7 @@ class EpisodeBatch:
                 d = self.distance[b][i]
                 if d[n] == 0:
                     continue
-                cand = np.where(nb >= 0, d[np.maximum(nb, 0)], UNREACHABLE)
+                cand = np.where(nb >= 0, d[np.maximum(nb, 0)], UNREACHABLE_STEPS)
                 out[b, i] = int(np.argmin(cand))
         return out
 

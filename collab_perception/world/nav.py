@@ -39,6 +39,7 @@ BANDS = ('easy', 'medium', 'hard')
 PAPER_BANDS_M = {'easy': (1.5, 3.0), 'medium': (3.0, 5.0), 'hard': (5.0, 10.0)}   # CollaVN §3.2
 PAPER_SUCCESS_M = 1.0
 BUILDING_PAD_M = 24.0        # more than a building's longest side
+UNREACHABLE_STEPS = np.iinfo(np.int32).max      # bfs_steps' value for a node it cannot reach
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,16 @@ class NavConfig:
             raise ConfigError(f'{path}.{e.path}', str(e).split(': ', 1)[1], source) from None
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """The fields as YAML / JSON values; numbers in their field's type (24 and 24.0 write the same)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, tuple):
+                v = [float(x) for x in v]
+            elif f.type in ('float', float):
+                v = float(v)
+            out[f.name] = v
+        return out
 
     @property
     def success_m(self) -> float:
@@ -132,8 +142,10 @@ class NavMap:
         return len(self.cells)
 
     def distances_from(self, node: int) -> np.ndarray:
-        """Geodesic distance (metres) of every node from `node` over the lattice graph (BFS)."""
-        return self.lattice_m * bfs_steps(self.neighbours, node).astype(np.float64)
+        """Geodesic distance (metres) of every node from `node` over the lattice graph (BFS); inf where
+        unreachable (never on a built map: it keeps one connected part)."""
+        steps = bfs_steps(self.neighbours, node)
+        return np.where(steps == UNREACHABLE_STEPS, np.inf, self.lattice_m * steps.astype(np.float64))
 
     def step(self, node: int, action: int) -> tuple[int, bool]:
         """(next node, collided): a move into an obstacle keeps the node and counts a collision."""
@@ -166,7 +178,7 @@ class NavMap:
 def bfs_steps(neighbours: np.ndarray, source: int) -> np.ndarray:
     """Moves from `source` to every node over `neighbours` (N, 4); a large number where unreachable."""
     n = len(neighbours)
-    unreachable = np.iinfo(np.int32).max
+    unreachable = UNREACHABLE_STEPS
     dist = np.full(n, unreachable, np.int32)
     dist[source] = 0
     frontier = np.array([source])
@@ -262,7 +274,7 @@ def free_lattice(occupancy: np.ndarray, cell_m: float, lattice_m: float, clearan
     for start in range(len(cells)):
         if label[start] >= 0:
             continue
-        reach = bfs_steps(neighbours, start) < np.iinfo(np.int32).max
+        reach = bfs_steps(neighbours, start) < UNREACHABLE_STEPS
         label[reach] = len(sizes)
         sizes.append(int(reach.sum()))
     if not sizes:
@@ -317,6 +329,8 @@ def build_nav_map(config: NavConfig, map_id: int, renderer=None) -> NavMap:
     batch = 64
     own = renderer is None
     renderer = renderer or Renderer(S, S, batch)
+    if (renderer.width, renderer.height) != (S, S):
+        raise ValueError(f'the renderer draws {renderer.width}x{renderer.height} views; image_size is {S}')
     try:
         renderer.set_landscape(landscape)
         rotations = [geometry.camera_rotation(math.radians(y), math.radians(config.camera_pitch_deg))
