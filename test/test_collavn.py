@@ -113,9 +113,12 @@ def test_the_onnx_agent_plays_the_episodes_as_torch_does(tiny_nav, tiny_runs, tm
 
 
 def test_training_and_the_tables(tiny_nav, tiny_runs, tmp_path):
-    from collab_perception.learn.nav_cli import ADHOC, RESULTS_BEGIN, RESULTS_END, ROWS
+    from collab_perception.learn.nav_cli import ADHOC, REFERENCES, RESULTS_BEGIN, RESULTS_END, ROWS
     table = collavn.evaluate_table(tiny_nav, str(tiny_runs), ROWS, ADHOC, thresholds=[0.0, 1.01],
-                                   log=lambda *_: None)
+                                   references=REFERENCES, log=lambda *_: None)
+    # the experts: knowing what the team saw is never worse than knowing what the agent saw alone
+    team, own = (table['rows'][k]['results']['test/common/3'] for k in ('expert_team', 'expert_own'))
+    assert team['success_rate'] >= own['success_rate'] and team['episodes'] == own['episodes'] > 0
     ours = table['rows']['collavn']['results']['test/common/2']
     assert 0.0 <= ours['success_rate'] <= 1.0 and ours['bytes_per_agent_step'] > 0
     assert not table['rows']['no_comm']['trained'] and table['rows']['random_walk']['trained']

@@ -482,8 +482,10 @@ def comm_bytes(rollout: Rollout, agent: Optional[AgentConfig]) -> dict:
 
 @torch.no_grad()
 def evaluate_batches(model: Optional[CollaVNAgent], batches: list[EpisodeBatch], seed: int = 0,
-                     threshold: Optional[float] = None) -> dict:
-    """SR, DTS, SPL, SSR, collisions and bytes of a model (None: random walk) over episode batches."""
+                     threshold: Optional[float] = None, policy: str = 'greedy', sight_m: Optional[float] = None,
+                     team_sight: bool = True) -> dict:
+    """SR, DTS, SPL, SSR and bytes of a model's greedy actions over episode batches; without a model a
+    random walk, or with policy 'expert' the expert of `run_team` (sight_m, team_sight)."""
     if model is not None:
         model.eval()
         if threshold is not None:
@@ -491,7 +493,8 @@ def evaluate_batches(model: Optional[CollaVNAgent], batches: list[EpisodeBatch],
     rng = np.random.default_rng(seed)
     outcomes, byte_rows = [], []
     for batch in batches:
-        r = run_team(model, batch, rng=rng, policy='greedy' if model is not None else 'random')
+        r = run_team(model, batch, rng=rng, policy=policy if model is not None or policy == 'expert' else 'random',
+                     sight_m=sight_m, team_sight=team_sight)
         outcomes += episode_outcomes(batch, r)
         byte_rows.append((comm_bytes(r, model.cfg if model is not None else None), int(r.requested.sum())))
     metrics = nav_metrics(outcomes)
@@ -694,9 +697,11 @@ TASK_NAMES = {'common': 'CommonGoal', 'specific': 'SpecificGoal'}
 
 
 def evaluate_table(dataset_dir: str, runs_dir: str, rows: dict, adhoc: dict,
-                   thresholds: Sequence[float] = (0.5,), log=print) -> dict:
+                   thresholds: Sequence[float] = (0.5,), references: Optional[dict] = None, log=print) -> dict:
     """Every row (name -> (run directory or None for the random walk, label)) on every task and team size
-    of the test split and the unseen world; Ad-hoCoop (name -> (run, team tested)); ours' threshold sweep."""
+    of the test split and the unseen world; Ad-hoCoop (name -> (run, team tested)); ours' threshold sweep;
+    `references` (name -> (label, team_sight)): the experts the variants imitate, at the sight_m ours was
+    trained with."""
     from ..data.nav import NavDataset, TASKS
 
     dataset = NavDataset(dataset_dir)
@@ -716,11 +721,17 @@ def evaluate_table(dataset_dir: str, runs_dir: str, rows: dict, adhoc: dict,
         path = os.path.join(runs_dir, run, 'model.pt') if run else None
         return None if path is None or not os.path.exists(path) else load_agent(path)
 
-    def score(model, split, task, team, random_walk=False, threshold=None):
+    def score(model, split, task, team, random_walk=False, threshold=None, **expert):
         eps = dataset.episodes(split, task=task, team=team)
-        if not eps or (model is None and not random_walk):
+        if not eps or (model is None and not random_walk and not expert):
             return None
-        return evaluate_batches(model, batches_of(eps, maps, feats, nav, 32), threshold=threshold)
+        return evaluate_batches(model, batches_of(eps, maps, feats, nav, 32), threshold=threshold, **expert)
+
+    trained = os.path.join(runs_dir, rows['collavn'][0], 'train.json')
+    sight_m = NavTrainConfig.sight_m
+    if os.path.exists(trained):
+        with open(trained, encoding='utf-8') as f:
+            sight_m = float(json.load(f)['config'].get('sight_m', sight_m))
 
     out = {'config': nav.to_dict(), 'splits': splits, 'rows': {}, 'adhoc': {}, 'sweep': []}
     teams = sorted({e.team for e in dataset.episodes('test')})
@@ -735,6 +746,15 @@ def evaluate_table(dataset_dir: str, runs_dir: str, rows: dict, adhoc: dict,
                         entry['results'][f'{split}/{task}/{team}'] = r
         out['rows'][name] = entry
         log(f'{label}: ' + ('evaluated' if entry['results'] else 'not trained'))
+    for name, (label, team_sight) in (references or {}).items():
+        entry = {'label': label, 'trained': True, 'reference': True, 'results': {}}
+        for split in splits:
+            for task in TASKS:
+                for team in teams:
+                    entry['results'][f'{split}/{task}/{team}'] = score(
+                        None, split, task, team, policy='expert', sight_m=sight_m, team_sight=team_sight)
+        out['rows'][name] = entry
+    out['sight_m'] = sight_m
     for name, (run, team) in adhoc.items():
         model = models(run)
         out['adhoc'][name] = {'run': run, 'team': team, 'trained': model is not None,
@@ -767,7 +787,9 @@ def write_results_section(path: str, table: dict, plot_path: str, begin: str, en
     c = table['config']
     lines.append(f'Maps: {c["region_m"]:g} m regions, lattice {c["lattice_m"]:g} m, success within '
                  f'{c["band_scale"] * 1.0:g} m, T_max {c["max_steps"]} steps; bands: the paper\'s times '
-                 f'{c["band_scale"]:g}.')
+                 f'{c["band_scale"]:g}. Rows in italics are the experts the variants imitate (not learned; '
+                 f'they know a goal once it came within {table.get("sight_m", 0):g} m of the agent, or of any '
+                 f'teammate so far).')
     lines.append('')
     for task, task_name in TASK_NAMES.items():
         lines += [f'### {task_name}', '',
@@ -780,10 +802,11 @@ def write_results_section(path: str, table: dict, plot_path: str, begin: str, en
             for key in sorted({k.split('/')[2] for k in row['results'] if k.split('/')[1] == task}, key=int):
                 r = row['results'].get(f'test/{task}/{key}')
                 u = row['results'].get(f'unseen/{task}/{key}')
-                lines.append(f'| {row["label"]} | {key} | {_cell(r, "success_rate", ".2f")} | {_cell(r, "dts", ".2f")} | '
-                             f'{_cell(r, "spl", ".3f")} | {_cell(r, "ssr", ".2f")} | '
-                             f'{_cell(r, "bytes_per_agent_step", ".0f")} | {_cell(u, "success_rate", ".2f")} | '
-                             f'{_cell(u, "spl", ".3f")} |')
+                label = f'*{row["label"]}*' if row.get('reference') else row['label']
+                sent = '—' if row.get('reference') else _cell(r, 'bytes_per_agent_step', '.0f')
+                lines.append(f'| {label} | {key} | {_cell(r, "success_rate", ".2f")} | {_cell(r, "dts", ".2f")} | '
+                             f'{_cell(r, "spl", ".3f")} | {_cell(r, "ssr", ".2f")} | {sent} | '
+                             f'{_cell(u, "success_rate", ".2f")} | {_cell(u, "spl", ".3f")} |')
         lines.append('')
     lines += ['### Ad-hoCoop (CommonGoal, trained with one team size, tested with another)', '',
               '| trained → tested | SR | SPL | SSR | unseen SR | ours trained on 2-4, same team |', '|---|---|---|---|---|---|']
@@ -823,8 +846,8 @@ def _plot_sr_bytes(table: dict, path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     for name, row in table['rows'].items():
-        rs = [r for k, r in row['results'].items() if k.startswith('test/common/')]
-        if not rs:
+        rs = [r for k, r in row['results'].items() if k.startswith('test/common/') and r is not None]
+        if not rs or row.get('reference'):
             continue
         n = sum(r['episodes'] for r in rs)
         sr = 100 * sum(r['success_rate'] * r['episodes'] for r in rs) / n

@@ -18,6 +18,9 @@ ROWS = {
     'collavn': ('collavn', 'Ours (memory-augmented communication)'),
 }
 ADHOC = {'2->3': ('collavn_team2', 3), '3->2': ('collavn_team3', 2)}
+# the experts the variants imitate (not learned): name -> (label, whether it knows what the team saw)
+REFERENCES = {'expert_own': ('Expert, own sight (what w/o communication imitates)', False),
+              'expert_team': ('Expert, team sight (what ours imitates)', True)}
 RESULTS_BEGIN = '<!-- collavn:begin (written by `collab-perception nav evaluate`) -->'
 RESULTS_END = '<!-- collavn:end -->'
 
@@ -115,7 +118,7 @@ def cmd_evaluate(args) -> int:
     from .collavn import evaluate_table, write_results_section
     if args.threads:
         torch.set_num_threads(args.threads)
-    table = evaluate_table(args.data, args.runs, ROWS, ADHOC, thresholds=args.thresholds)
+    table = evaluate_table(args.data, args.runs, ROWS, ADHOC, thresholds=args.thresholds, references=REFERENCES)
     write_results_section(args.results, table, args.plot, RESULTS_BEGIN, RESULTS_END, command=_command(args))
     if args.json:
         with open(args.json, 'w', encoding='utf-8') as f:
