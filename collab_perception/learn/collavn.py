@@ -5,9 +5,10 @@ evaluation of the paper's rows (ours, w/o memory, w/o communication, imitation o
 Pipeline (`collab-perception nav train | evaluate`):
 1. The observation encoder is the project's own (learn/backbone.Encoder), pretrained here on the training
    maps' panorama views to segment them (the world renders labels); frozen afterwards. A view's descriptor is
-   its feature map pooled to 2x2 cells (4 x channels numbers). Every node's four views and every goal view
-   are encoded once per map and cached, so an episode step is a lookup (the paper: ResNet18, 1024-d).
-2. The agent (`CollaVNAgent`): view and goal embeddings, the goal's similarity to each view, its GPS cell,
+   its feature map pooled to 2x2 cells (4 x channels numbers). Every node's four views are encoded once per
+   map and cached, so an episode step is a lookup (the paper: ResNet18, 1024-d).
+2. The agent (`CollaVNAgent`): view and goal embeddings (the goal is the panorama taken at the goal node,
+   four views like the agent's own), each view's similarity to the goal's view of the same direction, its GPS cell,
    the previous action; a query from its recurrent state and goal, a key from what it sees, a value from what
    it sees and where; the memory-augmented exchange of runtime/memory.py (the same arithmetic, batched and
    differentiable); a GRU and a policy over the five moves. Stopped agents keep answering from memory.
@@ -44,6 +45,8 @@ from .backbone import Decoder, Encoder
 VARIANTS = ('collavn', 'no_memory', 'no_comm')      # trained models; 'imitation' is collavn without DAgger
 POOL = 2                                            # a view's descriptor: its feature map pooled to POOL x POOL
 NUM_ACTIONS = 5
+STOP_WITHIN_MOVES = 1       # the expert stops this many moves from its goal or closer
+STOP_WEIGHT = 4.0           # the stop label's weight in the imitation loss: one per agent and episode, it is rare
 
 
 # ------------------------------------------------------------------------------------------- encoder
@@ -150,11 +153,13 @@ class CollaVNAgent(nn.Module):
             raise ValueError(f'query_dim ({cfg.query_dim}) must equal key_dim ({cfg.key_dim}): scores are q . k')
 
     def observe(self, views: torch.Tensor, goal: torch.Tensor, cells: torch.Tensor, hidden: torch.Tensor):
-        """An agent's request side (the `observe` role): panorama descriptors (..., 4, F), goal (..., F), GPS
-        cell (..., 2), recurrent state (..., H) -> (context for `act`, query, key, value, own-read query)."""
-        view_emb, goal_emb = self.view(views), self.view(goal)
-        similarity = torch.einsum('...ke,...e->...k', F.normalize(view_emb, dim=-1), F.normalize(goal_emb, dim=-1))
-        obs = self.panorama(view_emb.flatten(-2))
+        """An agent's request side (the `observe` role): panorama descriptors (..., 4, F), the goal's
+        panorama (..., 4, F), GPS cell (..., 2), recurrent state (..., H) -> (context for `act`, query, key,
+        value, own-read query). Both panoramas are in world directions (compass), so view k of one is
+        compared with view k of the other."""
+        view_emb, goal_views = self.view(views), self.view(goal)
+        similarity = (F.normalize(view_emb, dim=-1) * F.normalize(goal_views, dim=-1)).sum(-1)
+        obs, goal_emb = self.panorama(view_emb.flatten(-2)), self.panorama(goal_views.flatten(-2))
         pos = self.position(cells)
         query = self.query(torch.cat([hidden, goal_emb], -1))
         context = torch.cat([obs, goal_emb, similarity, pos], -1)
@@ -205,7 +210,7 @@ def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid:
 
 def team_step(model: CollaVNAgent, state: TeamState, views: torch.Tensor, goal: torch.Tensor, cells: torch.Tensor,
               active: torch.Tensor, present: torch.Tensor) -> StepOutput:
-    """One step of every agent. views (B, N, 4, F): the current panoramas; goal (B, N, F); cells (B, N, 2)
+    """One step of every agent. views (B, N, 4, F): the current panoramas; goal (B, N, 4, F); cells (B, N, 2)
     normalized GPS; active (B, N): agents still navigating (they request); present (B, N): agents in the
     team (stopped ones included: they still answer)."""
     cfg = model.cfg
@@ -290,7 +295,7 @@ class EpisodeBatch:
     def expert_actions(self, nodes: np.ndarray, prev: Optional[np.ndarray] = None,
                        known: Optional[np.ndarray] = None) -> np.ndarray:
         """(B, N) nodes -> the expert's moves. Where the goal is `known` (default: everywhere): the shortest
-        path (STOP at the goal; ties: the first move). Elsewhere it explores: it keeps its previous move while
+        path (STOP one move from the goal or on it, well inside the success radius; ties: the first move). Elsewhere it explores: it keeps its previous move while
         that is open and otherwise turns counter-clockwise to the first open one (the first move of an
         episode: agent i starts towards direction i mod 4, so a team fans out)."""
         out = np.full(nodes.shape, STOP, np.int64)
@@ -306,7 +311,7 @@ class EpisodeBatch:
                             break
                     continue
                 d = self.distance[b][i]
-                if d[n] == 0:
+                if d[n] <= STOP_WITHIN_MOVES:
                     continue
                 cand = np.where(nb >= 0, d[np.maximum(nb, 0)], UNREACHABLE_STEPS)
                 out[b, i] = int(np.argmin(cand))
@@ -320,10 +325,9 @@ class EpisodeBatch:
         return torch.from_numpy(views), torch.from_numpy(cells.astype(np.float32))
 
     def goals(self) -> torch.Tensor:
-        """(B, N, F): each agent's goal image descriptor."""
-        return torch.from_numpy(np.stack([
-            np.stack([f['views'][g, k] for g, k in zip(e.goals, e.goal_views)])
-            for e, f in zip(self.episodes, self.features)]))
+        """(B, N, 4, F): each agent's goal, the panorama taken at its goal node."""
+        return torch.from_numpy(np.stack([np.stack([f['views'][g] for g in e.goals])
+                                          for e, f in zip(self.episodes, self.features)]))
 
     def move(self, nodes: np.ndarray, actions: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(next nodes, collided) for the active agents' actions."""
@@ -439,7 +443,9 @@ def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, s
     logits = torch.stack(logits_seq, 2)                                  # (B, N, T, 5)
     mask = torch.from_numpy(active)
     labels = torch.from_numpy(expert)
-    ce = F.cross_entropy(logits[mask], labels[mask])
+    weight = torch.ones(NUM_ACTIONS)
+    weight[STOP] = STOP_WEIGHT
+    ce = F.cross_entropy(logits[mask], labels[mask], weight=weight)
     accuracy = float((logits[mask].argmax(-1) == labels[mask]).float().mean())
     loss = ce
     if model.cfg.communicates and score_price:
@@ -916,7 +922,7 @@ def export_agent(model: CollaVNAgent, encoder: Encoder, out_dir: str, image_size
     context_dim = 2 * cfg.embed + 4 + 32
     export_onnx(EncodeRole(encoder), (torch.rand(4, 3, image_size, image_size),), os.path.join(out_dir, 'encode.onnx'),
                 ['views'], ['descriptors'])
-    export_onnx(ObserveRole(model), (torch.randn(1, 4, F_), torch.randn(1, F_), torch.rand(1, 2), torch.zeros(1, cfg.hidden)),
+    export_onnx(ObserveRole(model), (torch.randn(1, 4, F_), torch.randn(1, 4, F_), torch.rand(1, 2), torch.zeros(1, cfg.hidden)),
                 os.path.join(out_dir, 'observe.onnx'), ['views', 'goal', 'cells', 'hidden'],
                 ['context', 'query', 'key', 'value', 'read_query'])
     export_onnx(ActRole(model), (torch.randn(1, context_dim), torch.zeros(1, NUM_ACTIONS), torch.zeros(1, cfg.value_dim),

@@ -1,7 +1,7 @@
 """A CollaVN agent on ONNX Runtime (no torch): its three roles and its private memory, one step at a time.
 
     agent = NavAgent('models/collavn_nav')             # roles.json + encode / observe / act .onnx
-    agent.reset(goal_descriptor)
+    agent.reset(goal_descriptors)                      # the goal node's panorama, (4, F)
     query = agent.request(view_descriptors, cell)      # broadcast (None: the agent has stopped)
     answer = agent.answer(query_of_another)            # (score, value) when the score passes, else None
     action = agent.act(answers_received)               # fuse, read own memory, GRU, greedy move; store
@@ -32,7 +32,7 @@ class NavAgent:
         self.sessions = {r: onnx_session(os.path.join(path, f'{r}.onnx'), providers, threads) for r in self.info['roles']}
         self.threshold = float(self.info['threshold'])
         self.memory = EpisodeMemory(self.info['key_dim'], self.info['value_dim'], self.info['max_steps'] + 1)
-        self.reset(np.zeros(self.info['feature_dim'], np.float32))
+        self.reset(np.zeros((4, self.info['feature_dim']), np.float32))
 
     def encode(self, views: np.ndarray) -> np.ndarray:
         """A panorama's four (S, S, 3) uint8 views -> (4, F) descriptors."""
@@ -40,8 +40,8 @@ class NavAgent:
         return self.sessions['encode'].run(None, {'views': x})[0]
 
     def reset(self, goal: np.ndarray) -> None:
-        """A new episode: the goal image's descriptor (F,), an empty memory, a zero state."""
-        self.goal = np.asarray(goal, np.float32).reshape(1, -1)
+        """A new episode: the goal panorama's descriptors (4, F), an empty memory, a zero state."""
+        self.goal = np.asarray(goal, np.float32).reshape(1, 4, -1)
         self.hidden = np.zeros((1, self.info['hidden']), np.float32)
         self.prev_action = STOP
         self.memory.clear()
@@ -98,8 +98,8 @@ def run_episode(agents: Sequence[NavAgent], nav_map, descriptors: np.ndarray, ep
     if len(agents) < team:
         raise ValueError(f'episode of a team of {team}: only {len(agents)} agents')
     agents = list(agents)[:team]
-    for agent, g, k in zip(agents, episode.goals, episode.goal_views):
-        agent.reset(descriptors[g, k])
+    for agent, g in zip(agents, episode.goals):
+        agent.reset(descriptors[g])
     nodes = list(episode.starts)
     paths = [[n] for n in nodes]
     steps = [0] * team
