@@ -30,15 +30,15 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
-import yaml
 
 from ..config import ConfigError, resource_path
+from ..world.config import read_yaml_section
 from ..world.landscape import SKY
 from ..world.nav import BANDS, UNREACHABLE_STEPS, NavConfig, NavMap, bfs_steps, build_nav_map
-from .shards import write_npz
+from .shards import MANIFEST as SHARDS_MANIFEST, load_manifest, write_manifest, write_npz
 
 FORMAT = 'collab_perception.nav/1'
-MANIFEST = 'manifest.json'
+MANIFEST = SHARDS_MANIFEST      # the same file name as the papers' datasets
 TASKS = ('common', 'specific')
 SPLITS = ('train', 'val', 'test', 'unseen')
 SEEN_SPLITS = SPLITS[:3]                 # maps of the world seed config.seed, in this order of map ids
@@ -57,18 +57,7 @@ def load_nav_config(path: Optional[str] = None, **overrides) -> NavConfig:
     """The `nav:` section of a YAML file (default config/nav.yaml), then keyword overrides; unknown keys are
     errors naming the valid ones."""
     path = path or nav_config_path()
-    try:
-        with open(path, encoding='utf-8') as f:
-            data = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise ConfigError('<file>', f'cannot read: {e.strerror}', path) from None
-    except yaml.YAMLError as e:
-        raise ConfigError('<file>', f'not valid YAML: {e}', path) from None
-    if not isinstance(data, Mapping) or set(data) - {'nav'}:
-        raise ConfigError('<root>', 'expected a mapping with one key, nav', path)
-    section = data.get('nav') or {}
-    if not isinstance(section, Mapping):
-        raise ConfigError('nav', 'expected a mapping of NavConfig keys', path)
+    section = read_yaml_section(path, 'nav')
     return NavConfig.from_mapping({**section, **overrides}, source=path, path='nav')
 
 
@@ -315,9 +304,7 @@ def generate_nav_dataset(out_dir: str, config: NavConfig, maps: Mapping[str, int
         'splits': splits,
         'generation': {'seconds': round(seconds, 1), 'seconds_per_map': round(seconds / maps_built, 2)},
     }
-    with open(os.path.join(out_dir, MANIFEST), 'w', encoding='utf-8') as f:
-        json.dump(manifest, f, indent=1)
-        f.write('\n')
+    write_manifest(out_dir, manifest)
     return manifest
 
 
@@ -328,17 +315,7 @@ class NavDataset:
         """`cached_maps`: how many loaded maps to keep (one default-size map is about 20 MB)."""
         self.path = path
         manifest_path = os.path.join(path, MANIFEST)
-        try:
-            with open(manifest_path, encoding='utf-8') as f:
-                manifest = json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f'{path} is not a navigation dataset: no {MANIFEST} (make one with '
-                                    f'`collab-perception nav generate`)') from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f'{manifest_path}: not valid JSON: {e}') from None
-        if not isinstance(manifest, dict) or manifest.get('format') != FORMAT:
-            found = manifest.get('format') if isinstance(manifest, dict) else None
-            raise ValueError(f'{manifest_path}: format {found!r}, expected {FORMAT!r}')
+        manifest = load_manifest(path, FORMAT, 'navigation dataset', 'collab-perception nav generate')
         missing = [k for k in ('config', 'splits') if k not in manifest]
         if missing:
             raise ValueError(f'{manifest_path}: missing {", ".join(missing)}')

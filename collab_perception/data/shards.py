@@ -98,14 +98,19 @@ def write_manifest(root: str, manifest: dict) -> None:
         f.write('\n')
 
 
-def load_manifest(root: str) -> dict:
+def load_manifest(root: str, fmt: str = FORMAT, kind: str = 'dataset',
+                  command: str = 'collab-perception dataset generate') -> dict:
+    """root/manifest.json, checked to be JSON of format `fmt` (errors say what `kind` of directory and which
+    `command` makes one)."""
     path = os.path.join(root, MANIFEST)
     try:
         with open(path, encoding='utf-8') as f:
             manifest = json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f'{root} is not a dataset: no {MANIFEST} (make one with '
-                                f'`collab-perception dataset generate`)') from None
-    if manifest.get('format') != FORMAT:
-        raise ValueError(f'{path}: format {manifest.get("format")!r}, expected {FORMAT!r}')
+        raise FileNotFoundError(f'{root} is not a {kind}: no {MANIFEST} (make one with `{command}`)') from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f'{path}: not valid JSON: {e}') from None
+    found = manifest.get('format') if isinstance(manifest, dict) else None
+    if found != fmt:
+        raise ValueError(f'{path}: format {found!r}, expected {fmt!r}')
     return manifest

@@ -72,16 +72,7 @@ class WorldConfig:
     @classmethod
     def from_mapping(cls, data: Optional[Mapping[str, Any]], source: str = '', path: str = '') -> 'WorldConfig':
         """Build from a mapping (a YAML section); unknown keys are errors naming the valid ones."""
-        data = dict(data or {})
-        names = [f.name for f in dataclasses.fields(cls)]
-        prefix = f'{path}.' if path else ''
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ConfigError(f'{prefix}{unknown[0]}', f'unknown key; valid keys: {", ".join(names)}', source)
-        try:
-            return cls(**data)
-        except ConfigError as e:
-            raise ConfigError(f'{prefix}{e.path}', str(e).split(': ', 1)[1], source) from None
+        return dataclass_from_mapping(cls, data, source, path)
 
     def replace(self, **changes) -> 'WorldConfig':
         return dataclasses.replace(self, **changes)
@@ -93,6 +84,38 @@ class WorldConfig:
     def vertical_fov_deg(self) -> float:
         half = math.atan(math.tan(math.radians(self.fov_deg) / 2) * self.image_height / self.image_width)
         return math.degrees(2 * half)
+
+
+def dataclass_from_mapping(cls, data: Optional[Mapping[str, Any]], source: str = '', path: str = ''):
+    """A validated config dataclass from a mapping (a YAML section): unknown keys and bad values fail with
+    a ConfigError whose path starts with `path`."""
+    data = dict(data or {})
+    names = [f.name for f in dataclasses.fields(cls)]
+    prefix = f'{path}.' if path else ''
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f'{prefix}{unknown[0]}', f'unknown key; valid keys: {", ".join(names)}', source)
+    try:
+        return cls(**data)
+    except ConfigError as e:
+        raise ConfigError(f'{prefix}{e.path}', str(e).split(': ', 1)[1], source) from None
+
+
+def read_yaml_section(path: str, key: str) -> dict:
+    """The `key:` section of a YAML file whose only top-level key it is (an empty mapping when absent)."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError('<file>', f'cannot read: {e.strerror}', path) from None
+    except yaml.YAMLError as e:
+        raise ConfigError('<file>', f'not valid YAML: {e}', path) from None
+    if not isinstance(data, Mapping) or set(data) - {key}:
+        raise ConfigError('<root>', f'expected a mapping with one key, {key}', path)
+    section = data.get(key) or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(key, 'expected a mapping', path)
+    return dict(section)
 
 
 def _kind_name(kind) -> str:
@@ -161,15 +184,4 @@ def world_config_path() -> str:
 def load_world_config(path: Optional[str] = None, **overrides) -> WorldConfig:
     """The `world:` section of a YAML file (default config/world.yaml), then keyword overrides."""
     path = path or world_config_path()
-    try:
-        with open(path, encoding='utf-8') as f:
-            data = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise ConfigError('<file>', f'cannot read: {e.strerror}', path) from None
-    except yaml.YAMLError as e:
-        raise ConfigError('<file>', f'not valid YAML: {e}', path) from None
-    if not isinstance(data, Mapping) or set(data) - {'world'}:
-        raise ConfigError('<root>', 'expected a mapping with one key, world', path)
-    section = dict(data.get('world') or {})
-    section.update(overrides)
-    return WorldConfig.from_mapping(section, source=path, path='world')
+    return WorldConfig.from_mapping({**read_yaml_section(path, 'world'), **overrides}, source=path, path='world')

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..config import ConfigError
 from . import geometry
-from .config import _check_range, _check_scalar
+from .config import _check_range, _check_scalar, dataclass_from_mapping
 
 ACTIONS = ('east', 'north', 'west', 'south', 'stop')
 STOP = 4
@@ -86,15 +86,7 @@ class NavConfig:
 
     @classmethod
     def from_mapping(cls, data: Optional[Mapping[str, Any]], source: str = '', path: str = 'nav') -> 'NavConfig':
-        data = dict(data or {})
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ConfigError(f'{path}.{unknown[0]}', f'unknown key; valid keys: {", ".join(names)}', source)
-        try:
-            return cls(**data)
-        except ConfigError as e:
-            raise ConfigError(f'{path}.{e.path}', str(e).split(': ', 1)[1], source) from None
+        return dataclass_from_mapping(cls, data, source, path)
 
     def to_dict(self) -> dict:
         """The fields as YAML / JSON values; numbers in their field's type (24 and 24.0 write the same)."""
