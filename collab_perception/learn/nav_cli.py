@@ -80,7 +80,7 @@ def add_nav_learn_commands(sub) -> None:
     e.add_argument('--data', default='datasets/nav')
     e.add_argument('--runs', default='runs/nav', help='directory holding one run directory per variant')
     e.add_argument('--results', default='docs/RESULTS.md', help='Markdown file whose CollaVN section is rewritten')
-    e.add_argument('--plot', default='docs/collavn_sr_bytes.png', help='PNG: success rate against bytes')
+    e.add_argument('--plot', default='docs/img/collavn_sr_bytes.png', help='PNG: success rate against bytes')
     e.add_argument('--json', default='', help='also write every number as JSON here')
     e.add_argument('--thresholds', type=float, nargs='+', default=[0.0, 0.5, 0.8, 0.95, 1.01],
                    help='select thresholds swept for ours (the plot and the saving; default 0 0.5 0.8 0.95 1.01)')
