@@ -52,7 +52,8 @@ def test_cli_help_needs_no_renderer_opencv_torch_or_tqdm(tmp_path):
     for name in BLOCKED:   # outside a drone process the guard is off: block these by shadowing them
         (blocker / f'{name}.py').write_text(f'raise ImportError("{name} is not importable here")\n')
     env['PYTHONPATH'] = str(blocker) + os.pathsep + env['PYTHONPATH']
-    for command in ([], ['swarm'], ['dataset', 'generate'], ['train'], ['export'], ['evaluate'], ['monitor']):
+    for command in ([], ['swarm'], ['dataset', 'generate'], ['train'], ['export'], ['evaluate'], ['monitor'],
+                    ['nav', 'generate'], ['nav', 'train'], ['nav', 'evaluate']):
         out = subprocess.run([sys.executable, '-m', 'collab_perception.cli', *command, '--help'], env=env,
                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
         assert out.returncode == 0, (command, out.stderr[-2000:])

@@ -33,7 +33,6 @@ import numpy as np
 
 from ..config import ConfigError, resource_path
 from ..world.config import read_yaml_section
-from ..world.landscape import SKY
 from ..world.nav import BANDS, UNREACHABLE_STEPS, NavConfig, NavMap, bfs_steps, build_nav_map
 from .shards import MANIFEST as SHARDS_MANIFEST, load_manifest, write_manifest, write_npz
 
@@ -126,6 +125,7 @@ def shortest_path(nav_map: NavMap, start: int, goal: int) -> list[int]:
 
 def _goal_view(nav_map: NavMap, goal: int, rng: np.random.Generator) -> int:
     """A view of the goal's panorama, uniformly among those at most MAX_SKY_SHARE sky (all four if none is)."""
+    from ..world.landscape import SKY      # here: the landscape module pulls in OpenCV, `nav --help` must not
     sky = (nav_map.labels[goal] == SKY).mean(axis=(1, 2))
     views = np.flatnonzero(sky <= MAX_SKY_SHARE)
     return int(rng.choice(views if len(views) else np.arange(len(sky))))

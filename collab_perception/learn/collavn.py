@@ -29,7 +29,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -492,17 +492,22 @@ def evaluate_batches(model: Optional[CollaVNAgent], batches: list[EpisodeBatch],
                      team_sight: bool = True) -> dict:
     """SR, DTS, SPL, SSR and bytes of a model's greedy actions over episode batches; without a model a
     random walk, or with policy 'expert' the expert of `run_team` (sight_m, team_sight)."""
+    trained_cfg = model.cfg if model is not None else None
     if model is not None:
         model.eval()
-        if threshold is not None:
+        if threshold is not None:       # this evaluation only
             model.cfg = dataclasses.replace(model.cfg, threshold=threshold)
     rng = np.random.default_rng(seed)
     outcomes, byte_rows = [], []
-    for batch in batches:
-        r = run_team(model, batch, rng=rng, policy=policy if model is not None or policy == 'expert' else 'random',
-                     sight_m=sight_m, team_sight=team_sight)
-        outcomes += episode_outcomes(batch, r)
-        byte_rows.append((comm_bytes(r, model.cfg if model is not None else None), int(r.requested.sum())))
+    try:
+        for batch in batches:
+            r = run_team(model, batch, rng=rng, sight_m=sight_m, team_sight=team_sight,
+                         policy=policy if model is not None or policy == 'expert' else 'random')
+            outcomes += episode_outcomes(batch, r)
+            byte_rows.append((comm_bytes(r, model.cfg if model is not None else None), int(r.requested.sum())))
+    finally:
+        if model is not None:
+            model.cfg = trained_cfg
     metrics = nav_metrics(outcomes)
     weight = sum(n for _, n in byte_rows) or 1
     for key in ('bytes_per_agent_step', 'silent_step_share', 'values_per_step'):
