@@ -39,12 +39,12 @@ from torch.nn import functional as F
 
 from ..runtime import wire
 from ..runtime.metrics import NavOutcome, nav_metrics
-from ..world.nav import STOP, UNREACHABLE_STEPS, NavConfig, NavMap, bfs_steps
+from ..world.nav import ACTIONS, STOP, UNREACHABLE_STEPS, NavConfig, NavMap, bfs_steps
 from .backbone import Decoder, Encoder
 
 VARIANTS = ('collavn', 'no_memory', 'no_comm')      # trained models; 'imitation' is collavn without DAgger
 POOL = 2                                            # a view's descriptor: its feature map pooled to POOL x POOL
-NUM_ACTIONS = 5
+NUM_ACTIONS = len(ACTIONS)
 STOP_WITHIN_MOVES = 1       # the expert stops this many moves from its goal or closer
 STOP_WEIGHT = 4.0           # the stop label's weight in the imitation loss: one per agent and episode, it is rare
 
@@ -732,11 +732,15 @@ def evaluate_table(dataset_dir: str, runs_dir: str, rows: dict, adhoc: dict,
         path = os.path.join(runs_dir, run, 'model.pt') if run else None
         return None if path is None or not os.path.exists(path) else load_agent(path)
 
+    batches: dict = {}          # (split, task, team) -> its EpisodeBatches (their BFS fields), built once
+
     def score(model, split, task, team, random_walk=False, threshold=None, **expert):
-        eps = dataset.episodes(split, task=task, team=team)
-        if not eps or (model is None and not random_walk and not expert):
+        key = (split, task, team)
+        if key not in batches:
+            batches[key] = batches_of(dataset.episodes(split, task=task, team=team), maps, feats, nav, 32)
+        if not batches[key] or (model is None and not random_walk and not expert):
             return None
-        return evaluate_batches(model, batches_of(eps, maps, feats, nav, 32), threshold=threshold, **expert)
+        return evaluate_batches(model, batches[key], threshold=threshold, **expert)
 
     trained = os.path.join(runs_dir, rows['collavn'][0], 'train.json')
     sight_m = NavTrainConfig.sight_m
@@ -937,7 +941,7 @@ def export_agent(model: CollaVNAgent, encoder: Encoder, out_dir: str, image_size
     info = {'method': 'collavn', 'variant': cfg.variant, 'roles': list(NAV_ROLES), 'image_size': image_size,
             'feature_dim': F_, 'hidden': cfg.hidden, 'query_dim': cfg.query_dim, 'key_dim': cfg.key_dim,
             'value_dim': cfg.value_dim, 'threshold': cfg.threshold, 'communicates': cfg.communicates,
-            'memory': cfg.memory, 'actions': ['east', 'north', 'west', 'south', 'stop'],
+            'memory': cfg.memory, 'actions': list(ACTIONS),
             'max_steps': nav.max_steps, 'lattice_m': nav.lattice_m, 'region_m': nav.region_m, 'source': source}
     with open(os.path.join(out_dir, 'roles.json'), 'w', encoding='utf-8') as f:
         json.dump(info, f, indent=1)

@@ -16,11 +16,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..world.nav import ACTIONS, STOP
 from .memory import EpisodeMemory, fuse, match, read
 from .onnx_method import onnx_session, read_roles_json, resolve_model_dir
 
-STOP = 4
-NUM_ACTIONS = 5
+NUM_ACTIONS = len(ACTIONS)
 
 
 class NavAgent:
