@@ -9,9 +9,10 @@ Pipeline (`collab-perception nav train | evaluate`):
    map and cached, so an episode step is a lookup (the paper: ResNet18, 1024-d).
 2. The agent (`CollaVNAgent`): view and goal embeddings (the goal is the panorama taken at the goal node,
    four views like the agent's own), each view's similarity to the goal's view of the same direction, its GPS cell,
-   the previous action; a query from its recurrent state and goal, a key from what it sees, a value from what
-   it sees and where; the memory-augmented exchange of runtime/memory.py (the same arithmetic, batched and
-   differentiable); a GRU and a policy over the five moves. Stopped agents keep answering from memory.
+   the previous action; a query from what it sees, its goal and the average of its stored values (Eq. 5), a
+   key from what it sees, a value from what it sees and where; its own read: the query against its own
+   current and stored keys (Eq. 8-9); the memory-augmented exchange of runtime/memory.py (the same
+   arithmetic, batched and differentiable); a GRU and a policy over the five moves. Stopped agents keep answering from memory.
 3. Training: rollouts of the team (policy actions mixed with the expert's with probability beta, halved every
    DAgger round), every visited state labelled with the expert's move; the team is then re-run along the
    recorded paths and the policy fitted to the labels (cross-entropy) plus a small price on the scores
@@ -142,28 +143,29 @@ class CollaVNAgent(nn.Module):
         self.view = nn.Sequential(nn.Linear(cfg.feature_dim, E), nn.ReLU(), nn.Linear(E, E))
         self.panorama = nn.Sequential(nn.Linear(4 * E, E), nn.ReLU())
         self.position = nn.Sequential(nn.Linear(2, 32), nn.ReLU())
-        self.query = nn.Linear(H + E, cfg.query_dim)
+        self.query = nn.Linear(E + E + cfg.value_dim, cfg.query_dim)
         self.key = nn.Linear(E, cfg.key_dim)
         self.value = nn.Sequential(nn.Linear(E + 32, cfg.value_dim), nn.Tanh())
-        self.read_query = nn.Linear(cfg.query_dim, cfg.key_dim)
         inputs = E + E + 4 + 32 + NUM_ACTIONS + cfg.value_dim + 1 + cfg.value_dim
         self.gru = nn.GRUCell(inputs, H)
         self.policy = nn.Sequential(nn.Linear(H, H), nn.ReLU(), nn.Linear(H, NUM_ACTIONS))
         if cfg.communicates and cfg.query_dim != cfg.key_dim:
             raise ValueError(f'query_dim ({cfg.query_dim}) must equal key_dim ({cfg.key_dim}): scores are q . k')
 
-    def observe(self, views: torch.Tensor, goal: torch.Tensor, cells: torch.Tensor, hidden: torch.Tensor):
-        """An agent's request side (the `observe` role): panorama descriptors (..., 4, F), the goal's
-        panorama (..., 4, F), GPS cell (..., 2), recurrent state (..., H) -> (context for `act`, query, key,
-        value, own-read query). Both panoramas are in world directions (compass), so view k of one is
-        compared with view k of the other."""
+    def observe(self, views: torch.Tensor, goal: torch.Tensor, cells: torch.Tensor, memory_mean: torch.Tensor):
+        """An agent's request side (the `observe` role, Eq. 5): panorama descriptors (..., 4, F), the goal's
+        panorama (..., 4, F), GPS cell (..., 2) and the average of the values in its own memory (..., dv;
+        zeros while it is empty: the paper's pooled memory) -> (context for `act`, query, key, value). Both
+        panoramas are in world directions (compass), so view k of one is compared with view k of the other.
+        Nothing here depends on the policy's recurrent state, so a drone's perception computes the query
+        before its policy has acted on the previous step's answers."""
         view_emb, goal_views = self.view(views), self.view(goal)
         similarity = (F.normalize(view_emb, dim=-1) * F.normalize(goal_views, dim=-1)).sum(-1)
         obs, goal_emb = self.panorama(view_emb.flatten(-2)), self.panorama(goal_views.flatten(-2))
         pos = self.position(cells)
-        query = self.query(torch.cat([hidden, goal_emb], -1))
+        query = self.query(torch.cat([obs, goal_emb, memory_mean], -1))
         context = torch.cat([obs, goal_emb, similarity, pos], -1)
-        return context, query, self.key(obs), self.value(torch.cat([obs, pos], -1)), self.read_query(query)
+        return context, query, self.key(obs), self.value(torch.cat([obs, pos], -1))
 
     def act(self, context: torch.Tensor, prev_action: torch.Tensor, received: torch.Tensor, got: torch.Tensor,
             own_read: torch.Tensor, hidden: torch.Tensor):
@@ -215,37 +217,40 @@ def team_step(model: CollaVNAgent, state: TeamState, views: torch.Tensor, goal: 
     team (stopped ones included: they still answer)."""
     cfg = model.cfg
     B, N = active.shape
-    context, query, key, value, read_query = model.observe(views, goal, cells, state.hidden)
+    has_memory = cfg.memory and state.keys is not None
+    memory_mean = state.values.mean(2) if has_memory else views.new_zeros(B, N, cfg.value_dim)
+    context, query, key, value = model.observe(views, goal, cells, memory_mean)
+
+    # own read (Eq. 8-9): the query against the agent's current key and every key it stored
+    own_k, own_v = key[:, :, None], value[:, :, None]                     # (B, N, 1, d)
+    if has_memory:
+        own_k, own_v = torch.cat([own_k, state.keys], 2), torch.cat([own_v, state.values], 2)
+    _, own_read = attend(query, own_k, own_v, own_k.new_ones(own_k.shape[:3], dtype=torch.bool))
+
     zeros_v = value.new_zeros(B, N, cfg.value_dim)
-
-    # own memory read (over past steps only)
-    if cfg.memory and state.keys is not None:
-        past_k, past_v = state.keys, state.values                         # (B, N, T, d)
-        _, own_read = attend(read_query, past_k, past_v, past_k.new_ones(past_k.shape[:3], dtype=torch.bool))
-    else:
-        own_read = zeros_v
-
     sent = torch.zeros(B, N, N, dtype=torch.bool, device=views.device)
     scores = torch.zeros(B, N, N, device=views.device)
     received, got = zeros_v, value.new_zeros(B, N, 1)
     if cfg.communicates:
-        # supporter j's entries: its current (key, value) and, with memory, every stored pair
-        sup_k, sup_v = key[:, :, None], value[:, :, None]                 # (B, Nj, 1, d)
-        if cfg.memory and state.keys is not None:
-            sup_k = torch.cat([sup_k, state.keys], 2)
-            sup_v = torch.cat([sup_v, state.values], 2)
-        # attend() for every (requester i, supporter j) pair at once
-        pair_logits = torch.einsum('bid,bjmd->bijm', query, sup_k) / math.sqrt(cfg.key_dim)
+        # supporter j's entries are its own: current (key, value) and, with memory, every stored pair
+        pair_logits = torch.einsum('bid,bjmd->bijm', query, own_k) / math.sqrt(cfg.key_dim)
         score = torch.sigmoid(pair_logits.max(-1).values)                 # (B, Ni, Nj)
-        mixed = torch.einsum('bijm,bjmv->bijv', torch.softmax(pair_logits, -1), sup_v)
+        mixed = torch.einsum('bijm,bjmv->bijv', torch.softmax(pair_logits, -1), own_v)
         eye = torch.eye(N, dtype=torch.bool, device=views.device)[None]
         eligible = active[:, :, None] & present[:, None, :] & ~eye
         hard = (score >= cfg.threshold) & eligible
-        gate = hard.float() + score - score.detach()                      # straight-through selection
-        weight = gate * score * eligible.float()
-        received = torch.einsum('bij,bijv->biv', weight, mixed) / (weight.detach().sum(-1, keepdim=True) + 1e-6)
-        received = received * hard.any(-1, keepdim=True).float()
-        got = hard.any(-1, keepdim=True).float()
+        # Straight-through selection: the forward pass fuses only the values that pass the threshold, as
+        # inference does; the backward pass sees every eligible supporter's score-weighted value, so a score
+        # below the threshold still learns whether its value would have helped (otherwise a gate that starts
+        # closed never opens). The normalizer is the soft one, which is never near zero.
+        gate = hard.float() + score - score.detach()
+        soft = score * eligible.float()
+        norm_hard = (soft * hard.float()).sum(-1, keepdim=True)
+        norm = torch.where(norm_hard > 0, norm_hard, soft.sum(-1, keepdim=True)).detach() + 1e-6
+        received = torch.einsum('bij,bijv->biv', gate * soft, mixed) / norm
+        best = (score * eligible.float()).max(-1, keepdim=True).values
+        any_hard = hard.any(-1, keepdim=True).float()
+        got = any_hard + best - best.detach()
         sent, scores = hard, torch.where(eligible, score, torch.zeros_like(score))
 
     prev = F.one_hot(state.prev_action, NUM_ACTIONS).float()
@@ -528,7 +533,7 @@ class NavTrainConfig:
     teams: tuple[int, ...] = (2, 3, 4)
     tasks: tuple[str, ...] = ('common', 'specific')
     lr: float = 1e-3
-    score_price: float = 0.01
+    score_price: float = 0.002       # per unit of mean score of the pairs that could send: fewer sends
     sight_m: float = 8.0              # the expert knows a goal once it (or, with communication, a teammate) came this close
     seed: int = 0
     encoder_steps: int = 1500
@@ -906,8 +911,8 @@ class ObserveRole(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, views, goal, cells, hidden):
-        return self.model.observe(views, goal, cells, hidden)
+    def forward(self, views, goal, cells, memory_mean):
+        return self.model.observe(views, goal, cells, memory_mean)
 
 
 class ActRole(nn.Module):
@@ -931,16 +936,17 @@ def export_agent(model: CollaVNAgent, encoder: Encoder, out_dir: str, image_size
     context_dim = 2 * cfg.embed + 4 + 32
     export_onnx(EncodeRole(encoder), (torch.rand(4, 3, image_size, image_size),), os.path.join(out_dir, 'encode.onnx'),
                 ['views'], ['descriptors'])
-    export_onnx(ObserveRole(model), (torch.randn(1, 4, F_), torch.randn(1, 4, F_), torch.rand(1, 2), torch.zeros(1, cfg.hidden)),
-                os.path.join(out_dir, 'observe.onnx'), ['views', 'goal', 'cells', 'hidden'],
-                ['context', 'query', 'key', 'value', 'read_query'])
+    export_onnx(ObserveRole(model), (torch.randn(1, 4, F_), torch.randn(1, 4, F_), torch.rand(1, 2),
+                                     torch.zeros(1, cfg.value_dim)),
+                os.path.join(out_dir, 'observe.onnx'), ['views', 'goal', 'cells', 'memory_mean'],
+                ['context', 'query', 'key', 'value'])
     export_onnx(ActRole(model), (torch.randn(1, context_dim), torch.zeros(1, NUM_ACTIONS), torch.zeros(1, cfg.value_dim),
                                  torch.zeros(1, 1), torch.zeros(1, cfg.value_dim), torch.zeros(1, cfg.hidden)),
                 os.path.join(out_dir, 'act.onnx'), ['context', 'prev_action', 'received', 'got', 'own_read', 'hidden'],
                 ['new_hidden', 'logits'])
     info = {'method': 'collavn', 'variant': cfg.variant, 'roles': list(NAV_ROLES), 'image_size': image_size,
             'feature_dim': F_, 'hidden': cfg.hidden, 'query_dim': cfg.query_dim, 'key_dim': cfg.key_dim,
-            'value_dim': cfg.value_dim, 'threshold': cfg.threshold, 'communicates': cfg.communicates,
+            'value_dim': cfg.value_dim, 'context_dim': context_dim, 'threshold': cfg.threshold, 'communicates': cfg.communicates,
             'memory': cfg.memory, 'actions': list(ACTIONS),
             'max_steps': nav.max_steps, 'lattice_m': nav.lattice_m, 'region_m': nav.region_m, 'source': source}
     with open(os.path.join(out_dir, 'roles.json'), 'w', encoding='utf-8') as f:

@@ -2,14 +2,15 @@
 evaluator run (learn/collavn.py trains the same arithmetic in torch; test/test_collavn.py checks they agree).
 
 Every agent is requester and supporter at every step:
-- request: the agent broadcasts its query q (built by its model from its state and goal);
+- request: the agent broadcasts its query q (built by its model from its observation, its goal and the
+  average of its stored values, `memory_mean`);
 - match: each supporter scores q against its current key and every key in its private memory,
       logits_m = q . k_m / sqrt(dk),  a = softmax(logits),  value = sum_m a_m v_m,  score = sigmoid(max_m logits_m)
   (`match`); with memory off, only the current key and value take part;
 - select: a supporter sends (score, value) only when score >= threshold; when no score passes, nobody
   sends at all (When2com's "when to communicate", `select`);
 - fuse: the requester mixes what it received weighted by score (`fuse`), and knows whether anyone answered;
-  it also reads its own memory with a query of its own (`read`);
+  it also matches its own query against its own current key and memory (Eq. 8-9: `match` on itself);
 - store: the step's key and value are appended to the agent's own memory (`EpisodeMemory.store`), which
   holds at most `capacity` entries per episode (the oldest go first) and is cleared when an episode starts.
 """
@@ -80,10 +81,9 @@ def fuse(received: Sequence[tuple[float, np.ndarray]], value_dim: int) -> tuple[
     return (scores @ values / (float(scores.sum()) + 1e-6)).astype(np.float32), True
 
 
-def read(query: np.ndarray, memory: EpisodeMemory) -> np.ndarray:
-    """An agent's read of its own memory: the attention-weighted stored value (zeros while it is empty)."""
-    if not len(memory):
-        return np.zeros(memory.value_dim, np.float32)
-    logits = memory.keys @ np.asarray(query, np.float32) / math.sqrt(memory.key_dim)
-    weights = np.exp(logits - logits.max())
-    return (weights / weights.sum() @ memory.values).astype(np.float32)
+def memory_mean(memory: Optional[EpisodeMemory], value_dim: int) -> np.ndarray:
+    """The average of the stored values (zeros while the memory is empty or off): what the query is built from
+    besides the observation (Eq. 5's pooled memory)."""
+    if memory is None or not len(memory):
+        return np.zeros(value_dim, np.float32)
+    return memory.values.mean(0).astype(np.float32)

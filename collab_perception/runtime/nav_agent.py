@@ -1,88 +1,159 @@
-"""A CollaVN agent on ONNX Runtime (no torch): its three roles and its private memory, one step at a time.
+"""A CollaVN agent on ONNX Runtime (no torch): its roles and its private memory, one step at a time.
 
     agent = NavAgent('models/collavn_nav')             # roles.json + encode / observe / act .onnx
     agent.reset(goal_descriptors)                      # the goal node's panorama, (4, F)
-    query = agent.request(view_descriptors, cell)      # broadcast (None: the agent has stopped)
+    agent.observe(view_descriptors, cell)              # query, key, value; own read of the memory
+    query = agent.request()                            # broadcast (None: the agent has stopped)
     answer = agent.answer(query_of_another)            # (score, value) when the score passes, else None
-    action = agent.act(answers_received)               # fuse, read own memory, GRU, greedy move; store
+    action = agent.act(answers_received)               # fuse, GRU, greedy move; store the key and value
 
-This is what a drone's nodes run, and what `run_episodes` runs offline on a navigation dataset's episodes;
-learn/collavn.py trains the same arithmetic batched (test/test_collavn.py checks the two agree).
+A drone's nodes run the same pieces apart: perception a `NavObserver` (encode, observe, own read, its
+memory), the matcher an `EpisodeMemory` of the same keys and values and `match`, fusion `fuse`, the policy
+node a `NavPolicy` (the recurrent state). `run_episode` runs a team offline on a navigation dataset's
+episodes; learn/collavn.py trains the same arithmetic batched (test/test_collavn.py checks the two agree).
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 
 from ..world.nav import ACTIONS, STOP
-from .memory import EpisodeMemory, fuse, match, read
+from .memory import EpisodeMemory, fuse, match, memory_mean
 from .onnx_method import onnx_session, read_roles_json, resolve_model_dir
 
 NUM_ACTIONS = len(ACTIONS)
+
+
+def load_nav_sessions(model_dir: str, roles: Sequence[str], providers: Sequence[str] = ('CPUExecutionProvider',),
+                      threads: int = 1) -> tuple[dict, dict]:
+    """(roles.json, {role: ONNX Runtime session}) of a `collab-perception nav export` directory."""
+    info = read_roles_json(model_dir)
+    path = resolve_model_dir(model_dir)
+    return info, {r: onnx_session(os.path.join(path, f'{r}.onnx'), providers, threads) for r in roles}
+
+
+def new_memory(info: dict) -> EpisodeMemory:
+    """An agent's private memory as the model was trained: every step of an episode (plus the first)."""
+    return EpisodeMemory(info['key_dim'], info['value_dim'], info['max_steps'] + 1)
+
+
+@dataclass
+class StepView:
+    """What an agent's observation gives at one step: the policy's context and own read, and its query, key
+    and value."""
+    context: np.ndarray              # [C]
+    query: np.ndarray                # [dq]
+    key: np.ndarray                  # [dk]
+    value: np.ndarray                # [dv]
+    own_read: np.ndarray             # [dv]
+
+
+class NavObserver:
+    """The request side (`encode`, `observe`, Eq. 5 and 8-9) with the agent's private memory."""
+
+    def __init__(self, info: dict, sessions: dict):
+        self.info, self.sessions = info, sessions
+        self.memory = new_memory(info)
+        self.reset(np.zeros((4, info['feature_dim']), np.float32))
+
+    def encode(self, views: np.ndarray) -> np.ndarray:
+        """A panorama's four (S, S, 3) uint8 views -> (4, F) descriptors."""
+        x = np.ascontiguousarray(np.asarray(views).astype(np.float32).transpose(0, 3, 1, 2) / 255.0)
+        return self.sessions['encode'].run(None, {'views': x})[0]
+
+    def reset(self, goal: np.ndarray) -> None:
+        """A new episode: the goal panorama's descriptors (4, F) and an empty memory."""
+        self.goal = np.asarray(goal, np.float32).reshape(1, 4, -1)
+        self.memory.clear()
+
+    def observe(self, views: np.ndarray, cell: Sequence[float]) -> StepView:
+        """This step's panorama descriptors (4, F) and normalized GPS cell -> the step's StepView (`store`
+        it once the step is over)."""
+        memory = self.memory if self.info['memory'] else None
+        mean = memory_mean(memory, self.info['value_dim'])
+        context, query, key, value = self.sessions['observe'].run(None, {
+            'views': np.asarray(views, np.float32)[None], 'goal': self.goal,
+            'cells': np.asarray(cell, np.float32).reshape(1, 2), 'memory_mean': mean[None]})
+        _, own_read = match(query[0], key[0], value[0], memory)
+        return StepView(context[0], query[0], key[0], value[0], own_read)
+
+    def store(self, step: StepView) -> None:
+        """The step's key and value into the private memory (Eq. 11's store)."""
+        self.memory.store(step.key, step.value)
+
+
+class NavPolicy:
+    """The `act` role with the agent's recurrent state and previous move."""
+
+    def __init__(self, info: dict, sessions: dict):
+        self.info, self.sessions = info, sessions
+        self.reset()
+
+    def reset(self) -> None:
+        self.hidden = np.zeros((1, self.info['hidden']), np.float32)
+        self.prev_action = STOP
+        self.active = True
+
+    def act(self, context: np.ndarray, own_read: np.ndarray, received: np.ndarray, got: bool) -> int:
+        """One greedy move from the step's context, own read and what arrived (fused value, whether any);
+        STOP ends the agent's episode (it acts no more)."""
+        if not self.active:
+            return STOP
+        prev = np.zeros((1, NUM_ACTIONS), np.float32)
+        prev[0, self.prev_action] = 1.0
+        self.hidden, logits = self.sessions['act'].run(None, {
+            'context': np.asarray(context, np.float32)[None], 'prev_action': prev,
+            'received': np.asarray(received, np.float32)[None], 'got': np.array([[float(got)]], np.float32),
+            'own_read': np.asarray(own_read, np.float32)[None], 'hidden': self.hidden})
+        action = int(np.argmax(logits[0]))
+        self.prev_action = action
+        self.active = action != STOP
+        return action
 
 
 class NavAgent:
     """One agent: the ONNX roles of a `collab-perception nav export` directory and its episode state."""
 
     def __init__(self, model_dir: str, providers: Sequence[str] = ('CPUExecutionProvider',), threads: int = 1):
-        self.info = read_roles_json(model_dir)
-        path = resolve_model_dir(model_dir)
-        self.sessions = {r: onnx_session(os.path.join(path, f'{r}.onnx'), providers, threads) for r in self.info['roles']}
+        self.info, sessions = load_nav_sessions(model_dir, read_roles_json(model_dir)['roles'], providers, threads)
         self.threshold = float(self.info['threshold'])
-        self.memory = EpisodeMemory(self.info['key_dim'], self.info['value_dim'], self.info['max_steps'] + 1)
-        self.reset(np.zeros((4, self.info['feature_dim']), np.float32))
+        self.observer = NavObserver(self.info, sessions)
+        self.policy = NavPolicy(self.info, sessions)
+        self._step: Optional[StepView] = None
+
+    @property
+    def active(self) -> bool:
+        return self.policy.active
 
     def encode(self, views: np.ndarray) -> np.ndarray:
-        """A panorama's four (S, S, 3) uint8 views -> (4, F) descriptors."""
-        x = views.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-        return self.sessions['encode'].run(None, {'views': x})[0]
+        return self.observer.encode(views)
 
     def reset(self, goal: np.ndarray) -> None:
-        """A new episode: the goal panorama's descriptors (4, F), an empty memory, a zero state."""
-        self.goal = np.asarray(goal, np.float32).reshape(1, 4, -1)
-        self.hidden = np.zeros((1, self.info['hidden']), np.float32)
-        self.prev_action = STOP
-        self.memory.clear()
-        self.active = True
+        self.observer.reset(goal)
+        self.policy.reset()
         self._step = None
 
     def observe(self, views: np.ndarray, cell: Sequence[float]) -> None:
-        """This step's panorama descriptors (4, F) and normalized GPS cell: key, value and query."""
-        out = self.sessions['observe'].run(None, {'views': np.asarray(views, np.float32)[None], 'goal': self.goal,
-                                                  'cells': np.asarray(cell, np.float32).reshape(1, 2),
-                                                  'hidden': self.hidden})
-        self._step = dict(zip(('context', 'query', 'key', 'value', 'read_query'), out))
+        self._step = self.observer.observe(views, cell)
 
     def request(self) -> Optional[np.ndarray]:
         """The query to broadcast this step, or None once the agent has stopped (it only answers then)."""
-        return self._step['query'][0] if self.active and self.info['communicates'] else None
+        return self._step.query if self.active and self.info['communicates'] else None
 
     def answer(self, query: np.ndarray) -> Optional[tuple[float, np.ndarray]]:
         """(score, value) for another agent's query when the score reaches the threshold, else None."""
-        score, value = match(query, self._step['key'][0], self._step['value'][0],
-                             self.memory if self.info['memory'] else None)
+        s = self._step
+        score, value = match(query, s.key, s.value, self.observer.memory if self.info['memory'] else None)
         return (score, value) if score >= self.threshold else None
 
     def act(self, received: Sequence[tuple[float, np.ndarray]]) -> int:
-        """Fuse what arrived, read the own memory, step the policy (greedy); store the step's key and value."""
-        s = self._step
-        value_dim = self.info['value_dim']
-        fused, got = fuse(list(received), value_dim)
-        own = read(s['read_query'][0], self.memory) if self.info['memory'] else np.zeros(value_dim, np.float32)
-        action = STOP
-        if self.active:
-            prev = np.zeros((1, NUM_ACTIONS), np.float32)
-            prev[0, self.prev_action] = 1.0
-            hidden, logits = self.sessions['act'].run(None, {
-                'context': s['context'], 'prev_action': prev, 'received': fused[None],
-                'got': np.array([[float(got)]], np.float32), 'own_read': own[None], 'hidden': self.hidden})
-            self.hidden = hidden
-            action = int(np.argmax(logits[0]))
-            self.prev_action = action
-            self.active = action != STOP
-        self.memory.store(s['key'][0], s['value'][0])
+        """Fuse what arrived and step the policy (greedy); store the step's key and value."""
+        fused, got = fuse(list(received), self.info['value_dim'])
+        action = self.policy.act(self._step.context, self._step.own_read, fused, got)
+        self.observer.store(self._step)
         return action
 
 
