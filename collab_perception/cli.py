@@ -114,8 +114,29 @@ def spatial_summary(cfg, monitor: dict) -> Optional[dict]:
     }
 
 
-def build_swarm_summary(cfg, monitor: Optional[dict], evaluator: Optional[dict], result) -> dict:
-    """The run's JSON summary: frames, drones, `overall` and `per_drone` (issue: handshake on the swarm)."""
+def navigation_summary(cfg, monitor: dict, nav: dict) -> dict:
+    """A navigation run's numbers (CollaVN §3.3) from the bridge's episodes and the monitor's bytes."""
+    m, steps = nav.get('metrics', {}), nav.get('steps', 0)
+    total = monitor.get('total', {}).get('bytes', 0)
+    kinds = monitor.get('per_kind', {})
+    per_step = total / steps if steps else None
+    return {
+        'episodes': nav.get('episodes', 0), 'steps': steps, 'drone_steps': nav.get('drone_steps', 0),
+        'success_rate': m.get('success_rate'), 'spl': m.get('spl'), 'ssr': m.get('ssr'), 'dts': m.get('dts'),
+        'comm_bytes_per_step': per_step,
+        'comm_bytes_per_agent_step': per_step / len(cfg.drones) if per_step is not None else None,
+        'request_messages': kinds.get('request', {}).get('messages', 0),
+        'value_messages': kinds.get('value', {}).get('messages', 0),
+        'missing_commands': nav.get('missing_commands', 0),
+        'results': nav.get('results', []),
+    }
+
+
+def build_swarm_summary(cfg, monitor: Optional[dict], evaluator: Optional[dict], result,
+                        nav: Optional[dict] = None) -> dict:
+    """The run's JSON summary: frames, drones, `overall` and `per_drone` (issue: handshake on the swarm); a
+    navigation run adds `navigation` and CollaVN's numbers in `overall` (success_rate, spl, ssr, dts,
+    comm_bytes_per_step)."""
     monitor, evaluator = monitor or {}, evaluator or {}
     frames = evaluator.get('frames') or monitor.get('frames') or 0
     ev_overall = evaluator.get('overall', {})
@@ -123,8 +144,9 @@ def build_swarm_summary(cfg, monitor: Optional[dict], evaluator: Optional[dict],
     senders = monitor.get('per_sender', {})
     # CatAll on the same frames: every supporter sends its features to every frame's requester
     requested = sum(ev_drones.get(d.name, {}).get('requested_frames', 0) for d in cfg.drones)
-    catall = sum(ev_drones.get(d.name, {}).get('requested_frames', 0) * (len(cfg.drones) - 1) * feature_bytes(cfg, d)
-                 for d in cfg.drones)
+    catall = 0 if nav is not None else sum(
+        ev_drones.get(d.name, {}).get('requested_frames', 0) * (len(cfg.drones) - 1) * feature_bytes(cfg, d)
+        for d in cfg.drones)
     overall = {
         'fused_accuracy': ev_overall.get('fused_accuracy'),
         'own_accuracy': ev_overall.get('own_accuracy'),
@@ -139,6 +161,11 @@ def build_swarm_summary(cfg, monitor: Optional[dict], evaluator: Optional[dict],
         'comm_messages': monitor.get('total', {}).get('messages'),
         'rejected_messages': sum(evaluator.get('rejected_by_node', {}).values()),
     }
+    navigation = navigation_summary(cfg, monitor, nav) if nav is not None else None
+    if navigation:
+        overall.update({k: navigation[k] for k in ('success_rate', 'spl', 'ssr', 'dts', 'comm_bytes_per_step',
+                                                   'comm_bytes_per_agent_step')})
+        overall['rejected_messages'] = sum(monitor.get('rejected', {}).values())
     per_drone = {}
     for d in cfg.drones:
         e = ev_drones.get(d.name, {})
@@ -166,6 +193,7 @@ def build_swarm_summary(cfg, monitor: Optional[dict], evaluator: Optional[dict],
         'overall': overall,
         'per_drone': per_drone,
         'spatial': spatial_summary(cfg, monitor),
+        'navigation': navigation,
         'per_kind_bytes_per_frame': {k: v['bytes_per_frame'] for k, v in monitor.get('per_kind', {}).items()},
         'per_topic_bytes_per_frame': {k: v['bytes_per_frame'] for k, v in monitor.get('per_topic', {}).items()},
         'process_exits': result.exits,
@@ -183,6 +211,18 @@ def format_overall(summary: dict) -> str:
     def num(x, unit=''):
         return '-' if x is None or x != x else f'{x:,.1f}{unit}'
 
+    nav = summary.get('navigation')
+    if nav:
+        ssr = '-' if o['ssr'] is None else f'{o["ssr"]:.2f}'
+        spl = '-' if o['spl'] is None else f'{o["spl"]:.3f}'
+        return '\n'.join([
+            f'Navigation ({", ".join(summary["drones"])}), method {", ".join(summary["methods"])}: {nav["episodes"]} '
+            f'episodes, {nav["steps"]} steps',
+            f'  SR {pct(o["success_rate"])}   SPL {spl}   SSR {ssr}   DTS {num(o["dts"], " m")}',
+            f'  bytes      {num(o["comm_bytes_per_step"])} B per step on the wire '
+            f'({num(o["comm_bytes_per_agent_step"])} B per drone per step); {nav["request_messages"]} queries, '
+            f'{nav["value_messages"]} values sent',
+            f'  commands   {nav["missing_commands"]} missing; rejected messages {o["rejected_messages"]}'])
     lines = [f'Requesters ({", ".join(summary["requesters"]) or "none"}), method {", ".join(summary["methods"])}:',
              f'  accuracy   fused {pct(o["fused_accuracy"])}  vs own only {pct(o["own_accuracy"])}   '
              f'(mIoU {pct(o["fused_miou"])} vs {pct(o["own_miou"])})',
@@ -242,7 +282,15 @@ def cmd_swarm(args) -> int:
         return None
 
     monitor = read('monitor')
-    summary = build_swarm_summary(cfg, monitor, read('evaluator'), result)
+    nav = None
+    if cfg.swarm['source']['type'] == 'nav':
+        path = os.path.join(run_dir, 'nav', 'nav_episodes.json')
+        if os.path.exists(path):
+            with open(path, encoding='utf-8') as f:
+                nav = json.load(f)
+        else:
+            nav = {}
+    summary = build_swarm_summary(cfg, monitor, read('evaluator'), result, nav)
     summary_path = args.summary or os.path.join(run_dir, 'summary.json')
     with open(summary_path, 'w', encoding='utf-8') as f:
         json.dump(summary, f, indent=2)

@@ -131,10 +131,11 @@ QOS_SCHEMA = {
 }
 
 SOURCE_SCHEMA = {
-    'type': Field(str, 'world', choices=('world', 'airsim', 'replay', 'bag'),
+    'type': Field(str, 'world', choices=('world', 'airsim', 'replay', 'bag', 'nav'),
                   help='camera source: the embedded world (sim_bridge), AirSim / Cosys-AirSim (airsim_bridge), '
-                       'a generated dataset split replayed (replay_bridge), or the cameras of a recorded flight '
-                       '(bag_bridge; collab-perception replay)'),
+                       'a generated dataset split replayed (replay_bridge), the cameras of a recorded flight '
+                       "(bag_bridge; collab-perception replay), or the world's navigation mode stepped by the "
+                       "drones' velocity commands (nav_bridge; CollaVN, config/swarm_nav.yaml)"),
     'world': Field(dict, {}, help='embedded world settings over the WorldConfig defaults (config/world.yaml '
                                   'keys; drones comes from the drone list)'),
     'airsim_config': Field(str, 'config/airsim.yaml', help='AirSim vehicles, cameras and segmentation colours '
@@ -146,6 +147,22 @@ SOURCE_SCHEMA = {
     },
     'bag': {
         'path': Field(str, '', help='a bag recorded with `collab-perception swarm --record` (its directory)'),
+    },
+    'nav': {
+        'dataset': Field(str, '', help="a navigation dataset (collab-perception nav generate) whose maps and episodes "
+                                       "are flown; '' builds the maps of map_ids and samples episodes on them"),
+        'split': Field(str, 'test', choices=('train', 'val', 'test', 'unseen'), help='the split flown'),
+        'map_ids': Field(list, [19], items=int, check=lambda v: None if v else 'must name at least one map',
+                         help='maps built when no dataset is given (config/nav.yaml seed; the default dataset '
+                              '(16 / 3 / 4 maps) has its test maps at ids 19-22)'),
+        'task': Field(str, 'common', choices=('common', 'specific'), help='CommonGoal or SpecificGoal episodes'),
+        'episodes': Field(int, 3, minimum=1, maximum=100000, help='episodes flown; then the run ends'),
+        'seed': Field(int, 0, minimum=0, help='seed of the episodes sampled when no dataset is given'),
+        'max_steps': Field(int, 0, minimum=0, maximum=10000, help="steps an episode allows (0: config/nav.yaml's T_max)"),
+        'step_timeout_s': Field(float, 3.0, minimum=0.01, maximum=600.0,
+                                help="how long a step waits for every active drone's velocity command; a drone "
+                                     'without one stays where it is that step (counted)'),
+        'config': Field(dict, {}, help='overrides of config/nav.yaml (NavConfig keys) for the maps built here'),
     },
     'degrade': Field(dict, {}, help='sensor degradation of drones with degraded: true (DegradeConfig keys)'),
     'degrade_seed': Field(int, 0, minimum=0, help='seed of the sensor degradation draws'),
@@ -160,6 +177,8 @@ CODEC_SCHEMA = {
                            help='wire dtype of the FeatureMap features (int8: half the bytes of float16)'),
     'patch_dtype': Field(str, 'uint8', choices=('float32', 'float16', 'int8', 'uint8'),
                          help="wire dtype of MASH's patch confidences and class distributions (PatchSegments)"),
+    'value_dtype': Field(str, 'float32', choices=('float32', 'float16', 'int8', 'uint8'),
+                         help="wire dtype of CollaVN's MemoryValue values (float32: what the model was trained on)"),
     'local_dtype': Field(str, 'float32', choices=('float32', 'float16'),
                          help='dtype of the perception -> matcher/fusion topic inside one drone'),
     'max_elements': Field(int, 1 << 20, minimum=1, maximum=1 << 28,

@@ -37,11 +37,13 @@ NODE_EXECUTABLES = {
     'airsim_bridge': 'collab_perception.nodes.airsim_bridge_node',
     'replay_bridge': 'collab_perception.nodes.replay_bridge_node',
     'bag_bridge': 'collab_perception.nodes.bag_bridge_node',
+    'nav_bridge': 'collab_perception.nodes.nav_bridge_node',
     'recorder': 'collab_perception.nodes.recorder_node',
     'link': 'collab_perception.nodes.link_node',
     'perception': 'collab_perception.nodes.perception_node',
     'matcher': 'collab_perception.nodes.matcher_node',
     'fusion': 'collab_perception.nodes.fusion_node',
+    'policy': 'collab_perception.nodes.policy_node',
     'monitor': 'collab_perception.nodes.monitor_node',
     'evaluator': 'collab_perception.nodes.evaluator_node',
     'drone_container': 'collab_perception.nodes.drone_container',
@@ -132,7 +134,23 @@ def _ros_values(values: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
-def source_node(cfg: SwarmConfig) -> NodeSpec:
+def nav_source_params(cfg: SwarmConfig) -> dict[str, Any]:
+    """The navigation bridge's parameters (swarm.source.nav), its NavConfig validated here so that a bad key
+    fails at start-up naming it."""
+    from ..data.nav import load_nav_config
+    nav = cfg.swarm['source']['nav']
+    try:
+        world = load_nav_config(**nav['config'])
+    except ConfigError as e:
+        raise ConfigError(f'swarm.source.nav.config.{e.path}', str(e).split(': ', 1)[-1], cfg.source) from None
+    except TypeError as e:
+        raise ConfigError('swarm.source.nav.config', str(e), cfg.source) from None
+    values = world.to_dict()
+    return {**{f'nav.{k}': v for k, v in nav.items() if k != 'config'},
+            **{f'nav_world.{k}': v for k, v in _ros_values(values).items()}}
+
+
+def source_node(cfg: SwarmConfig, run_dir: Optional[str] = None) -> NodeSpec:
     """The camera bridge of `swarm.source`, its settings validated here so a bad one fails at start-up."""
     sw, src = cfg.swarm, cfg.swarm['source']
     try:
@@ -159,6 +177,14 @@ def source_node(cfg: SwarmConfig) -> NodeSpec:
         world = WorldConfig.from_mapping({**src['world'], 'drones': len(cfg.drones)}, cfg.source, 'swarm.source.world')
         params.update({f'world.{k}': v for k, v in _ros_values(dataclasses.asdict(world)).items()})
         return NodeSpec('sim_bridge', 'sim_bridge', SWARM_NAMESPACE, params)
+    if src['type'] == 'nav':
+        if any(d.degraded or d.obstructed for d in cfg.drones):
+            i = next(i for i, d in enumerate(cfg.drones) if d.degraded or d.obstructed)
+            raise ConfigError(f'drones[{i}]', 'the navigation bridge renders no degradation or obstruction',
+                              cfg.source)
+        params.update(nav_source_params(cfg))
+        params['output_dir'] = os.path.join(run_dir, 'nav') if run_dir else ''
+        return NodeSpec('nav_bridge', 'nav_bridge', SWARM_NAMESPACE, params)
     if src['type'] == 'replay':
         rep = src['replay']
         target = rep['target_drone'] or cfg.names[0]
@@ -203,7 +229,7 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
                               cfg.source)
     protocol = protocol_class(swarm_protocol(cfg))
     nodes: list[NodeSpec] = []
-    nodes.append(source_node(cfg))
+    nodes.append(source_node(cfg, run_dir))
     mon = sw['monitor']
     if mon['enabled']:
         out_dir = os.path.join(run_dir, 'monitor') if run_dir else ''
@@ -260,6 +286,9 @@ def build_node_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[Nod
             'select': d.select, 'top_n': d.top_n, 'score_threshold': d.score_threshold,
             'cache_frames': d.cache_frames,
             **_codec_params(cfg), **_qos_params(cfg, 'comm', 'local')}, drone=d.name))
+        if protocol.policy:
+            nodes.append(NodeSpec('policy', 'policy', d.namespace, {
+                **common, **_codec_params(cfg), **_qos_params(cfg, 'sensor', 'local')}, drone=d.name))
     graph = protocol.topology(cfg.names, mon['enabled'])
     if sw['link']['enabled']:
         graph = link_through_radio(cfg, nodes, graph)
@@ -321,7 +350,7 @@ def build_process_plan(cfg: SwarmConfig, run_dir: Optional[str] = None) -> list[
     """Group the node plan into processes according to swarm.process_layout."""
     nodes = build_node_plan(cfg, run_dir)
     # the source's normal exit ends the run: after `frames`, or at the end of a replayed split or bag
-    ends = cfg.swarm['frames'] > 0 or cfg.swarm['source']['type'] in ('replay', 'bag')
+    ends = cfg.swarm['frames'] > 0 or cfg.swarm['source']['type'] in ('replay', 'bag', 'nav')
     processes: list[ProcessSpec] = []
     for n in nodes:
         if n.drone:
@@ -356,7 +385,8 @@ def write_params_file(process: ProcessSpec, directory: str) -> str:
 # ---------------------------------------------------------------------------------------------- parameter docs
 # Parameters declared from a config dataclass field by field (nodes/common.declare_dataclass); their defaults,
 # ranges and help are the dataclass's (world/config.py, world/degrade.py, config/world.yaml).
-DATACLASS_PREFIXES = {'world.': 'WorldConfig (config/world.yaml)', 'degrade.': 'DegradeConfig (world/degrade.py)'}
+DATACLASS_PREFIXES = {'world.': 'WorldConfig (config/world.yaml)', 'degrade.': 'DegradeConfig (world/degrade.py)',
+                      'nav_world.': 'NavConfig (config/nav.yaml)'}
 
 
 def parameter_rows(cfg: SwarmConfig) -> list[dict]:

@@ -30,11 +30,11 @@ from rclpy.signals import SignalHandlerOptions
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CameraInfo, Image
 
-from collab_perception.msg import PerceptionOutput
+from collab_perception.msg import NavTask, PerceptionOutput
 
 from ..config import ConfigError, Field, check_provider_options, check_value, parameter_field
 from ..runtime import topics
-from ..runtime.codec import CodecError, TensorLimits
+from ..runtime.codec import CodecError, TensorLimits, decode_tensor
 from ..runtime.handshake import AddressError, check_addressing
 from ..runtime.lifecycle import TEARDOWN_SIGNAL, TEARDOWN_TIMEOUT_S
 from ..runtime.methods import create_method, method_names
@@ -155,7 +155,7 @@ def declare_qos(node: Node, name: str) -> QoSProfile:
 def declare_codec(node: Node) -> tuple[dict[str, str], TensorLimits]:
     """The wire dtypes and the tensor limits (swarm.codec in the config)."""
     dtypes = {key: declare(node, f'codec.{key}')
-              for key in ('query_dtype', 'score_dtype', 'feature_dtype', 'patch_dtype', 'local_dtype')}
+              for key in ('query_dtype', 'score_dtype', 'feature_dtype', 'patch_dtype', 'value_dtype', 'local_dtype')}
     limits = TensorLimits(**{key: declare(node, f'codec.{key}') for key in ('max_elements', 'max_rank', 'max_dim')})
     return dtypes, limits
 
@@ -233,6 +233,12 @@ def pose_values(msg: PoseStamped) -> list[float]:
     return [p.x, p.y, p.z, o.x, o.y, o.z, o.w]
 
 
+def nav_task_values(msg: NavTask) -> dict:
+    """A navigation step's task as the memory protocol takes it; CodecError for a bad goal tensor."""
+    goal = decode_tensor(msg.goal, TensorLimits(), 'task.goal', expect_shape=(4, None, None, 3), out_dtype=np.uint8)
+    return {'episode': int(msg.episode), 'step': int(msg.step), 'active': bool(msg.active), 'goal': goal}
+
+
 # stamped input -> (message type, topic, QoS name, conversion that raises ValueError for a bad message)
 INPUTS = {
     'image': (Image, topics.IMAGE, 'sensor', lambda m: image_to_array(m, expect=('rgb8', 'bgr8'))),
@@ -240,6 +246,7 @@ INPUTS = {
     'pose': (PoseStamped, topics.POSE, 'sensor', pose_values),
     'perception': (PerceptionOutput, topics.PERCEPTION, 'local', None),   # decoded by the protocol role
     'camera_info': (CameraInfo, topics.CAMERA_INFO, 'sensor', lambda m: list(m.k)),
+    'task': (NavTask, topics.NAV_TASK, 'sensor', lambda m: nav_task_values(m)),
 }
 
 

@@ -9,7 +9,9 @@ at once from its own prediction.
 
 Outputs: `segmentation` (mono8 class ids), `segmentation/color` (rgb8 class colours) and `fusion/info`
 (who was asked, who answered, scores, selection, deadline met, bytes in and out, latency), exactly one of
-each per camera frame whose perception output arrived.
+each per camera frame whose perception output arrived. A protocol whose result is a step for a policy
+(CollaVN's memory protocol) names its output message instead of the class map (`Protocol.output`:
+nav/step), published once per step.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from ..runtime import topics
 from ..runtime.codec import CodecError
 from ..runtime.handshake import SELECTORS, StampRing
 from ..runtime.protocols import FrameResult
-from .common import DroneNode, array_to_image, declare, declare_qos, ns_to_stamp, stamp_label, stamp_to_ns
+from .common import (DroneNode, array_to_image, declare, declare_qos, ns_to_stamp, resolve_type, stamp_label,
+                     stamp_to_ns)
 
 
 class FusionNode(DroneNode):
@@ -42,6 +45,13 @@ class FusionNode(DroneNode):
         self.seg_pub = self.create_publisher(Image, topics.SEGMENTATION, local_qos)
         self.color_pub = self.create_publisher(Image, topics.SEGMENTATION_COLOR, local_qos)
         self.info_pub = self.create_publisher(FusionInfo, topics.FUSION_INFO, local_qos)
+        # a protocol whose result is not (only) a class map names the message fusion hands on (CollaVN: the
+        # step for the policy node)
+        self.output_pub = None
+        if self.protocol.output:
+            topic, type_name = self.protocol.output
+            self.output_type = resolve_type(type_name)
+            self.output_pub = self.create_publisher(self.output_type, topic, local_qos)
         self.create_subscription(PerceptionOutput, topics.PERCEPTION, self.on_own, local_qos)
         self.subscribe_comm(self.requester.inbox, self.requester, self.on_message, comm_qos)
         self.wake_timer = self.create_timer(1.0, self.on_wake, autostart=False)
@@ -110,8 +120,13 @@ class FusionNode(DroneNode):
         outcome = result.outcome
         header = Header(frame_id=f'{self.drone}/camera')
         ns_to_stamp(outcome.stamp_ns, header.stamp)
-        self.seg_pub.publish(array_to_image(result.classes, 'mono8', header))
-        self.color_pub.publish(array_to_image(self.classes.colorize(result.classes), 'rgb8', header))
+        if result.classes is not None:
+            self.seg_pub.publish(array_to_image(result.classes, 'mono8', header))
+            self.color_pub.publish(array_to_image(self.classes.colorize(result.classes), 'rgb8', header))
+        if result.output is not None and self.output_pub is not None:
+            out = self.output_type(header=header)
+            result.output(out)
+            self.output_pub.publish(out)
         out_bytes, in_bytes = self.bytes.pop(outcome.stamp_ns, [0, 0])
         latency_ms = (self.now_ns() - outcome.stamp_ns) / 1e6
         answered = sorted(outcome.scores)

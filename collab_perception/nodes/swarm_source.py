@@ -33,7 +33,8 @@ class SwarmSource(Node):
         self.degraded_drones = self.declare_drones('degraded_drones')
         self.degrade_config = DegradeConfig(**declare_dataclass(self, 'degrade', DegradeConfig(), 'sensor degradation'))
         self.degrade_rng = np.random.default_rng(declare(self, 'degrade_seed'))
-        self.cameras = CameraPublishers(self, self.drones, declare_qos(self, 'sensor'))
+        self.sensor_qos = declare_qos(self, 'sensor')
+        self.cameras = CameraPublishers(self, self.drones, self.sensor_qos)
         # the planned nodes' matched endpoints, from their /diagnostics status (runtime/readiness.py)
         self.reports: dict[str, Endpoints] = {}
         self._diagnostics_sub = self.create_subscription(DiagnosticArray, '/diagnostics', self.on_diagnostics, 50)

@@ -159,6 +159,9 @@ class RequesterTracker:
         # spatial (MASH §III): replies carry the payload (warped patches) and there is no connect stage;
         # the frame is fused when every expected supporter answered, or at the deadline.
         self.spatial = spatial
+        # a protocol in which supporters send only when they match (CollaVN's select): no reply is an
+        # answer, so the frame is neither a fallback nor late for it
+        self.silence_expected = False
         self.peers = sorted(set(peers) - {my_id})
         problem = reply_timeout_problem(reply_timeout_ns // 1_000_000, deadline_ns // 1_000_000)
         if problem:
@@ -316,8 +319,10 @@ class RequesterTracker:
             if self.spatial:
                 frame.selected = sorted(frame.received)
                 reason = 'complete' if all_in else ('deadline: partial patches' if frame.received else 'no replies in time')
-                actions.append(self._finish(frame, fallback=not frame.received, deadline_met=bool(all_in),
-                                            reason=reason))
+                if self.silence_expected and not frame.received:
+                    reason = 'nobody sent'
+                actions.append(self._finish(frame, fallback=not frame.received and not self.silence_expected,
+                                            deadline_met=bool(all_in) or self.silence_expected, reason=reason))
                 return actions
             frame.selected = self.selector(frame.scores, frame.self_score, self.top_n, self.threshold)
             if not frame.selected:

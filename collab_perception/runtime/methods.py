@@ -53,7 +53,8 @@ class Method:
              scores: Optional[dict[int, float]] = None) -> np.ndarray:
         raise NotImplementedError
 
-    # The protocol the method speaks (runtime/protocols: 'handshake' or 'spatial'); the nodes run its roles.
+    # The protocol the method speaks (runtime/protocols: 'handshake', 'spatial' or 'memory'); the nodes run its
+    # roles.
     protocol = 'handshake'
     # Pose warping (Who2com §IV-B pose settings): the handshake's supporters encode their view warped into
     # the requester's.
@@ -85,7 +86,7 @@ register_method = METHODS.register
 # Methods whose modules need ONNX Runtime sessions register themselves when their module is imported, which
 # happens when one of them is first named: a drone loads only the method it runs, and this module imports
 # none of them (they import it).
-LAZY_METHODS = {'who2com': 'onnx_method', 'when2com': 'onnx_method', 'mash': 'onnx_mash'}
+LAZY_METHODS = {'who2com': 'onnx_method', 'when2com': 'onnx_method', 'mash': 'onnx_mash', 'collavn': 'nav_method'}
 
 
 def method_factory(name: str):

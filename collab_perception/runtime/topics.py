@@ -20,14 +20,17 @@ PERCEPTION = 'perception/output'    # local: perception -> matcher, fusion (not 
 SEGMENTATION = 'segmentation'
 SEGMENTATION_COLOR = 'segmentation/color'
 FUSION_INFO = 'fusion/info'
+NAV_TASK = 'nav/task'                # local: the navigation bridge -> the drone (episode, step, goal)
+NAV_STEP = 'nav/step'                # local: fusion -> policy (CollaVN: state, own read, what arrived)
+CMD_VEL = 'cmd_vel'                  # geometry_msgs/Twist: the policy -> the navigation bridge
 
 # Message kinds on the radio (msg/): the request is broadcast, every other kind is addressed to one drone.
-COMM_KINDS = ('request', 'reply', 'connect', 'feature', 'patches')
+COMM_KINDS = ('request', 'reply', 'connect', 'feature', 'patches', 'value')
 ADDRESSED_KINDS = COMM_KINDS[1:]     # every kind but the request goes to one drone's own topic
 # the message type of each kind (msg/)
 COMM_MSG_TYPES = {'request': 'collab_perception/msg/Request', 'reply': 'collab_perception/msg/Reply',
                   'connect': 'collab_perception/msg/Connect', 'feature': 'collab_perception/msg/FeatureMap',
-                  'patches': 'collab_perception/msg/PatchSegments'}
+                  'patches': 'collab_perception/msg/PatchSegments', 'value': 'collab_perception/msg/MemoryValue'}
 RADIO_PREFIX = '/radio'     # nodes/link_node.py: senders publish here, the link forwards to the real topic
 
 

@@ -39,6 +39,23 @@ BANDS = ('easy', 'medium', 'hard')
 PAPER_BANDS_M = {'easy': (1.5, 3.0), 'medium': (3.0, 5.0), 'hard': (5.0, 10.0)}   # CollaVN §3.2
 PAPER_SUCCESS_M = 1.0
 BUILDING_PAD_M = 24.0        # more than a building's longest side
+def action_velocity(action: int) -> tuple[float, float]:
+    """A move as a unit velocity (east, north); STOP: zero. The policy node sends it as geometry_msgs/Twist."""
+    if action == STOP:
+        return 0.0, 0.0
+    dx, dy = MOVES[action]
+    return float(dx), float(dy)
+
+
+def velocity_action(vx: float, vy: float, still: float = 1e-3) -> int:
+    """The lattice move a velocity command asks for: the dominant axis and its sign; below `still`: STOP."""
+    if max(abs(vx), abs(vy)) < still:
+        return STOP
+    if abs(vx) >= abs(vy):
+        return 0 if vx > 0 else 2
+    return 1 if vy > 0 else 3
+
+
 UNREACHABLE_STEPS = np.iinfo(np.int32).max      # bfs_steps' value for a node it cannot reach
 
 

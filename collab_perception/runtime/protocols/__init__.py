@@ -58,8 +58,9 @@ class FrameResult:
     """The requester's output for one frame: its class map and what happened (FusionInfo's fields)."""
 
     outcome: Any                    # runtime.handshake.FrameOutcome
-    classes: Any                    # [H, W] uint8
+    classes: Any                    # [H, W] uint8; None for a protocol whose result is not a class map
     summary: str = ''               # who helped, for the log line (e.g. 'selected drone2', 'cells drone2:14')
+    output: Optional[Callable[[Any], None]] = None   # fills the protocol's `output` message (None: none)
 
 
 @dataclass
@@ -181,6 +182,10 @@ class Protocol:
     requester_role: type = RequesterRole
     # the addressed comm kinds (each drone receives them on /<drone>/comm/<kind>); the request is broadcast
     addressed: tuple[str, ...] = ()
+    # (local topic, message type) fusion publishes each FrameResult's `output` on; None: segmentation only
+    output: Optional[tuple[str, str]] = None
+    # a policy node per drone acts on `output` (nodes/policy_node.py: velocity commands)
+    policy = False
 
     @classmethod
     def perception(cls, method, ctx: RoleContext) -> PerceptionRole:
@@ -212,7 +217,7 @@ PROTOCOLS: Registry[Protocol] = Registry('protocol')
 register_protocol = PROTOCOLS.register
 
 # Protocol modules register themselves when imported; a drone imports only the one its method speaks.
-LAZY_PROTOCOLS = {'handshake': 'who2com', 'spatial': 'mash'}
+LAZY_PROTOCOLS = {'handshake': 'who2com', 'spatial': 'mash', 'memory': 'memory'}
 
 
 def protocol_class(name: str) -> type:
@@ -291,7 +296,7 @@ class TrackedRequester(RequesterRole):
             if isinstance(action, Connect):
                 out.extend(Send('connect', r, action.stamp_ns, _no_payload) for r in action.receivers)
             elif isinstance(action, FrameOutcome):
-                out.append(FrameResult(action, self.fuse(action), self.summary(action)))
+                out.append(FrameResult(action, self.fuse(action), self.summary(action), self.output(action)))
         return out
 
     def fuse(self, outcome) -> Any:
@@ -299,6 +304,10 @@ class TrackedRequester(RequesterRole):
 
     def summary(self, outcome) -> str:
         return ''
+
+    def output(self, outcome) -> Optional[Callable[[Any], None]]:
+        """What fills the protocol's output message for this frame (None: the protocol has none)."""
+        return None
 
     def on_own(self, stamp_ns: int, own: Any, requested: bool, now_ns: int) -> list:
         return self.actions(self.tracker.on_own(stamp_ns, own, requested, own.self_score, now_ns))
