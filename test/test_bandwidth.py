@@ -71,7 +71,9 @@ def test_csv_writer(tmp_path):
 def test_topic_helpers():
     topics = comm_topics(['drone1', 'drone2'])
     assert topics['/swarm/request'] == 'request' and topics['/drone2/comm/patches'] == 'patches'
-    assert len(topics) == 1 + 2 * 4
+    assert topics['/drone1/comm/value'] == 'value'
+    assert sorted(set(topics.values())) == ['connect', 'feature', 'patches', 'reply', 'request', 'value']
+    assert len(topics) == 1 + 2 * 5
     assert topic_kind('/drone1/camera/image_raw') == 'other'
     assert topic_owner('/drone1/camera/image_raw') == 'drone1' and topic_owner('/swarm/request') == ''
 

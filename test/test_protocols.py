@@ -91,7 +91,7 @@ def images(n, seed=0):
 
 
 def test_every_protocol_is_registered_with_its_roles():
-    assert protocol_names() == ['handshake', 'spatial']
+    assert protocol_names() == ['handshake', 'memory', 'spatial']
     for name in protocol_names():
         p = protocol_class(name)
         assert p.registry_name == name and p.addressed
