@@ -135,3 +135,34 @@ def test_training_and_the_tables(tiny_nav, tiny_runs, tmp_path):
     text = results.read_text()
     assert text.startswith('# Results\n\nhand-written text\n') and text.count(RESULTS_BEGIN) == 1
     assert '| w/o communication | — | not trained |' in text and (tmp_path / 'plot.png').stat().st_size > 1000
+
+
+def test_sighting_labels_say_who_has_seen_whose_goal(tiny_nav, tiny_runs):     # tiny_runs: the encoder
+    from collab_perception.data.nav import NavDataset
+    dataset = NavDataset(tiny_nav)
+    encoder = collavn.load_or_pretrain_encoder(dataset, 0)
+    maps, feats = collavn.map_features(dataset, encoder, 'train')
+    episodes = [e for e in dataset.episodes('train') if e.team == 2][:4]
+    batch = collavn.EpisodeBatch(episodes, maps, feats, dataset.config)
+    rollout = collavn.run_team(None, batch, policy='random', rng=np.random.default_rng(3))
+    sight_m = 2 * dataset.config.lattice_m
+    now = collavn.sighting_labels(batch, rollout, sight_m, memory=False)
+    ever = collavn.sighting_labels(batch, rollout, sight_m, memory=True)
+    T = rollout.active.shape[2]
+    assert now.shape == ever.shape == (len(batch), T, 2, 2)
+    for b in range(len(batch)):
+        for i in range(2):
+            d = batch.distance[b][i]
+            for j in range(2):
+                near = [d[rollout.nodes[b, j, t]] <= 2 for t in range(T)]
+                assert list(now[b, :, i, j]) == near
+                assert list(ever[b, :, i, j]) == [any(near[:t + 1]) for t in range(T)]
+    assert (ever >= now).all() and ever.any()
+    # the auxiliary terms only add to the loss of a communicating variant, and they carry gradient to the keys
+    torch.manual_seed(0)
+    model = collavn.CollaVNAgent(collavn.AgentConfig(feature_dim=feats[next(iter(feats))]['views'].shape[-1]))
+    plain, ce, _ = collavn.imitation_loss(model, batch, rollout, score_price=0.0, sighting_weight=0.0, sight_m=sight_m)
+    aux, ce2, _ = collavn.imitation_loss(model, batch, rollout, score_price=0.0, sighting_weight=1.0, sight_m=sight_m)
+    assert ce == pytest.approx(ce2) and float(aux.detach()) > float(plain.detach())
+    aux.backward()
+    assert model.key.weight.grad.abs().sum() > 0 and model.goal_cell.weight.grad.abs().sum() > 0

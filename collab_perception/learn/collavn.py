@@ -149,6 +149,8 @@ class CollaVNAgent(nn.Module):
         inputs = E + E + 4 + 32 + NUM_ACTIONS + cfg.value_dim + 1 + cfg.value_dim
         self.gru = nn.GRUCell(inputs, H)
         self.policy = nn.Sequential(nn.Linear(H, H), nn.ReLU(), nn.Linear(H, NUM_ACTIONS))
+        # training only (no role exports it): where a matched value says the requester's goal is
+        self.goal_cell = nn.Linear(cfg.value_dim, 2)
         if cfg.communicates and cfg.query_dim != cfg.key_dim:
             raise ValueError(f'query_dim ({cfg.query_dim}) must equal key_dim ({cfg.key_dim}): scores are q . k')
 
@@ -195,7 +197,8 @@ class StepOutput:
     logits: torch.Tensor             # (B, N, 5)
     sent: torch.Tensor               # (B, Ni, Nj) bool: supporter j sent to requester i
     requested: torch.Tensor          # (B, N) bool: agent i broadcast a query
-    scores: torch.Tensor             # (B, Ni, Nj)
+    scores: torch.Tensor             # (B, Ni, Nj), zero where j could not send to i
+    mixed: Optional[torch.Tensor] = None     # (B, Ni, Nj, dv): what j would send to i (its attention read)
 
 
 def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor):
@@ -230,7 +233,7 @@ def team_step(model: CollaVNAgent, state: TeamState, views: torch.Tensor, goal: 
     zeros_v = value.new_zeros(B, N, cfg.value_dim)
     sent = torch.zeros(B, N, N, dtype=torch.bool, device=views.device)
     scores = torch.zeros(B, N, N, device=views.device)
-    received, got = zeros_v, value.new_zeros(B, N, 1)
+    received, got, mixed = zeros_v, value.new_zeros(B, N, 1), None
     if cfg.communicates:
         # supporter j's entries are its own: current (key, value) and, with memory, every stored pair
         pair_logits = torch.einsum('bid,bjmd->bijm', query, own_k) / math.sqrt(cfg.key_dim)
@@ -257,7 +260,7 @@ def team_step(model: CollaVNAgent, state: TeamState, views: torch.Tensor, goal: 
     hidden, logits = model.act(context, prev, received, got, own_read, state.hidden)
     state.hidden = torch.where(active[..., None], hidden, state.hidden)  # a stopped agent's state stays
     state.store(key, value)
-    return StepOutput(logits, sent, active.clone(), scores)
+    return StepOutput(logits, sent, active.clone(), scores, mixed)
 
 
 # ------------------------------------------------------------------------------------------ episodes
@@ -384,7 +387,7 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
     known = None if sight_m is None else batch.sighted(nodes, sight_m, team_sight)
     state = None
     goal = batch.goals() if model is not None else None
-    logits_seq, scores_seq = [], []
+    logits_seq, scores_seq, mixed_seq = [], [], []
     for t in range(T if teacher is None else teacher.active.shape[2]):
         if teacher is not None:
             active = teacher.active[:, :, t]
@@ -398,6 +401,7 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
             out = team_step(model, state, views, goal, cells, torch.from_numpy(active), present)
             logits_seq.append(out.logits)
             scores_seq.append(out.scores)
+            mixed_seq.append(out.mixed)
             rec_sent.append(out.sent.detach().numpy())
             rec_req.append(out.requested.numpy())
             if teacher is None:
@@ -434,17 +438,45 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
         rec_nodes.append(nodes.copy())
         active = active & (actions != STOP)
     if teacher is not None:
-        return logits_seq, scores_seq, np.stack(rec_expert, -1), np.stack(rec_active, -1)
+        return logits_seq, scores_seq, mixed_seq, np.stack(rec_expert, -1), np.stack(rec_active, -1)
     steps = len(rec_active)
     return Rollout(nodes=np.stack(rec_nodes, -1), active=np.stack(rec_active, -1), expert=np.stack(rec_expert, -1),
                    actions=np.stack(rec_actions, -1), sent=np.stack(rec_sent, 1)[:, :steps],
                    requested=np.stack(rec_req, 1)[:, :steps], collisions=collisions)
 
 
-def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, score_price: float = 0.01):
-    """(loss, cross-entropy, label accuracy) of the policy against the expert's labels along a recorded rollout;
-    the loss adds `score_price` times the mean score of the pairs that could send."""
-    logits_seq, scores_seq, expert, active = run_team(model, batch, teacher=rollout)
+def sighting_labels(batch: EpisodeBatch, rollout: Rollout, sight_m: float, memory: bool) -> np.ndarray:
+    """(B, T, Ni, Nj) bool: supporter j can tell requester i where its goal is at step t, i.e. j stands within
+    `sight_m` of i's goal at t or (with memory) did at some earlier step: exactly what the team-sight expert
+    learns through j."""
+    steps = sight_m / batch.config.lattice_m
+    T = rollout.active.shape[2]
+    out = np.zeros((len(batch), T, batch.team, batch.team), bool)
+    for b in range(len(batch)):
+        for i in range(batch.team):
+            near = batch.distance[b][i][rollout.nodes[b, :, :T]] <= steps          # (Nj, T)
+            if memory:
+                near = np.logical_or.accumulate(near, axis=1)
+            out[b, :, i, :] = near.T
+    return out
+
+
+def goal_cells(batch: EpisodeBatch) -> torch.Tensor:
+    """(B, N, 2): each agent's goal cell, normalized like the GPS input (EpisodeBatch.observe)."""
+    side = batch.config.region_m / batch.config.lattice_m
+    cells = np.stack([np.stack([m.cells[g] for g in e.goals]) for e, m in zip(batch.episodes, batch.maps)])
+    return torch.from_numpy(((cells + 0.5) / side).astype(np.float32))
+
+
+def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, score_price: float = 0.01,
+                   sighting_weight: float = 0.0, sight_m: float = 8.0):
+    """(loss, cross-entropy, label accuracy) of the policy against the expert's labels along a recorded rollout.
+    For the communicating variants the loss adds `score_price` times the mean score of the pairs that could
+    send and, with `sighting_weight`, two auxiliary terms that teach the exchange what the team-sight expert
+    knows: each pair's score against whether the supporter has seen the requester's goal
+    (`sighting_labels`, binary cross-entropy), and the goal's cell decoded from what such a supporter would
+    send (mean squared error)."""
+    logits_seq, scores_seq, mixed_seq, expert, active = run_team(model, batch, teacher=rollout)
     logits = torch.stack(logits_seq, 2)                                  # (B, N, T, 5)
     mask = torch.from_numpy(active)
     labels = torch.from_numpy(expert)
@@ -453,10 +485,20 @@ def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, s
     ce = F.cross_entropy(logits[mask], labels[mask], weight=weight)
     accuracy = float((logits[mask].argmax(-1) == labels[mask]).float().mean())
     loss = ce
-    if model.cfg.communicates and score_price:
-        # the scores of the pairs that could send (zero elsewhere): a price per value sent
+    if model.cfg.communicates:
         scores = torch.stack(scores_seq, 1)                              # (B, T, Ni, Nj)
-        loss = ce + score_price * scores.sum() / max(int((scores > 0).sum()), 1)
+        eligible = scores > 0                                            # zero: j could not send to i
+        if score_price:     # a price per value sent
+            loss = loss + score_price * scores.sum() / max(int(eligible.sum()), 1)
+        if sighting_weight and eligible.any():
+            seen = torch.from_numpy(sighting_labels(batch, rollout, sight_m, model.cfg.memory))
+            p = scores[eligible].clamp(1e-5, 1 - 1e-5)
+            loss = loss + sighting_weight * F.binary_cross_entropy(p, seen[eligible].float())
+            told = eligible & seen
+            if told.any():
+                mixed = torch.stack(mixed_seq, 1)                        # (B, T, Ni, Nj, dv)
+                target = goal_cells(batch)[:, None, :, None].expand(*scores.shape, 2)
+                loss = loss + sighting_weight * F.mse_loss(model.goal_cell(mixed[told]), target[told]) * 10
     return loss, float(ce.detach()), accuracy
 
 
@@ -534,6 +576,7 @@ class NavTrainConfig:
     tasks: tuple[str, ...] = ('common', 'specific')
     lr: float = 1e-3
     score_price: float = 0.002       # per unit of mean score of the pairs that could send: fewer sends
+    sighting_weight: float = 0.5     # auxiliary: scores and values taught who has seen whose goal (imitation_loss)
     sight_m: float = 8.0              # the expert knows a goal once it (or, with communication, a teammate) came this close
     seed: int = 0
     encoder_steps: int = 1500
@@ -665,7 +708,7 @@ def train_agent(dataset_dir: str, out_dir: str, cfg: NavTrainConfig, log=print) 
         losses, accs = [], []
         for _ in range(cfg.steps_per_round):
             batch, rollout = buffer[int(rng.integers(len(buffer)))]
-            loss, ce, acc = imitation_loss(model, batch, rollout, cfg.score_price)
+            loss, ce, acc = imitation_loss(model, batch, rollout, cfg.score_price, cfg.sighting_weight, cfg.sight_m)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)

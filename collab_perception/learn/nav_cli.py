@@ -50,6 +50,10 @@ def add_nav_learn_commands(sub) -> None:
     t.add_argument('--sight-m', type=float, default=8.0, metavar='M',
                    help='the expert knows a goal once the agent (no_comm) or any teammate (the communicating '
                         'variants) came within M metres of it; before, it explores (default 8)')
+    t.add_argument('--sighting-weight', type=float, default=0.5, metavar='W',
+                   help='communicating variants: weight of the auxiliary terms that teach each score whether '
+                        'the supporter has seen the requester\'s goal, and each answer where that goal is '
+                        '(default 0.5; 0: imitation and the score price only, round 1\'s loss)')
     t.add_argument('--encoder-steps', type=int, default=1500, help='encoder pretraining steps (once per dataset)')
     t.add_argument('--seed', type=int, default=0)
     t.add_argument('--threads', type=int, default=0, help='torch threads (default: all cores)')
@@ -97,6 +101,7 @@ def cmd_train(args) -> int:
     cfg = NavTrainConfig(variant=args.variant, dagger=not args.no_dagger, rounds=args.rounds,
                          rollouts_per_round=args.rollouts_per_round, steps_per_round=args.steps_per_round,
                          batch_size=args.batch_size, teams=tuple(args.teams), lr=args.lr, sight_m=args.sight_m,
+                         sighting_weight=args.sighting_weight,
                          encoder_steps=args.encoder_steps, seed=args.seed, threads=args.threads)
     summary = train_agent(args.data, args.out, cfg)
     print(f'{args.out}: best validation SR {summary["best_val_success_rate"]:.3f} in {summary["minutes"]:.1f} min')
