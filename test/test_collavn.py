@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from collab_perception.learn import collavn
 from collab_perception.runtime.memory import EpisodeMemory, fuse, match, select
@@ -102,6 +103,12 @@ def test_the_onnx_agent_plays_the_episodes_as_torch_does(tiny_nav, tiny_runs, tm
     from collab_perception.runtime.nav_agent import NavAgent
     report = collavn.export_run(str(tiny_runs / 'collavn'), tiny_nav, str(tmp_path / 'model'), check=12)
     assert report['episodes_checked'] == 12 and report['agree'], report
+    card = collavn.write_model_card(str(tiny_runs / 'collavn'), tiny_nav, str(tmp_path / 'model'), report)
+    on_disk = yaml.safe_load((tmp_path / 'model' / 'model_card.yaml').read_text())
+    assert on_disk['metrics'] == card['metrics'] and set(card['metrics']) == {'test', 'unseen'}
+    assert card['metrics']['test']['episodes'] == sum(e.team for e in NavDataset(tiny_nav).episodes('test'))  # one per agent
+    assert 0.0 <= card['metrics']['test']['success_rate'] <= 1.0 and card['onnx_check']['agree']
+    assert card['trained_with'].startswith('collab-perception nav train --data ') and '--rounds 2' in card['trained_with']
     # the encode role gives the descriptors training used
     dataset = NavDataset(tiny_nav)
     nav_map = dataset.map('test', dataset.manifest['splits']['test']['map_ids'][0])

@@ -724,7 +724,8 @@ def train_agent(dataset_dir: str, out_dir: str, cfg: NavTrainConfig, log=print) 
                         'val_bytes_per_agent_step': metrics['bytes_per_agent_step'],
                         'minutes': (time.time() - t0) / 60})
         log(f'round {rnd}: beta {beta:.3f} loss {np.mean(losses):.3f} label acc {np.mean(accs):.3f} '
-            f'val SR {metrics["success_rate"]:.3f} SPL {metrics["spl"]:.3f}')
+            f'val SR {metrics["success_rate"]:.3f} SPL {metrics["spl"]:.3f} '
+            f'{metrics["bytes_per_agent_step"]:.0f} B/agent/step, silent steps {metrics["silent_step_share"]:.2f}')
         if metrics['success_rate'] > best[0]:
             best = (metrics['success_rate'], {k: v.clone() for k, v in model.state_dict().items()})
             torch.save({'agent': dataclasses.asdict(agent_cfg), 'state_dict': best[1], 'round': rnd,
@@ -1024,3 +1025,62 @@ def export_run(run_dir: str, dataset_dir: str, out_dir: str, check: int = 32) ->
         same += all((a.final_m, a.steps, a.path_m) == (b.final_m, b.steps, b.path_m) for a, b in zip(want, got))
     report.update({'episodes_checked': len(episodes), 'equal_outcomes': same, 'agree': same == len(episodes)})
     return report
+
+
+def train_command(run_dir: str, dataset_dir: str, cfg: dict) -> str:
+    """The `nav train` command line that reproduces a run from its train.json config."""
+    default = _json_ready(dataclasses.asdict(NavTrainConfig()))
+    flags = {'rounds': 'rounds', 'rollouts_per_round': 'rollouts-per-round', 'steps_per_round': 'steps-per-round',
+             'batch_size': 'batch-size', 'lr': 'lr', 'sight_m': 'sight-m', 'sighting_weight': 'sighting-weight',
+             'encoder_steps': 'encoder-steps', 'seed': 'seed', 'threads': 'threads'}
+    parts = ['collab-perception nav train', f'--data {dataset_dir}', f'--variant {cfg["variant"]}', f'--out {run_dir}']
+    if not cfg.get('dagger', True):
+        parts.append('--no-dagger')
+    if list(cfg.get('teams', default['teams'])) != default['teams']:
+        parts.append('--teams ' + ' '.join(str(t) for t in cfg['teams']))
+    parts += [f'--{flag} {cfg[key]}' for key, flag in flags.items() if key in cfg and cfg[key] != default[key]]
+    return ' '.join(parts)
+
+
+def write_model_card(run_dir: str, dataset_dir: str, out_dir: str, report: dict, episodes: int = 0) -> dict:
+    """model_card.yaml next to an exported agent: how it was trained (the command, rounds, minutes, best
+    validation SR), the dataset, SR / SPL / SSR / DTS and bytes per agent per step over the test split and
+    the unseen world (every task and team size; `episodes` > 0: only the first that many of each), and the
+    ONNX check of `export_run`."""
+    import yaml
+
+    from ..data.nav import NavDataset
+
+    dataset = NavDataset(dataset_dir)
+    nav = dataset.config
+    with open(os.path.join(run_dir, 'train.json'), encoding='utf-8') as f:
+        trained = json.load(f)
+    ckpt = torch.load(os.path.join(run_dir, 'model.pt'), weights_only=True)
+    model = load_agent(os.path.join(run_dir, 'model.pt'))
+    encoder = load_or_pretrain_encoder(dataset, 0)
+    metrics = {}
+    for split in EVAL_SPLITS:
+        if split not in dataset.splits:
+            continue
+        maps, feats = map_features(dataset, encoder, split)
+        chosen = dataset.episodes(split)
+        chosen = chosen[:episodes] if episodes else chosen
+        m = evaluate_batches(model, batches_of(chosen, maps, feats, nav, 32))
+        metrics[split] = {k: round(float(v), 4) if isinstance(v, float) else v for k, v in m.items()}
+    card = {'name': os.path.basename(os.path.normpath(out_dir)), 'method': 'collavn',
+            'variant': trained['config']['variant'], 'seed': trained['config']['seed'],
+            'trained_with': train_command(run_dir, dataset_dir, trained['config']),
+            'exported_with': f'collab-perception nav export {run_dir} --data {dataset_dir} --out {out_dir}',
+            'training': {'rounds': len(trained['history']), 'best_round': int(ckpt['round']),
+                         'best_val_success_rate': round(float(trained['best_val_success_rate']), 4),
+                         'minutes': round(float(trained['minutes']), 1), 'config': trained['config'],
+                         'agent': trained['agent']},
+            'dataset': {'path': dataset_dir,
+                        'maps': {k: {'world_seed': v['world_seed'], 'map_ids': list(v['map_ids'])}
+                                 for k, v in dataset.manifest['splits'].items()},
+                        'region_m': nav.region_m, 'lattice_m': nav.lattice_m, 'success_m': nav.success_m,
+                        'max_steps': nav.max_steps},
+            'metrics': metrics, 'onnx_check': report}
+    with open(os.path.join(out_dir, 'model_card.yaml'), 'w', encoding='utf-8') as f:
+        yaml.safe_dump(card, f, sort_keys=False)
+    return card

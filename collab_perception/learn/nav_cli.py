@@ -71,6 +71,8 @@ def add_nav_learn_commands(sub) -> None:
     x.add_argument('--data', default='datasets/nav', help='the dataset it was trained on (its encoder.pt)')
     x.add_argument('--out', required=True, metavar='DIR', help='model directory, e.g. models/collavn_nav')
     x.add_argument('--check', type=int, default=32, metavar='N', help='episodes compared (default 32; 0: none)')
+    x.add_argument('--card-episodes', type=int, default=0, metavar='N',
+                   help='model card metrics over the first N episodes of each split (default 0: all of them)')
     x.set_defaults(func=cmd_export)
 
     e = sub.add_parser(
@@ -109,9 +111,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .collavn import export_run
+    from .collavn import export_run, write_model_card
     report = export_run(args.run, args.data, args.out, check=args.check)
     print(f'{args.out}: ' + ', '.join(f'{k} {v}' for k, v in report.items()))
+    card = write_model_card(args.run, args.data, args.out, report, episodes=args.card_episodes)
+    for split, m in card['metrics'].items():
+        print(f'{args.out}/model_card.yaml: {split} SR {100 * m["success_rate"]:.2f}% SPL {m["spl"]:.3f} '
+              f'SSR {m["ssr"]:.2f} DTS {m["dts"]:.1f} m, {m["bytes_per_agent_step"]:.0f} B per agent per step')
     return 0 if report.get('agree', True) else 1
 
 
