@@ -5,11 +5,12 @@ ENV := source scripts/env.sh
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo demo-mash test clean
+.PHONY: help setup demo demo-mash demo-nav test clean
 
 help:
 	@echo "make demo    5 drones through ROS 2 on the embedded world: fused vs own accuracy, bytes per frame"
 	@echo "make demo-mash  6 drones, MASH's spatial handshake: an obstructed drone1 fused with warped patches"
+	@echo "make demo-nav   3 drones navigate to a goal image together (CollaVN): SR, SPL, SSR, DTS, bytes per step"
 	@echo "make test    run the test suite (real rclpy + Fast DDS, localhost only)"
 	@echo "make setup   .venv with pinned wheels + colcon build of this package (idempotent)"
 	@echo "make clean   remove build/, install/, log/, .ws/ (keeps .venv)"
@@ -22,6 +23,9 @@ demo: setup
 
 demo-mash: setup
 	@$(ENV) && collab-perception swarm --config config/swarm_mash.yaml --frames 30 $(DEMO_ARGS)
+
+demo-nav: setup
+	@$(ENV) && collab-perception swarm --config config/swarm_nav.yaml --quiet $(DEMO_ARGS)
 
 test: setup
 	@$(ENV) && python -m pytest $(PYTEST_ARGS)
