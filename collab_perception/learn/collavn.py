@@ -48,6 +48,7 @@ POOL = 2                                            # a view's descriptor: its f
 NUM_ACTIONS = len(ACTIONS)
 STOP_WITHIN_MOVES = 1       # the expert stops this many moves from its goal or closer
 STOP_WEIGHT = 4.0           # the stop label's weight in the imitation loss: one per agent and episode, it is rare
+SIGHTING_POS_WEIGHT = 4.0   # a memory entry near the requester's goal is rare (a few % of them): weighed up
 
 
 # ------------------------------------------------------------------------------------------- encoder
@@ -199,6 +200,7 @@ class StepOutput:
     requested: torch.Tensor          # (B, N) bool: agent i broadcast a query
     scores: torch.Tensor             # (B, Ni, Nj), zero where j could not send to i
     mixed: Optional[torch.Tensor] = None     # (B, Ni, Nj, dv): what j would send to i (its attention read)
+    entry_logits: Optional[torch.Tensor] = None  # (B, Ni, Nj, M): i's query against j's entries: current, then stored
 
 
 def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor):
@@ -233,7 +235,7 @@ def team_step(model: CollaVNAgent, state: TeamState, views: torch.Tensor, goal: 
     zeros_v = value.new_zeros(B, N, cfg.value_dim)
     sent = torch.zeros(B, N, N, dtype=torch.bool, device=views.device)
     scores = torch.zeros(B, N, N, device=views.device)
-    received, got, mixed = zeros_v, value.new_zeros(B, N, 1), None
+    received, got, mixed, pair_logits = zeros_v, value.new_zeros(B, N, 1), None, None
     if cfg.communicates:
         # supporter j's entries are its own: current (key, value) and, with memory, every stored pair
         pair_logits = torch.einsum('bid,bjmd->bijm', query, own_k) / math.sqrt(cfg.key_dim)
@@ -260,7 +262,7 @@ def team_step(model: CollaVNAgent, state: TeamState, views: torch.Tensor, goal: 
     hidden, logits = model.act(context, prev, received, got, own_read, state.hidden)
     state.hidden = torch.where(active[..., None], hidden, state.hidden)  # a stopped agent's state stays
     state.store(key, value)
-    return StepOutput(logits, sent, active.clone(), scores, mixed)
+    return StepOutput(logits, sent, active.clone(), scores, mixed, pair_logits)
 
 
 # ------------------------------------------------------------------------------------------ episodes
@@ -387,7 +389,7 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
     known = None if sight_m is None else batch.sighted(nodes, sight_m, team_sight)
     state = None
     goal = batch.goals() if model is not None else None
-    logits_seq, scores_seq, mixed_seq = [], [], []
+    logits_seq, scores_seq, mixed_seq, entry_seq = [], [], [], []
     for t in range(T if teacher is None else teacher.active.shape[2]):
         if teacher is not None:
             active = teacher.active[:, :, t]
@@ -402,6 +404,7 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
             logits_seq.append(out.logits)
             scores_seq.append(out.scores)
             mixed_seq.append(out.mixed)
+            entry_seq.append(out.entry_logits)
             rec_sent.append(out.sent.detach().numpy())
             rec_req.append(out.requested.numpy())
             if teacher is None:
@@ -438,7 +441,7 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
         rec_nodes.append(nodes.copy())
         active = active & (actions != STOP)
     if teacher is not None:
-        return logits_seq, scores_seq, mixed_seq, np.stack(rec_expert, -1), np.stack(rec_active, -1)
+        return (logits_seq, scores_seq, mixed_seq, entry_seq, np.stack(rec_expert, -1), np.stack(rec_active, -1))
     steps = len(rec_active)
     return Rollout(nodes=np.stack(rec_nodes, -1), active=np.stack(rec_active, -1), expert=np.stack(rec_expert, -1),
                    actions=np.stack(rec_actions, -1), sent=np.stack(rec_sent, 1)[:, :steps],
@@ -473,10 +476,12 @@ def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, s
     """(loss, cross-entropy, label accuracy) of the policy against the expert's labels along a recorded rollout.
     For the communicating variants the loss adds `score_price` times the mean score of the pairs that could
     send and, with `sighting_weight`, two auxiliary terms that teach the exchange what the team-sight expert
-    knows: each pair's score against whether the supporter has seen the requester's goal
-    (`sighting_labels`, binary cross-entropy), and the goal's cell decoded from what such a supporter would
-    send (mean squared error)."""
-    logits_seq, scores_seq, mixed_seq, expert, active = run_team(model, batch, teacher=rollout)
+    knows: every entry a supporter matches (its current key and each stored one) against whether the
+    supporter stood within `sight_m` of the requester's goal at that entry's step (binary cross-entropy on
+    the match logits; a pair's score is the largest of them, so it says whether the supporter has seen the
+    goal), and the goal's cell decoded from what a supporter that has seen it would send (mean squared
+    error)."""
+    logits_seq, scores_seq, mixed_seq, entry_seq, expert, active = run_team(model, batch, teacher=rollout)
     logits = torch.stack(logits_seq, 2)                                  # (B, N, T, 5)
     mask = torch.from_numpy(active)
     labels = torch.from_numpy(expert)
@@ -491,9 +496,19 @@ def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, s
         if score_price:     # a price per value sent
             loss = loss + score_price * scores.sum() / max(int(eligible.sum()), 1)
         if sighting_weight and eligible.any():
+            near = torch.from_numpy(sighting_labels(batch, rollout, sight_m, memory=False))    # (B, T, Ni, Nj)
+            entry_loss, entries = scores.new_zeros(()), 0
+            for t, logits_t in enumerate(entry_seq):
+                ok = eligible[:, t]
+                if not ok.any():
+                    continue
+                steps = [t] + list(range(logits_t.shape[-1] - 1))     # entry 0: step t; entry m >= 1: step m - 1
+                labels_t = near[:, steps].permute(0, 2, 3, 1)          # (B, Ni, Nj, M)
+                entry_loss = entry_loss + F.binary_cross_entropy_with_logits(
+                    logits_t[ok], labels_t[ok].float(), pos_weight=torch.tensor(SIGHTING_POS_WEIGHT), reduction='sum')
+                entries += int(labels_t[ok].numel())
+            loss = loss + sighting_weight * entry_loss / max(entries, 1)
             seen = torch.from_numpy(sighting_labels(batch, rollout, sight_m, model.cfg.memory))
-            p = scores[eligible].clamp(1e-5, 1 - 1e-5)
-            loss = loss + sighting_weight * F.binary_cross_entropy(p, seen[eligible].float())
             told = eligible & seen
             if told.any():
                 mixed = torch.stack(mixed_seq, 1)                        # (B, T, Ni, Nj, dv)
