@@ -48,6 +48,8 @@ POOL = 2                                            # a view's descriptor: its f
 NUM_ACTIONS = len(ACTIONS)
 STOP_WITHIN_MOVES = 1       # the expert stops this many moves from its goal or closer
 STOP_WEIGHT = 4.0           # the stop label's weight in the imitation loss: one per agent and episode, it is rare
+MATCH_SCALE_INIT = 8.0      # a match logit starts as 8 (cos - 0.8): a clear yes or no from the first step
+MATCH_COSINE_INIT = 0.8
 SIGHTING_POS_WEIGHT = 4.0   # a memory entry near the requester's goal is rare (a few % of them): weighed up
 
 
@@ -144,8 +146,15 @@ class CollaVNAgent(nn.Module):
         self.view = nn.Sequential(nn.Linear(cfg.feature_dim, E), nn.ReLU(), nn.Linear(E, E))
         self.panorama = nn.Sequential(nn.Linear(4 * E, E), nn.ReLU())
         self.position = nn.Sequential(nn.Linear(2, 32), nn.ReLU())
-        self.query = nn.Linear(E + E + cfg.value_dim, cfg.query_dim)
-        self.key = nn.Linear(E, cfg.key_dim)
+        # q and k are unit directions in one learned space plus a constant last component, so that q . k is
+        # a scaled cosine plus a learned bias: the goal's direction comes through the key's own projection
+        # (a panorama like the goal matches from the first step), the rest of Eq. 5's query is learned on top
+        self.key = nn.Linear(E, cfg.key_dim - 1)
+        self.query = nn.Linear(E + E + cfg.value_dim, cfg.query_dim - 1)
+        nn.init.zeros_(self.query.weight)
+        nn.init.zeros_(self.query.bias)
+        self.match_scale = nn.Parameter(torch.tensor(math.log(MATCH_SCALE_INIT * math.sqrt(cfg.key_dim))))
+        self.match_bias = nn.Parameter(torch.tensor(-MATCH_COSINE_INIT * MATCH_SCALE_INIT * math.sqrt(cfg.key_dim)))
         self.value = nn.Sequential(nn.Linear(E + 32, cfg.value_dim), nn.Tanh())
         inputs = E + E + 4 + 32 + NUM_ACTIONS + cfg.value_dim + 1 + cfg.value_dim
         self.gru = nn.GRUCell(inputs, H)
@@ -166,9 +175,13 @@ class CollaVNAgent(nn.Module):
         similarity = (F.normalize(view_emb, dim=-1) * F.normalize(goal_views, dim=-1)).sum(-1)
         obs, goal_emb = self.panorama(view_emb.flatten(-2)), self.panorama(goal_views.flatten(-2))
         pos = self.position(cells)
-        query = self.query(torch.cat([obs, goal_emb, memory_mean], -1))
+        root = self.match_scale.exp().sqrt()
+        q = F.normalize(self.key(goal_emb) + self.query(torch.cat([obs, goal_emb, memory_mean], -1)), dim=-1)
+        k = F.normalize(self.key(obs), dim=-1)
+        query = torch.cat([q * root, self.match_bias.expand(*q.shape[:-1], 1)], -1)
+        key = torch.cat([k * root, torch.ones_like(k[..., :1])], -1)
         context = torch.cat([obs, goal_emb, similarity, pos], -1)
-        return context, query, self.key(obs), self.value(torch.cat([obs, pos], -1))
+        return context, query, key, self.value(torch.cat([obs, pos], -1))
 
     def act(self, context: torch.Tensor, prev_action: torch.Tensor, received: torch.Tensor, got: torch.Tensor,
             own_read: torch.Tensor, hidden: torch.Tensor):
