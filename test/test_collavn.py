@@ -173,3 +173,21 @@ def test_sighting_labels_say_who_has_seen_whose_goal(tiny_nav, tiny_runs):     #
     assert ce == pytest.approx(ce2) and float(aux.detach()) > float(plain.detach())
     aux.backward()
     assert model.key.weight.grad.abs().sum() > 0 and model.goal_cell.weight.grad.abs().sum() > 0
+
+
+def test_a_fresh_agent_matches_its_goal_panorama_best():
+    """The match is a scaled cosine in the key's space with the goal entering through the key's projection:
+    before any training, the key of the goal's own panorama scores highest against the query."""
+    torch.manual_seed(1)
+    model = collavn.CollaVNAgent(collavn.AgentConfig(feature_dim=16))
+    panoramas = torch.rand(8, 4, 16)                     # 8 places, four views each
+    goal = panoramas[3:4].expand(8, 4, 16)
+    cells, memory_mean = torch.rand(8, 2), torch.zeros(8, model.cfg.value_dim)
+    with torch.no_grad():
+        _, query, key, _ = model.observe(panoramas, goal, cells, memory_mean)
+        score, _ = collavn.attend(query[0], key, torch.zeros(8, 1), torch.ones(8, dtype=torch.bool))
+        logits = key @ query[0]
+    assert query.shape == key.shape == (8, model.cfg.key_dim)
+    assert int(logits.argmax()) == 3
+    assert float(score) == pytest.approx(float(torch.sigmoid(logits.max() / math.sqrt(model.cfg.key_dim))))
+    assert float(score) > 0.5        # cosine 1: MATCH_SCALE_INIT * (1 - MATCH_COSINE_INIT) > 0
