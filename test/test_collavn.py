@@ -106,7 +106,9 @@ def test_the_onnx_agent_plays_the_episodes_as_torch_does(tiny_nav, tiny_runs, tm
     card = collavn.write_model_card(str(tiny_runs / 'collavn'), tiny_nav, str(tmp_path / 'model'), report)
     on_disk = yaml.safe_load((tmp_path / 'model' / 'model_card.yaml').read_text())
     assert on_disk['metrics'] == card['metrics'] and set(card['metrics']) == {'test', 'unseen'}
-    assert card['metrics']['test']['episodes'] == sum(e.team for e in NavDataset(tiny_nav).episodes('test'))  # one per agent
+    test_episodes = NavDataset(tiny_nav).episodes('test')
+    assert card['metrics']['test']['episodes'] == len(test_episodes)
+    assert card['metrics']['test']['agent_episodes'] == sum(e.team for e in test_episodes)
     assert 0.0 <= card['metrics']['test']['success_rate'] <= 1.0 and card['onnx_check']['agree']
     assert card['trained_with'].startswith('collab-perception nav train --data ') and '--rounds 2' in card['trained_with']
     # the encode role gives the descriptors training used

@@ -1094,6 +1094,7 @@ def write_model_card(run_dir: str, dataset_dir: str, out_dir: str, report: dict,
         chosen = dataset.episodes(split)
         chosen = chosen[:episodes] if episodes else chosen
         m = evaluate_batches(model, batches_of(chosen, maps, feats, nav, 32))
+        m = {'episodes': len(chosen), 'agent_episodes': m.pop('episodes'), **m}     # nav_metrics counts agents
         metrics[split] = {k: round(float(v), 4) if isinstance(v, float) else v for k, v in m.items()}
     card = {'name': os.path.basename(os.path.normpath(out_dir)), 'method': 'collavn',
             'variant': trained['config']['variant'], 'seed': trained['config']['seed'],
