@@ -2,7 +2,7 @@
 # The runs behind docs/RESULTS.md's CollaVN section: every variant of the tables, two at a time (one torch
 # thread each), then `nav evaluate`. The first run pretrains the shared view encoder (DATA/encoder.pt) and
 # caches the map features; the others start once those exist.
-# Usage: scripts/train_nav.sh [DATA] [RUNS]; extra `nav train` options from $NAV_TRAIN_ARGS (e.g. "--rounds 8").
+# Usage: scripts/train_nav.sh [DATA] [RUNS]; extra `nav train` options from $NAV_TRAIN_ARGS (e.g. "--rounds 12").
 set -euo pipefail
 DATA=${1:-datasets/nav}
 RUNS=${2:-runs/nav}

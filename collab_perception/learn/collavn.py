@@ -596,7 +596,7 @@ class NavTrainConfig:
     """One training run (`collab-perception nav train`); every field lands in train.json."""
     variant: str = 'collavn'
     dagger: bool = True               # False: behaviour cloning of the expert only (the imitation row)
-    rounds: int = 6                   # DAgger rounds; beta = 0.5 ** round (round 0: the expert alone)
+    rounds: int = 8                   # DAgger rounds; beta = 0.5 ** round (round 0: the expert alone)
     rollouts_per_round: int = 12      # batches of episodes recorded per round
     steps_per_round: int = 150        # gradient steps per round, on the whole buffer
     batch_size: int = 24
@@ -949,8 +949,11 @@ def _plot_sr_bytes(table: dict, path: str) -> None:
         xs = [max(s['bytes_per_agent_step'], 1.0) for s in table['sweep']]
         ax.plot(xs, [100 * s['success_rate'] for s in table['sweep']], '--', color='gray', lw=1,
                 label='ours, select threshold swept')
+        labels: dict = {}      # thresholds that give the same point share one label
         for s, x in zip(table['sweep'], xs):
-            ax.annotate(f'{s["threshold"]:g}', (x, 100 * s['success_rate']), fontsize=7, xytext=(3, 3),
+            labels.setdefault((round(x, 1), round(s['success_rate'], 6)), []).append(f'{s["threshold"]:g}')
+        for (x, sr), names in labels.items():
+            ax.annotate(', '.join(names), (x, 100 * sr), fontsize=7, xytext=(3, 3),
                         textcoords='offset points')
     ax.set_xscale('log')
     ax.set_xlabel('bytes per agent per step (serialized; 1 = nothing sent)')
