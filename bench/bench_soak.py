@@ -38,6 +38,10 @@ from benchtools import emit_table
 STARTED = re.compile(r'\[launch\] started (\S+) \(pid (\d+)\)')
 
 
+def _num(x, fmt: str) -> str:
+    return '-' if x is None else format(x, fmt)
+
+
 def drone_list(n: int) -> str:
     """n drones as a --set value: drone1 the degraded requester, the others supporters."""
     items = ['{name: drone1, id: 1, role: requester, degraded: true}'] + [f'{{name: drone{i}, id: {i}}}'
@@ -188,8 +192,8 @@ def main(argv=None) -> int:
              f'{sum(d.get("frames_without_segmentation") or 0 for d in drones.values())} | '
              f'{sum(d.get("frames_with_several_segmentations") or 0 for d in drones.values())} | '
              f'{req.get("fallback_frames")} of {req.get("requested_frames")} | '
-             f'{req.get("latency_ms_p50")} / {req.get("latency_ms_p95")} | '
-             f'{req.get("fused_accuracy")} vs {req.get("own_accuracy")} |', '']
+             f'{_num(req.get("latency_ms_p50"), ".1f")} / {_num(req.get("latency_ms_p95"), ".1f")} | '
+             f'{_num(req.get("fused_accuracy"), ".2%")} vs {_num(req.get("own_accuracy"), ".2%")} |', '']
     first, second = bytes_by_half(os.path.join(run_dir, 'monitor', 'frames.csv'))
     lines += ['| comm bytes per frame, first half | second half | ratio |', '|---|---|---|',
               f'| {first:,.1f} | {second:,.1f} | {second / first:.3f} |', '']
