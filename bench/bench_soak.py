@@ -33,20 +33,13 @@ import threading
 import time
 from collections import defaultdict
 
-from benchtools import emit_table
+from benchtools import drone_list, emit_table
 
 STARTED = re.compile(r'\[launch\] started (\S+) \(pid (\d+)\)')
 
 
 def _num(x, fmt: str) -> str:
     return '-' if x is None else format(x, fmt)
-
-
-def drone_list(n: int) -> str:
-    """n drones as a --set value: drone1 the degraded requester, the others supporters."""
-    items = ['{name: drone1, id: 1, role: requester, degraded: true}'] + [f'{{name: drone{i}, id: {i}}}'
-                                                                           for i in range(2, n + 1)]
-    return 'drones=[' + ', '.join(items) + ']'
 
 
 def rss_kib(pid: int) -> int | None:

@@ -18,14 +18,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchtools import emit_table
-
-
-def drone_list(n: int) -> str:
-    """The config's drone list grown to n drones (drone1 stays the degraded requester), as a --set value."""
-    items = ['{name: drone1, id: 1, role: requester, degraded: true}'] + [f'{{name: drone{i}, id: {i}}}'
-                                                                           for i in range(2, n + 1)]
-    return 'drones=[' + ', '.join(items) + ']'
+from benchtools import drone_list, emit_table
 
 
 def run_swarm(drones: int, frames: int, requesters: str, extra: list[str], workdir: str) -> dict:
