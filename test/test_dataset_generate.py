@@ -12,6 +12,7 @@ from collab_perception.data import SETTINGS, BatchLoader, GenerateConfig, genera
 from collab_perception.data.cli import add_dataset_parser
 from collab_perception.data.generate import plan_maps
 from collab_perception.data.preview import write_preview
+from collab_perception.data.rewarp import rewarp
 
 TINY_WORLD = {'map_size_m': 120.0, 'ground_texel_m': 0.5, 'shadow_map_size': 512}
 TINY = dict(frames=6, size=32, snapshots_per_map=2, cell_size=8, shard_size=2, world=TINY_WORLD, progress=False)
@@ -81,6 +82,51 @@ def test_noisy_pose_warps_worse_than_accurate_pose(datasets):
     acc = datasets['accurate-pose'][1]['statistics']['warp_label_accuracy']['mean']
     noisy = datasets['noisy-pose'][1]['statistics']['warp_label_accuracy']['mean']
     assert acc > 0.8 and noisy < acc
+
+
+def test_rewarp_redoes_the_warps_with_new_pose_noise_and_keeps_the_frames(datasets, tmp_path):
+    src, manifest = datasets['accurate-pose']
+    exact = rewarp(src, str(tmp_path / 'zero'), pose_noise_m=0.0, progress=False)
+    noisy = rewarp(src, str(tmp_path / 'far'), pose_noise_m=8.0, splits=['train', 'test'], workers=2, progress=False)
+    assert exact['setting'] == noisy['setting'] == 'noisy-pose'
+    assert noisy['pose_noise'] == {'position_std_m': 8.0, 'rotation_std_deg': 0.0}
+    assert noisy['splits']['val']['snapshots'] == 0 and noisy['splits']['test'] == \
+        dict(manifest['splits']['test'], shards=noisy['splits']['test']['shards'])
+    # no noise: the source's warps again (float16 depth moves a few pixels at most)
+    agree = exact['statistics']['warp_label_accuracy']['mean']
+    assert abs(agree - manifest['statistics']['warp_label_accuracy']['mean']) < 0.02
+    assert noisy['statistics']['warp_label_accuracy']['mean'] < agree - 0.05
+    for split in ('train', 'test'):
+        before, after = list(iter_snapshots(src, split)), list(iter_snapshots(str(tmp_path / 'far'), split))
+        assert len(before) == len(after)
+        for a, b in zip(before, after):
+            for key in ('rgb', 'labels', 'position', 'correspondence', 'target_index'):
+                assert np.array_equal(a[key], b[key]), key
+            assert not np.array_equal(a['warp_position'], b['warp_position'])
+            assert np.allclose(b['warp_position'][a['target_index']], a['position'][a['target_index']], atol=40)
+    # deterministic
+    again = rewarp(src, str(tmp_path / 'again'), pose_noise_m=8.0, splits=['train', 'test'], progress=False)
+    assert _digest(str(tmp_path / 'far')) == _digest(str(tmp_path / 'again'))
+    assert again['statistics'] == noisy['statistics']
+
+
+def test_rewarp_rejects_what_it_cannot_use(datasets, tmp_path):
+    with pytest.raises(ConfigError, match='SRC: .*hidden-target.*no warped views'):
+        _cli(['dataset', 'rewarp', datasets['hidden-target'][0], '--out', str(tmp_path / 'x'), '--pose-noise-m', '1'])
+    with pytest.raises(ConfigError, match='--pose-noise-m: expected a number in 0..100, got -1'):
+        _cli(['dataset', 'rewarp', datasets['accurate-pose'][0], '--out', str(tmp_path / 'x'), '--pose-noise-m', '-1'])
+    with pytest.raises(ConfigError, match='SRC: .*no manifest.json'):
+        _cli(['dataset', 'rewarp', str(tmp_path), '--out', str(tmp_path / 'x'), '--pose-noise-m', '1'])
+    with pytest.raises(ConfigError, match='--out: .*already holds a dataset'):
+        _cli(['dataset', 'rewarp', datasets['accurate-pose'][0], '--out', datasets['noisy-pose'][0],
+              '--pose-noise-m', '1'])
+
+
+def test_cli_rewarp_reports_the_label_agreement(datasets, tmp_path, capsys):
+    assert _cli(['dataset', 'rewarp', datasets['random-exploration'][0], '--out', str(tmp_path / 'r'),
+                 '--pose-noise-m', '2', '--splits', 'test', '--quiet']) == 0
+    assert 'noisy-pose at 2 m, 0 deg' in capsys.readouterr().out
+    assert load_manifest(str(tmp_path / 'r'))['derived_from']['setting'] == 'random-exploration'
 
 
 def _digest(root):

@@ -86,6 +86,26 @@ def add_dataset_parser(subparsers) -> argparse.ArgumentParser:
     v.add_argument('--max-colors', type=int, default=None, metavar='C',
                    help='store the PNG with a palette of C colours (about 3x smaller; for documentation)')
     v.set_defaults(func=cmd_preview)
+
+    r = sub.add_parser(
+        'rewarp', help='derive a noisy-pose dataset from a pose dataset, without rendering',
+        description='Copy the snapshots of a pose dataset (accurate-pose, noisy-pose or random-exploration) into '
+                    'DIR as a noisy-pose dataset: the same views, labels, depth, poses and degradations, the other '
+                    'agents warped into the target again with Gaussian noise on every agent\'s position (and '
+                    'rotation). For calibrating and sweeping the pose noise (docs/DATASETS.md): every level shares '
+                    'the source\'s frames. Deterministic: the same arguments give the same files.')
+    r.add_argument('src', metavar='SRC', help='the pose dataset to copy (a directory with manifest.json)')
+    r.add_argument('--out', required=True, metavar='DIR', help='output directory (must not hold a dataset yet)')
+    r.add_argument('--pose-noise-m', type=float, required=True, metavar='M',
+                   help='std of the position noise per axis, metres (0: the true poses)')
+    r.add_argument('--pose-noise-deg', type=float, default=0.0, metavar='DEG',
+                   help='std of an extra rotation noise, degrees (default 0, as in the paper)')
+    r.add_argument('--seed', type=int, default=0, help='seed of the noise (default 0)')
+    r.add_argument('--splits', nargs='+', choices=('train', 'val', 'test'), default=None, metavar='SPLIT',
+                   help='splits to copy (default all; e.g. `--splits test` for a sweep that only evaluates)')
+    r.add_argument('--workers', type=int, default=1, help='processes warping shards in parallel (default 1)')
+    r.add_argument('--quiet', action='store_true', help='no progress bar')
+    r.set_defaults(func=cmd_rewarp)
     return p
 
 
@@ -126,6 +146,27 @@ def cmd_generate(args) -> int:
           f'{m["generation"]["snapshots_per_s"]} snapshots/s')
     if ov:
         print(f'pairwise pixel overlap {ov["mean"]:.1%} +- {ov["std"]:.1%} (MASH: 37% +- 15%)')
+    return 0
+
+
+def cmd_rewarp(args) -> int:
+    if args.workers < 1:
+        raise ConfigError('--workers', f'expected an integer >= 1, got {args.workers}')
+    from .rewarp import rewarp
+    try:
+        m = rewarp(args.src, args.out, args.pose_noise_m, args.pose_noise_deg, seed=args.seed, splits=args.splits,
+                   workers=args.workers, progress=not args.quiet)
+    except ConfigError as e:    # named by the option that set it
+        option = {'src': 'SRC', 'out': '--out'}.get(e.path, '--' + e.path.replace('_', '-'))
+        raise ConfigError(option, str(e).split(': ', 1)[-1]) from None
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError('SRC', str(e)) from None
+    agreement = m['statistics']['warp_label_accuracy']
+    counts = ', '.join(f'{s} {m["splits"][s]["snapshots"]}' for s in m['splits'] if m['splits'][s]['snapshots'])
+    print(f'{args.out}: noisy-pose at {m["pose_noise"]["position_std_m"]:g} m, '
+          f'{m["pose_noise"]["rotation_std_deg"]:g} deg from {args.src}: {counts} snapshots; '
+          f'warped labels agree with the target on {agreement["mean"]:.1%} of the valid pixels'
+          if agreement else f'{args.out}: no warped views')
     return 0
 
 

@@ -165,22 +165,32 @@ def build_sample(snap: Snapshot, cfg: GenerateConfig, target: int, rng: np.rando
                map_id=np.int32(snap.map_id), snapshot=np.int32(snap.index))
 
     if s.warp:   # normals warped into the target view with their depth and the (accurate or noisy) poses
-        used = poses if s.warp == 'accurate' else \
-            [G.perturb_pose(T, rng, cfg.pose_noise_m, cfg.pose_noise_deg) for T in poses]
-        H, W = labels.shape[1:]
-        warped_rgb = np.zeros_like(rgb)
-        warped_labels = np.full((n, H, W), IGNORE_LABEL, np.uint8)
-        warped_valid = np.zeros((n, H, W), bool)
-        for i in range(n):
-            if i == target:
-                continue
-            mapping = G.forward_warp_map(depth[i], K[i], used[i], K[target], used[target])
-            warped_rgb[i], warped_valid[i] = G.apply_warp_map(rgb[i], mapping)
-            warped_labels[i], _ = G.apply_warp_map(labels[i], mapping, fill=IGNORE_LABEL)
-        out.update(warped_rgb=warped_rgb, warped_labels=warped_labels, warped_valid=warped_valid,
-                   warp_position=np.stack([T[:3, 3] for T in used]),
-                   warp_orientation_xyzw=np.stack([G.quaternion_from_matrix(T[:3, :3]) for T in used]))
+        noise = (cfg.pose_noise_m, cfg.pose_noise_deg) if s.warp == 'noisy' else (0.0, 0.0)
+        out.update(warp_into_target(rgb, labels, depth, K, poses, target, rng, *noise))
     return out
+
+
+def warp_into_target(rgb: np.ndarray, labels: np.ndarray, depth: np.ndarray, K: np.ndarray, poses: list,
+                     target: int, rng: Optional[np.random.Generator] = None, pose_noise_m: float = 0.0,
+                     pose_noise_deg: float = 0.0) -> dict[str, np.ndarray]:
+    """Every other agent's rgb and labels forward-warped into the target's view with its depth and the poses,
+    perturbed by `pose_noise_*` (each pose in turn, drawing from `rng`) when either is above 0: the
+    `warped_*` and `warp_*` keys of a snapshot."""
+    used = poses if pose_noise_m <= 0 and pose_noise_deg <= 0 else \
+        [G.perturb_pose(T, rng, pose_noise_m, pose_noise_deg) for T in poses]
+    n, H, W = labels.shape
+    warped_rgb = np.zeros_like(rgb)
+    warped_labels = np.full((n, H, W), IGNORE_LABEL, np.uint8)
+    warped_valid = np.zeros((n, H, W), bool)
+    for i in range(n):
+        if i == target:
+            continue
+        mapping = G.forward_warp_map(depth[i], K[i], used[i], K[target], used[target])
+        warped_rgb[i], warped_valid[i] = G.apply_warp_map(rgb[i], mapping)
+        warped_labels[i], _ = G.apply_warp_map(labels[i], mapping, fill=IGNORE_LABEL)
+    return {'warped_rgb': warped_rgb, 'warped_labels': warped_labels, 'warped_valid': warped_valid,
+            'warp_position': np.stack([T[:3, 3] for T in used]),
+            'warp_orientation_xyzw': np.stack([G.quaternion_from_matrix(T[:3, :3]) for T in used])}
 
 
 # ------------------------------------------------------------------------------------------ one map
