@@ -6,7 +6,7 @@
 # (after `make setup`; datasets, and their unseen-worlds twins from world seed 1000, are generated if missing).
 # Handshake settings: a backbone first, then every row starts from it (docs/RESULTS.md says how). noisy-pose
 # has no backbone or single_* runs of its own: its frames are accurate-pose's with noisy positions, which a
-# single agent never reads.
+# single agent never reads (made with `dataset rewarp` at the calibrated noise, docs/DATASETS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -44,6 +44,17 @@ for run in "${runs[@]}"; do
   if [ -n "$only" ] && [ "$setting" != "$only" ]; then continue; fi
   exec 9>"runs/locks/$setting-$method.lock"
   if ! flock -n 9; then echo "[train_table] $setting/$method: another worker has it"; continue; fi
+  if [ "$setting" = noisy-pose ]; then   # accurate-pose's frames warped again with the calibrated pose noise
+    for twin in "" -unseen; do
+      if [ ! -f "datasets/accurate-pose$twin/manifest.json" ]; then
+        collab-perception dataset generate --setting accurate-pose --frames $([ -z "$twin" ] && echo 2400 || echo 2500) \
+          $([ -n "$twin" ] && echo --seed 1000) --out "datasets/accurate-pose$twin" --workers 2 --quiet
+      fi
+      if [ ! -f "datasets/noisy-pose$twin/manifest.json" ]; then
+        collab-perception dataset rewarp "datasets/accurate-pose$twin" --out "datasets/noisy-pose$twin" --workers 2 --quiet
+      fi
+    done
+  fi
   if [ ! -f "datasets/$setting/manifest.json" ]; then
     collab-perception dataset generate --setting "$setting" --frames 2400 --out "datasets/$setting" --workers 2 --quiet
   fi

@@ -11,6 +11,7 @@ import argparse
 from ..config import ConfigError
 from ..world.config import WorldConfig
 from ..world.degrade import DegradeConfig
+from .generate import GenerateConfig
 from .settings import SETTINGS
 
 _SETTINGS_HELP = '\n'.join(f'  {s.name:<19} {s.paper}: {s.summary}' for s in SETTINGS.values())
@@ -46,8 +47,9 @@ def add_dataset_parser(subparsers) -> argparse.ArgumentParser:
                    help='snapshots flown over each map (default 100; at least 5 maps are used when N >= 5)')
     g.add_argument('--cell-size', type=int, default=8, metavar='PX',
                    help='correspondence cell size in pixels; must divide --size (default 8: 16x16 cells at 128)')
-    g.add_argument('--pose-noise-m', type=float, default=3.0, metavar='M',
-                   help='noisy-pose: std of the position noise per axis, metres (default 3)')
+    g.add_argument('--pose-noise-m', type=float, default=GenerateConfig.pose_noise_m, metavar='M',
+                   help='noisy-pose: std of the position noise per axis, metres (default '
+                        f'{GenerateConfig.pose_noise_m:g}, calibrated: docs/DATASETS.md)')
     g.add_argument('--pose-noise-deg', type=float, default=0.0, metavar='DEG',
                    help='noisy-pose: std of an extra rotation noise, degrees (default 0, as in the paper)')
     g.add_argument('--blur-reference-width', type=int, default=None, metavar='PX',
@@ -96,8 +98,9 @@ def add_dataset_parser(subparsers) -> argparse.ArgumentParser:
                     'the source\'s frames. Deterministic: the same arguments give the same files.')
     r.add_argument('src', metavar='SRC', help='the pose dataset to copy (a directory with manifest.json)')
     r.add_argument('--out', required=True, metavar='DIR', help='output directory (must not hold a dataset yet)')
-    r.add_argument('--pose-noise-m', type=float, required=True, metavar='M',
-                   help='std of the position noise per axis, metres (0: the true poses)')
+    r.add_argument('--pose-noise-m', type=float, default=GenerateConfig.pose_noise_m, metavar='M',
+                   help='std of the position noise per axis, metres (0: the true poses; default '
+                        f'{GenerateConfig.pose_noise_m:g}, the calibrated noisy-pose level)')
     r.add_argument('--pose-noise-deg', type=float, default=0.0, metavar='DEG',
                    help='std of an extra rotation noise, degrees (default 0, as in the paper)')
     r.add_argument('--seed', type=int, default=0, help='seed of the noise (default 0)')

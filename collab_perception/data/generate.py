@@ -49,7 +49,7 @@ class GenerateConfig:
     shard_size: int = 128
     snapshots_per_map: int = 100
     cell_size: int = 8
-    pose_noise_m: float = 3.0             # noisy-pose: Gaussian std of each position coordinate
+    pose_noise_m: float = 1.0             # noisy-pose: Gaussian std of each position coordinate (calibrated)
     pose_noise_deg: float = 0.0           # noisy-pose: rotation noise (the paper perturbs positions only)
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
     degraded_share: float = 1.0           # share of snapshots whose target is degraded (the rest see clearly)
