@@ -88,7 +88,7 @@ def test_rewarp_redoes_the_warps_with_new_pose_noise_and_keeps_the_frames(datase
     src, manifest = datasets['accurate-pose']
     exact = rewarp(src, str(tmp_path / 'zero'), pose_noise_m=0.0, progress=False)
     noisy = rewarp(src, str(tmp_path / 'far'), pose_noise_m=8.0, splits=['train', 'test'], workers=2, progress=False)
-    assert exact['setting'] == noisy['setting'] == 'noisy-pose'
+    assert exact['setting'] == noisy['setting'] == 'noisy-pose' and 'noisy' in noisy['summary']
     assert noisy['pose_noise'] == {'position_std_m': 8.0, 'rotation_std_deg': 0.0}
     assert noisy['splits']['val']['snapshots'] == 0 and noisy['splits']['test'] == \
         dict(manifest['splits']['test'], shards=noisy['splits']['test']['shards'])

@@ -86,7 +86,9 @@ def write_preview(root: str, out_png: Optional[str] = None, snapshots: int = 2, 
     fig = plt.figure(figsize=(n * tile + 0.6, block_h * len(picked) + head + foot))
     parts = fig.subfigures(len(picked) + 2, 1, squeeze=False,
                            height_ratios=[head] + [block_h] * len(picked) + [foot])[:, 0]
-    parts[0].text(0.01, 0.5, f'{manifest["setting"]}: {manifest["summary"]}', fontsize=7.5, va='center', wrap=True)
+    noise = (manifest.get('pose_noise') or {}).get('position_std_m', 0)
+    title = f'{manifest["setting"]}: {manifest["summary"]}' + (f' (position noise {noise:g} m per axis)' if noise else '')
+    parts[0].text(0.01, 0.5, title, fontsize=7.5, va='center', wrap=True)
     parts[-1].legend(handles=[Patch(color=np.array(c) / 255, label=nm) for nm, c in zip(classes.names, classes.colors)],
                      loc='center', ncol=len(classes), fontsize=6.5, frameon=False, handlelength=1.2)
     for block, snap in zip(parts[1:-1], picked):

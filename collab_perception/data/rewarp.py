@@ -22,6 +22,7 @@ import numpy as np
 from ..config import ConfigError
 from ..world import geometry as G
 from .generate import _summary, warp_into_target
+from .settings import SETTINGS
 from .shards import SPLITS, load_manifest, read_shard, write_manifest, write_npz
 
 _REWARP_STREAM = 0x9E3A
@@ -100,7 +101,7 @@ def rewarp(src: str, out_dir: str, pose_noise_m: float, pose_noise_deg: float = 
                     bar.update(1)
     sizes = {r['path']: r['bytes'] for r in results}
     out = dict(manifest)
-    out['setting'] = 'noisy-pose'
+    out.update(setting='noisy-pose', paper=SETTINGS['noisy-pose'].paper, summary=SETTINGS['noisy-pose'].summary)
     out['derived_from'] = {'dataset': os.path.abspath(src), 'setting': manifest['setting'],
                            'command': 'collab-perception dataset rewarp', 'seed': seed,
                            'splits': splits}
