@@ -317,3 +317,33 @@ def test_when2com_threshold_is_chosen_on_the_validation_split(tiny_dataset, tmp_
     assert all(r['bytes_per_frame'] >= chosen['bytes_per_frame'] for r in gate['sweep']
                if r['accuracy'] >= best - GATE_TOLERANCE)
     assert evaluate_run(run, tiny_dataset, 'test', progress=False)['gate_threshold'] == gate['threshold']
+
+
+def test_the_message_size_sweep_trains_and_scores_every_point(tiny_dataset, tmp_path):
+    """scripts/message_size_sweep.py (the handshake paper's Fig. 5): one run per message / key size, the same
+    train command a user types, each scored; a larger message costs more request bytes."""
+    import json
+    import subprocess
+    import sys
+    from collab_perception.learn.train import TrainConfig, train
+    train(TrainConfig(method='backbone', setting='hidden-target', data_dir=tiny_dataset,
+                      out_dir=str(tmp_path / 'backbone'), iterations=2, batch_size=4, eval_every=2, val_batches=1),
+          progress=False)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, os.path.join(root, 'scripts', 'message_size_sweep.py'), '--train', '--iterations', '2',
+         '--threads', '1', '--messages', '1', '4', '--keys', '4', '--fixed-message', '4', '--fixed-key', '16',
+         '--data', tiny_dataset, '--unseen', '', '--backbone', str(tmp_path / 'backbone' / 'best.pt'),
+         '--runs', str(tmp_path / 'sweep'), '--out', str(tmp_path / 'fig5.png'), '--json', str(tmp_path / 'fig5.json'),
+         '--quiet'], capture_output=True, text=True, cwd=root, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    points = {(p['message'], p['key']): p['test'] for p in json.load(open(tmp_path / 'fig5.json'))}
+    assert set(points) == {(1, 16), (4, 16), (4, 4), (0, 16)}
+    for p in points.values():
+        assert 0 <= p['selection_accuracy'] <= 1 and 0 <= p['overall_accuracy'] <= 1
+    assert points[(1, 16)]['bytes_by_kind']['request'] + 12 == points[(4, 16)]['bytes_by_kind']['request']
+    assert '| (a) | 1 | 16 |' in out.stdout and '| w/o msg | - | 16 |' in out.stdout
+    assert os.path.getsize(tmp_path / 'fig5.png') > 5000
+    bad = subprocess.run([sys.executable, os.path.join(root, 'scripts', 'message_size_sweep.py'), '--keys', '0'],
+                         capture_output=True, text=True, cwd=root)
+    assert bad.returncode == 2 and '--keys must be positive' in bad.stderr
