@@ -1,7 +1,8 @@
 """Accuracy against pose noise: the calibration and the sweep of the inaccurate-pose setting (issue 11).
 
     python scripts/pose_noise_sweep.py --levels 0 0.5 1 2 3 5 \
-        --runs runs/train/noisy-pose/who2com runs/train/noisy-pose/catall runs/train/noisy-pose/random
+        --runs runs/train/noisy-pose/who2com runs/train/noisy-pose/catall runs/train/noisy-pose/random \
+        --reference runs/train/accurate-pose/single_degraded
 
 For each noise level (std of each position coordinate, metres; handshake paper §IV-B (3) gives none), the test
 split of the accurate-pose dataset and of its unseen worlds is warped again with that noise
@@ -24,6 +25,9 @@ def main() -> int:
                    help='position noise levels, metres per axis (default: 0 0.5 1 2 3 5)')
     p.add_argument('--runs', nargs='*', default=[], metavar='RUN',
                    help='run directories to score (noisy-pose or accurate-pose handshake runs)')
+    p.add_argument('--reference', nargs='*', default=[], metavar='RUN',
+                   help='single-agent runs (e.g. runs/train/accurate-pose/single_degraded): they never read the '
+                        'warped views, so they are scored once and drawn as horizontal lines')
     p.add_argument('--source', default='datasets/accurate-pose', help='pose dataset to warp again')
     p.add_argument('--unseen', default='datasets/accurate-pose-unseen',
                    help='its unseen-worlds twin ("" to skip)')
@@ -56,6 +60,13 @@ def main() -> int:
         rows.append(row)
         print(f'noise {level:g} m: labels agree {row["agreement"]}', flush=True)
 
+    references = {}
+    for run in args.reference:
+        references[run] = {split_name: 100 * evaluate_run(run, src, 'test', progress=not args.quiet,
+                                                          cache_name=f'eval_sweep_{os.path.basename(os.path.normpath(src))}')
+                           ['overall_accuracy'] for split_name, src in sources.items()}
+        print(f'{run} (reads no warped view): {references[run]}', flush=True)
+
     names = [os.path.relpath(r, 'runs/train') if r.startswith('runs/train') else r for r in args.runs]
     print('\n| noise (m) | warped labels agree, test (unseen) |'
           + ''.join(f' {n} acc, test (unseen) |' for n in names))
@@ -70,13 +81,13 @@ def main() -> int:
         print('| ' + ' | '.join(cells) + ' |')
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump({'levels': rows, 'sources': sources}, f, indent=1)
-    _plot(rows, args.runs, names, list(sources), args.out)
+            json.dump({'levels': rows, 'sources': sources, 'references': references}, f, indent=1)
+    _plot(rows, args.runs, names, list(sources), references, args.out)
     print(args.out)
     return 0
 
 
-def _plot(rows, runs, names, splits, out):
+def _plot(rows, runs, names, splits, references, out):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -87,12 +98,17 @@ def _plot(rows, runs, names, splits, out):
         for split, style in zip(splits, ('-', '--')):
             left.plot(x, [r['accuracy'][run][split] for r in rows], style, marker='o', color=color,
                       label=f'{name} ({"test" if split == "test" else "unseen worlds"})')
+    for i, (run, accuracy) in enumerate(references.items()):
+        name = os.path.relpath(run, 'runs/train') if run.startswith('runs/train') else run
+        for split, style in zip(splits, (':', (0, (1, 4)))):
+            left.axhline(accuracy[split], color='0.4' if i == 0 else '0.65', linestyle=style, linewidth=1.2,
+                         label=f'{name} ({"test" if split == "test" else "unseen worlds"}; no warped view)')
     left.set_xlabel('pose noise, std per position axis (m)')
     left.set_ylabel('overall pixel accuracy (%)')
     left.set_title('Inaccurate pose: accuracy against pose noise')
     left.grid(alpha=0.3)
-    if runs:
-        left.legend(fontsize=7)
+    if runs or references:      # below the axes: inside, it hides the curves it names
+        left.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.2), ncol=2)
     for split, style in zip(splits, ('-', '--')):
         right.plot(x, [100 * r['agreement'][split] for r in rows], style, marker='o', color='k',
                    label='test' if split == 'test' else 'unseen worlds')
@@ -103,7 +119,7 @@ def _plot(rows, runs, names, splits, out):
     right.legend(fontsize=7)
     fig.tight_layout()
     os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches='tight')
 
 
 if __name__ == '__main__':
