@@ -70,7 +70,7 @@ def add_learn_parsers(sub) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
-        'evaluate', help='score every trained run and write docs/RESULTS.md',
+        'evaluate', help='score every trained run and write the results page (runs/RESULTS.md)',
         description='Evaluate runs/train/<setting>/<method>/best.pt on the test split of datasets/<setting> (results '
                     'cached next to each checkpoint), then write the handshake paper\'s Table I on our data (bytes per '
                     'frame from the real message sizes, overall accuracy, mIoU, BIS, selection accuracy) and a plot '
@@ -78,8 +78,11 @@ def add_learn_parsers(sub) -> None:
     p.add_argument('--runs', default='runs/train', help='root of the training runs')
     p.add_argument('--datasets', default='datasets', help='root of the datasets')
     p.add_argument('--split', default='test', choices=('val', 'test'))
-    p.add_argument('--out', default='docs/RESULTS.md', help='Markdown file to write ("-": print only)')
-    p.add_argument('--plot', default='docs/img/results_accuracy_vs_bytes.png')
+    p.add_argument('--out', default='runs/RESULTS.md',
+                   help='Markdown file to write ("-": print only; default runs/RESULTS.md: docs/RESULTS.md is curated '
+                        'from it, with its rounds and findings, and is not overwritten)')
+    p.add_argument('--plot', default='runs/img/results_accuracy_vs_bytes.png',
+                   help='accuracy against bytes (PNG); the training curves go beside it')
     p.add_argument('--settings', nargs='+', choices=SETTINGS, default=list(SETTINGS), metavar='SETTING',
                    help='the settings to score and write (default: all; obstruction is the MASH section)')
     p.add_argument('--quiet', action='store_true')

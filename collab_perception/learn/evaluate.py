@@ -7,8 +7,9 @@ For each run (runs/train/<setting>/<method>/best.pt) on the test split:
   method), selection accuracy against the world's best supporter (hidden view / largest overlap), and BIS
   (Eq. 7) against the setting's Single degraded and Single normal runs.
 
-`collab-perception evaluate` writes docs/RESULTS.md (a table shaped like Table I, every number with the
-command that reproduces it, and what is not trained yet) and docs/img/results_accuracy_vs_bytes.png.
+`collab-perception evaluate` writes runs/RESULTS.md (a table shaped like Table I, every number with the
+command that reproduces it, and what is not trained yet; docs/RESULTS.md is curated from it) and
+runs/img/results_accuracy_vs_bytes.png.
 """
 from __future__ import annotations
 

@@ -705,7 +705,7 @@ def mash_section(runs_root: str, datasets_root: str, split: str = 'test', progre
         cmd = result['command'] if result is not None else planned_command(row)
         if cmd not in commands:
             commands.append(cmd)
-    lines += commands + ['collab-perception evaluate   # docs/RESULTS.md with this section', '```', '']
+    lines += commands + ['collab-perception evaluate   # runs/RESULTS.md with this section', '```', '']
     if missing:
         lines += ['Not trained yet: ' + ', '.join(f'{r.title} (Q {r.query_size}, K {r.key_size})' if r.query_size
                                                   else r.title for r in missing) + '.', '']

@@ -292,7 +292,7 @@ collab-perception train --method backbone --setting $S --iterations 2000        
 collab-perception train --method who2com --setting $S --selection hard --init-from $B --freeze-encoder   # ~5 min
 collab-perception train --method catall --setting $S --init-from $B --freeze-encoder    # and the other rows
 collab-perception train --method single_normal --setting $S --init-from $B              # bounds: fine-tuned
-collab-perception evaluate                                             # this page and its plot
+collab-perception evaluate                                             # these tables, in runs/RESULTS.md
 ```'''
 
 
