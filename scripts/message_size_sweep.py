@@ -28,31 +28,27 @@ def run_dir(root: str, message: int, key: int) -> str:
     return os.path.join(root, f'q{message}-k{key}' if message else f'nomsg-k{key}')
 
 
-def finished(run: str) -> bool:
-    return all(os.path.exists(os.path.join(run, f)) for f in ('best.pt', 'train.json'))
-
-
 def train_missing(points, args) -> None:
+    from collab_perception.learn.report import run_finished
     os.makedirs(os.path.join(args.runs, 'locks'), exist_ok=True)
     for message, key in points:
         run = run_dir(args.runs, message, key)
-        if finished(run):
+        if run_finished(run):
             continue
-        lock = open(os.path.join(args.runs, 'locks', f'{os.path.basename(run)}.lock'), 'w')
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f'[sweep] {run}: another worker has it', flush=True)
-            continue
-        command = [sys.executable, '-m', 'collab_perception.cli', 'train',
-                   '--method', 'who2com' if message else 'who2com_nomsg', '--setting', args.setting,
-                   '--data', args.data, '--out', run, '--query-size', str(message or args.fixed_message),
-                   '--key-size', str(key), '--selection', 'hard', '--init-from', args.backbone, '--freeze-encoder',
-                   '--iterations', str(args.iterations), '--resume', '--quiet',
-                   *(['--threads', str(args.threads)] if args.threads else [])]
-        print('[sweep] ' + ' '.join(command[3:]), flush=True)
-        subprocess.run(command, check=True)
-        lock.close()
+        with open(os.path.join(args.runs, 'locks', f'{os.path.basename(run)}.lock'), 'w') as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f'[sweep] {run}: another worker has it', flush=True)
+                continue
+            command = [sys.executable, '-m', 'collab_perception.cli', 'train',
+                       '--method', 'who2com' if message else 'who2com_nomsg', '--setting', args.setting,
+                       '--data', args.data, '--out', run, '--query-size', str(message or args.fixed_message),
+                       '--key-size', str(key), '--selection', 'hard', '--init-from', args.backbone,
+                       '--freeze-encoder', '--iterations', str(args.iterations), '--resume', '--quiet',
+                       *(['--threads', str(args.threads)] if args.threads else [])]
+            print('[sweep] ' + ' '.join(command[3:]), flush=True)
+            subprocess.run(command, check=True)
 
 
 def main() -> int:
@@ -91,10 +87,11 @@ def main() -> int:
         train_missing(points, args)
 
     from collab_perception.learn.evaluate import evaluate_run
+    from collab_perception.learn.report import run_finished
     scores = {}
     for point in points:
         run = run_dir(args.runs, *point)
-        if not finished(run):
+        if not run_finished(run):
             print(f'[sweep] {run}: not trained yet', flush=True)
             continue
         test = evaluate_run(run, args.data, 'test', progress=not args.quiet)

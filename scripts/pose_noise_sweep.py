@@ -19,6 +19,11 @@ import json
 import os
 
 
+def run_label(run: str) -> str:
+    """runs/train/<setting>/<method> -> <setting>/<method>, for tables and legends."""
+    return os.path.relpath(run, 'runs/train') if run.startswith('runs/train') else run
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--levels', nargs='+', type=float, default=[0, 0.5, 1, 2, 3, 5], metavar='M',
@@ -67,7 +72,7 @@ def main() -> int:
                            ['overall_accuracy'] for split_name, src in sources.items()}
         print(f'{run} (reads no warped view): {references[run]}', flush=True)
 
-    names = [os.path.relpath(r, 'runs/train') if r.startswith('runs/train') else r for r in args.runs]
+    names = [run_label(r) for r in args.runs]
     print('\n| noise (m) | warped labels agree, test (unseen) |'
           + ''.join(f' {n} acc, test (unseen) |' for n in names))
     print('|---' * (2 + len(names)) + '|')
@@ -99,7 +104,7 @@ def _plot(rows, runs, names, splits, references, out):
             left.plot(x, [r['accuracy'][run][split] for r in rows], style, marker='o', color=color,
                       label=f'{name} ({"test" if split == "test" else "unseen worlds"})')
     for i, (run, accuracy) in enumerate(references.items()):
-        name = os.path.relpath(run, 'runs/train') if run.startswith('runs/train') else run
+        name = run_label(run)
         for split, style in zip(splits, (':', (0, (1, 4)))):
             left.axhline(accuracy[split], color='0.4' if i == 0 else '0.65', linestyle=style, linewidth=1.2,
                          label=f'{name} ({"test" if split == "test" else "unseen worlds"}; no warped view)')

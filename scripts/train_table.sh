@@ -85,5 +85,4 @@ for run in "${runs[@]}"; do
   fi
   flock -u 9
 done
-# the generated Table I page; docs/RESULTS.md is curated from it (its rounds, findings and commands)
-collab-perception evaluate --quiet --out runs/RESULTS.md --plot runs/img/results_accuracy_vs_bytes.png
+collab-perception evaluate --quiet      # runs/RESULTS.md; docs/RESULTS.md is curated from it

@@ -33,22 +33,23 @@ SETTING_TITLES = {'hidden-target': 'Hidden target view', 'accurate-pose': 'Accur
                   'noisy-pose': 'Inaccurate (noisy) pose', 'random-exploration': 'Random exploration'}
 
 
+def run_finished(run: str) -> bool:
+    """best.pt and train.json are there: a run still training, or interrupted, counts as not trained yet."""
+    return all(os.path.exists(os.path.join(run, f)) for f in ('best.pt', 'train.json'))
+
+
 def collect(runs_root: str, datasets_root: str, split: str = 'test', progress: bool = True,
             settings: tuple = HANDSHAKE_SETTINGS) -> dict:
-    """setting -> method -> evaluation result, for every finished run (best.pt and train.json: a run still
-    training, or interrupted, counts as not trained yet)."""
-    def finished(run: str) -> bool:
-        return all(os.path.exists(os.path.join(run, f)) for f in ('best.pt', 'train.json'))
-
+    """setting -> method -> evaluation result, for every finished run (see run_finished)."""
     results: dict[str, dict] = {}
     for setting in settings:
         for _, method, _ in ROWS:
             run = os.path.join(runs_root, setting, method)
             trained_on = setting
-            if not finished(run) and (setting, method) in SHARED_RUNS:
+            if not run_finished(run) and (setting, method) in SHARED_RUNS:
                 trained_on = SHARED_RUNS[setting, method]
                 run = os.path.join(runs_root, trained_on, method)
-            if finished(run):
+            if run_finished(run):
                 data = os.path.join(datasets_root, setting)
                 r = evaluate_run(run, data, split, progress=progress, setting=setting)
                 unseen = evaluate_unseen(run, datasets_root, setting, progress)
