@@ -263,16 +263,31 @@ def cmd_swarm(args) -> int:
     processes = build_process_plan(cfg, run_dir)
     env = safe_ros_env(domain_id=args.domain_id, ros_home=os.path.join(run_dir, 'ros_home'))
     env.setdefault('PYTHONFAULTHANDLER', '1')   # a crashing node prints its Python stack (logs/<process>.log)
+    network, host_envs, where = None, None, 'on localhost'
+    if cfg.swarm['network']['mode'] == 'namespaces':
+        network, host_envs = _namespace_hosts(cfg, processes, env, run_dir)
+        if network is None:
+            return 2
+        where = (f'each host in its own network namespace on {cfg.swarm["network"]["subnet"]} ('
+                 + ', '.join(f'{h} {network.address(h)}' for h in network.names) + ')')
     print(f'[launch] {len(cfg.drones)} drones ({", ".join(cfg.names)}), {len(processes)} processes, layout '
-          f'{cfg.swarm["process_layout"]}, ROS_DOMAIN_ID {env["ROS_DOMAIN_ID"]} on localhost; run dir {run_dir}',
+          f'{cfg.swarm["process_layout"]}, ROS_DOMAIN_ID {env["ROS_DOMAIN_ID"]} {where}; run dir {run_dir}',
           flush=True)
     quiet = args.quiet
 
     def keep(label: str, line: str) -> bool:
         return not quiet or any(w in line for w in ('WARN', 'ERROR', 'FATAL', 'Traceback', 'Error'))
 
-    launcher = EmbeddedLauncher(processes, run_dir, env, line_filter=keep, on_node_exit=cfg.swarm['on_node_exit'])
-    result = launcher.run(timeout_s=args.timeout)
+    launcher = EmbeddedLauncher(processes, run_dir, env, line_filter=keep, on_node_exit=cfg.swarm['on_node_exit'],
+                                network=network, host_envs=host_envs)
+    try:
+        result = launcher.run(timeout_s=args.timeout)
+        network_summary = {'mode': cfg.swarm['network']['mode']}
+        if network is not None:
+            network_summary.update(subnet=cfg.swarm['network']['subnet'], hosts=network.counters())
+    finally:
+        if network is not None:
+            network.close()
 
     def read(name):
         path = os.path.join(run_dir, name, 'summary.json')
@@ -291,6 +306,7 @@ def cmd_swarm(args) -> int:
         else:
             nav = {}
     summary = build_swarm_summary(cfg, monitor, read('evaluator'), result, nav)
+    summary['network'] = network_summary
     summary_path = args.summary or os.path.join(run_dir, 'summary.json')
     with open(summary_path, 'w', encoding='utf-8') as f:
         json.dump(summary, f, indent=2)
@@ -299,6 +315,10 @@ def cmd_swarm(args) -> int:
     print(f'Swarm run: {len(cfg.drones)} drones, {summary["frames"]} frames, {result.duration_s:.1f} s, '
           f'{"OK" if result.returncode == 0 else "FAILED: " + result.reason}')
     print(format_overall(summary))
+    if network_summary.get('hosts'):
+        print('  network    ' + '; '.join(f'{h} {c["address"]} sent {c.get("tx_bytes", 0) / 1e6:.2f} MB, received '
+                                          f'{c.get("rx_bytes", 0) / 1e6:.2f} MB'
+                                          for h, c in network_summary['hosts'].items()))
     if monitor:
         print(format_monitor_table(monitor))
     else:
@@ -307,6 +327,28 @@ def cmd_swarm(args) -> int:
         print(f'Bag: {os.path.join(run_dir, "bag")} (collab-perception replay {os.path.join(run_dir, "bag")})')
     print(f'Summary: {summary_path}')
     return result.returncode
+
+
+def _namespace_hosts(cfg, processes, env, run_dir):
+    """swarm.network.mode namespaces: the hosts' namespaces started, a Fast DDS profile and an environment per
+    host; (None, None) after saying why where namespaces cannot be made here."""
+    from collections import Counter
+
+    from .launch.netns import NamespaceNetwork, NetworkError, available, host_ros_env
+
+    why = available()
+    if why:
+        print(f'[launch] ERROR: swarm.network.mode is namespaces, but {why}. Run as root (or in a container '
+              f'with CAP_SYS_ADMIN and CAP_NET_ADMIN), or set swarm.network.mode=loopback.', file=sys.stderr)
+        return None, None
+    hosts = list(dict.fromkeys(p.host for p in processes))      # the ground station first: swarm/* lead the plan
+    try:
+        network = NamespaceNetwork(hosts, cfg.swarm['network']['subnet']).start()
+    except NetworkError as e:
+        print(f'[launch] ERROR: setting up the network namespaces: {e}', file=sys.stderr)
+        return None, None
+    profiles = network.write_profiles(os.path.join(run_dir, 'dds'), Counter(p.host for p in processes))
+    return network, {h: host_ros_env(env, profiles[h]) for h in hosts}
 
 
 # ---------------------------------------------------------------------------------------------- record
@@ -370,6 +412,26 @@ def cmd_monitor(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- params
+def cmd_dds_profile(args) -> int:
+    from .launch.netns import MIN_PEERS_RANGE, dds_profile
+    peers = list(dict.fromkeys([*args.peers, args.address]))
+    if args.processes < 1:
+        print(f'--processes: must be at least 1, got {args.processes}', file=sys.stderr)
+        return 2
+    try:
+        xml = dds_profile(args.address, peers, max(MIN_PEERS_RANGE, args.processes + 2))
+    except ValueError as e:
+        print(f'dds-profile: {e}', file=sys.stderr)
+        return 2
+    if args.out == '-':
+        sys.stdout.write(xml)
+    else:
+        with open(args.out, 'w', encoding='utf-8') as f:
+            f.write(xml)
+        print(f'wrote {args.out}: {args.address}, peers {", ".join(peers)}')
+    return 0
+
+
 def cmd_params(args) -> int:
     from .launch.plan import parameter_rows, parameters_markdown
     cfg = _load_config(args)
@@ -474,6 +536,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument('--markdown', action='store_true', help='print the table of docs/PARAMETERS.md')
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser('dds-profile', help='write the Fast DDS profile of one host of a multi-host swarm',
+                       description='A Fast DDS profile for a drone (or ground station) on a real network: UDPv4 '
+                                   'only, discovery by unicast to every host of the swarm, no multicast, no shared '
+                                   'memory between hosts. Point FASTDDS_DEFAULT_PROFILES_FILE at it on that host '
+                                   'and set ROS_AUTOMATIC_DISCOVERY_RANGE=SYSTEM_DEFAULT (docs/DEPLOY.md, '
+                                   '"Several hosts"). The same profile is what `swarm.network.mode: namespaces` '
+                                   'gives each emulated host.')
+    p.add_argument('--address', required=True, help="this host's IPv4 address on the swarm's network")
+    p.add_argument('--peers', nargs='+', required=True, metavar='ADDRESS',
+                   help="every host's address (this one may be included; it is added if not)")
+    p.add_argument('--processes', type=int, default=3,
+                   help='ROS processes on the busiest host (participants probed per peer: this + 2; default 3)')
+    p.add_argument('--out', default='-', help='file to write (default: standard output)')
+    p.set_defaults(func=cmd_dds_profile)
 
     from .data.cli import add_dataset_parser
     add_dataset_parser(sub)

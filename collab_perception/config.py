@@ -116,6 +116,20 @@ def _ros_name(value: str) -> Optional[str]:
     return None
 
 
+def private_subnet_problem(value: str) -> Optional[str]:
+    """A private IPv4 network (RFC 1918) with room for a swarm: swarm.network.subnet."""
+    import ipaddress
+    try:
+        net = ipaddress.IPv4Network(value, strict=True)
+    except ValueError as e:
+        return f'not an IPv4 network ({e})'
+    if not net.is_private or net.is_loopback or net.is_link_local or net.is_multicast:
+        return f'{value} is not a private network (use one inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16)'
+    if net.prefixlen > 28:
+        return f'{value} is too small (the prefix must be /28 or shorter)'
+    return None
+
+
 def _topic_name(value: str) -> Optional[str]:
     if not re.match(r'^/?[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$', value):
         return 'must be a valid ROS topic name'
@@ -230,6 +244,16 @@ SWARM_SCHEMA = {
         'jitter_ms': Field(float, 0.0, minimum=0.0, maximum=10000.0, runtime=True,
                            help='a uniform 0..jitter_ms more per message (ms); can be set on the running link node'),
         'seed': Field(int, 0, minimum=0, help="seed of the link's loss and jitter draws"),
+    },
+    'network': {
+        'mode': Field(str, 'loopback', choices=('loopback', 'namespaces'),
+                      help='loopback: every process on this host, DDS on shared memory and 127.0.0.1; namespaces: '
+                           'each drone (and the ground station) in a network namespace of its own on a private '
+                           'bridge, DDS over UDP with unicast discovery, as on separate hosts (needs root; '
+                           'launch/netns.py)'),
+        'subnet': Field(str, '10.77.0.0/24', check=private_subnet_problem,
+                        help='the emulated hosts\' private IPv4 subnet (namespaces mode; it exists only inside '
+                             'the namespaces): the ground station gets the first address, the drones the next'),
     },
     'record': Field(bool, False, help="record the flight into <run dir>/bag (rosbag2, MCAP): every drone's "
                                       'cameras, segmentation and fusion/info, the comm topics, the frames and '

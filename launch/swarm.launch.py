@@ -45,6 +45,11 @@ def launch_setup(context, *args, **kwargs):
     run_dir = LaunchConfiguration('run_dir').perform(context) or _default_run_dir()
 
     cfg = load_swarm_config(config_path, overrides)
+    if cfg.swarm['network']['mode'] != 'loopback':
+        raise RuntimeError('swarm.network.mode namespaces emulates separate hosts on one machine and is run by the '
+                           'embedded launcher (collab-perception swarm --set swarm.network.mode=namespaces); '
+                           'with ros2 launch, each real host brings its own network (docs/DEPLOY.md, '
+                           '"Several hosts")')
     params_dir = os.path.join(run_dir, 'params')
     swarm_actions, drone_groups = [], {}
     for process in build_process_plan(cfg, run_dir):

@@ -8,7 +8,8 @@ It does what `ros2 launch` does for this package and no more:
     unless it is the plan's end-of-run process (the camera source after its last frame) exiting with 0;
   - children die with the launcher even if it is killed (PR_SET_PDEATHSIG), and run in their own process
     groups so that a terminal's Ctrl-C reaches only the launcher, which then shuts them down in order.
-Every child runs under rosenv.safe_ros_env(): DDS stays on the loopback.
+Every child runs under rosenv.safe_ros_env(): DDS stays on the loopback, or, with drones as separate hosts
+(swarm.network.mode namespaces, launch/netns.py), on a private bridge between network namespaces.
 """
 from __future__ import annotations
 
@@ -20,10 +21,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, TextIO
+from typing import TYPE_CHECKING, Callable, Optional, TextIO
 
 from ..runtime.lifecycle import TEARDOWN_ISSUE, TEARDOWN_SIGNAL, TEARDOWN_TIMEOUT_S
 from .plan import PACKAGE, NODE_EXECUTABLES, ProcessSpec, write_params_file
+
+if TYPE_CHECKING:
+    from .netns import NamespaceNetwork
 
 _PR_SET_PDEATHSIG = 1
 
@@ -87,7 +91,8 @@ class EmbeddedLauncher:
     def __init__(self, processes: list[ProcessSpec], run_dir: str, env: dict[str, str],
                  out: TextIO = sys.stdout, grace_s: float = 10.0, log_to_files: bool = True,
                  line_filter: Optional[Callable[[str, str], bool]] = None, on_node_exit: str = 'shutdown',
-                 term_grace_s: float = 5.0):
+                 term_grace_s: float = 5.0, network: Optional['NamespaceNetwork'] = None,
+                 host_envs: Optional[dict[str, dict[str, str]]] = None):
         self.processes = processes
         self.run_dir = run_dir
         self.env = env
@@ -99,6 +104,9 @@ class EmbeddedLauncher:
         if on_node_exit not in ('shutdown', 'continue', 'respawn'):
             raise ValueError(f'on_node_exit must be shutdown, continue or respawn, got {on_node_exit!r}')
         self.on_node_exit = on_node_exit
+        # swarm.network.mode namespaces: each process starts inside its host's namespace, with its host's env
+        self.network = network
+        self.host_envs = host_envs or {}
         self.lost: dict[str, int] = {}      # label -> exit code of children that died while the swarm went on
         self.respawned: dict[str, int] = {}
         self.children: list[Child] = []
@@ -142,8 +150,10 @@ class EmbeddedLauncher:
                 for p in self.processes]
 
     def _spawn(self, spec: ProcessSpec, argv: list[str]) -> Child:
+        preexec = self.network.preexec(spec.host, first=_die_with_parent) if self.network else _die_with_parent
         popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=self.env, start_new_session=True, preexec_fn=_die_with_parent)
+                                 env=self.host_envs.get(spec.host, self.env), start_new_session=True,
+                                 preexec_fn=preexec)
         child = Child(spec, argv, popen, None, self.log_path(spec.label) if self.log_to_files else None)
         child.reader = threading.Thread(target=self._forward, args=(child, popen.stdout), daemon=True)
         child.reader.start()

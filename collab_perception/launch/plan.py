@@ -81,6 +81,12 @@ class ProcessSpec:
     ends_swarm: bool = False            # its normal exit (code 0) ends the run (a source with frames > 0)
 
     @property
+    def host(self) -> str:
+        """The host it runs on when drones are separate hosts (swarm.network.mode namespaces): its drone, or
+        the ground station, 'swarm', for the swarm-wide nodes."""
+        return self.label.split('/', 1)[0]
+
+    @property
     def node_name(self) -> Optional[str]:
         """The node name to remap (__node:=) for single-node processes; containers keep their names."""
         return self.nodes[0].name if self.executable != 'drone_container' else None
