@@ -275,7 +275,7 @@ DRONE_SCHEMA = {
     'deadline_ms': Field(int, 300, minimum=1, maximum=60000,
                          help='camera stamp -> the requester publishes, with or without help'),
     'reply_timeout_ms': Field(int, 120, minimum=1, maximum=60000,
-                              help='camera stamp -> stop waiting for replies and select'),
+                              help='camera stamp -> stop waiting for replies and select (spatial protocols: fuse the patches that came)'),
     'select': Field(str, 'argmax', choices=('argmax', 'top_n', 'threshold'),
                     help='how the requester picks partners from the scores (Who2com Eq. 6, top-n, '
                          'When2com threshold)'),

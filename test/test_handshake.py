@@ -255,13 +255,15 @@ def test_addressing():
         assert info.value.reason == reason
 
 
-def test_spatial_frame_fuses_the_patches_that_arrived_by_the_deadline():
+def test_spatial_frame_fuses_the_patches_that_arrived_by_the_reply_timeout():
     t = tracker(spatial=True)
     t.on_own(S0, 'own', True, now_ns=S0)
     assert t.on_reply(S0, 2, 0.4, S0 + MS, payload='patches2') == []
-    assert t.next_wakeup() == S0 + 300 * MS          # spatial: no reply timeout, no connect stage
+    # spatial: no connect stage; the frame is fused at the reply timeout, so that fusing ends by the deadline
+    assert t.next_wakeup() == S0 + 100 * MS
     assert t.on_reply(S0, 3, 0.9, S0 + 2 * MS, payload='patches3') == []
-    out = only(t.on_time(S0 + 300 * MS), FrameOutcome)
+    assert t.on_time(S0 + 100 * MS - 1) == []
+    out = only(t.on_time(S0 + 100 * MS), FrameOutcome)
     assert out.received == {2: 'patches2', 3: 'patches3'} and out.selected == [2, 3]
     assert not out.fallback and not out.deadline_met and out.reason == 'deadline: partial patches'
     t.on_own(S0 + 1, 'own', True, now_ns=S0)

@@ -157,7 +157,7 @@ class RequesterTracker:
                  silent_after: int = 3, spatial: bool = False, max_skew_ns: int = 1_000_000_000):
         self.my_id = my_id
         # spatial (MASH §III): replies carry the payload (warped patches) and there is no connect stage;
-        # the frame is fused when every expected supporter answered, or at the deadline.
+        # the frame is fused when every expected supporter answered, or at the reply timeout.
         self.spatial = spatial
         # a protocol in which supporters send only when they match (CollaVN's select): no reply is an
         # answer, so the frame is neither a fallback nor late for it
@@ -185,7 +185,9 @@ class RequesterTracker:
     # -- helpers
     @property
     def _reply_window_ns(self) -> int:
-        return self.deadline_ns if self.spatial else self.reply_timeout_ns
+        # spatial frames too stop waiting at the reply timeout: what is left of the deadline is for fusing
+        # (a frame fused only at the deadline is published after it, every time a supporter is missing)
+        return self.reply_timeout_ns
 
     def expected_repliers(self) -> list[int]:
         """Peers we wait for; a peer silent for `silent_after` frames is not waited for (still asked)."""

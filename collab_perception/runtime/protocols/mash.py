@@ -2,7 +2,7 @@
 
     requester  perception broadcasts a Request with its quantized query map; fusion fuses its own class
                distribution and self-confidence with the PatchSegments that arrive, when every expected
-               supporter answered or at the deadline
+               supporter answered or at the reply timeout (the rest of the deadline is for fusing)
     supporter  matches the query map against its own camera image (cost volume, smoothing, sampling: the
                heavy work stays on the supporter) and sends only the requester's cells it matched above
                the confidence threshold, within `patch_budget` of the label image's bytes
