@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     try:
         ctypes.CDLL('libc.so.6', use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
@@ -150,7 +150,7 @@ class EmbeddedLauncher:
                 for p in self.processes]
 
     def _spawn(self, spec: ProcessSpec, argv: list[str]) -> Child:
-        preexec = self.network.preexec(spec.host, first=_die_with_parent) if self.network else _die_with_parent
+        preexec = self.network.preexec(spec.host, first=die_with_parent) if self.network else die_with_parent
         popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  env=self.host_envs.get(spec.host, self.env), start_new_session=True,
                                  preexec_fn=preexec)

@@ -21,7 +21,6 @@ import ctypes
 import ipaddress
 import os
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Callable, Optional, Sequence
 from xml.sax.saxutils import escape
 
 from ..config import private_subnet_problem
+from .embedded import die_with_parent
 
 CLONE_NEWNET = 0x40000000
 INTERFACE = 'eth0'
@@ -37,7 +37,6 @@ BRIDGE = 'br0'
 # (participant id 0, 1, ...), and an initial peer is tried on the ports of ids 0 .. range - 1
 MIN_PEERS_RANGE = 4
 _libc = ctypes.CDLL('libc.so.6', use_errno=True)
-_PR_SET_PDEATHSIG = 1
 
 
 class NetworkError(RuntimeError):
@@ -134,10 +133,6 @@ class Host:
         return self.holder.pid
 
 
-def _die_with_parent() -> None:
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class NamespaceNetwork:
     """The hosts' namespaces, their veths and the bridge; `close()` (or the launcher's exit) removes them all:
     a namespace ends with its last process, its veth with it."""
@@ -163,7 +158,7 @@ class NamespaceNetwork:
     def _holder() -> subprocess.Popen:
         sleep = shutil.which('sleep') or '/bin/sleep'
         proc = subprocess.Popen(['unshare', '--net', '--', sleep, 'infinity'], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
         mine = os.readlink('/proc/self/ns/net')
         end = time.monotonic() + 10.0
         while time.monotonic() < end:       # unshare execs sleep once the namespace exists
