@@ -5,6 +5,7 @@ discovery and the project's Fast DDS profile (collab_perception.rosenv), applied
 any test initializes rclpy, and inherited by every process a test starts.
 """
 import os
+import sys
 import tempfile
 
 import pytest
@@ -23,3 +24,12 @@ def ros():
     rclpy.init()
     yield rclpy
     rclpy.try_shutdown()
+
+
+@pytest.fixture(autouse=True)
+def no_swarm_outlives_its_test():
+    """A swarm a test started and left running (the test failed midway) is stopped before the next test."""
+    yield
+    rostools = sys.modules.get('rostools')
+    if rostools is not None:
+        rostools.stop_leftovers()

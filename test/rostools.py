@@ -28,8 +28,8 @@ def wait_for_subscribers(node, publishers, count=1, timeout=15.0):
 
 
 def wait_until_readers_match(node, publishers, timeout=30.0):
-    """Wait until every reader of the `publishers`' topics reports on /diagnostics that it has matched every
-    publisher the test's graph shows there, ours included. A writer can match a reader before the reader has
+    """Wait until our publishers have matched every reader the graph shows on their topics, and every such
+    reader reports on /diagnostics that it has matched every publisher the graph shows there, ours included. A writer can match a reader before the reader has
     matched the writer (docs/RELIABILITY.md, "Fast DDS under load"), and a volatile reader drops what arrives
     before; so an injected message counts only once the readers' side of the match is done."""
     from diagnostic_msgs.msg import DiagnosticArray
@@ -52,8 +52,12 @@ def wait_until_readers_match(node, publishers, timeout=30.0):
             topic, graph = pub.topic_name, node.count_publishers(pub.topic_name)
             done = sum(1 for endpoints in reports.values() for count in endpoints.get(('sub', topic), [])
                        if count >= graph)
-            if done < pub.get_subscription_count():
-                out.append(f'{topic} ({done}/{pub.get_subscription_count()} readers matched all {graph} writers)')
+            matched, readers = pub.get_subscription_count(), node.count_subscribers(topic)
+            if matched < readers:
+                # our writer has not matched every reader the graph shows: what it sends now may miss one
+                out.append(f'{topic} (our writer matched {matched} of {readers} readers)')
+            elif done < matched:
+                out.append(f'{topic} ({done}/{matched} readers matched all {graph} writers)')
         return out
 
     try:
@@ -61,6 +65,26 @@ def wait_until_readers_match(node, publishers, timeout=30.0):
             'readers still unmatched: ' + ', '.join(short())
     finally:
         node.destroy_subscription(sub)
+
+
+# swarms the tests start: a test that fails while its swarm flies must not leave it flying into the next test
+# (every test of a session shares one ROS_DOMAIN_ID)
+STARTED = []
+
+
+def stop_leftovers():
+    """Ctrl-C every process in STARTED that is still running (SIGKILL if it ignores it); returns their args."""
+    left = [p for p in STARTED if p.poll() is None]
+    for proc in left:
+        proc.send_signal(signal.SIGINT)
+    for proc in left:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    STARTED.clear()
+    return [p.args for p in left]
 
 
 def stop_process(proc, sig=signal.SIGINT, timeout=15.0):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from rostools import descendants, pid_alive
+from rostools import STARTED, descendants, pid_alive
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 TEST_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'swarm_test.yaml')
@@ -23,6 +23,7 @@ class Swarm:
     def __init__(self, *args, config=TEST_CONFIG):
         self.proc = subprocess.Popen([sys.executable, '-m', 'collab_perception.cli', 'swarm', '--config', config, *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        STARTED.append(self.proc)
         self.lines = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

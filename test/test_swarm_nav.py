@@ -95,8 +95,9 @@ def test_malformed_memory_messages_are_counted_and_a_killed_supporter_leaves_the
     node.create_subscription(DiagnosticArray, '/diagnostics', on_status, 50)
     value_pub = node.create_publisher(MemoryValue, '/drone1/comm/value', 10)
     request_pub = node.create_publisher(Request, '/swarm/request', 10)
-    spin_until(node, lambda: value_pub.get_subscription_count() >= 1 and request_pub.get_subscription_count() >= 3,
-               timeout=30)
+    # readers: drone1's fusion and the monitor on the value topic; every drone's matcher and the monitor on requests
+    assert spin_until(node, lambda: node.count_subscribers(value_pub.topic_name) >= 2 and
+                      node.count_subscribers(request_pub.topic_name) >= 4, timeout=30)
     wait_until_readers_match(node, [value_pub, request_pub])
     stamp = node.get_clock().now().to_msg()
 
