@@ -4,6 +4,7 @@ good frames around them come out as in a clean run of the same frames.
     python bench/bench_fuzz.py --per-type 10000                    # the demo swarm (3 drones), 4 comm types
     python bench/bench_fuzz.py --config config/swarm_mash.yaml --drones 3 --types request,patches
     python bench/bench_fuzz.py --per-type 200 --no-clean --json out.json
+    python bench/bench_fuzz.py --config config/swarm_nav.yaml --types request,value   # CollaVN's memory protocol
 
 Two runs of `collab-perception swarm` on the same frames (the config's drones, method and models): a clean one,
 then one into which a fuzzer node publishes `--per-type` messages of each comm type at `--rate` messages per
@@ -18,7 +19,9 @@ drone1, or drone1 to drone2 for Connect) mutated one way, chosen at random:
   long over.
 Results: per type, how many were sent and how the receiving nodes counted them (rejected by reason, or
 valid but stale), whether every process lived, and the requester's frames (segmentations, fallbacks,
-deadline misses, fused accuracy) against the clean run. A Markdown table on stdout; --json writes the numbers.
+deadline misses, fused accuracy) against the clean run. A navigation swarm (swarm.source.type nav, the memory
+protocol's Request and MemoryValue) flies enough episodes to outlast the fuzz, and its episodes are compared
+with the clean run's step by step: the same paths, steps and outcomes. A Markdown table on stdout; --json writes the numbers.
 """
 from __future__ import annotations
 
@@ -37,14 +40,14 @@ import numpy as np
 
 from benchtools import emit_table
 
-TYPES = ('request', 'reply', 'connect', 'feature', 'patches')
+TYPES = ('request', 'reply', 'connect', 'feature', 'patches', 'value')
 
 
 def valid_message(kind: str, stamp_ns: int, shapes: dict):
     """A well-formed message of this kind from drone2 to drone1 (Connect: drone1 to drone2). `shapes`: the
-    method's query and feature shapes, MASH's cell grid and class count."""
+    method's query and feature shapes, MASH's cell grid and class count, CollaVN's value size."""
     from std_msgs.msg import Header
-    from collab_perception.msg import Connect, FeatureMap, PatchSegments, Reply, Request
+    from collab_perception.msg import Connect, FeatureMap, MemoryValue, PatchSegments, Reply, Request
     from collab_perception.runtime.codec import encode_tensor
     header = Header()
     header.stamp.sec, header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
@@ -57,6 +60,9 @@ def valid_message(kind: str, stamp_ns: int, shapes: dict):
         encode_tensor(np.array([0.5], np.float32), 'float32', msg.score, 'score')
     elif kind == 'connect':
         msg = Connect(header=header, sender=1, receiver=2)
+    elif kind == 'value':
+        msg = MemoryValue(header=header, sender=2, receiver=1, score=0.9)
+        encode_tensor(rng.random(shapes['value']).astype(np.float32), 'float32', msg.value, 'value')
     elif kind == 'feature':
         msg = FeatureMap(header=header, sender=2, receiver=1)
         encode_tensor(rng.random(shapes['feature']).astype(np.float32), 'float16', msg.features, 'features')
@@ -72,7 +78,7 @@ def valid_message(kind: str, stamp_ns: int, shapes: dict):
 
 
 def tensor_of(msg):
-    for name in ('query', 'score', 'features', 'context', 'class_probs', 'confidence'):
+    for name in ('query', 'score', 'features', 'context', 'class_probs', 'confidence', 'value'):
         if hasattr(msg, name) and hasattr(getattr(msg, name), 'shape'):
             return getattr(msg, name)
     return None
@@ -110,7 +116,9 @@ def mutant(kind: str, rng: np.random.Generator, now_ns: int, shapes: dict) -> tu
         elif how == 'huge_shape':
             tensor.shape = [1 << 20, 1 << 20]
         elif how == 'nan':
-            if tensor.dtype == 0:
+            if kind == 'value' and rng.random() < 0.5:      # the score itself: NaN, or outside 0..1
+                msg.score = float('nan') if rng.random() < 0.5 else float(rng.choice([-0.5, 1.5, np.inf]))
+            elif tensor.dtype == 0:
                 values = np.frombuffer(bytes(tensor.data), np.float32).copy()
                 values[int(rng.integers(len(values)))] = np.nan
                 tensor.data = values.tobytes()
@@ -142,7 +150,8 @@ def mutant(kind: str, rng: np.random.Generator, now_ns: int, shapes: dict) -> tu
 
 def topic_of(kind: str) -> str:
     return {'request': '/swarm/request', 'reply': '/drone1/comm/reply', 'connect': '/drone2/comm/connect',
-            'feature': '/drone1/comm/feature', 'patches': '/drone1/comm/patches'}[kind]
+            'feature': '/drone1/comm/feature', 'patches': '/drone1/comm/patches',
+            'value': '/drone1/comm/value'}[kind]
 
 
 class Fuzzer:
@@ -152,16 +161,18 @@ class Fuzzer:
         import rclpy
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from diagnostic_msgs.msg import DiagnosticArray
-        from collab_perception.msg import Connect, FeatureMap, FusionInfo, PatchSegments, Reply, Request
+        from collab_perception.msg import Connect, FeatureMap, FusionInfo, MemoryValue, PatchSegments, Reply, Request
         rclpy.init()
         self.rclpy = rclpy
         self.node = rclpy.create_node('bench_fuzzer')
-        types = {'request': Request, 'reply': Reply, 'connect': Connect, 'feature': FeatureMap, 'patches': PatchSegments}
+        types = {'request': Request, 'reply': Reply, 'connect': Connect, 'feature': FeatureMap,
+                 'patches': PatchSegments, 'value': MemoryValue}
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.pubs = {k: self.node.create_publisher(types[k], topic_of(k), qos) for k in kinds}
         self.frames = []
         self.node.create_subscription(FusionInfo, '/drone1/fusion/info', self.frames.append, qos)
         self.reports: dict = {}        # status name -> its matched endpoints
+        self.values: dict = {}         # status name -> its last key/values (a run without the evaluator)
         self.node.create_subscription(DiagnosticArray, '/diagnostics', self.on_diagnostics, 50)
         self.kinds, self.per_type, self.rate = list(kinds), per_type, rate
         self.rng = np.random.default_rng(seed)
@@ -174,7 +185,9 @@ class Fuzzer:
     def on_diagnostics(self, msg):
         from collab_perception.runtime.readiness import parse_endpoint_values
         for status in msg.status:
-            self.reports[status.name] = parse_endpoint_values({kv.key: kv.value for kv in status.values})
+            values = {kv.key: kv.value for kv in status.values}
+            self.reports[status.name] = parse_endpoint_values(values)
+            self.values[status.name] = values
 
     def readers_matched(self) -> bool:
         for topic in map(topic_of, self.kinds):
@@ -214,8 +227,8 @@ class Fuzzer:
         self.rclpy.try_shutdown()
 
 
-def run_swarm(args, frames: int, run_dir: str, domain: int) -> tuple[int, str]:
-    cmd = [sys.executable, '-m', 'collab_perception.cli', 'swarm', '--frames', str(frames), '--quiet',
+def run_swarm(args, length: list, run_dir: str, domain: int) -> tuple[int, str]:
+    cmd = [sys.executable, '-m', 'collab_perception.cli', 'swarm', *length, '--quiet',
            '--domain-id', str(domain), '--run-dir', run_dir, '--drones', str(args.drones),
            *(['--config', args.config] if args.config else []), *[x for kv in args.set for x in ('--set', kv)]]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -228,7 +241,8 @@ def main(argv=None) -> int:
     parser.add_argument('--config', default=None, help='swarm config (default: config/swarm.yaml)')
     parser.add_argument('--drones', type=int, default=3, help='first N drones of the config (default 3)')
     parser.add_argument('--types', default='request,reply,connect,feature',
-                        help=f'comm types to fuzz, comma-separated, of {",".join(TYPES)} (patches: a MASH swarm)')
+                        help=f'comm types to fuzz, comma-separated, of {",".join(TYPES)} (patches: a MASH swarm; '
+                        'value: a navigation swarm, config/swarm_nav.yaml)')
     parser.add_argument('--per-type', type=int, default=10000, help='messages per type (default 10000)')
     parser.add_argument('--rate', type=float, default=400.0, help='messages per second, all types (default 400)')
     parser.add_argument('--seed', type=int, default=0)
@@ -251,33 +265,47 @@ def main(argv=None) -> int:
     d1 = cfg.drones[0]
     method = create_method(d1.method, model_dir=d1.models.get('dir', ''), roles=())
     shapes = {'query': tuple(method.query_shape() or (6,)), 'feature': tuple(method.feature_shape() or (3, 8, 8)),
-              'grid': tuple(getattr(method, 'grid', (16, 16))), 'classes': int(getattr(method, 'num_classes', 8))}
+              'grid': tuple(getattr(method, 'grid', (16, 16))), 'classes': int(getattr(method, 'num_classes', 8)),
+              'value': (int(getattr(method, 'value_dim', 8)),)}
     fuzz_s = len(kinds) * args.per_type / args.rate
     frames = int(math.ceil((fuzz_s + 6.0) * cfg.swarm['rate_hz']))
+    navigation = cfg.swarm['source']['type'] == 'nav'
+    if navigation:
+        # the bridge ends the run after its episodes: enough of them (at 25 steps each, a short episode) to
+        # outlast the fuzz; both runs fly the same ones
+        episodes = max(3, int(math.ceil(frames / 25)))
+        length = ['--set', f'swarm.source.nav.episodes={episodes}']
+    else:
+        length = ['--frames', str(frames)]
     domain = pick_domain_id()
     apply_safe_ros_env(domain_id=domain)
     result = {'per_type': args.per_type, 'rate': args.rate, 'frames': frames, 'types': kinds}
+    if navigation:
+        result['episodes'] = episodes
     with tempfile.TemporaryDirectory(prefix='bench-fuzz-') as work:
-        summaries = {}
+        summaries, node_values = {}, {}
         for name in (['clean'] if not args.no_clean else []) + ['fuzzed']:
             fuzzer = None
             if name == 'fuzzed':
                 fuzzer = Fuzzer(kinds, args.per_type, args.rate, args.seed, shapes)
                 fuzzer.thread.start()
-            code, output = run_swarm(args, frames, os.path.join(args.run_dir or work, name), domain)
+            code, output = run_swarm(args, length, os.path.join(args.run_dir or work, name), domain)
             if fuzzer:
                 fuzzer.stop.set()
                 fuzzer.thread.join(timeout=30)
                 result['sent'] = dict(fuzzer.sent)
                 result['matched_subscribers'] = dict(getattr(fuzzer, 'matched', {}))
                 result['mutations'] = dict(fuzzer.how)
+                node_values = dict(fuzzer.values)
             with open(os.path.join(args.run_dir or work, name, 'summary.json')) as f:
                 summaries[name] = json.load(f)
             summaries[name]['returncode'] = code
             if code != 0:
                 print(f'{name} run exited {code}:\n{output[-3000:]}', file=sys.stderr)
     fz = summaries['fuzzed']
-    diag = fz['evaluator']['diagnostics']
+    # the evaluator's last diagnostics; a navigation run has no evaluator: the fuzzer's own, taken from
+    # /diagnostics until the run ended
+    diag = (fz.get('evaluator') or {}).get('diagnostics') or node_values
     reasons: Counter = Counter()
     for node, values in diag.items():
         for key, value in values.items():
@@ -288,18 +316,40 @@ def main(argv=None) -> int:
                            'stale_requests', 'expired_requests', 'pending_dropped') if int(values.get(key, 0) or 0)}
     exits = fz['process_exits']
     result.update(returncode=fz['returncode'], process_exits=exits, lost=fz['lost_processes'],
-                  rejected=dict(reasons), rejected_total=sum(reasons.values()), other_counted=counted,
-                  runs={k: {'fused_accuracy': s['overall']['fused_accuracy'], 'own_accuracy': s['overall']['own_accuracy'],
-                            'fallbacks': s['overall']['fallback_frames'], 'latency_ms_p95': s['overall']['latency_ms_p95'],
-                            'segmentations': s['per_drone']['drone1']['segmentations'], 'frames': s['frames']}
-                        for k, s in summaries.items()})
-    rows = [f'fuzz: {args.per_type} messages per type ({", ".join(kinds)}) at {args.rate:g}/s into '
-            f'{len(fz["drones"])} drones, {", ".join(fz["methods"])}; {frames} frames', '',
-            '| run | frames | segmentations | fallbacks | latency p95 (ms) | fused accuracy | own accuracy |',
-            '|---|---|---|---|---|---|---|']
-    for k, r in result['runs'].items():
-        rows.append(f'| {k} | {r["frames"]} | {r["segmentations"]} | {r["fallbacks"]} | {r["latency_ms_p95"]:.1f} | '
-                    f'{100 * (r["fused_accuracy"] or 0):.2f}% | {100 * (r["own_accuracy"] or 0):.2f}% |')
+                  rejected=dict(reasons), rejected_total=sum(reasons.values()), other_counted=counted)
+    if navigation:
+        result['runs'] = {k: {key: s['navigation'][key] for key in ('episodes', 'steps', 'success_rate', 'spl',
+                                                                     'missing_commands', 'value_messages')}
+                          for k, s in summaries.items()}
+        if 'clean' in summaries:
+            clean, fuzzed = (summaries[k]['navigation']['results'] for k in ('clean', 'fuzzed'))
+            result['episodes_as_clean'] = sum(a['paths'] == b['paths'] and a['outcomes'] == b['outcomes']
+                                              for a, b in zip(clean, fuzzed))
+        rows = [f'fuzz: {args.per_type} messages per type ({", ".join(kinds)}) at {args.rate:g}/s into '
+                f'{len(fz["drones"])} drones, {", ".join(fz["methods"])}; {episodes} episodes', '',
+                '| run | episodes | steps | missing commands | MemoryValues the monitor counted | SR | SPL |',
+                '|---|---|---|---|---|---|---|']
+        for k, r in result['runs'].items():
+            rows.append(f'| {k} | {r["episodes"]} | {r["steps"]} | {r["missing_commands"]} | {r["value_messages"]} | '
+                        f'{r["success_rate"]:.3f} | {r["spl"]:.3f} |')
+        if 'episodes_as_clean' in result:
+            rows += ['', f'episodes flown exactly as in the clean run (paths, steps, outcomes): '
+                         f'{result["episodes_as_clean"]} of {result["runs"]["fuzzed"]["episodes"]}']
+    else:
+        result['runs'] = {k: {'fused_accuracy': s['overall']['fused_accuracy'],
+                              'own_accuracy': s['overall']['own_accuracy'],
+                              'fallbacks': s['overall']['fallback_frames'],
+                              'latency_ms_p95': s['overall']['latency_ms_p95'],
+                              'segmentations': s['per_drone']['drone1']['segmentations'], 'frames': s['frames']}
+                          for k, s in summaries.items()}
+        rows = [f'fuzz: {args.per_type} messages per type ({", ".join(kinds)}) at {args.rate:g}/s into '
+                f'{len(fz["drones"])} drones, {", ".join(fz["methods"])}; {frames} frames', '',
+                '| run | frames | segmentations | fallbacks | latency p95 (ms) | fused accuracy | own accuracy |',
+                '|---|---|---|---|---|---|---|']
+        for k, r in result['runs'].items():
+            rows.append(f'| {k} | {r["frames"]} | {r["segmentations"]} | {r["fallbacks"]} | '
+                        f'{r["latency_ms_p95"]:.1f} | {100 * (r["fused_accuracy"] or 0):.2f}% | '
+                        f'{100 * (r["own_accuracy"] or 0):.2f}% |')
     rows += ['', f'sent: {dict(result.get("sent", {}))} to {result.get("matched_subscribers")} subscribers; '
                  f'processes that died: '
                  f'{[k for k, v in exits.items() if v != 0] or "none"}', '',

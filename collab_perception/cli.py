@@ -132,6 +132,31 @@ def navigation_summary(cfg, monitor: dict, nav: dict) -> dict:
     }
 
 
+def cpu_summary(cfg, samples: list, flight_s: float) -> dict:
+    """CPU per process and per drone from the launcher's samples: seconds used in the whole run (start-up
+    included), and the share of one core during the flight: the last `flight_s` seconds before the run
+    was stopped (the monitor's first to last comm message), start-up, imports and session loading left out."""
+    if len(samples) < 3 or flight_s < 2.0:
+        return {}
+    t_end = samples[-1][0]
+    t_mid, mid = min(samples[:-1], key=lambda s: abs(s[0] - (t_end - flight_s)))
+    per_process = {}
+    labels = dict.fromkeys(label for _, sample in samples for label in sample)
+    for label in labels:
+        # a process that ended before the run was stopped (the source that finished it) counts to its last sample
+        t_last, used = next((t, sample[label]) for t, sample in reversed(samples) if label in sample)
+        before = mid.get(label)
+        # a process respawned in the window started its count again: no share for it
+        share = (100 * (used - before) / (t_last - t_mid)) if before is not None and used >= before \
+            and t_last - t_mid >= 1.0 else None
+        per_process[label] = {'seconds': round(used, 2), 'percent': None if share is None else round(share, 1)}
+    per_drone = {}
+    for d in cfg.names:
+        shares = [v['percent'] for k, v in per_process.items() if k.split('/')[0] == d and v['percent'] is not None]
+        per_drone[d] = round(sum(shares), 1) if shares else None
+    return {'window_s': [t_mid, t_end], 'per_process': per_process, 'per_drone_percent': per_drone}
+
+
 def build_swarm_summary(cfg, monitor: Optional[dict], evaluator: Optional[dict], result,
                         nav: Optional[dict] = None) -> dict:
     """The run's JSON summary: frames, drones, `overall` and `per_drone` (issue: handshake on the swarm); a
@@ -190,6 +215,7 @@ def build_swarm_summary(cfg, monitor: Optional[dict], evaluator: Optional[dict],
         'lost_processes': result.lost,
         'teardown_timeouts': result.teardown_timeouts,
         'respawned_processes': result.respawned,
+        'cpu': cpu_summary(cfg, getattr(result, 'cpu_samples', []), monitor.get('duration_s', 0.0)),
         'overall': overall,
         'per_drone': per_drone,
         'spatial': spatial_summary(cfg, monitor),
@@ -242,6 +268,10 @@ def format_overall(summary: dict) -> str:
                      f'{sp["query_fraction_of_image"]:.3f} of the raw image; patches per supporter '
                      + ', '.join(f'{k} {v:.3f}' for k, v in sp['patch_fraction_of_labels'].items())
                      + (f' of the label image (max {worst:.3f})' if worst is not None else ''))
+    cpu = (summary.get('cpu') or {}).get('per_drone_percent') or {}
+    if any(v is not None for v in cpu.values()):
+        lines.append('  cpu        ' + ', '.join(f'{d} {v:.0f}%' for d, v in cpu.items() if v is not None)
+                     + ' of one core during the flight')
     if summary.get('lost_processes'):
         lines.append(f'  LOST       {", ".join(summary["lost_processes"])}')
     if summary.get('respawned_processes'):

@@ -85,6 +85,21 @@ class LaunchResult:
     lost: dict[str, int] = field(default_factory=dict)    # processes that died while the swarm went on
     teardown_timeouts: list[str] = field(default_factory=list)   # ended by their teardown watchdog
     respawned: dict[str, int] = field(default_factory=dict)       # label -> times started again (respawn)
+    # (seconds since start, {label: CPU seconds the process has used}) about once a second while it ran
+    cpu_samples: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+
+
+_CLOCK_TICKS = os.sysconf('SC_CLK_TCK')
+
+
+def cpu_seconds(pid: int) -> Optional[float]:
+    """User plus system CPU time a process has used, all threads (/proc/PID/stat); None once it is gone."""
+    try:
+        with open(f'/proc/{pid}/stat', 'rb') as f:
+            fields = f.read().rsplit(b')', 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS     # utime, stime (fields 14, 15 of stat)
 
 
 class EmbeddedLauncher:
@@ -110,6 +125,7 @@ class EmbeddedLauncher:
         self.lost: dict[str, int] = {}      # label -> exit code of children that died while the swarm went on
         self.respawned: dict[str, int] = {}
         self.children: list[Child] = []
+        self.cpu_samples: list[tuple[float, dict[str, float]]] = []
         self._lock = threading.Lock()
         self._stop_requested: Optional[str] = None
 
@@ -174,6 +190,15 @@ class EmbeddedLauncher:
         self.children[self.children.index(child)] = again
         self.say(f'[launch] respawned {child.spec.label} (pid {again.popen.pid})')
 
+    def sample_cpu(self, t: float) -> None:
+        """Record every running child's CPU seconds (a respawned child counts from its new start)."""
+        sample = {}
+        for child in self.children:
+            used = cpu_seconds(child.popen.pid) if child.popen.poll() is None else None
+            if used is not None:
+                sample[child.spec.label] = used
+        self.cpu_samples.append((round(t, 3), sample))
+
     def request_stop(self, why: str) -> None:
         if self._stop_requested is None:
             self._stop_requested = why
@@ -226,9 +251,13 @@ class EmbeddedLauncher:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, lambda s, f: self.request_stop(f'received {signal.Signals(s).name}'))
         returncode, reason = 0, ''
+        next_sample = 0.0
         try:
             self.start()
             while True:
+                if time.monotonic() - t0 >= next_sample:
+                    self.sample_cpu(time.monotonic() - t0)
+                    next_sample += 1.0
                 if self._stop_requested:
                     reason = self._stop_requested
                     self.say(f'[launch] {reason}: stopping {len(self.children)} processes')
@@ -262,6 +291,7 @@ class EmbeddedLauncher:
                     break
                 time.sleep(0.05)
         finally:
+            self.sample_cpu(time.monotonic() - t0)      # before the children are stopped: their work, not teardown
             self.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -284,4 +314,4 @@ class EmbeddedLauncher:
         if self.lost:
             reason = 'lost during the run: ' + ', '.join(f'{l} ({describe_exit(c)})' for l, c in self.lost.items())
         return LaunchResult(returncode, reason, exits, time.monotonic() - t0, dict(self.lost),
-                            [c.spec.label for c in stuck_teardown], dict(self.respawned))
+                            [c.spec.label for c in stuck_teardown], dict(self.respawned), list(self.cpu_samples))
