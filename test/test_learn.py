@@ -347,3 +347,43 @@ def test_the_message_size_sweep_trains_and_scores_every_point(tiny_dataset, tmp_
     bad = subprocess.run([sys.executable, os.path.join(root, 'scripts', 'message_size_sweep.py'), '--keys', '0'],
                          capture_output=True, text=True, cwd=root)
     assert bad.returncode == 2 and '--keys must be positive' in bad.stderr
+
+
+def test_the_valid_mask_marks_what_a_warped_view_did_not_cover(tmp_path):
+    """--valid-mask (pose settings): the loader carries each warped supporter's covered pixels, the model blends
+    uncovered cells towards its learned `unseen` vector, the cached features do the same, export refuses."""
+    from collab_perception.learn.export import export_run
+    from collab_perception.learn.feature_cache import EncodedFrames
+    from collab_perception.learn.train import TrainConfig, train
+    root = str(tmp_path / 'accurate-pose')
+    generate('accurate-pose', 8, root, seed=1, size=32, shard_size=8, progress=False, snapshots_per_map=4,
+             cell_size=8, world={'shadow_map_size': 256, 'map_size_m': 200.0})
+    loader = FrameLoader(root, 'accurate-pose', 'train', 4, shuffle=False)
+    b = next(iter(loader))
+    valid = b['valid']
+    assert valid.shape == (len(b['labels']), 4, 1, 32, 32) and set(valid.unique().tolist()) <= {0.0, 1.0}
+    assert 0 < valid.mean() < 1                               # warps leave holes
+    assert (b['supporters'] * (1 - valid)).abs().max() == 0    # and the holes are black
+    model = create_model('who2com', ModelConfig(**{**SMALL.__dict__, 'valid_mask': True, 'freeze_encoder': True})).eval()
+    with torch.no_grad():
+        model.unseen.copy_(torch.arange(SMALL.channels, dtype=torch.float32))
+        _, plain = model.encode_all(b['target'], b['supporters'])
+        with model.inputs_of(b):
+            _, marked = model.encode_all(b['target'], b['supporters'])
+    cells = torch.nn.functional.adaptive_avg_pool2d(valid.flatten(0, 1), plain.shape[-2:]).view(*valid.shape[:2], 1, *plain.shape[-2:])
+    empty, full = (cells == 0).expand_as(marked), (cells == 1).expand_as(marked)
+    assert empty.any() and full.any()
+    assert torch.equal(marked[full], plain[full])
+    assert torch.equal(marked[empty], model.unseen.view(1, 1, -1, 1, 1).expand_as(marked)[empty])
+    cache = EncodedFrames(loader, model.encoder, batch_size=4, progress=False)
+    n = len(b['labels'])
+    encoded = {k: cache.frames[k][:n, 0].float() for k in ('target', 'clean', 'supporters', 'valid')}
+    encoded.update(labels=cache.frames['labels'][:n, 0].long(), best=cache.frames['best'][:n], encoded=True)
+    with torch.no_grad():
+        assert torch.allclose(model.forward_batch(encoded, 'eval').logits, model.forward_batch(b, 'eval').logits,
+                              atol=2e-2)
+    common = dict(setting='accurate-pose', data_dir=root, iterations=2, batch_size=2, eval_every=2, val_batches=1)
+    train(TrainConfig(method='who2com', out_dir=str(tmp_path / 'run'),
+                      model=ModelConfig(**{**SMALL.__dict__, 'valid_mask': True}), **common), progress=False)
+    with pytest.raises(ValueError, match='valid-mask'):
+        export_run(str(tmp_path / 'run'), str(tmp_path / 'm'), datasets_root=str(tmp_path))

@@ -9,6 +9,7 @@ For a snapshot with N agents and target t:
     labels      the target's labels
     best        the supporter slot a perfect selection would pick: the hidden clean view, or the supporter with
                 the largest overlap; -1 when no supporter sees the target at all
+    valid       per supporter, the target pixels its warped view covers (pose settings; all valid for raw views)
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ KEYS = ('rgb', 'labels', 'target_index', 'target_rgb_clean', 'best_supporter', '
 
 def dataset_keys(setting: str) -> list[str]:
     keys = ['rgb', 'labels', 'target_index', 'target_rgb_clean', 'best_supporter']
-    keys.append('hidden_index' if setting == 'hidden-target' else 'warped_rgb')
+    keys += ['hidden_index'] if setting == 'hidden-target' else ['warped_rgb', 'warped_valid']
     return keys
 
 
@@ -36,6 +37,8 @@ def collab_frame(snapshot: dict, setting: str) -> dict:
     n = snapshot['rgb'].shape[0]
     others = [i for i in range(n) if i != t]
     source = snapshot['warped_rgb'] if setting in WARPED_SETTINGS else snapshot['rgb']
+    valid = (snapshot['warped_valid'][others] if setting in WARPED_SETTINGS and 'warped_valid' in snapshot
+             else np.ones((n - 1,) + source.shape[1:3], bool))
     if setting == 'hidden-target':
         best_agent = int(snapshot['hidden_index'])
     else:
@@ -46,6 +49,7 @@ def collab_frame(snapshot: dict, setting: str) -> dict:
         'clean': snapshot['target_rgb_clean'],
         'labels': snapshot['labels'][t],
         'best': np.int64(others.index(best_agent) if best_agent in others else -1),
+        'valid': valid,
     }
 
 
@@ -59,16 +63,18 @@ def to_tensors(batch: dict, flip: Optional[np.ndarray] = None) -> dict:
         t = torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
         return t.movedim(-1, -3).contiguous()
 
-    labels = batch['labels']
+    labels, valid = batch['labels'], batch['valid']
     if flip is not None and flip.any():
-        labels = labels.copy()
+        labels, valid = labels.copy(), valid.copy()
         labels[flip] = labels[flip][..., ::-1]
+        valid[flip] = valid[flip][..., ::-1]
     out = {
         'target': images(batch['target']).contiguous(memory_format=torch.channels_last),
         'supporters': images(batch['supporters']),
         'clean': images(batch['clean']).contiguous(memory_format=torch.channels_last),
         'labels': torch.from_numpy(np.ascontiguousarray(labels)).long(),
         'best': torch.from_numpy(batch['best']).long(),
+        'valid': torch.from_numpy(np.ascontiguousarray(valid)).unsqueeze(2).float(),      # [B, S, 1, H, W]
     }
     return out
 

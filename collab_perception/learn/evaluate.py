@@ -90,7 +90,8 @@ def evaluate_model(model: CollabModel, loader: FrameLoader, setting: str, progre
     for batch in tqdm(loader, desc=f'evaluate {model.method_name}/{setting}', disable=not progress,
                       dynamic_ncols=True, leave=False):
         if model.method_name == 'random':
-            out = model(batch['target'], batch['supporters'], mode='eval', generator=generator)
+            with model.inputs_of(batch):
+                out = model(batch['target'], batch['supporters'], mode='eval', generator=generator)
         else:
             out = forward(model, batch, 'eval')
         pred = out.logits.argmax(1).numpy()

@@ -190,6 +190,9 @@ def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', chec
 
     model, ckpt = load_model(os.path.join(run_dir, 'best.pt'))
     c = ckpt['config']
+    if model.cfg.valid_mask:
+        raise ValueError(f'{run_dir}: a --valid-mask run needs its supporters to send their warp\'s validity, which '
+                         'the ONNX roles and the swarm do not carry yet; it can be trained and evaluated offline only')
     data = os.path.join(datasets_root, c['setting'])
     loader = FrameLoader(data, c['setting'], 'test', 1, shuffle=False, limit=check_frames)
     size = (loader.manifest['image']['height'], loader.manifest['image']['width'])

@@ -17,6 +17,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 from torch import nn
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import FrameLoader
@@ -67,7 +68,7 @@ class EncodedFrames(CachedFrames):
         self.seed = seed
         self.epoch = 0
         self.agents, self.num_classes = loader.agents, loader.num_classes
-        parts: dict[str, list] = {'target': [], 'supporters': [], 'clean': [], 'labels': [], 'best': []}
+        parts: dict[str, list] = {'target': [], 'supporters': [], 'clean': [], 'labels': [], 'best': [], 'valid': []}
         encoder.eval()
         augment, loader.augment = loader.augment, False     # both flips of every frame are kept instead
         with torch.no_grad():
@@ -84,6 +85,9 @@ class EncodedFrames(CachedFrames):
                 labels = batch['labels'].to(torch.uint8)
                 parts['labels'].append(torch.stack([labels, labels.flip(-1)], 1))
                 parts['best'].append(batch['best'])
+                # the supporters' validity at the features' resolution (the share of each cell's pixels covered)
+                valid = F.adaptive_avg_pool2d(batch['valid'].flatten(0, 1), feats.shape[-2:]).view(b, s, 1, *feats.shape[-2:])
+                parts['valid'].append(torch.stack([valid, valid.flip(-1)], 1).half())
         loader.augment = augment
         if not parts['best']:
             raise ValueError(f'{loader.loader.root}: the {loader.loader.split!r} split holds no frame to encode')
@@ -93,7 +97,7 @@ class EncodedFrames(CachedFrames):
         f = self.frames
         return {'target': f['target'][idx, flip].float(), 'clean': f['clean'][idx, flip].float(),
                 'supporters': f['supporters'][idx, flip].float(), 'labels': f['labels'][idx, flip].long(),
-                'best': f['best'][idx], 'encoded': True}
+                'best': f['best'][idx], 'valid': f['valid'][idx, flip].float(), 'encoded': True}
 
 
 class EncodedObstructionFrames(CachedFrames):

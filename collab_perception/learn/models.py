@@ -57,6 +57,9 @@ class ModelConfig:
     selection: str = 'soft'     # handshake training: 'soft' (Eq. 5) or 'hard' (straight-through, see SELECTIONS)
     freeze_encoder: bool = False  # keep a pretrained encoder fixed (its features can then be cached)
     patch_sampling: str = 'cells'  # MASH: what a supporter sends per matched cell (see PATCH_SAMPLINGS)
+    # pose settings: a supporter's features where its warped view has no pixels are replaced by a learned
+    # "nothing seen here" vector, weighted by each cell's covered share, so the model is told the holes
+    valid_mask: bool = False
 
 
 # How the handshake models combine the supporters while training. 'soft' is the paper's Eq. 5: the decoder
@@ -156,6 +159,9 @@ class CollabModel(nn.Module):
         self.received_on_wire: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         if cfg.freeze_encoder:
             self.encoder.requires_grad_(False)
+        self._valid: Optional[torch.Tensor] = None
+        if cfg.valid_mask:
+            self.unseen = nn.Parameter(torch.zeros(cfg.channels))
 
     def train(self, mode: bool = True) -> 'CollabModel':
         super().train(mode)
@@ -185,7 +191,19 @@ class CollabModel(nn.Module):
         """target [B, 3, H, W], supporters [B, S, 3, H, W] -> f_t [B, C, h, w], f_s [B, S, C, h, w]."""
         b, s = supporters.shape[:2]
         feats = self.encode(torch.cat([target, supporters.flatten(0, 1)], 0))
-        return feats[:b], feats[b:].view(b, s, *feats.shape[1:])
+        f_t, f_s = feats[:b], feats[b:].view(b, s, *feats.shape[1:])
+        if self.cfg.valid_mask and self._valid is not None:
+            f_s = self.mark_unseen(f_s, self._valid)
+        return f_t, f_s
+
+    def mark_unseen(self, f_s: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """f_s [B, S, C, h, w] with each cell blended towards `unseen` by the share of it the supporter's
+        warped view does not cover; valid [B, S, 1, H, W] (pixels) or [B, S, 1, h, w] (cells), in 0..1."""
+        if valid.shape[-2:] != f_s.shape[-2:]:
+            b, s = valid.shape[:2]
+            valid = F.adaptive_avg_pool2d(valid.flatten(0, 1), f_s.shape[-2:]).view(b, s, 1, *f_s.shape[-2:])
+        valid = valid.to(f_s.dtype)
+        return f_s * valid + (1 - valid) * self.unseen.view(1, 1, -1, 1, 1)
 
     def wire(self) -> WireSpec:
         raise NotImplementedError
@@ -200,10 +218,12 @@ class CollabModel(nn.Module):
     def inputs_of(self, batch: dict):
         """While a batch is forwarded: whether it holds cached features (see the class docstring)."""
         self._inputs_encoded = bool(batch.get('encoded', False))
+        self._valid = batch.get('valid')
         try:
             yield
         finally:
             self._inputs_encoded = False
+            self._valid = None
 
     def loss(self, out: Output, batch: dict, ignore_index: int = 255) -> torch.Tensor:
         labels = batch['labels']
