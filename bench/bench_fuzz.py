@@ -317,6 +317,9 @@ def main(argv=None) -> int:
     exits = fz['process_exits']
     result.update(returncode=fz['returncode'], process_exits=exits, lost=fz['lost_processes'],
                   rejected=dict(reasons), rejected_total=sum(reasons.values()), other_counted=counted)
+    title = (f'fuzz: {args.per_type} messages per type ({", ".join(kinds)}) at {args.rate:g}/s into '
+             f'{len(fz["drones"])} drones, {", ".join(fz["methods"])}; '
+             + (f'{episodes} episodes' if navigation else f'{frames} frames'))
     if navigation:
         result['runs'] = {k: {key: s['navigation'][key] for key in ('episodes', 'steps', 'success_rate', 'spl',
                                                                      'missing_commands', 'value_messages')}
@@ -325,9 +328,7 @@ def main(argv=None) -> int:
             clean, fuzzed = (summaries[k]['navigation']['results'] for k in ('clean', 'fuzzed'))
             result['episodes_as_clean'] = sum(a['paths'] == b['paths'] and a['outcomes'] == b['outcomes']
                                               for a, b in zip(clean, fuzzed))
-        rows = [f'fuzz: {args.per_type} messages per type ({", ".join(kinds)}) at {args.rate:g}/s into '
-                f'{len(fz["drones"])} drones, {", ".join(fz["methods"])}; {episodes} episodes', '',
-                '| run | episodes | steps | missing commands | MemoryValues the monitor counted | SR | SPL |',
+        rows = [title, '', '| run | episodes | steps | missing commands | MemoryValues the monitor counted | SR | SPL |',
                 '|---|---|---|---|---|---|---|']
         for k, r in result['runs'].items():
             rows.append(f'| {k} | {r["episodes"]} | {r["steps"]} | {r["missing_commands"]} | {r["value_messages"]} | '
@@ -342,9 +343,7 @@ def main(argv=None) -> int:
                               'latency_ms_p95': s['overall']['latency_ms_p95'],
                               'segmentations': s['per_drone']['drone1']['segmentations'], 'frames': s['frames']}
                           for k, s in summaries.items()}
-        rows = [f'fuzz: {args.per_type} messages per type ({", ".join(kinds)}) at {args.rate:g}/s into '
-                f'{len(fz["drones"])} drones, {", ".join(fz["methods"])}; {frames} frames', '',
-                '| run | frames | segmentations | fallbacks | latency p95 (ms) | fused accuracy | own accuracy |',
+        rows = [title, '', '| run | frames | segmentations | fallbacks | latency p95 (ms) | fused accuracy | own accuracy |',
                 '|---|---|---|---|---|---|---|']
         for k, r in result['runs'].items():
             rows.append(f'| {k} | {r["frames"]} | {r["segmentations"]} | {r["fallbacks"]} | '
