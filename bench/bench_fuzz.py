@@ -40,7 +40,7 @@ import numpy as np
 
 from benchtools import emit_table
 
-TYPES = ('request', 'reply', 'connect', 'feature', 'patches', 'value')
+from collab_perception.runtime.topics import COMM_KINDS as TYPES, comm_topic
 
 
 def valid_message(kind: str, stamp_ns: int, shapes: dict):
@@ -149,9 +149,7 @@ def mutant(kind: str, rng: np.random.Generator, now_ns: int, shapes: dict) -> tu
 
 
 def topic_of(kind: str) -> str:
-    return {'request': '/swarm/request', 'reply': '/drone1/comm/reply', 'connect': '/drone2/comm/connect',
-            'feature': '/drone1/comm/feature', 'patches': '/drone1/comm/patches',
-            'value': '/drone1/comm/value'}[kind]
+    return comm_topic(kind, 'drone2' if kind == 'connect' else 'drone1')
 
 
 class Fuzzer:

@@ -29,9 +29,10 @@ def wait_for_subscribers(node, publishers, count=1, timeout=15.0):
 
 def wait_until_readers_match(node, publishers, timeout=30.0):
     """Wait until our publishers have matched every reader the graph shows on their topics, and every such
-    reader reports on /diagnostics that it has matched every publisher the graph shows there, ours included. A writer can match a reader before the reader has
-    matched the writer (docs/RELIABILITY.md, "Fast DDS under load"), and a volatile reader drops what arrives
-    before; so an injected message counts only once the readers' side of the match is done."""
+    reader reports on /diagnostics that it has matched every publisher the graph shows there, ours included.
+    A writer can match a reader before the reader has matched the writer (docs/RELIABILITY.md, "Fast DDS
+    under load"), and a volatile reader drops what arrives before; so an injected message counts only once
+    the readers' side of the match is done."""
     from diagnostic_msgs.msg import DiagnosticArray
 
     from collab_perception.runtime.readiness import NODE_KEY, parse_endpoint_values
@@ -73,7 +74,7 @@ STARTED = []
 
 
 def stop_leftovers():
-    """Ctrl-C every process in STARTED that is still running (SIGKILL if it ignores it); returns their args."""
+    """Ctrl-C every process in STARTED that is still running (SIGKILL if it ignores it)."""
     left = [p for p in STARTED if p.poll() is None]
     for proc in left:
         proc.send_signal(signal.SIGINT)
@@ -84,7 +85,6 @@ def stop_leftovers():
             proc.kill()
             proc.wait()
     STARTED.clear()
-    return [p.args for p in left]
 
 
 def stop_process(proc, sig=signal.SIGINT, timeout=15.0):

@@ -37,7 +37,7 @@ def collab_frame(snapshot: dict, setting: str) -> dict:
     n = snapshot['rgb'].shape[0]
     others = [i for i in range(n) if i != t]
     source = snapshot['warped_rgb'] if setting in WARPED_SETTINGS else snapshot['rgb']
-    valid = (snapshot['warped_valid'][others] if setting in WARPED_SETTINGS and 'warped_valid' in snapshot
+    valid = (snapshot['warped_valid'][others] if setting in WARPED_SETTINGS
              else np.ones((n - 1,) + source.shape[1:3], bool))
     if setting == 'hidden-target':
         best_agent = int(snapshot['hidden_index'])

@@ -17,11 +17,10 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 from torch import nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import FrameLoader
-from .models import ModelConfig, create_model
+from .models import ModelConfig, cell_coverage, create_model
 
 
 class CachedFrames:
@@ -85,8 +84,7 @@ class EncodedFrames(CachedFrames):
                 labels = batch['labels'].to(torch.uint8)
                 parts['labels'].append(torch.stack([labels, labels.flip(-1)], 1))
                 parts['best'].append(batch['best'])
-                # the supporters' validity at the features' resolution (the share of each cell's pixels covered)
-                valid = F.adaptive_avg_pool2d(batch['valid'].flatten(0, 1), feats.shape[-2:]).view(b, s, 1, *feats.shape[-2:])
+                valid = cell_coverage(batch['valid'], tuple(feats.shape[-2:]))
                 parts['valid'].append(torch.stack([valid, valid.flip(-1)], 1).half())
         loader.augment = augment
         if not parts['best']:

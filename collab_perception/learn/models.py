@@ -199,10 +199,7 @@ class CollabModel(nn.Module):
     def mark_unseen(self, f_s: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """f_s [B, S, C, h, w] with each cell blended towards `unseen` by the share of it the supporter's
         warped view does not cover; valid [B, S, 1, H, W] (pixels) or [B, S, 1, h, w] (cells), in 0..1."""
-        if valid.shape[-2:] != f_s.shape[-2:]:
-            b, s = valid.shape[:2]
-            valid = F.adaptive_avg_pool2d(valid.flatten(0, 1), f_s.shape[-2:]).view(b, s, 1, *f_s.shape[-2:])
-        valid = valid.to(f_s.dtype)
+        valid = cell_coverage(valid, f_s.shape[-2:]).to(f_s.dtype)
         return f_s * valid + (1 - valid) * self.unseen.view(1, 1, -1, 1, 1)
 
     def wire(self) -> WireSpec:
@@ -231,6 +228,15 @@ class CollabModel(nn.Module):
         if out.own_logits is not None and self.cfg.own_loss_weight > 0:
             loss = loss + self.cfg.own_loss_weight * F.cross_entropy(out.own_logits, labels, ignore_index=ignore_index)
         return loss
+
+
+def cell_coverage(valid: torch.Tensor, cells: tuple) -> torch.Tensor:
+    """Pixel validity [B, S, 1, H, W] -> the covered share of each feature cell [B, S, 1, h, w] (as is when it
+    already has the cells' size)."""
+    if tuple(valid.shape[-2:]) == tuple(cells):
+        return valid
+    b, s = valid.shape[:2]
+    return F.adaptive_avg_pool2d(valid.flatten(0, 1), cells).view(b, s, 1, *cells)
 
 
 MODELS: Registry[CollabModel] = Registry('method')
