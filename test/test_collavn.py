@@ -175,6 +175,20 @@ def test_sighting_labels_say_who_has_seen_whose_goal(tiny_nav, tiny_runs):     #
     assert ce == pytest.approx(ce2) and float(aux.detach()) > float(plain.detach())
     aux.backward()
     assert model.key.weight.grad.abs().sum() > 0 and model.goal_cell.weight.grad.abs().sum() > 0
+    # the read term: minus the log of the attention mass on entries near the goal, never negative, and a step
+    # down its gradient moves that mass up
+    read = collavn.imitation_loss(model, batch, rollout, 0.0, 1.0, sight_m, read_weight=1.0)[0]
+    assert float(read.detach()) > float(aux.detach())
+    model.zero_grad()
+    (read - collavn.imitation_loss(model, batch, rollout, 0.0, 1.0, sight_m)[0]).backward()
+    with torch.no_grad():
+        before = float(read - aux)
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= 0.05 * p.grad
+        after = float(collavn.imitation_loss(model, batch, rollout, 0.0, 1.0, sight_m, read_weight=1.0)[0]
+                      - collavn.imitation_loss(model, batch, rollout, 0.0, 1.0, sight_m)[0])
+    assert after < before
 
 
 def test_a_fresh_agent_matches_its_goal_panorama_best():

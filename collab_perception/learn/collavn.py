@@ -485,7 +485,7 @@ def goal_cells(batch: EpisodeBatch) -> torch.Tensor:
 
 
 def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, score_price: float = 0.01,
-                   sighting_weight: float = 0.0, sight_m: float = 8.0):
+                   sighting_weight: float = 0.0, sight_m: float = 8.0, read_weight: float = 0.0):
     """(loss, cross-entropy, label accuracy) of the policy against the expert's labels along a recorded rollout.
     For the communicating variants the loss adds `score_price` times the mean score of the pairs that could
     send and, with `sighting_weight`, two auxiliary terms that teach the exchange what the team-sight expert
@@ -493,7 +493,10 @@ def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, s
     supporter stood within `sight_m` of the requester's goal at that entry's step (binary cross-entropy on
     the match logits; a pair's score is the largest of them, so it says whether the supporter has seen the
     goal), and the goal's cell decoded from what a supporter that has seen it would send (mean squared
-    error)."""
+    error). With `read_weight`, a third term concentrates the supporter's attention read on the entries near
+    the requester's goal (minus the log of the softmax mass on them, for pairs with at least one): the value a
+    supporter sends is the attention mix of Eq. 7, and a mix that puts a third of its mass on entries far from
+    the goal no longer says where the goal is."""
     logits_seq, scores_seq, mixed_seq, entry_seq, expert, active = run_team(model, batch, teacher=rollout)
     logits = torch.stack(logits_seq, 2)                                  # (B, N, T, 5)
     mask = torch.from_numpy(active)
@@ -511,6 +514,7 @@ def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, s
         if sighting_weight and eligible.any():
             near = torch.from_numpy(sighting_labels(batch, rollout, sight_m, memory=False))    # (B, T, Ni, Nj)
             entry_loss, entries = scores.new_zeros(()), 0
+            read_loss, reads = scores.new_zeros(()), 0
             for t, logits_t in enumerate(entry_seq):
                 ok = eligible[:, t]
                 if not ok.any():
@@ -520,7 +524,15 @@ def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, s
                 entry_loss = entry_loss + F.binary_cross_entropy_with_logits(
                     logits_t[ok], labels_t[ok].float(), pos_weight=torch.tensor(SIGHTING_POS_WEIGHT), reduction='sum')
                 entries += int(labels_t[ok].numel())
-            loss = loss + sighting_weight * entry_loss / max(entries, 1)
+                if read_weight:
+                    pair_logits, pair_near = logits_t[ok], labels_t[ok]
+                    has_near = pair_near.any(-1)
+                    if has_near.any():
+                        on_near = pair_logits[has_near].masked_fill(~pair_near[has_near], float('-inf'))
+                        mass = torch.logsumexp(on_near, -1) - torch.logsumexp(pair_logits[has_near], -1)
+                        read_loss = read_loss - mass.sum()
+                        reads += int(has_near.sum())
+            loss = loss + sighting_weight * entry_loss / max(entries, 1) + read_weight * read_loss / max(reads, 1)
             seen = torch.from_numpy(sighting_labels(batch, rollout, sight_m, model.cfg.memory))
             told = eligible & seen
             if told.any():
@@ -605,6 +617,7 @@ class NavTrainConfig:
     lr: float = 1e-3
     score_price: float = 0.002       # per unit of mean score of the pairs that could send: fewer sends
     sighting_weight: float = 0.5     # auxiliary: scores and values taught who has seen whose goal (imitation_loss)
+    read_weight: float = 0.0          # auxiliary: a supporter's attention read concentrated on its sightings
     sight_m: float = 8.0              # the expert knows a goal once it (or, with communication, a teammate) came this close
     seed: int = 0
     encoder_steps: int = 1500
@@ -736,7 +749,8 @@ def train_agent(dataset_dir: str, out_dir: str, cfg: NavTrainConfig, log=print) 
         losses, accs = [], []
         for _ in range(cfg.steps_per_round):
             batch, rollout = buffer[int(rng.integers(len(buffer)))]
-            loss, ce, acc = imitation_loss(model, batch, rollout, cfg.score_price, cfg.sighting_weight, cfg.sight_m)
+            loss, ce, acc = imitation_loss(model, batch, rollout, cfg.score_price, cfg.sighting_weight, cfg.sight_m,
+                                           cfg.read_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -1063,6 +1077,7 @@ def train_command(run_dir: str, dataset_dir: str, cfg: dict) -> str:
     default = _json_ready(dataclasses.asdict(NavTrainConfig()))
     flags = {'rounds': 'rounds', 'rollouts_per_round': 'rollouts-per-round', 'steps_per_round': 'steps-per-round',
              'batch_size': 'batch-size', 'lr': 'lr', 'sight_m': 'sight-m', 'sighting_weight': 'sighting-weight',
+             'read_weight': 'read-weight',
              'encoder_steps': 'encoder-steps', 'seed': 'seed', 'threads': 'threads'}
     parts = ['collab-perception nav train', f'--data {dataset_dir}', f'--variant {cfg["variant"]}', f'--out {run_dir}']
     if not cfg.get('dagger', True):

@@ -54,6 +54,10 @@ def add_nav_learn_commands(sub) -> None:
                    help='communicating variants: weight of the auxiliary terms that teach each score whether '
                         'the supporter has seen the requester\'s goal, and each answer where that goal is '
                         '(default 0.5; 0: imitation and the score price only, round 1\'s loss)')
+    t.add_argument('--read-weight', type=float, default=0.0, metavar='W',
+                   help='communicating variants with memory: weight of an auxiliary term that puts the '
+                        'supporter\'s attention read (the value it sends) on the stored entries near the '
+                        'requester\'s goal (default 0)')
     t.add_argument('--encoder-steps', type=int, default=1500, help='encoder pretraining steps (once per dataset)')
     t.add_argument('--seed', type=int, default=0)
     t.add_argument('--threads', type=int, default=0, help='torch threads (default: all cores)')
@@ -103,7 +107,7 @@ def cmd_train(args) -> int:
     cfg = NavTrainConfig(variant=args.variant, dagger=not args.no_dagger, rounds=args.rounds,
                          rollouts_per_round=args.rollouts_per_round, steps_per_round=args.steps_per_round,
                          batch_size=args.batch_size, teams=tuple(args.teams), lr=args.lr, sight_m=args.sight_m,
-                         sighting_weight=args.sighting_weight,
+                         sighting_weight=args.sighting_weight, read_weight=args.read_weight,
                          encoder_steps=args.encoder_steps, seed=args.seed, threads=args.threads)
     summary = train_agent(args.data, args.out, cfg)
     print(f'{args.out}: best validation SR {summary["best_val_success_rate"]:.3f} in {summary["minutes"]:.1f} min')
