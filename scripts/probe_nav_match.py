@@ -8,7 +8,10 @@ those paths (learn/collavn.run_team with a teacher) and compares its match with 
 - entry AUC: every memory entry a supporter matches (its current key and each stored one), its logit against
   whether the supporter stood within sight of the requester's goal at that entry's step;
 - pair AUC: each (requester, supporter, step) score against whether the supporter has seen the goal so far;
-- sent: the share of those pairs, and of the others, whose score passes the model's threshold.
+- sent: the share of those pairs, and of the others, whose score passes the model's threshold;
+- read mass: for the pairs whose supporter has an entry near the goal, the share of the attention read (the
+  softmax over its entries, whose mix is the value it sends) that falls on such entries (1: the value is
+  made of sightings only).
 Without a model path, a freshly initialized agent (seed 0) is probed.
 """
 from __future__ import annotations
@@ -70,12 +73,16 @@ def main(argv=None) -> int:
         rollout = collavn.run_team(None, batch, beta=1.0, policy='expert', sight_m=sight_m, team_sight=True)
         _, scores_seq, _, entry_seq, _, _ = collavn.run_team(model, batch, teacher=rollout)
     near = collavn.sighting_labels(batch, rollout, sight_m, memory=False)
-    entry_logits, entry_labels = [], []
+    entry_logits, entry_labels, read_mass = [], [], []
     for t, logits in enumerate(entry_seq):
         eligible = (scores_seq[t] > 0).numpy()
         steps = [t] + list(range(logits.shape[-1] - 1))          # entry 0: step t; entry m >= 1: step m - 1
         entry_logits.append(logits.numpy()[eligible].ravel())
-        entry_labels.append(near[:, steps].transpose(0, 2, 3, 1)[eligible].ravel())
+        labels_t = near[:, steps].transpose(0, 2, 3, 1)[eligible]            # (pairs, entries)
+        entry_labels.append(labels_t.ravel())
+        weights = torch.softmax(logits, -1).numpy()[eligible]
+        has_near = labels_t.any(-1)
+        read_mass.append((weights * labels_t)[has_near].sum(-1))
     logits, labels = np.concatenate(entry_logits), np.concatenate(entry_labels)
     scores = torch.stack(scores_seq, 1).numpy()
     seen = collavn.sighting_labels(batch, rollout, sight_m, model.cfg.memory)
@@ -88,6 +95,9 @@ def main(argv=None) -> int:
           f'pair AUC {auc(scores[eligible], seen[eligible]):.3f}')
     print(f'  sent: {100 * sent[eligible & seen].mean():.1f}% of the pairs that have seen it, '
           f'{100 * sent[eligible & ~seen].mean():.1f}% of the others')
+    mass = np.concatenate(read_mass)
+    print(f'  read mass on entries near the goal: mean {mass.mean():.3f}, median {np.median(mass):.3f} '
+          f'over {len(mass)} pairs with such an entry')
     return 0
 
 
