@@ -1,5 +1,6 @@
 """CollaVN's memory-augmented communication (runtime/memory.py), its torch twin (learn/collavn.py), the
 navigation metrics, and a short training + evaluation run on a tiny generated dataset."""
+import dataclasses
 import math
 
 import numpy as np
@@ -189,6 +190,44 @@ def test_sighting_labels_say_who_has_seen_whose_goal(tiny_nav, tiny_runs):     #
         after = float(collavn.imitation_loss(model, batch, rollout, 0.0, 1.0, sight_m, read_weight=1.0)[0]
                       - collavn.imitation_loss(model, batch, rollout, 0.0, 1.0, sight_m)[0])
     assert after < before
+
+
+def test_a_radio_range_limits_who_hears_whom(tiny_nav, tiny_runs):
+    from collab_perception.data.nav import NavDataset
+    dataset = NavDataset(tiny_nav)
+    encoder = collavn.load_or_pretrain_encoder(dataset, 0)
+    maps, feats = collavn.map_features(dataset, encoder, 'train')
+    episodes = [e for e in dataset.episodes('train') if e.team == 3][:4]
+    batch = collavn.EpisodeBatch(episodes, maps, feats, dataset.config)
+    nodes = batch.starts()
+    assert batch.reach(nodes, 0.0).all()                                  # 0: no limit
+    reach = batch.reach(nodes, 6.0)
+    for b, m in enumerate(batch.maps):
+        for i in range(3):
+            for j in range(3):
+                metres = np.linalg.norm((m.cells[nodes[b, i]] - m.cells[nodes[b, j]]) * dataset.config.lattice_m)
+                assert reach[b, i, j] == (metres <= 6.0)
+    assert (reach == reach.transpose(0, 2, 1)).all() and not reach.all()
+    # a range that covers the whole region changes nothing: the same expert paths as without one
+    sight_m = 2 * dataset.config.lattice_m
+    free = collavn.run_team(None, batch, policy='expert', sight_m=sight_m)
+    wide = collavn.run_team(None, batch, policy='expert', sight_m=sight_m, comm_range_m=1000.0, sight_memory=False)
+    assert (free.nodes == wide.nodes).all()
+    # values only go to agents in reach at that step, and a replay along the recorded paths keeps the range
+    model = collavn.load_agent(str(tiny_runs / 'collavn' / 'model.pt'))
+    model.cfg = dataclasses.replace(model.cfg, threshold=0.0)               # everyone in reach sends
+    rollout = collavn.run_team(model, batch, comm_range_m=6.0)
+    assert rollout.comm_range_m == 6.0 and rollout.sent.any()
+    for t in range(rollout.sent.shape[1]):
+        in_reach = batch.reach(rollout.nodes[:, :, t], 6.0)
+        assert not (rollout.sent[:, t] & ~in_reach).any()
+        assert (rollout.sent[:, t] | ~in_reach | ~rollout.requested[:, t, :, None]
+                | np.eye(3, dtype=bool)[None]).all()
+    _, scores_seq, *_ = collavn.run_team(model, batch, teacher=rollout)
+    for t, scores in enumerate(scores_seq):
+        assert not ((scores.detach().numpy() > 0) & ~batch.reach(rollout.nodes[:, :, t], 6.0)).any()
+    with pytest.raises(ValueError, match='comm_range_m'):
+        collavn.NavTrainConfig(comm_range_m=-1.0)
 
 
 def test_a_fresh_agent_matches_its_goal_panorama_best():

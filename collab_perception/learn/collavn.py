@@ -229,10 +229,11 @@ def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid:
 
 
 def team_step(model: CollaVNAgent, state: TeamState, views: torch.Tensor, goal: torch.Tensor, cells: torch.Tensor,
-              active: torch.Tensor, present: torch.Tensor) -> StepOutput:
+              active: torch.Tensor, present: torch.Tensor, reach: Optional[torch.Tensor] = None) -> StepOutput:
     """One step of every agent. views (B, N, 4, F): the current panoramas; goal (B, N, 4, F); cells (B, N, 2)
     normalized GPS; active (B, N): agents still navigating (they request); present (B, N): agents in the
-    team (stopped ones included: they still answer)."""
+    team (stopped ones included: they still answer); reach (B, Ni, Nj): whether j's radio reaches i this
+    step (None: everyone reaches everyone, the paper's setting)."""
     cfg = model.cfg
     B, N = active.shape
     has_memory = cfg.memory and state.keys is not None
@@ -256,6 +257,8 @@ def team_step(model: CollaVNAgent, state: TeamState, views: torch.Tensor, goal: 
         mixed = torch.einsum('bijm,bjmv->bijv', torch.softmax(pair_logits, -1), own_v)
         eye = torch.eye(N, dtype=torch.bool, device=views.device)[None]
         eligible = active[:, :, None] & present[:, None, :] & ~eye
+        if reach is not None:
+            eligible = eligible & reach
         hard = (score >= cfg.threshold) & eligible
         # Straight-through selection: the forward pass fuses only the values that pass the threshold, as
         # inference does; the backward pass sees every eligible supporter's score-weighted value, so a score
@@ -314,6 +317,23 @@ class EpisodeBatch:
                 d = self.distance[b][i]
                 out[b, i] = (d[nodes[b]] <= steps).any() if team else d[nodes[b, i]] <= steps
         return out
+
+    def near_goals(self, nodes: np.ndarray, sight_m: float) -> np.ndarray:
+        """(B, Nj, Ni): whether agent j stands within `sight_m` (geodesic) of agent i's goal at `nodes`."""
+        steps = sight_m / self.config.lattice_m
+        out = np.zeros((len(self.maps), self.team, self.team), bool)
+        for b in range(len(self.maps)):
+            for i in range(self.team):
+                out[b, :, i] = self.distance[b][i][nodes[b]] <= steps
+        return out
+
+    def reach(self, nodes: np.ndarray, range_m: float) -> np.ndarray:
+        """(B, Ni, Nj): whether agents i and j are within `range_m` of each other (straight line; 0: no
+        limit), i.e. whether their messages get through."""
+        if not range_m:
+            return np.ones((len(self.maps), self.team, self.team), bool)
+        xy = np.stack([m.cells[nodes[b]] for b, m in enumerate(self.maps)]).astype(np.float64) * self.config.lattice_m
+        return np.linalg.norm(xy[:, :, None] - xy[:, None, :], axis=-1) <= range_m
 
     def expert_actions(self, nodes: np.ndarray, prev: Optional[np.ndarray] = None,
                        known: Optional[np.ndarray] = None) -> np.ndarray:
@@ -376,11 +396,12 @@ class Rollout:
     sent: np.ndarray                 # (B, T, Ni, Nj) bool
     requested: np.ndarray            # (B, T, N) bool
     collisions: np.ndarray           # (B, N)
+    comm_range_m: float = 0.0        # the radio range it was recorded with (0: unlimited); a replay keeps it
 
 
 def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0.0, rng=None,
              policy: str = 'greedy', teacher: Optional[Rollout] = None, sight_m: Optional[float] = None,
-             team_sight: bool = True):
+             team_sight: bool = True, comm_range_m: float = 0.0, sight_memory: bool = True):
     """Roll a team out for T_max steps. `beta`: probability of executing the expert's move instead of the
     policy's (DAgger); policy 'greedy' (argmax), 'sample', 'random' (random walk, no model) or 'expert'.
     With `teacher` (a Rollout), the team follows its recorded nodes instead and the step logits are returned
@@ -389,7 +410,12 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
     The expert knows an agent's goal once it has been within `sight_m` of the agent (team_sight=False: what
     the agent could know alone) or of any agent of the team so far (team_sight=True: what the team's
     memories could tell it); before, it explores (EpisodeBatch.expert_actions). `sight_m` None: it always
-    knows (the shortest-path expert)."""
+    knows (the shortest-path expert).
+
+    `comm_range_m` (0: unlimited, the paper's setting): messages only get through between agents within that
+    distance of each other. A team-sight expert then learns a teammate's sighting only while that teammate is
+    in reach: any sighting it made so far (`sight_memory`, what a supporter with memory can tell) or only one
+    it is making now (what a supporter without memory can tell). Without a range limit the two coincide."""
     T, B, N = batch.config.max_steps, len(batch), batch.team
     rng = rng or np.random.default_rng(0)
     nodes = batch.starts() if teacher is None else teacher.nodes[:, :, 0].copy()
@@ -399,7 +425,15 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
     rec_sent, rec_req = [], []
     collisions = np.zeros((B, N), np.int64)
     prev = np.full((B, N), STOP, np.int64)
-    known = None if sight_m is None else batch.sighted(nodes, sight_m, team_sight)
+    if teacher is not None:
+        comm_range_m = teacher.comm_range_m
+    seen = known = None
+    if sight_m is not None:
+        if team_sight:
+            seen = batch.near_goals(nodes, sight_m)                          # (B, Nj, Ni)
+            known = (batch.reach(nodes, comm_range_m) & seen.transpose(0, 2, 1)).any(-1)
+        else:
+            known = batch.sighted(nodes, sight_m, team=False)
     state = None
     goal = batch.goals() if model is not None else None
     logits_seq, scores_seq, mixed_seq, entry_seq = [], [], [], []
@@ -413,7 +447,8 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
             if state is None:
                 state = TeamState(torch.zeros(B, N, model.cfg.hidden), torch.full((B, N), STOP, dtype=torch.long))
             views, cells = batch.observe(nodes)
-            out = team_step(model, state, views, goal, cells, torch.from_numpy(active), present)
+            reach = torch.from_numpy(batch.reach(nodes, comm_range_m)) if comm_range_m else None
+            out = team_step(model, state, views, goal, cells, torch.from_numpy(active), present, reach)
             logits_seq.append(out.logits)
             scores_seq.append(out.scores)
             mixed_seq.append(out.mixed)
@@ -444,8 +479,12 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
         nodes, hit = batch.move(nodes, actions, active)
         collisions += hit
         prev = np.where(active, actions, prev)
-        if known is not None:
-            known |= batch.sighted(nodes, sight_m, team_sight)
+        if seen is not None:
+            near = batch.near_goals(nodes, sight_m)
+            seen = seen | near if sight_memory else near
+            known |= (batch.reach(nodes, comm_range_m) & seen.transpose(0, 2, 1)).any(-1)
+        elif known is not None:
+            known |= batch.sighted(nodes, sight_m, team=False)
         if state is not None:
             state.prev_action = torch.from_numpy(np.where(active, actions, state.prev_action.numpy()))
         rec_active.append(active.copy())
@@ -458,7 +497,7 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
     steps = len(rec_active)
     return Rollout(nodes=np.stack(rec_nodes, -1), active=np.stack(rec_active, -1), expert=np.stack(rec_expert, -1),
                    actions=np.stack(rec_actions, -1), sent=np.stack(rec_sent, 1)[:, :steps],
-                   requested=np.stack(rec_req, 1)[:, :steps], collisions=collisions)
+                   requested=np.stack(rec_req, 1)[:, :steps], collisions=collisions, comm_range_m=comm_range_m)
 
 
 def sighting_labels(batch: EpisodeBatch, rollout: Rollout, sight_m: float, memory: bool) -> np.ndarray:
@@ -576,9 +615,10 @@ def comm_bytes(rollout: Rollout, agent: Optional[AgentConfig]) -> dict:
 @torch.no_grad()
 def evaluate_batches(model: Optional[CollaVNAgent], batches: list[EpisodeBatch], seed: int = 0,
                      threshold: Optional[float] = None, policy: str = 'greedy', sight_m: Optional[float] = None,
-                     team_sight: bool = True) -> dict:
+                     team_sight: bool = True, comm_range_m: float = 0.0, sight_memory: bool = True) -> dict:
     """SR, DTS, SPL, SSR and bytes of a model's greedy actions over episode batches; without a model a
-    random walk, or with policy 'expert' the expert of `run_team` (sight_m, team_sight)."""
+    random walk, or with policy 'expert' the expert of `run_team` (sight_m, team_sight, sight_memory), with
+    messages limited to `comm_range_m` (0: unlimited)."""
     trained_cfg = model.cfg if model is not None else None
     if model is not None:
         model.eval()
@@ -588,7 +628,8 @@ def evaluate_batches(model: Optional[CollaVNAgent], batches: list[EpisodeBatch],
     outcomes, byte_rows = [], []
     try:
         for batch in batches:
-            r = run_team(model, batch, rng=rng, sight_m=sight_m, team_sight=team_sight,
+            r = run_team(model, batch, rng=rng, sight_m=sight_m, team_sight=team_sight, comm_range_m=comm_range_m,
+                         sight_memory=sight_memory,
                          policy=policy if model is not None or policy == 'expert' else 'random')
             outcomes += episode_outcomes(batch, r)
             byte_rows.append((comm_bytes(r, model.cfg if model is not None else None), int(r.requested.sum())))
@@ -619,6 +660,7 @@ class NavTrainConfig:
     sighting_weight: float = 0.5     # auxiliary: scores and values taught who has seen whose goal (imitation_loss)
     read_weight: float = 0.0          # auxiliary: a supporter's attention read concentrated on its sightings
     sight_m: float = 8.0              # the expert knows a goal once it (or, with communication, a teammate) came this close
+    comm_range_m: float = 0.0         # messages only between agents this close (0: unlimited, the paper's setting)
     seed: int = 0
     encoder_steps: int = 1500
     threads: int = 0
@@ -631,6 +673,8 @@ class NavTrainConfig:
             raise ValueError('rounds, rollouts_per_round, steps_per_round and batch_size must be >= 1')
         if any(not 2 <= t <= 8 for t in self.teams):
             raise ValueError(f'teams: each team size must be in 2..8, got {list(self.teams)}')
+        if not 0 <= self.comm_range_m < 1e4:
+            raise ValueError(f'comm_range_m: must be >= 0 (0: unlimited), got {self.comm_range_m}')
 
 
 def encoder_path(dataset_dir: str) -> str:
@@ -744,7 +788,8 @@ def train_agent(dataset_dir: str, out_dir: str, cfg: NavTrainConfig, log=print) 
             for _ in range(cfg.rollouts_per_round):
                 batch = fresh_batch()
                 buffer.append((batch, run_team(model, batch, beta=beta, rng=rng, policy='sample', sight_m=cfg.sight_m,
-                                               team_sight=agent_cfg.communicates)))
+                                               team_sight=agent_cfg.communicates, comm_range_m=cfg.comm_range_m,
+                                               sight_memory=agent_cfg.memory)))
         model.train()
         losses, accs = [], []
         for _ in range(cfg.steps_per_round):
@@ -760,7 +805,7 @@ def train_agent(dataset_dir: str, out_dir: str, cfg: NavTrainConfig, log=print) 
             accs.append(acc)
             bar.update(1)
             bar.set_postfix(round=rnd, loss=f'{np.mean(losses[-20:]):.3f}', acc=f'{np.mean(accs[-20:]):.2f}')
-        metrics = evaluate_batches(model, val_batches, seed=cfg.seed)
+        metrics = evaluate_batches(model, val_batches, seed=cfg.seed, comm_range_m=cfg.comm_range_m)
         history.append({'round': rnd, 'beta': beta, 'loss': float(np.mean(losses)), 'label_accuracy': float(np.mean(accs)),
                         'buffer': len(buffer), 'val_success_rate': metrics['success_rate'], 'val_spl': metrics['spl'],
                         'val_bytes_per_agent_step': metrics['bytes_per_agent_step'],
@@ -799,11 +844,13 @@ TASK_NAMES = {'common': 'CommonGoal', 'specific': 'SpecificGoal'}
 
 
 def evaluate_table(dataset_dir: str, runs_dir: str, rows: dict, adhoc: dict,
-                   thresholds: Sequence[float] = (0.5,), references: Optional[dict] = None, log=print) -> dict:
+                   thresholds: Sequence[float] = (0.5,), references: Optional[dict] = None,
+                   comm_range_m: Optional[float] = None, log=print) -> dict:
     """Every row (name -> (run directory or None for the random walk, label)) on every task and team size
     of the test split and the unseen world; Ad-hoCoop (name -> (run, team tested)); ours' threshold sweep;
-    `references` (name -> (label, team_sight)): the experts the variants imitate, at the sight_m ours was
-    trained with."""
+    `references` (name -> (label, team_sight, sight_memory)): the experts the variants imitate, at the
+    sight_m ours was trained with. Messages are limited to `comm_range_m` (None: the range ours was trained
+    with; 0: unlimited) for every row."""
     from ..data.nav import NavDataset, TASKS
 
     dataset = NavDataset(dataset_dir)
@@ -825,21 +872,24 @@ def evaluate_table(dataset_dir: str, runs_dir: str, rows: dict, adhoc: dict,
 
     batches: dict = {}          # (split, task, team) -> its EpisodeBatches (their BFS fields), built once
 
+    trained = os.path.join(runs_dir, rows['collavn'][0], 'train.json')
+    sight_m, trained_range = NavTrainConfig.sight_m, NavTrainConfig.comm_range_m
+    if os.path.exists(trained):
+        with open(trained, encoding='utf-8') as f:
+            ours_cfg = json.load(f)['config']
+        sight_m = float(ours_cfg.get('sight_m', sight_m))
+        trained_range = float(ours_cfg.get('comm_range_m', trained_range))
+    range_m = trained_range if comm_range_m is None else float(comm_range_m)
+
     def score(model, split, task, team, random_walk=False, threshold=None, **expert):
         key = (split, task, team)
         if key not in batches:
             batches[key] = batches_of(dataset.episodes(split, task=task, team=team), maps, feats, nav, 32)
         if not batches[key] or (model is None and not random_walk and not expert):
             return None
-        return evaluate_batches(model, batches[key], threshold=threshold, **expert)
+        return evaluate_batches(model, batches[key], threshold=threshold, comm_range_m=range_m, **expert)
 
-    trained = os.path.join(runs_dir, rows['collavn'][0], 'train.json')
-    sight_m = NavTrainConfig.sight_m
-    if os.path.exists(trained):
-        with open(trained, encoding='utf-8') as f:
-            sight_m = float(json.load(f)['config'].get('sight_m', sight_m))
-
-    out = {'config': nav.to_dict(), 'splits': splits, 'rows': {}, 'adhoc': {}, 'sweep': []}
+    out = {'config': nav.to_dict(), 'splits': splits, 'rows': {}, 'adhoc': {}, 'sweep': [], 'comm_range_m': range_m}
     teams = sorted({e.team for e in dataset.episodes('test')})
     for name, (run, label) in rows.items():
         model = models(run)
@@ -852,13 +902,16 @@ def evaluate_table(dataset_dir: str, runs_dir: str, rows: dict, adhoc: dict,
                         entry['results'][f'{split}/{task}/{team}'] = r
         out['rows'][name] = entry
         log(f'{label}: ' + ('evaluated' if entry['results'] else 'not trained'))
-    for name, (label, team_sight) in (references or {}).items():
+    for name, (label, team_sight, sight_memory) in (references or {}).items():
+        if not sight_memory and not range_m:
+            continue            # with every message getting through, the same expert as the one with memory
         entry = {'label': label, 'trained': True, 'reference': True, 'results': {}}
         for split in splits:
             for task in TASKS:
                 for team in teams:
                     entry['results'][f'{split}/{task}/{team}'] = score(
-                        None, split, task, team, policy='expert', sight_m=sight_m, team_sight=team_sight)
+                        None, split, task, team, policy='expert', sight_m=sight_m, team_sight=team_sight,
+                        sight_memory=sight_memory)
         out['rows'][name] = entry
     out['sight_m'] = sight_m
     for name, (run, team) in adhoc.items():
@@ -896,6 +949,10 @@ def write_results_section(path: str, table: dict, plot_path: str, begin: str, en
                  f'{c["band_scale"]:g}. Rows in italics are the experts the variants imitate (not learned; '
                  f'they know a goal once it came within {table.get("sight_m", 0):g} m of the agent, or of any '
                  f'teammate so far).')
+    if table.get('comm_range_m'):
+        lines.append(f'Radio range {table["comm_range_m"]:g} m: every row\'s messages only get through between '
+                     'agents within that distance of each other, and a team-sight expert learns a teammate\'s '
+                     'sighting only while the teammate is in reach.')
     lines.append('')
     for task, task_name in TASK_NAMES.items():
         lines += [f'### {task_name}', '',

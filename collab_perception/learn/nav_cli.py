@@ -19,8 +19,11 @@ ROWS = {
 }
 ADHOC = {'2->3': ('collavn_team2', 3), '3->2': ('collavn_team3', 2)}
 # the experts the variants imitate (not learned): name -> (label, whether it knows what the team saw)
-REFERENCES = {'expert_own': ('Expert, own sight (what w/o communication imitates)', False),
-              'expert_team': ('Expert, team sight (what ours imitates)', True)}
+# (with a radio range, the team-sight expert without memory is what w/o memory imitates; without one it
+# equals the expert with memory and is left out)
+REFERENCES = {'expert_own': ('Expert, own sight (what w/o communication imitates)', False, True),
+              'expert_team': ('Expert, team sight (what ours imitates)', True, True),
+              'expert_team_now': ('Expert, team sight of the present only (what w/o memory imitates)', True, False)}
 RESULTS_BEGIN = '<!-- collavn:begin (written by `collab-perception nav evaluate`) -->'
 RESULTS_END = '<!-- collavn:end -->'
 
@@ -58,6 +61,10 @@ def add_nav_learn_commands(sub) -> None:
                    help='communicating variants with memory: weight of an auxiliary term that puts the '
                         'supporter\'s attention read (the value it sends) on the stored entries near the '
                         'requester\'s goal (default 0)')
+    t.add_argument('--comm-range-m', type=float, default=0.0, metavar='M',
+                   help='radio range: messages only get through between agents within M metres of each other, '
+                        'and the expert learns a teammate\'s sighting only while it is in reach (default 0: '
+                        'unlimited, the paper\'s setting)')
     t.add_argument('--encoder-steps', type=int, default=1500, help='encoder pretraining steps (once per dataset)')
     t.add_argument('--seed', type=int, default=0)
     t.add_argument('--threads', type=int, default=0, help='torch threads (default: all cores)')
@@ -94,6 +101,8 @@ def add_nav_learn_commands(sub) -> None:
     e.add_argument('--json', default='', help='also write every number as JSON here')
     e.add_argument('--thresholds', type=float, nargs='+', default=[0.0, 0.5, 0.8, 0.95, 1.01],
                    help='select thresholds swept for ours (the plot and the saving; default 0 0.5 0.8 0.95 1.01)')
+    e.add_argument('--comm-range-m', type=float, default=None, metavar='M',
+                   help='radio range applied to every row (default: the range ours was trained with; 0: unlimited)')
     e.add_argument('--threads', type=int, default=0)
     e.set_defaults(func=cmd_evaluate)
 
@@ -108,6 +117,7 @@ def cmd_train(args) -> int:
                          rollouts_per_round=args.rollouts_per_round, steps_per_round=args.steps_per_round,
                          batch_size=args.batch_size, teams=tuple(args.teams), lr=args.lr, sight_m=args.sight_m,
                          sighting_weight=args.sighting_weight, read_weight=args.read_weight,
+                         comm_range_m=args.comm_range_m,
                          encoder_steps=args.encoder_steps, seed=args.seed, threads=args.threads)
     summary = train_agent(args.data, args.out, cfg)
     print(f'{args.out}: best validation SR {summary["best_val_success_rate"]:.3f} in {summary["minutes"]:.1f} min')
@@ -133,7 +143,10 @@ def cmd_evaluate(args) -> int:
     from .collavn import evaluate_table, write_results_section
     if args.threads:
         torch.set_num_threads(args.threads)
-    table = evaluate_table(args.data, args.runs, ROWS, ADHOC, thresholds=args.thresholds, references=REFERENCES)
+    if args.comm_range_m is not None and args.comm_range_m < 0:
+        raise SystemExit(f'--comm-range-m must be >= 0 (0: unlimited), got {args.comm_range_m}')
+    table = evaluate_table(args.data, args.runs, ROWS, ADHOC, thresholds=args.thresholds, references=REFERENCES,
+                           comm_range_m=args.comm_range_m)
     write_results_section(args.results, table, args.plot, RESULTS_BEGIN, RESULTS_END, command=_command(args))
     if args.json:
         with open(args.json, 'w', encoding='utf-8') as f:
@@ -144,4 +157,6 @@ def cmd_evaluate(args) -> int:
 
 def _command(args) -> str:
     parts = ['collab-perception nav evaluate', f'--data {args.data}', f'--runs {args.runs}']
+    if args.comm_range_m is not None:
+        parts.append(f'--comm-range-m {args.comm_range_m:g}')
     return ' '.join(parts)
