@@ -5,11 +5,14 @@ teammate is making at that step (what a supporter without memory can tell), with
 
 The experts are the ones the variants imitate (learn/collavn.run_team): both know a goal once it came within
 --sight-m of a teammate whose message gets through, and explore until then. Their success rates bound what
-memory can add to a learned agent that imitates them. Writes a table to stdout and a PNG of SR against range.
+memory can add to a learned agent that imitates them. With --model, a trained agent is scored the same way
+with its memory on and switched off at inference (supporters answer from their current entry only, no own-memory
+read): what its memory is worth to it. Writes a table to stdout and a PNG of SR against range.
 
 Example:
   python scripts/nav_memory_headroom.py --data datasets/nav --split test --ranges 0 8 12 16 24 32 \\
       --plot docs/img/collavn_memory_headroom.png
+  python scripts/nav_memory_headroom.py --split test --ranges 0 --model runs/nav/collavn/model.pt
 """
 from __future__ import annotations
 
@@ -44,6 +47,30 @@ def success_rate(batches: list, **expert) -> float:
     return 100 * nav_metrics(outcomes)['success_rate']
 
 
+def model_rates(model_path: str, dataset: NavDataset, split: str, ranges: list, patrol_steps: int = 0) -> list:
+    """(task, range, SR with memory, SR with it switched off) of a trained agent, greedy actions."""
+    encoder = collavn.load_or_pretrain_encoder(dataset, 0)
+    maps, feats = collavn.map_features(dataset, encoder, split)
+    model = collavn.load_agent(model_path)
+    if not model.cfg.memory:
+        raise SystemExit(f'{model_path}: a {model.cfg.variant} agent has no memory to switch off')
+    forgetful = collavn.CollaVNAgent(dataclasses.replace(model.cfg, variant='no_memory'))
+    forgetful.load_state_dict(model.state_dict())
+    out = []
+    for task in TASKS:
+        episodes = dataset.episodes(split, task=task)
+        batches = []
+        for team in sorted({e.team for e in episodes}):
+            batches += collavn.batches_of([e for e in episodes if e.team == team], maps, feats, dataset.config, 32)
+        for r in ranges:
+            on, off = (100 * collavn.evaluate_batches(m.eval(), batches, comm_range_m=r,
+                                                               patrol_steps=patrol_steps)['success_rate']
+                       for m in (model, forgetful))
+            out.append((task, r, on, off))
+            print(f'| {task} | {"unlimited" if not r else f"{r:g}"} | {on:.2f} | {off:.2f} | {on - off:+.2f} |', flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--data', default='datasets/nav', help='navigation dataset (default datasets/nav)')
@@ -52,16 +79,25 @@ def main(argv=None) -> int:
                     help='radio ranges in metres (0: unlimited; default 0 8 12 16 24 32)')
     ap.add_argument('--sight-m', type=float, default=collavn.NavTrainConfig.sight_m, metavar='M',
                     help='sighting distance of the experts (default: nav train\'s)')
+    ap.add_argument('--patrol-steps', type=int, default=0, metavar='K',
+                    help='episodes start after a patrol of K moves whose sightings only memory keeps (default 0)')
     ap.add_argument('--plot', default='', help='PNG: SR against range, with and without memory, per task')
+    ap.add_argument('--model', default='', metavar='MODEL_PT',
+                    help='also score this trained agent (nav train\'s model.pt) with its memory on and off')
     args = ap.parse_args(argv)
+    if args.patrol_steps < 0:
+        ap.error(f'--patrol-steps must be >= 0, got {args.patrol_steps}')
     if any(r < 0 for r in args.ranges):
         ap.error('--ranges: every range must be >= 0 (0: unlimited)')
+    if args.model and not os.path.isfile(args.model):
+        ap.error(f'--model {args.model}: no such file (nav train writes RUN/model.pt)')
     dataset = NavDataset(args.data)
     if args.split not in dataset.splits:
         ap.error(f'--split {args.split!r}: the dataset has {", ".join(dataset.splits)}')
     maps, feats = expert_maps(dataset, args.split)
     rows = []
-    print(f'{args.data}, {args.split} split, sighting within {args.sight_m:g} m: expert SR in %')
+    patrol = f', after a patrol of {args.patrol_steps} moves' if args.patrol_steps else ''
+    print(f'{args.data}, {args.split} split, sighting within {args.sight_m:g} m{patrol}: expert SR in %')
     print('| task | own sight | range (m) | team sight, with memory | team sight, present only | memory adds |')
     print('|---|---|---|---|---|---|')
     for task in TASKS:
@@ -69,13 +105,20 @@ def main(argv=None) -> int:
         batches = []
         for team in sorted({e.team for e in episodes}):
             batches += collavn.batches_of([e for e in episodes if e.team == team], maps, feats, dataset.config, 64)
-        own = success_rate(batches, sight_m=args.sight_m, team_sight=False)
+        own = success_rate(batches, sight_m=args.sight_m, team_sight=False,
+                           patrol_steps=args.patrol_steps)
         for r in args.ranges:
-            with_memory = success_rate(batches, sight_m=args.sight_m, comm_range_m=r)
-            present = success_rate(batches, sight_m=args.sight_m, comm_range_m=r, sight_memory=False)
+            with_memory = success_rate(batches, sight_m=args.sight_m, comm_range_m=r, patrol_steps=args.patrol_steps)
+            present = success_rate(batches, sight_m=args.sight_m, comm_range_m=r, sight_memory=False,
+                                   patrol_steps=args.patrol_steps)
             rows.append((task, r, own, with_memory, present))
             print(f'| {task} | {own:.1f} | {"unlimited" if not r else f"{r:g}"} | {with_memory:.1f} | {present:.1f} | '
                   f'{with_memory - present:+.1f} |', flush=True)
+    if args.model:
+        print(f'\n{args.model}: SR in %, every team size')
+        print('| task | range (m) | memory on | memory switched off | memory adds |')
+        print('|---|---|---|---|---|')
+        model_rates(args.model, dataset, args.split, args.ranges, args.patrol_steps)
     if args.plot:
         import matplotlib
         matplotlib.use('Agg')

@@ -230,6 +230,50 @@ def test_a_radio_range_limits_who_hears_whom(tiny_nav, tiny_runs):
         collavn.NavTrainConfig(comm_range_m=-1.0)
 
 
+def test_a_patrol_before_the_goals_fills_the_memories(tiny_nav, tiny_runs):
+    from collab_perception.data.nav import NavDataset
+    dataset = NavDataset(tiny_nav)
+    encoder = collavn.load_or_pretrain_encoder(dataset, 0)
+    maps, feats = collavn.map_features(dataset, encoder, 'train')
+    episodes = [e for e in dataset.episodes('train') if e.team == 2][:6]
+    batch = collavn.EpisodeBatch(episodes, maps, feats, dataset.config)
+    path = batch.patrol(5)
+    assert path.shape == (len(batch), 2, 6) and (path[:, :, 0] == batch.starts()).all()
+    assert (path[:, :, 1:] != path[:, :, :-1]).any()                      # the team moved
+    for b, m in enumerate(batch.maps):                                     # along the lattice's edges
+        for i in range(2):
+            for t in range(5):
+                assert path[b, i, t + 1] == path[b, i, t] or path[b, i, t + 1] in m.neighbours[path[b, i, t]]
+    assert (collavn.EpisodeBatch(episodes, maps, feats, dataset.config).patrol(5) == path).all()   # a replay walks it again
+    # the episode starts where the patrol ended, and SPL's shortest length is measured from there
+    model = collavn.load_agent(str(tiny_runs / 'collavn' / 'model.pt'))
+    rollout = collavn.run_team(model, batch, patrol_steps=5)
+    assert rollout.patrol_steps == 5 and (rollout.nodes[:, :, 0] == path[:, :, -1]).all()
+    outcomes = collavn.episode_outcomes(batch, rollout)
+    assert [o.shortest_m for o in outcomes] == [batch.distance[b][i][path[b, i, -1]] * dataset.config.lattice_m
+                                                for b in range(len(batch)) for i in range(2)]
+    # replayed along a recorded walk, every agent's memory holds its patrol's entries before the first step's
+    rollout = collavn.run_team(None, batch, policy='random', rng=np.random.default_rng(5), patrol_steps=5)
+    assert rollout.active.shape[2] >= 2 and (rollout.nodes[:, :, 0] == path[:, :, -1]).all()
+    _, scores_seq, _, entry_seq, _, _ = collavn.run_team(model, batch, teacher=rollout)
+    assert entry_seq[0].shape[-1] == 1 + 5 and entry_seq[1].shape[-1] == 1 + 6
+    replayed = collavn.run_team(model, batch, teacher=rollout)[1]
+    assert all(torch.equal(a, b) for a, b in zip(scores_seq, replayed))
+    # sighting labels count the patrol: with memory, what a patrol passed stays seen
+    ever = collavn.sighting_labels(batch, rollout, 4.0, memory=True, with_patrol=True)
+    assert ever.shape[1] == 5 + rollout.active.shape[2]
+    assert (collavn.sighting_labels(batch, rollout, 4.0, memory=True) == ever[:, 5:]).all()
+    # the experts: one that remembers the patrol's sightings does at least as well as one that does not
+    sight_m = 2 * dataset.config.lattice_m
+    rates = [collavn.evaluate_batches(None, [batch], policy='expert', sight_m=sight_m, patrol_steps=5,
+                                      sight_memory=memory)['success_rate'] for memory in (True, False)]
+    assert rates[0] >= rates[1]
+    loss, _, _ = collavn.imitation_loss(model, batch, rollout, 0.0, 1.0, sight_m, read_weight=1.0)
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match='patrol_steps'):
+        collavn.NavTrainConfig(patrol_steps=-1)
+
+
 def test_a_fresh_agent_matches_its_goal_panorama_best():
     """The match is a scaled cosine in the key's space with the goal entering through the key's projection:
     before any training, the key of the goal's own panorama scores highest against the query."""

@@ -292,6 +292,7 @@ class EpisodeBatch:
             raise ValueError('an EpisodeBatch holds episodes of one team size')
         self.team = N
         self.maps = [maps[(e.map_split, e.map_id)] for e in episodes]
+        self._patrols: dict = {}
         self.features = [features[(e.map_split, e.map_id)] for e in episodes]
         cache: dict = {}
         self.distance = []                                  # per episode, per agent: moves to its goal, per node
@@ -384,6 +385,20 @@ class EpisodeBatch:
     def starts(self) -> np.ndarray:
         return np.array([e.starts for e in self.episodes], np.int64)
 
+    def patrol(self, steps: int) -> np.ndarray:
+        """(B, N, steps + 1): the nodes of a patrol of `steps` moves from the starts before any goal is given,
+        by the expert's exploration rule (deterministic, so a replay walks it again)."""
+        if steps not in self._patrols:
+            nodes, prev, path = self.starts(), None, []
+            unknown = np.zeros(nodes.shape, bool)
+            path.append(nodes)
+            for _ in range(steps):
+                prev = self.expert_actions(nodes, prev, unknown)
+                nodes, _ = self.move(nodes, prev, np.ones(nodes.shape, bool))
+                path.append(nodes)
+            self._patrols[steps] = np.stack(path, -1)
+        return self._patrols[steps]
+
 
 @dataclass
 class Rollout:
@@ -397,11 +412,12 @@ class Rollout:
     requested: np.ndarray            # (B, T, N) bool
     collisions: np.ndarray           # (B, N)
     comm_range_m: float = 0.0        # the radio range it was recorded with (0: unlimited); a replay keeps it
+    patrol_steps: int = 0            # moves patrolled before the goals were given (nodes start after them)
 
 
 def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0.0, rng=None,
              policy: str = 'greedy', teacher: Optional[Rollout] = None, sight_m: Optional[float] = None,
-             team_sight: bool = True, comm_range_m: float = 0.0, sight_memory: bool = True):
+             team_sight: bool = True, comm_range_m: float = 0.0, sight_memory: bool = True, patrol_steps: int = 0):
     """Roll a team out for T_max steps. `beta`: probability of executing the expert's move instead of the
     policy's (DAgger); policy 'greedy' (argmax), 'sample', 'random' (random walk, no model) or 'expert'.
     With `teacher` (a Rollout), the team follows its recorded nodes instead and the step logits are returned
@@ -415,27 +431,49 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
     `comm_range_m` (0: unlimited, the paper's setting): messages only get through between agents within that
     distance of each other. A team-sight expert then learns a teammate's sighting only while that teammate is
     in reach: any sighting it made so far (`sight_memory`, what a supporter with memory can tell) or only one
-    it is making now (what a supporter without memory can tell). Without a range limit the two coincide."""
+    it is making now (what a supporter without memory can tell). Without a range limit the two coincide.
+
+    `patrol_steps`: before the goals are given, the team patrols that many moves (EpisodeBatch.patrol; no
+    request, no policy, nobody sends) and each agent stores its patrol's keys and values in its memory; then
+    the episode's T_max steps start from where the patrol ended. An expert with `sight_memory` knows the goals
+    its own patrol or (team sight) a teammate's in reach passed within `sight_m`; without, only what is in
+    sight at the reveal and after."""
     T, B, N = batch.config.max_steps, len(batch), batch.team
     rng = rng or np.random.default_rng(0)
-    nodes = batch.starts() if teacher is None else teacher.nodes[:, :, 0].copy()
+    if teacher is not None:
+        comm_range_m, patrol_steps = teacher.comm_range_m, teacher.patrol_steps
+    patrolled = batch.patrol(patrol_steps) if patrol_steps else None
+    if teacher is not None:
+        nodes = teacher.nodes[:, :, 0].copy()
+    else:
+        nodes = batch.starts() if patrolled is None else patrolled[:, :, -1].copy()
     active = np.ones((B, N), bool)
     present = torch.ones(B, N, dtype=torch.bool)
     rec_nodes, rec_active, rec_expert, rec_actions = [nodes.copy()], [], [], []
     rec_sent, rec_req = [], []
     collisions = np.zeros((B, N), np.int64)
     prev = np.full((B, N), STOP, np.int64)
-    if teacher is not None:
-        comm_range_m = teacher.comm_range_m
     seen = known = None
     if sight_m is not None:
+        seen = batch.near_goals(nodes, sight_m)                              # (B, Nj, Ni)
+        if patrolled is not None and sight_memory:
+            for t in range(patrol_steps):
+                seen |= batch.near_goals(patrolled[:, :, t], sight_m)
         if team_sight:
-            seen = batch.near_goals(nodes, sight_m)                          # (B, Nj, Ni)
             known = (batch.reach(nodes, comm_range_m) & seen.transpose(0, 2, 1)).any(-1)
         else:
-            known = batch.sighted(nodes, sight_m, team=False)
+            known = seen.diagonal(axis1=1, axis2=2).copy()
+            seen = None
     state = None
     goal = batch.goals() if model is not None else None
+    if model is not None and patrolled is not None:
+        state = TeamState(torch.zeros(B, N, model.cfg.hidden), torch.full((B, N), STOP, dtype=torch.long))
+        if model.cfg.memory:        # the patrol's entries; no goal yet, so no query is made of them
+            for t in range(patrol_steps):
+                views, cells = batch.observe(patrolled[:, :, t])
+                _, _, key, value = model.observe(views, torch.zeros_like(goal), cells,
+                                                 views.new_zeros(B, N, model.cfg.value_dim))
+                state.store(key, value)
     logits_seq, scores_seq, mixed_seq, entry_seq = [], [], [], []
     for t in range(T if teacher is None else teacher.active.shape[2]):
         if teacher is not None:
@@ -497,23 +535,28 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
     steps = len(rec_active)
     return Rollout(nodes=np.stack(rec_nodes, -1), active=np.stack(rec_active, -1), expert=np.stack(rec_expert, -1),
                    actions=np.stack(rec_actions, -1), sent=np.stack(rec_sent, 1)[:, :steps],
-                   requested=np.stack(rec_req, 1)[:, :steps], collisions=collisions, comm_range_m=comm_range_m)
+                   requested=np.stack(rec_req, 1)[:, :steps], collisions=collisions, comm_range_m=comm_range_m,
+                   patrol_steps=patrol_steps)
 
 
-def sighting_labels(batch: EpisodeBatch, rollout: Rollout, sight_m: float, memory: bool) -> np.ndarray:
+def sighting_labels(batch: EpisodeBatch, rollout: Rollout, sight_m: float, memory: bool,
+                    with_patrol: bool = False) -> np.ndarray:
     """(B, T, Ni, Nj) bool: supporter j can tell requester i where its goal is at step t, i.e. j stands within
-    `sight_m` of i's goal at t or (with memory) did at some earlier step: exactly what the team-sight expert
-    learns through j."""
+    `sight_m` of i's goal at t or (with memory) did at some earlier step, its patrol's included: exactly what
+    the team-sight expert learns through j. `with_patrol`: (B, W + T, Ni, Nj), the patrol's W steps first."""
     steps = sight_m / batch.config.lattice_m
-    T = rollout.active.shape[2]
-    out = np.zeros((len(batch), T, batch.team, batch.team), bool)
+    W, T = rollout.patrol_steps, rollout.active.shape[2]
+    nodes = rollout.nodes[:, :, :T]
+    if W:
+        nodes = np.concatenate([batch.patrol(W)[:, :, :W], nodes], 2)
+    out = np.zeros((len(batch), W + T, batch.team, batch.team), bool)
     for b in range(len(batch)):
         for i in range(batch.team):
-            near = batch.distance[b][i][rollout.nodes[b, :, :T]] <= steps          # (Nj, T)
+            near = batch.distance[b][i][nodes[b]] <= steps                 # (Nj, W + T)
             if memory:
                 near = np.logical_or.accumulate(near, axis=1)
             out[b, :, i, :] = near.T
-    return out
+    return out if with_patrol else out[:, W:]
 
 
 def goal_cells(batch: EpisodeBatch) -> torch.Tensor:
@@ -551,14 +594,16 @@ def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, s
         if score_price:     # a price per value sent
             loss = loss + score_price * scores.sum() / max(int(eligible.sum()), 1)
         if sighting_weight and eligible.any():
-            near = torch.from_numpy(sighting_labels(batch, rollout, sight_m, memory=False))    # (B, T, Ni, Nj)
+            # (B, W + T, Ni, Nj): entry 0 is step t (W + t with a patrol), stored entry m is step m
+            near = torch.from_numpy(sighting_labels(batch, rollout, sight_m, memory=False, with_patrol=True))
+            W = rollout.patrol_steps
             entry_loss, entries = scores.new_zeros(()), 0
             read_loss, reads = scores.new_zeros(()), 0
             for t, logits_t in enumerate(entry_seq):
                 ok = eligible[:, t]
                 if not ok.any():
                     continue
-                steps = [t] + list(range(logits_t.shape[-1] - 1))     # entry 0: step t; entry m >= 1: step m - 1
+                steps = [W + t] + list(range(logits_t.shape[-1] - 1))     # entry m >= 1: step m - 1
                 labels_t = near[:, steps].permute(0, 2, 3, 1)          # (B, Ni, Nj, M)
                 entry_loss = entry_loss + F.binary_cross_entropy_with_logits(
                     logits_t[ok], labels_t[ok].float(), pos_weight=torch.tensor(SIGHTING_POS_WEIGHT), reduction='sum')
@@ -588,10 +633,12 @@ def episode_outcomes(batch: EpisodeBatch, rollout: Rollout) -> list[NavOutcome]:
     for b, e in enumerate(batch.episodes):
         for i in range(batch.team):
             path = rollout.nodes[b, i]
+            # after a patrol the episode starts where it ended: l is measured from there
+            shortest = batch.distance[b][i][path[0]] * cfg.lattice_m if rollout.patrol_steps else e.shortest_m[i]
             moved = int((path[1:] != path[:-1]).sum())
             steps = int(rollout.active[b, i].sum())
             final = batch.distance[b][i][path[-1]] * cfg.lattice_m
-            out.append(NavOutcome(final_m=float(final), shortest_m=float(e.shortest_m[i]), path_m=moved * cfg.lattice_m,
+            out.append(NavOutcome(final_m=float(final), shortest_m=float(shortest), path_m=moved * cfg.lattice_m,
                                   steps=steps, max_steps=cfg.max_steps, success_m=cfg.success_m))
     return out
 
@@ -615,10 +662,11 @@ def comm_bytes(rollout: Rollout, agent: Optional[AgentConfig]) -> dict:
 @torch.no_grad()
 def evaluate_batches(model: Optional[CollaVNAgent], batches: list[EpisodeBatch], seed: int = 0,
                      threshold: Optional[float] = None, policy: str = 'greedy', sight_m: Optional[float] = None,
-                     team_sight: bool = True, comm_range_m: float = 0.0, sight_memory: bool = True) -> dict:
+                     team_sight: bool = True, comm_range_m: float = 0.0, sight_memory: bool = True,
+                     patrol_steps: int = 0) -> dict:
     """SR, DTS, SPL, SSR and bytes of a model's greedy actions over episode batches; without a model a
     random walk, or with policy 'expert' the expert of `run_team` (sight_m, team_sight, sight_memory), with
-    messages limited to `comm_range_m` (0: unlimited)."""
+    messages limited to `comm_range_m` (0: unlimited), after a patrol of `patrol_steps` moves."""
     trained_cfg = model.cfg if model is not None else None
     if model is not None:
         model.eval()
@@ -629,7 +677,7 @@ def evaluate_batches(model: Optional[CollaVNAgent], batches: list[EpisodeBatch],
     try:
         for batch in batches:
             r = run_team(model, batch, rng=rng, sight_m=sight_m, team_sight=team_sight, comm_range_m=comm_range_m,
-                         sight_memory=sight_memory,
+                         sight_memory=sight_memory, patrol_steps=patrol_steps,
                          policy=policy if model is not None or policy == 'expert' else 'random')
             outcomes += episode_outcomes(batch, r)
             byte_rows.append((comm_bytes(r, model.cfg if model is not None else None), int(r.requested.sum())))
@@ -661,6 +709,7 @@ class NavTrainConfig:
     read_weight: float = 0.0          # auxiliary: a supporter's attention read concentrated on its sightings
     sight_m: float = 8.0              # the expert knows a goal once it (or, with communication, a teammate) came this close
     comm_range_m: float = 0.0         # messages only between agents this close (0: unlimited, the paper's setting)
+    patrol_steps: int = 0             # moves the team patrols, storing memories, before the goals are given
     seed: int = 0
     encoder_steps: int = 1500
     threads: int = 0
@@ -675,6 +724,8 @@ class NavTrainConfig:
             raise ValueError(f'teams: each team size must be in 2..8, got {list(self.teams)}')
         if not 0 <= self.comm_range_m < 1e4:
             raise ValueError(f'comm_range_m: must be >= 0 (0: unlimited), got {self.comm_range_m}')
+        if not 0 <= self.patrol_steps <= 1000:
+            raise ValueError(f'patrol_steps: must be in 0..1000, got {self.patrol_steps}')
 
 
 def encoder_path(dataset_dir: str) -> str:
@@ -789,7 +840,7 @@ def train_agent(dataset_dir: str, out_dir: str, cfg: NavTrainConfig, log=print) 
                 batch = fresh_batch()
                 buffer.append((batch, run_team(model, batch, beta=beta, rng=rng, policy='sample', sight_m=cfg.sight_m,
                                                team_sight=agent_cfg.communicates, comm_range_m=cfg.comm_range_m,
-                                               sight_memory=agent_cfg.memory)))
+                                               sight_memory=agent_cfg.memory, patrol_steps=cfg.patrol_steps)))
         model.train()
         losses, accs = [], []
         for _ in range(cfg.steps_per_round):
@@ -805,7 +856,8 @@ def train_agent(dataset_dir: str, out_dir: str, cfg: NavTrainConfig, log=print) 
             accs.append(acc)
             bar.update(1)
             bar.set_postfix(round=rnd, loss=f'{np.mean(losses[-20:]):.3f}', acc=f'{np.mean(accs[-20:]):.2f}')
-        metrics = evaluate_batches(model, val_batches, seed=cfg.seed, comm_range_m=cfg.comm_range_m)
+        metrics = evaluate_batches(model, val_batches, seed=cfg.seed, comm_range_m=cfg.comm_range_m,
+                                   patrol_steps=cfg.patrol_steps)
         history.append({'round': rnd, 'beta': beta, 'loss': float(np.mean(losses)), 'label_accuracy': float(np.mean(accs)),
                         'buffer': len(buffer), 'val_success_rate': metrics['success_rate'], 'val_spl': metrics['spl'],
                         'val_bytes_per_agent_step': metrics['bytes_per_agent_step'],
@@ -845,12 +897,13 @@ TASK_NAMES = {'common': 'CommonGoal', 'specific': 'SpecificGoal'}
 
 def evaluate_table(dataset_dir: str, runs_dir: str, rows: dict, adhoc: dict,
                    thresholds: Sequence[float] = (0.5,), references: Optional[dict] = None,
-                   comm_range_m: Optional[float] = None, log=print) -> dict:
+                   comm_range_m: Optional[float] = None, patrol_steps: Optional[int] = None, log=print) -> dict:
     """Every row (name -> (run directory or None for the random walk, label)) on every task and team size
     of the test split and the unseen world; Ad-hoCoop (name -> (run, team tested)); ours' threshold sweep;
     `references` (name -> (label, team_sight, sight_memory)): the experts the variants imitate, at the
     sight_m ours was trained with. Messages are limited to `comm_range_m` (None: the range ours was trained
-    with; 0: unlimited) for every row."""
+    with; 0: unlimited) for every row, and every episode starts after a patrol of `patrol_steps` moves (None:
+    as ours was trained)."""
     from ..data.nav import NavDataset, TASKS
 
     dataset = NavDataset(dataset_dir)
@@ -873,13 +926,15 @@ def evaluate_table(dataset_dir: str, runs_dir: str, rows: dict, adhoc: dict,
     batches: dict = {}          # (split, task, team) -> its EpisodeBatches (their BFS fields), built once
 
     trained = os.path.join(runs_dir, rows['collavn'][0], 'train.json')
-    sight_m, trained_range = NavTrainConfig.sight_m, NavTrainConfig.comm_range_m
+    sight_m, trained_range, trained_patrol = NavTrainConfig.sight_m, NavTrainConfig.comm_range_m, 0
     if os.path.exists(trained):
         with open(trained, encoding='utf-8') as f:
             ours_cfg = json.load(f)['config']
         sight_m = float(ours_cfg.get('sight_m', sight_m))
         trained_range = float(ours_cfg.get('comm_range_m', trained_range))
+        trained_patrol = int(ours_cfg.get('patrol_steps', trained_patrol))
     range_m = trained_range if comm_range_m is None else float(comm_range_m)
+    patrol = trained_patrol if patrol_steps is None else int(patrol_steps)
 
     def score(model, split, task, team, random_walk=False, threshold=None, **expert):
         key = (split, task, team)
@@ -887,9 +942,11 @@ def evaluate_table(dataset_dir: str, runs_dir: str, rows: dict, adhoc: dict,
             batches[key] = batches_of(dataset.episodes(split, task=task, team=team), maps, feats, nav, 32)
         if not batches[key] or (model is None and not random_walk and not expert):
             return None
-        return evaluate_batches(model, batches[key], threshold=threshold, comm_range_m=range_m, **expert)
+        return evaluate_batches(model, batches[key], threshold=threshold, comm_range_m=range_m, patrol_steps=patrol,
+                                **expert)
 
-    out = {'config': nav.to_dict(), 'splits': splits, 'rows': {}, 'adhoc': {}, 'sweep': [], 'comm_range_m': range_m}
+    out = {'config': nav.to_dict(), 'splits': splits, 'rows': {}, 'adhoc': {}, 'sweep': [], 'comm_range_m': range_m,
+           'patrol_steps': patrol}
     teams = sorted({e.team for e in dataset.episodes('test')})
     for name, (run, label) in rows.items():
         model = models(run)
@@ -903,7 +960,7 @@ def evaluate_table(dataset_dir: str, runs_dir: str, rows: dict, adhoc: dict,
         out['rows'][name] = entry
         log(f'{label}: ' + ('evaluated' if entry['results'] else 'not trained'))
     for name, (label, team_sight, sight_memory) in (references or {}).items():
-        if not sight_memory and not range_m:
+        if not sight_memory and not range_m and not patrol:
             continue            # with every message getting through, the same expert as the one with memory
         entry = {'label': label, 'trained': True, 'reference': True, 'results': {}}
         for split in splits:
@@ -953,6 +1010,11 @@ def write_results_section(path: str, table: dict, plot_path: str, begin: str, en
         lines.append(f'Radio range {table["comm_range_m"]:g} m: every row\'s messages only get through between '
                      'agents within that distance of each other, and a team-sight expert learns a teammate\'s '
                      'sighting only while the teammate is in reach.')
+    if table.get('patrol_steps'):
+        lines.append(f'Patrol: before the goals are given the team patrols {table["patrol_steps"]} moves (the '
+                     'experts\' exploration rule; no requests, nothing sent) and stores what it sees in its '
+                     'memories; the episode\'s T_max steps, its shortest path length and SPL start where the '
+                     'patrol ended. The experts with memory know the goals a patrol passed.')
     lines.append('')
     for task, task_name in TASK_NAMES.items():
         lines += [f'### {task_name}', '',

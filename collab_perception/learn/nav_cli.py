@@ -65,6 +65,10 @@ def add_nav_learn_commands(sub) -> None:
                    help='radio range: messages only get through between agents within M metres of each other, '
                         'and the expert learns a teammate\'s sighting only while it is in reach (default 0: '
                         'unlimited, the paper\'s setting)')
+    t.add_argument('--patrol-steps', type=int, default=0, metavar='K',
+                   help='before the goals are given the team patrols K moves (the expert\'s exploration rule), '
+                        'each agent storing what it sees in its memory; the episode starts where the patrol '
+                        'ended (default 0: the paper\'s task)')
     t.add_argument('--encoder-steps', type=int, default=1500, help='encoder pretraining steps (once per dataset)')
     t.add_argument('--seed', type=int, default=0)
     t.add_argument('--threads', type=int, default=0, help='torch threads (default: all cores)')
@@ -103,6 +107,8 @@ def add_nav_learn_commands(sub) -> None:
                    help='select thresholds swept for ours (the plot and the saving; default 0 0.5 0.8 0.95 1.01)')
     e.add_argument('--comm-range-m', type=float, default=None, metavar='M',
                    help='radio range applied to every row (default: the range ours was trained with; 0: unlimited)')
+    e.add_argument('--patrol-steps', type=int, default=None, metavar='K',
+                   help='every episode after a patrol of K moves (default: as ours was trained; 0: none)')
     e.add_argument('--threads', type=int, default=0)
     e.set_defaults(func=cmd_evaluate)
 
@@ -117,7 +123,7 @@ def cmd_train(args) -> int:
                          rollouts_per_round=args.rollouts_per_round, steps_per_round=args.steps_per_round,
                          batch_size=args.batch_size, teams=tuple(args.teams), lr=args.lr, sight_m=args.sight_m,
                          sighting_weight=args.sighting_weight, read_weight=args.read_weight,
-                         comm_range_m=args.comm_range_m,
+                         comm_range_m=args.comm_range_m, patrol_steps=args.patrol_steps,
                          encoder_steps=args.encoder_steps, seed=args.seed, threads=args.threads)
     summary = train_agent(args.data, args.out, cfg)
     print(f'{args.out}: best validation SR {summary["best_val_success_rate"]:.3f} in {summary["minutes"]:.1f} min')
@@ -145,8 +151,10 @@ def cmd_evaluate(args) -> int:
         torch.set_num_threads(args.threads)
     if args.comm_range_m is not None and args.comm_range_m < 0:
         raise SystemExit(f'--comm-range-m must be >= 0 (0: unlimited), got {args.comm_range_m}')
+    if args.patrol_steps is not None and args.patrol_steps < 0:
+        raise SystemExit(f'--patrol-steps must be >= 0, got {args.patrol_steps}')
     table = evaluate_table(args.data, args.runs, ROWS, ADHOC, thresholds=args.thresholds, references=REFERENCES,
-                           comm_range_m=args.comm_range_m)
+                           comm_range_m=args.comm_range_m, patrol_steps=args.patrol_steps)
     write_results_section(args.results, table, args.plot, RESULTS_BEGIN, RESULTS_END, command=_command(args))
     if args.json:
         with open(args.json, 'w', encoding='utf-8') as f:
@@ -159,4 +167,6 @@ def _command(args) -> str:
     parts = ['collab-perception nav evaluate', f'--data {args.data}', f'--runs {args.runs}']
     if args.comm_range_m is not None:
         parts.append(f'--comm-range-m {args.comm_range_m:g}')
+    if args.patrol_steps is not None:
+        parts.append(f'--patrol-steps {args.patrol_steps}')
     return ' '.join(parts)
