@@ -123,21 +123,25 @@ def main(argv=None) -> int:
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
-        fig, axes = plt.subplots(1, len(TASKS), figsize=(5 * len(TASKS), 3.8), sharey=True)
+        fig, axes = plt.subplots(1, len(TASKS), figsize=(5 * len(TASKS), 4.3), sharey=True)
         limited = [r for r in args.ranges if r]
         for ax, task in zip(np.atleast_1d(axes), TASKS):
             mine = {r: (own, m, p) for t, r, own, m, p in rows if t == task}
             ax.plot(limited, [mine[r][1] for r in limited], 'o-', label='team sight, with memory')
             ax.plot(limited, [mine[r][2] for r in limited], 's--', label='team sight, present only')
             ax.axhline(mine[limited[0]][0] if limited else rows[0][2], color='grey', lw=1, label='own sight')
-            if 0 in mine:
+            if 0 in mine and mine[0][1] == mine[0][2]:
                 ax.axhline(mine[0][1], color='k', ls=':', lw=1, label='unlimited range (both)')
-            ax.set_title(f'{collavn.TASK_NAMES[task]} ({args.split})')
+            elif 0 in mine:
+                ax.axhline(mine[0][1], color='C0', ls=':', lw=1, label='unlimited range, with memory')
+                ax.axhline(mine[0][2], color='C1', ls=':', lw=1, label='unlimited range, present only')
+            ax.set_title(f'{collavn.TASK_NAMES[task]} ({args.split}{patrol.replace(", after a", "; a")})')
             ax.set_xlabel('radio range (m)')
             ax.grid(alpha=0.3)
         np.atleast_1d(axes)[0].set_ylabel('expert SR (%)')
-        np.atleast_1d(axes)[0].legend(fontsize=8, loc='lower right')
-        fig.tight_layout()
+        handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=8, loc='lower center', ncol=3, frameon=False)
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
         os.makedirs(os.path.dirname(args.plot) or '.', exist_ok=True)
         fig.savefig(args.plot, dpi=110)
         print(f'{args.plot}: written')
