@@ -230,7 +230,7 @@ def test_a_radio_range_limits_who_hears_whom(tiny_nav, tiny_runs):
         collavn.NavTrainConfig(comm_range_m=-1.0)
 
 
-def test_a_patrol_before_the_goals_fills_the_memories(tiny_nav, tiny_runs):
+def test_a_patrol_before_the_goals_fills_the_memories(tiny_nav, tiny_runs, tmp_path):
     from collab_perception.data.nav import NavDataset
     dataset = NavDataset(tiny_nav)
     encoder = collavn.load_or_pretrain_encoder(dataset, 0)
@@ -272,6 +272,14 @@ def test_a_patrol_before_the_goals_fills_the_memories(tiny_nav, tiny_runs):
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match='patrol_steps'):
         collavn.NavTrainConfig(patrol_steps=-1)
+    assert '--patrol-steps 5' in collavn.train_command('runs/x', tiny_nav, {'variant': 'collavn', 'patrol_steps': 5})
+    # the swarm runs the paper's task: a run trained with a patrol is not exported for it
+    ckpt = torch.load(tiny_runs / 'collavn' / 'model.pt', weights_only=True)
+    ckpt['train']['patrol_steps'] = 5
+    (tmp_path / 'patrolled').mkdir()
+    torch.save(ckpt, tmp_path / 'patrolled' / 'model.pt')
+    with pytest.raises(ValueError, match="patrol_steps.*offline only"):
+        collavn.export_run(str(tmp_path / 'patrolled'), tiny_nav, str(tmp_path / 'out'), check=0)
 
 
 def test_a_fresh_agent_matches_its_goal_panorama_best():

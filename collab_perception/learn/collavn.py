@@ -1168,6 +1168,11 @@ def export_run(run_dir: str, dataset_dir: str, out_dir: str, check: int = 32) ->
     from ..data.nav import NavDataset
     from ..runtime.nav_agent import NavAgent, run_episode
 
+    trained = torch.load(os.path.join(run_dir, 'model.pt'), weights_only=True).get('train', {})
+    offline_only = {k: trained[k] for k in ('comm_range_m', 'patrol_steps') if trained.get(k)}
+    if offline_only:
+        raise ValueError(f'{run_dir}: trained with {offline_only}, which the swarm does not run (offline only); '
+                         'export a run of the paper\'s task')
     dataset = NavDataset(dataset_dir)
     nav = dataset.config
     model = load_agent(os.path.join(run_dir, 'model.pt'))
@@ -1196,7 +1201,7 @@ def train_command(run_dir: str, dataset_dir: str, cfg: dict) -> str:
     default = _json_ready(dataclasses.asdict(NavTrainConfig()))
     flags = {'rounds': 'rounds', 'rollouts_per_round': 'rollouts-per-round', 'steps_per_round': 'steps-per-round',
              'batch_size': 'batch-size', 'lr': 'lr', 'sight_m': 'sight-m', 'sighting_weight': 'sighting-weight',
-             'read_weight': 'read-weight',
+             'read_weight': 'read-weight', 'comm_range_m': 'comm-range-m', 'patrol_steps': 'patrol-steps',
              'encoder_steps': 'encoder-steps', 'seed': 'seed', 'threads': 'threads'}
     parts = ['collab-perception nav train', f'--data {dataset_dir}', f'--variant {cfg["variant"]}', f'--out {run_dir}']
     if not cfg.get('dagger', True):

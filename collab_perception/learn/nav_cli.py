@@ -132,7 +132,10 @@ def cmd_train(args) -> int:
 
 def cmd_export(args) -> int:
     from .collavn import export_run, write_model_card
-    report = export_run(args.run, args.data, args.out, check=args.check)
+    try:
+        report = export_run(args.run, args.data, args.out, check=args.check)
+    except ValueError as e:
+        raise SystemExit(f'nav export: {e}')
     print(f'{args.out}: ' + ', '.join(f'{k} {v}' for k, v in report.items()))
     card = write_model_card(args.run, args.data, args.out, report, episodes=args.card_episodes)
     for split, m in card['metrics'].items():
