@@ -119,12 +119,15 @@ def cmd_train(args) -> int:
     from .collavn import NavTrainConfig, train_agent
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = NavTrainConfig(variant=args.variant, dagger=not args.no_dagger, rounds=args.rounds,
-                         rollouts_per_round=args.rollouts_per_round, steps_per_round=args.steps_per_round,
-                         batch_size=args.batch_size, teams=tuple(args.teams), lr=args.lr, sight_m=args.sight_m,
-                         sighting_weight=args.sighting_weight, read_weight=args.read_weight,
-                         comm_range_m=args.comm_range_m, patrol_steps=args.patrol_steps,
-                         encoder_steps=args.encoder_steps, seed=args.seed, threads=args.threads)
+    try:
+        cfg = NavTrainConfig(variant=args.variant, dagger=not args.no_dagger, rounds=args.rounds,
+                             rollouts_per_round=args.rollouts_per_round, steps_per_round=args.steps_per_round,
+                             batch_size=args.batch_size, teams=tuple(args.teams), lr=args.lr, sight_m=args.sight_m,
+                             sighting_weight=args.sighting_weight, read_weight=args.read_weight,
+                             comm_range_m=args.comm_range_m, patrol_steps=args.patrol_steps,
+                             encoder_steps=args.encoder_steps, seed=args.seed, threads=args.threads)
+    except ValueError as e:
+        raise SystemExit(f'nav train: {e}')
     summary = train_agent(args.data, args.out, cfg)
     print(f'{args.out}: best validation SR {summary["best_val_success_rate"]:.3f} in {summary["minutes"]:.1f} min')
     return 0
