@@ -2,13 +2,13 @@
 # The runs behind docs/RESULTS.md's CollaVN section: every variant of the tables, two at a time (one torch
 # thread each), then `nav evaluate`. The first run pretrains the shared view encoder (DATA/encoder.pt) and
 # caches the map features; the others start once those exist.
-# Every run takes 12 DAgger rounds (round 3's recipe); ours and its Ad-hoCoop and imitation twins add the read
+# Every run takes nav train's 12 DAgger rounds (round 3's recipe); ours and its Ad-hoCoop and imitation twins add the read
 # term (--read-weight 1).
 # Usage: scripts/train_nav.sh [DATA] [RUNS]; extra `nav train` options from $NAV_TRAIN_ARGS (e.g. "--seed 1").
 set -euo pipefail
 DATA=${1:-datasets/nav}
 RUNS=${2:-runs/nav}
-ARGS="--rounds 12 ${NAV_TRAIN_ARGS:-}"
+ARGS="${NAV_TRAIN_ARGS:-}"
 OURS="--variant collavn --read-weight 1"
 mkdir -p "$RUNS"
 train() {   # name, then nav train options

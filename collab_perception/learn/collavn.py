@@ -697,7 +697,7 @@ class NavTrainConfig:
     """One training run (`collab-perception nav train`); every field lands in train.json."""
     variant: str = 'collavn'
     dagger: bool = True               # False: behaviour cloning of the expert only (the imitation row)
-    rounds: int = 8                   # DAgger rounds; beta = 0.5 ** round (round 0: the expert alone)
+    rounds: int = 12                  # DAgger rounds; beta = 0.5 ** round (round 0: the expert alone)
     rollouts_per_round: int = 12      # batches of episodes recorded per round
     steps_per_round: int = 150        # gradient steps per round, on the whole buffer
     batch_size: int = 24

@@ -45,7 +45,7 @@ def add_nav_learn_commands(sub) -> None:
     t.add_argument('--out', required=True, metavar='DIR', help='run directory, e.g. runs/nav/collavn')
     t.add_argument('--no-dagger', action='store_true', help='behaviour cloning of the expert only')
     t.add_argument('--teams', type=int, nargs='+', default=[2, 3, 4], help='team sizes trained on (default 2 3 4)')
-    t.add_argument('--rounds', type=int, default=8, help='DAgger rounds (default 8)')
+    t.add_argument('--rounds', type=int, default=12, help='DAgger rounds (default 12, the shipped model\'s)')
     t.add_argument('--rollouts-per-round', type=int, default=12, help='episode batches recorded per round')
     t.add_argument('--steps-per-round', type=int, default=150, help='gradient steps per round')
     t.add_argument('--batch-size', type=int, default=24, help='episodes per batch')
