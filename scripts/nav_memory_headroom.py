@@ -40,6 +40,15 @@ def expert_maps(dataset: NavDataset, split: str) -> tuple[dict, dict]:
     return maps, feats
 
 
+def task_batches(dataset: NavDataset, split: str, task: str, maps: dict, feats: dict, size: int) -> list:
+    """The split's episodes of one task as EpisodeBatches, one team size per batch."""
+    episodes = dataset.episodes(split, task=task)
+    batches = []
+    for team in sorted({e.team for e in episodes}):
+        batches += collavn.batches_of([e for e in episodes if e.team == team], maps, feats, dataset.config, size)
+    return batches
+
+
 def success_rate(batches: list, **expert) -> float:
     outcomes = []
     for batch in batches:
@@ -58,16 +67,14 @@ def model_rates(model_path: str, dataset: NavDataset, split: str, ranges: list, 
     forgetful.load_state_dict(model.state_dict())
     out = []
     for task in TASKS:
-        episodes = dataset.episodes(split, task=task)
-        batches = []
-        for team in sorted({e.team for e in episodes}):
-            batches += collavn.batches_of([e for e in episodes if e.team == team], maps, feats, dataset.config, 32)
+        batches = task_batches(dataset, split, task, maps, feats, 32)
         for r in ranges:
-            on, off = (100 * collavn.evaluate_batches(m.eval(), batches, comm_range_m=r,
-                                                               patrol_steps=patrol_steps)['success_rate']
+            on, off = (100 * collavn.evaluate_batches(m, batches, comm_range_m=r,
+                                                      patrol_steps=patrol_steps)['success_rate']
                        for m in (model, forgetful))
             out.append((task, r, on, off))
-            print(f'| {task} | {"unlimited" if not r else f"{r:g}"} | {on:.2f} | {off:.2f} | {on - off:+.2f} |', flush=True)
+            where = 'unlimited' if not r else f'{r:g}'
+            print(f'| {task} | {where} | {on:.2f} | {off:.2f} | {on - off:+.2f} |', flush=True)
     return out
 
 
@@ -85,10 +92,11 @@ def main(argv=None) -> int:
     ap.add_argument('--model', default='', metavar='MODEL_PT',
                     help='also score this trained agent (nav train\'s model.pt) with its memory on and off')
     args = ap.parse_args(argv)
-    if args.patrol_steps < 0:
-        ap.error(f'--patrol-steps must be >= 0, got {args.patrol_steps}')
-    if any(r < 0 for r in args.ranges):
-        ap.error('--ranges: every range must be >= 0 (0: unlimited)')
+    try:
+        for r in args.ranges:
+            collavn.check_task_options(r, args.patrol_steps)
+    except ValueError as e:
+        ap.error(str(e))
     if args.model and not os.path.isfile(args.model):
         ap.error(f'--model {args.model}: no such file (nav train writes RUN/model.pt)')
     dataset = NavDataset(args.data)
@@ -101,10 +109,7 @@ def main(argv=None) -> int:
     print('| task | own sight | range (m) | team sight, with memory | team sight, present only | memory adds |')
     print('|---|---|---|---|---|---|')
     for task in TASKS:
-        episodes = dataset.episodes(args.split, task=task)
-        batches = []
-        for team in sorted({e.team for e in episodes}):
-            batches += collavn.batches_of([e for e in episodes if e.team == team], maps, feats, dataset.config, 64)
+        batches = task_batches(dataset, args.split, task, maps, feats, 64)
         own = success_rate(batches, sight_m=args.sight_m, team_sight=False,
                            patrol_steps=args.patrol_steps)
         for r in args.ranges:

@@ -308,17 +308,6 @@ class EpisodeBatch:
     def __len__(self) -> int:
         return len(self.episodes)
 
-    def sighted(self, nodes: np.ndarray, sight_m: float, team: bool) -> np.ndarray:
-        """(B, N): whether agent i's goal lies within `sight_m` of agent i (team=False) or of any agent of
-        its team (team=True) at `nodes`."""
-        steps = sight_m / self.config.lattice_m
-        out = np.zeros(nodes.shape, bool)
-        for b in range(len(self.maps)):
-            for i in range(self.team):
-                d = self.distance[b][i]
-                out[b, i] = (d[nodes[b]] <= steps).any() if team else d[nodes[b, i]] <= steps
-        return out
-
     def near_goals(self, nodes: np.ndarray, sight_m: float) -> np.ndarray:
         """(B, Nj, Ni): whether agent j stands within `sight_m` (geodesic) of agent i's goal at `nodes`."""
         steps = sight_m / self.config.lattice_m
@@ -453,17 +442,21 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
     rec_sent, rec_req = [], []
     collisions = np.zeros((B, N), np.int64)
     prev = np.full((B, N), STOP, np.int64)
+
+    def told(seen: np.ndarray) -> np.ndarray:
+        """(B, Ni): the goals an expert learns at `nodes` from the sightings `seen` (B, Nj, Ni): its own, or
+        (team sight) those of any teammate in reach."""
+        if not team_sight:
+            return seen.diagonal(axis1=1, axis2=2).copy()
+        return (batch.reach(nodes, comm_range_m) & seen.transpose(0, 2, 1)).any(-1)
+
     seen = known = None
     if sight_m is not None:
-        seen = batch.near_goals(nodes, sight_m)                              # (B, Nj, Ni)
+        seen = batch.near_goals(nodes, sight_m)
         if patrolled is not None and sight_memory:
             for t in range(patrol_steps):
                 seen |= batch.near_goals(patrolled[:, :, t], sight_m)
-        if team_sight:
-            known = (batch.reach(nodes, comm_range_m) & seen.transpose(0, 2, 1)).any(-1)
-        else:
-            known = seen.diagonal(axis1=1, axis2=2).copy()
-            seen = None
+        known = told(seen)
     state = None
     goal = batch.goals() if model is not None else None
     if model is not None and patrolled is not None:
@@ -520,9 +513,7 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
         if seen is not None:
             near = batch.near_goals(nodes, sight_m)
             seen = seen | near if sight_memory else near
-            known |= (batch.reach(nodes, comm_range_m) & seen.transpose(0, 2, 1)).any(-1)
-        elif known is not None:
-            known |= batch.sighted(nodes, sight_m, team=False)
+            known |= told(seen)
         if state is not None:
             state.prev_action = torch.from_numpy(np.where(active, actions, state.prev_action.numpy()))
         rec_active.append(active.copy())
@@ -722,10 +713,15 @@ class NavTrainConfig:
             raise ValueError('rounds, rollouts_per_round, steps_per_round and batch_size must be >= 1')
         if any(not 2 <= t <= 8 for t in self.teams):
             raise ValueError(f'teams: each team size must be in 2..8, got {list(self.teams)}')
-        if not 0 <= self.comm_range_m < 1e4:
-            raise ValueError(f'comm_range_m: must be >= 0 (0: unlimited), got {self.comm_range_m}')
-        if not 0 <= self.patrol_steps <= 1000:
-            raise ValueError(f'patrol_steps: must be in 0..1000, got {self.patrol_steps}')
+        check_task_options(self.comm_range_m, self.patrol_steps)
+
+
+def check_task_options(comm_range_m: float, patrol_steps: int) -> None:
+    """The radio range and the patrol of a run or an evaluation; ValueError names the one out of range."""
+    if not 0 <= comm_range_m < 1e4:
+        raise ValueError(f'comm_range_m: must be >= 0 (0: unlimited), got {comm_range_m}')
+    if not 0 <= patrol_steps <= 1000:
+        raise ValueError(f'patrol_steps: must be in 0..1000, got {patrol_steps}')
 
 
 def encoder_path(dataset_dir: str) -> str:
@@ -884,7 +880,11 @@ def _json_ready(d: dict) -> dict:
 
 def load_agent(path: str) -> CollaVNAgent:
     """A trained agent from its model.pt."""
-    ckpt = torch.load(path, weights_only=True)
+    return agent_from_checkpoint(torch.load(path, weights_only=True))
+
+
+def agent_from_checkpoint(ckpt: dict) -> CollaVNAgent:
+    """A trained agent from a loaded model.pt (its 'agent' config and weights)."""
     model = CollaVNAgent(AgentConfig(**ckpt['agent']))
     model.load_state_dict(ckpt['state_dict'])
     return model.eval()
@@ -906,6 +906,19 @@ def evaluate_table(dataset_dir: str, runs_dir: str, rows: dict, adhoc: dict,
     as ours was trained)."""
     from ..data.nav import NavDataset, TASKS
 
+    trained = os.path.join(runs_dir, rows['collavn'][0], 'train.json')
+    defaults = NavTrainConfig()
+    sight_m, trained_range, trained_patrol = defaults.sight_m, defaults.comm_range_m, defaults.patrol_steps
+    if os.path.exists(trained):
+        with open(trained, encoding='utf-8') as f:
+            ours_cfg = json.load(f)['config']
+        sight_m = float(ours_cfg.get('sight_m', sight_m))
+        trained_range = float(ours_cfg.get('comm_range_m', trained_range))
+        trained_patrol = int(ours_cfg.get('patrol_steps', trained_patrol))
+    range_m = trained_range if comm_range_m is None else float(comm_range_m)
+    patrol = trained_patrol if patrol_steps is None else int(patrol_steps)
+    check_task_options(range_m, patrol)
+
     dataset = NavDataset(dataset_dir)
     nav = dataset.config
     if not os.path.exists(encoder_path(dataset_dir)):
@@ -924,17 +937,6 @@ def evaluate_table(dataset_dir: str, runs_dir: str, rows: dict, adhoc: dict,
         return None if path is None or not os.path.exists(path) else load_agent(path)
 
     batches: dict = {}          # (split, task, team) -> its EpisodeBatches (their BFS fields), built once
-
-    trained = os.path.join(runs_dir, rows['collavn'][0], 'train.json')
-    sight_m, trained_range, trained_patrol = NavTrainConfig.sight_m, NavTrainConfig.comm_range_m, 0
-    if os.path.exists(trained):
-        with open(trained, encoding='utf-8') as f:
-            ours_cfg = json.load(f)['config']
-        sight_m = float(ours_cfg.get('sight_m', sight_m))
-        trained_range = float(ours_cfg.get('comm_range_m', trained_range))
-        trained_patrol = int(ours_cfg.get('patrol_steps', trained_patrol))
-    range_m = trained_range if comm_range_m is None else float(comm_range_m)
-    patrol = trained_patrol if patrol_steps is None else int(patrol_steps)
 
     def score(model, split, task, team, random_walk=False, threshold=None, **expert):
         key = (split, task, team)
@@ -1168,14 +1170,15 @@ def export_run(run_dir: str, dataset_dir: str, out_dir: str, check: int = 32) ->
     from ..data.nav import NavDataset
     from ..runtime.nav_agent import NavAgent, run_episode
 
-    trained = torch.load(os.path.join(run_dir, 'model.pt'), weights_only=True).get('train', {})
+    ckpt = torch.load(os.path.join(run_dir, 'model.pt'), weights_only=True)
+    trained = ckpt.get('train', {})
     offline_only = {k: trained[k] for k in ('comm_range_m', 'patrol_steps') if trained.get(k)}
     if offline_only:
         raise ValueError(f'{run_dir}: trained with {offline_only}, which the swarm does not run (offline only); '
                          'export a run of the paper\'s task')
     dataset = NavDataset(dataset_dir)
     nav = dataset.config
-    model = load_agent(os.path.join(run_dir, 'model.pt'))
+    model = agent_from_checkpoint(ckpt)
     encoder = load_or_pretrain_encoder(dataset, 0)
     export_agent(model, encoder, out_dir, nav.image_size, nav, source=os.path.join(run_dir, 'model.pt'))
     report = {'roles': ', '.join(NAV_ROLES)}

@@ -155,12 +155,11 @@ def cmd_evaluate(args) -> int:
     from .collavn import evaluate_table, write_results_section
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.comm_range_m is not None and args.comm_range_m < 0:
-        raise SystemExit(f'--comm-range-m must be >= 0 (0: unlimited), got {args.comm_range_m}')
-    if args.patrol_steps is not None and args.patrol_steps < 0:
-        raise SystemExit(f'--patrol-steps must be >= 0, got {args.patrol_steps}')
-    table = evaluate_table(args.data, args.runs, ROWS, ADHOC, thresholds=args.thresholds, references=REFERENCES,
-                           comm_range_m=args.comm_range_m, patrol_steps=args.patrol_steps)
+    try:
+        table = evaluate_table(args.data, args.runs, ROWS, ADHOC, thresholds=args.thresholds, references=REFERENCES,
+                               comm_range_m=args.comm_range_m, patrol_steps=args.patrol_steps)
+    except ValueError as e:
+        raise SystemExit(f'nav evaluate: {e}')
     write_results_section(args.results, table, args.plot, RESULTS_BEGIN, RESULTS_END, command=_command(args))
     if args.json:
         with open(args.json, 'w', encoding='utf-8') as f:
