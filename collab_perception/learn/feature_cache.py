@@ -23,6 +23,35 @@ from .data import FrameLoader
 from .models import ModelConfig, cell_coverage, create_model
 
 
+class _FrameStore:
+    """Per-key tensors [capacity, ...] filled batch by batch: the cache is allocated once at its final size
+    instead of gathered in lists and concatenated (which held it twice and left the allocator's heap at about
+    2.5x the cache's size)."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.filled, self.tensors = capacity, 0, {}
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        n = len(next(iter(values.values())))
+        if self.filled + n > self.capacity:
+            raise ValueError(f'more frames than the {self.capacity} the split announced')
+        for key, value in values.items():
+            if key not in self.tensors:
+                self.tensors[key] = value.new_empty((self.capacity, *value.shape[1:]))
+            self.tensors[key][self.filled:self.filled + n] = value
+        self.filled += n
+
+    def frames(self, where: str) -> dict[str, torch.Tensor]:
+        if not self.filled:
+            raise ValueError(f'{where} holds no frame to encode')
+        return {k: v[:self.filled] for k, v in self.tensors.items()}
+
+
+def _capacity(loader) -> int:
+    """At most how many frames a pass over `loader` (a ShardFrameLoader, maybe limited) yields."""
+    return min(loader.loader.snapshots, len(loader) * loader.loader.batch_size)
+
+
 class CachedFrames:
     """Frames held in memory as tensors [N, 2 flips, ...] (`frames`); batches of `batch_size` frames in an
     order drawn from (seed, epoch), each frame flipped or not at random (`batch` builds one)."""
@@ -67,7 +96,7 @@ class EncodedFrames(CachedFrames):
         self.seed = seed
         self.epoch = 0
         self.agents, self.num_classes = loader.agents, loader.num_classes
-        parts: dict[str, list] = {'target': [], 'supporters': [], 'clean': [], 'labels': [], 'best': [], 'valid': []}
+        store = _FrameStore(_capacity(loader))
         encoder.eval()
         augment, loader.augment = loader.augment, False     # both flips of every frame are kept instead
         with torch.no_grad():
@@ -78,18 +107,14 @@ class EncodedFrames(CachedFrames):
                 both = [encoder(images.contiguous(memory_format=torch.channels_last)),
                         encoder(images.flip(-1).contiguous(memory_format=torch.channels_last))]
                 feats = torch.stack([f.contiguous().half() for f in both], 1)     # [2B + BS, 2, C, h, w]
-                parts['target'].append(feats[:b])
-                parts['clean'].append(feats[b:2 * b])
-                parts['supporters'].append(feats[2 * b:].view(b, s, 2, *feats.shape[2:]).transpose(1, 2))
                 labels = batch['labels'].to(torch.uint8)
-                parts['labels'].append(torch.stack([labels, labels.flip(-1)], 1))
-                parts['best'].append(batch['best'])
                 valid = cell_coverage(batch['valid'], tuple(feats.shape[-2:]))
-                parts['valid'].append(torch.stack([valid, valid.flip(-1)], 1).half())
+                store.add({'target': feats[:b], 'clean': feats[b:2 * b],
+                           'supporters': feats[2 * b:].view(b, s, 2, *feats.shape[2:]).transpose(1, 2),
+                           'labels': torch.stack([labels, labels.flip(-1)], 1), 'best': batch['best'],
+                           'valid': torch.stack([valid, valid.flip(-1)], 1).half()})
         loader.augment = augment
-        if not parts['best']:
-            raise ValueError(f'{loader.loader.root}: the {loader.loader.split!r} split holds no frame to encode')
-        self.frames = {k: torch.cat(v, 0) for k, v in parts.items()}
+        self.frames = store.frames(f'{loader.loader.root}: the {loader.loader.split!r} split')
 
     def batch(self, idx: torch.Tensor, flip: torch.Tensor) -> dict:
         f = self.frames
@@ -110,7 +135,7 @@ class EncodedObstructionFrames(CachedFrames):
         self.seed = seed
         self.epoch = 0
         self.agents, self.num_classes = loader.agents, loader.num_classes
-        parts: dict[str, list] = {}
+        store = _FrameStore(_capacity(loader))
         encoder.eval()
         if head is not None:
             head.eval()
@@ -128,16 +153,14 @@ class EncodedObstructionFrames(CachedFrames):
                     if head is not None:
                         probs = head(feats).softmax(1).mul_(255).round_().to(torch.uint8)
                         batch['own_probs'] = probs.contiguous().view(n, images.shape[1], *probs.shape[1:])
+                kept = {}
                 for key in both[0]:
                     if key in ('target', 'supporters'):
                         continue
                     value = torch.stack([both[0][key], both[1][key]], 1)                        # [B, 2, ...]
-                    if key in ('labels', 'supporter_labels'):
-                        value = value.to(torch.uint8)
-                    parts.setdefault(key, []).append(value)
-        if not parts:
-            raise ValueError(f'{loader.loader.root}: the {loader.loader.split!r} split holds no frame to encode')
-        self.frames = {k: torch.cat(v, 0) for k, v in parts.items()}
+                    kept[key] = value.to(torch.uint8) if key in ('labels', 'supporter_labels') else value
+                store.add(kept)
+        self.frames = store.frames(f'{loader.loader.root}: the {loader.loader.split!r} split')
 
     def batch(self, idx: torch.Tensor, flip: torch.Tensor) -> dict:
         picked = {k: v[idx, flip] for k, v in self.frames.items()}

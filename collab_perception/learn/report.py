@@ -106,9 +106,9 @@ def detail_table(results: dict, setting: str) -> str:
 
 MIXED = 'hidden-target-mixed'   # runs/train/<MIXED>/<method>, datasets/<MIXED>: half the targets degraded
 MIXED_COMMANDS = '''```bash
-collab-perception dataset generate --setting hidden-target --frames 2400 --degraded-share 0.5 \\
+collab-perception dataset generate --setting hidden-target --frames 7200 --degraded-share 0.5 \\
   --out datasets/hidden-target-mixed --workers 2
-B=runs/train/hidden-target/backbone/best.pt      # the same maps and splits as hidden-target's (same seed)
+B=runs/train/hidden-target/backbone/best.pt      # the same maps and splits as hidden-target's (same seed and size)
 collab-perception train --method when2com --setting hidden-target --data datasets/hidden-target-mixed \\
   --out runs/train/hidden-target-mixed/when2com --init-from $B --freeze-encoder
 collab-perception train --method who2com --setting hidden-target --data datasets/hidden-target-mixed \\
@@ -285,12 +285,13 @@ def findings(results: dict) -> list[str]:
 
 COMMANDS = '''```bash
 for s in hidden-target accurate-pose noisy-pose random-exploration; do
-  collab-perception dataset generate --setting $s --frames 2400 --out datasets/$s --workers 2
+  frames=2400; [ $s = hidden-target ] && frames=7200      # hidden target: 72 maps (with 24 it overfits)
+  collab-perception dataset generate --setting $s --frames $frames --out datasets/$s --workers 2
   collab-perception dataset generate --setting $s --frames 2500 --seed 1000 --out datasets/$s-unseen --workers 2
 done
 S=hidden-target; B=runs/train/$S/backbone/best.pt
 collab-perception train --method backbone --setting $S --iterations 2000            # shared, once (~13 min)
-collab-perception train --method who2com --setting $S --selection hard --init-from $B --freeze-encoder   # ~5 min
+collab-perception train --method who2com --setting $S --selection hard --init-from $B --freeze-encoder   # ~6 min
 collab-perception train --method catall --setting $S --init-from $B --freeze-encoder    # and the other rows
 collab-perception train --method single_normal --setting $S --init-from $B              # bounds: fine-tuned
 collab-perception evaluate                                             # these tables, in runs/RESULTS.md
