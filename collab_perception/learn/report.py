@@ -199,7 +199,8 @@ def plot(results: dict, path: str) -> Optional[str]:
     settings = [s for s in HANDSHAKE_SETTINGS if results.get(s)]
     if not settings:
         return None
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(settings), figsize=(max(5.0, 4.2 * len(settings)), 3.8 + 0.25 * (len(settings) == 1)),
+                             squeeze=False)
     markers = {'single_normal': ('k', '^'), 'single_degraded': ('k', 'v'), 'catall': ('tab:red', 's'),
                'attention': ('tab:orange', 's'), 'compression': ('tab:brown', 's'), 'random': ('tab:gray', 'o'),
                'who2com_nomsg': ('tab:cyan', 'o'), 'who2com': ('tab:blue', 'o'), 'when2com': ('tab:purple', 'D')}
@@ -217,8 +218,10 @@ def plot(results: dict, path: str) -> Optional[str]:
         ax.set_ylabel('overall accuracy (%)')
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc='lower center', ncol=5, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    ncol = min(5, 2 + len(settings))           # one narrow panel: fewer columns, more legend rows
+    rows = -(-len(labels) // ncol)
+    fig.legend(handles, labels, loc='lower center', ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.02 + 0.055 * rows, 1, 1))
     return _save(fig, path)
 
 
@@ -291,7 +294,8 @@ for s in hidden-target accurate-pose noisy-pose random-exploration; do
 done
 S=hidden-target; B=runs/train/$S/backbone/best.pt
 collab-perception train --method backbone --setting $S --iterations 2000            # shared, once (~13 min)
-collab-perception train --method who2com --setting $S --selection hard --init-from $B --freeze-encoder   # ~6 min
+collab-perception train --method who2com --setting $S --selection hard --init-from $B --freeze-encoder \\
+  --iterations 2000                                     # ~15 min (hidden target; other settings: 1000)
 collab-perception train --method catall --setting $S --init-from $B --freeze-encoder    # and the other rows
 collab-perception train --method single_normal --setting $S --init-from $B              # bounds: fine-tuned
 collab-perception evaluate                                             # these tables, in runs/RESULTS.md
