@@ -5,8 +5,9 @@
 
 On a hidden-target split, overall accuracy of: the backbone on the clean and on the degraded target views;
 the run's fused decoder handed the slot that holds the clean target view (a perfect selection); and the run as
-it is (argmax selection). The gap between the last two is what selection errors cost
-(learn/evaluate.handshake_ceiling).
+it is (argmax selection). The gap between the last two is what selection errors cost; then the share of
+frames whose selection is right, and on the others the run, a perfect selection and the run's own head
+(learn/evaluate.handshake_ceiling). --data datasets/hidden-target-unseen: the same on unseen worlds.
 """
 from __future__ import annotations
 

@@ -193,21 +193,34 @@ def evaluate_unseen(run_dir: str, datasets_root: str, setting: str, progress: bo
 def handshake_ceiling(run_dir: str, backbone_checkpoint: str, data_dir: str, split: str = 'test') -> dict[str, float]:
     """Where a hidden-target handshake run loses accuracy (%): the backbone on the clean and the degraded
     target views, the run's fused decoder handed the slot holding the clean target view (a perfect selection),
-    and the run as it is (argmax selection)."""
+    and the run as it is (argmax selection); then how often it selects that slot, and on the frames where it
+    does not: the run, the perfect selection and the run's own head."""
     backbone, _ = load_model(backbone_checkpoint)
     model, _ = load_model(os.path.join(run_dir, 'best.pt'))
     names = ('backbone on clean views', 'backbone on degraded views', 'decoder, perfect selection',
-             'decoder, argmax selection (the run)')
+             'decoder, argmax selection (the run)', 'wrong selections: the run', 'wrong selections: perfect selection',
+             'wrong selections: own head')
     scores = {n: ConfusionMatrix(backbone.cfg.num_classes) for n in names}
+    right = frames = 0
     for b in FrameLoader(data_dir, 'hidden-target', split, 32, shuffle=False):
         y = b['labels'].numpy()
         scores[names[0]].update(backbone.own_head(backbone.encoder(b['clean'])).argmax(1).numpy(), y)
         scores[names[1]].update(backbone.own_head(backbone.encoder(b['target'])).argmax(1).numpy(), y)
         f_t, f_s = model.encode_all(b['target'], b['supporters'])
         f_best = f_s[torch.arange(len(y)), b['best'].clamp(min=0)]
-        scores[names[2]].update(model.decoder(torch.cat([f_t, f_best], 1)).argmax(1).numpy(), y)
-        scores[names[3]].update(model.forward_batch(b, 'eval').logits.argmax(1).numpy(), y)
-    return {name: 100 * cm.accuracy() for name, cm in scores.items()}
+        perfect = model.decoder(torch.cat([f_t, f_best], 1)).argmax(1).numpy()
+        out = model.forward_batch(b, 'eval')
+        run = out.logits.argmax(1).numpy()
+        scores[names[2]].update(perfect, y)
+        scores[names[3]].update(run, y)
+        wrong = (out.selected.float().argmax(-1) != b['best']).numpy()
+        right, frames = right + int((~wrong).sum()), frames + len(y)
+        if wrong.any():
+            scores[names[4]].update(run[wrong], y[wrong])
+            scores[names[5]].update(perfect[wrong], y[wrong])
+            scores[names[6]].update(out.own_logits[torch.from_numpy(wrong)].argmax(1).numpy(), y[wrong])
+    result = {name: 100 * cm.accuracy() for name, cm in scores.items()}
+    return {**result, 'selection right': 100 * right / max(frames, 1)}
 
 
 GATE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
