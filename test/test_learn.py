@@ -387,3 +387,22 @@ def test_the_valid_mask_marks_what_a_warped_view_did_not_cover(tmp_path):
                       model=ModelConfig(**{**SMALL.__dict__, 'valid_mask': True}), **common), progress=False)
     with pytest.raises(ValueError, match='valid-mask'):
         export_run(str(tmp_path / 'run'), str(tmp_path / 'm'), datasets_root=str(tmp_path))
+
+
+def test_the_ceiling_probe_bounds_the_run_by_the_best_supporter_in_hindsight(tmp_path):
+    from collab_perception.learn.evaluate import handshake_ceiling
+    from collab_perception.learn.train import TrainConfig, train
+    root = str(tmp_path / 'accurate-pose')
+    generate('accurate-pose', 12, root, seed=2, size=32, shard_size=8, progress=False, snapshots_per_map=4,
+             cell_size=8, world={'shadow_map_size': 256, 'map_size_m': 200.0})
+    run = str(tmp_path / 'run')
+    train(TrainConfig(method='who2com', setting='accurate-pose', data_dir=root, out_dir=run, iterations=4,
+                      batch_size=4, eval_every=4, val_batches=1,
+                      model=ModelConfig(**{**SMALL.__dict__, 'selection': 'hard'})), progress=False)
+    # the run's own checkpoint stands in for its backbone: it has the encoder and the own head
+    r = handshake_ceiling(run, os.path.join(run, 'best.pt'), root, 'test')
+    assert 0 <= r['selection right'] <= 100 and all(0 <= v <= 100 for v in r.values())
+    # per frame, the hindsight choice scores at least as many pixels as the labelled best and the argmax choice
+    best_in_hindsight = r['decoder, best supporter in hindsight']
+    assert best_in_hindsight >= r['decoder, labelled best supporter'] - 1e-9
+    assert best_in_hindsight >= r['decoder, argmax selection (the run)'] - 1e-9

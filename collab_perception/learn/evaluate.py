@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..data.shards import IGNORE_LABEL
 from ..runtime import wire
 from ..runtime.codec import decode_tensor, encode_tensor
 from ..runtime.metrics import ConfusionMatrix, SegmentationScore, bis, gap_recovered
@@ -190,35 +191,44 @@ def evaluate_unseen(run_dir: str, datasets_root: str, setting: str, progress: bo
 
 
 @torch.no_grad()
+@torch.no_grad()
 def handshake_ceiling(run_dir: str, backbone_checkpoint: str, data_dir: str, split: str = 'test') -> dict[str, float]:
-    """Where a hidden-target handshake run loses accuracy (%): the backbone on the clean and the degraded
-    target views, the run's fused decoder handed the slot holding the clean target view (a perfect selection),
-    and the run as it is (argmax selection); then how often it selects that slot, and on the frames where it
-    does not: the run, the perfect selection and the run's own head."""
+    """Where a handshake run loses accuracy (%): the backbone on the clean and the degraded target views, the
+    run's fused decoder handed the labelled best supporter (hidden target: the slot holding the clean target
+    view; pose settings: the one with the largest overlap), the supporter that scores best in hindsight (per
+    frame: the ceiling of any one-supporter selection for this decoder), and the run as it is (argmax
+    selection); then how often it selects the labelled best, and on the frames where it does not: the run,
+    the labelled best and the run's own head. The setting is the run's."""
     backbone, _ = load_model(backbone_checkpoint)
     model, _ = load_model(os.path.join(run_dir, 'best.pt'))
-    names = ('backbone on clean views', 'backbone on degraded views', 'decoder, perfect selection',
-             'decoder, argmax selection (the run)', 'wrong selections: the run', 'wrong selections: perfect selection',
-             'wrong selections: own head')
+    with open(os.path.join(run_dir, 'config.json')) as f:
+        setting = json.load(f)['setting']
+    names = ('backbone on clean views', 'backbone on degraded views', 'decoder, labelled best supporter',
+             'decoder, best supporter in hindsight', 'decoder, argmax selection (the run)',
+             'wrong selections: the run', 'wrong selections: labelled best supporter', 'wrong selections: own head')
     scores = {n: ConfusionMatrix(backbone.cfg.num_classes) for n in names}
     right = frames = 0
-    for b in FrameLoader(data_dir, 'hidden-target', split, 32, shuffle=False):
+    for b in FrameLoader(data_dir, setting, split, 32, shuffle=False):
         y = b['labels'].numpy()
         scores[names[0]].update(backbone.own_head(backbone.encoder(b['clean'])).argmax(1).numpy(), y)
         scores[names[1]].update(backbone.own_head(backbone.encoder(b['target'])).argmax(1).numpy(), y)
         f_t, f_s = model.encode_all(b['target'], b['supporters'])
-        f_best = f_s[torch.arange(len(y)), b['best'].clamp(min=0)]
-        perfect = model.decoder(torch.cat([f_t, f_best], 1)).argmax(1).numpy()
+        each = torch.stack([model.decoder(torch.cat([f_t, f_s[:, s]], 1)).argmax(1) for s in range(f_s.shape[1])],
+                           1).numpy()                                      # B, S, H, W
+        frame = np.arange(len(y))
+        perfect = each[frame, b['best'].clamp(min=0).numpy()]
+        hits = ((each == y[:, None]) & (y[:, None] != IGNORE_LABEL)).sum((2, 3))
+        hindsight = each[frame, hits.argmax(1)]
         out = model.forward_batch(b, 'eval')
         run = out.logits.argmax(1).numpy()
-        scores[names[2]].update(perfect, y)
-        scores[names[3]].update(run, y)
+        for name, pred in zip(names[2:5], (perfect, hindsight, run)):
+            scores[name].update(pred, y)
         wrong = (out.selected.float().argmax(-1) != b['best']).numpy()
         right, frames = right + int((~wrong).sum()), frames + len(y)
         if wrong.any():
-            scores[names[4]].update(run[wrong], y[wrong])
-            scores[names[5]].update(perfect[wrong], y[wrong])
-            scores[names[6]].update(out.own_logits[torch.from_numpy(wrong)].argmax(1).numpy(), y[wrong])
+            scores[names[5]].update(run[wrong], y[wrong])
+            scores[names[6]].update(perfect[wrong], y[wrong])
+            scores[names[7]].update(out.own_logits[torch.from_numpy(wrong)].argmax(1).numpy(), y[wrong])
     result = {name: 100 * cm.accuracy() for name, cm in scores.items()}
     return {**result, 'selection right': 100 * right / max(frames, 1)}
 
