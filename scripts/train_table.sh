@@ -51,7 +51,7 @@ for run in "${runs[@]}"; do
   if [ "$setting" = noisy-pose ]; then   # accurate-pose's frames warped again with the calibrated pose noise
     for twin in "" -unseen; do
       if [ ! -f "datasets/accurate-pose$twin/manifest.json" ]; then
-        collab-perception dataset generate --setting accurate-pose --frames $([ -z "$twin" ] && echo 2400 || echo 2500) \
+        collab-perception dataset generate --setting accurate-pose --frames $([ -z "$twin" ] && echo 7200 || echo 2500) \
           $([ -n "$twin" ] && echo --seed 1000) --out "datasets/accurate-pose$twin" --workers 2 --quiet
       fi
       if [ ! -f "datasets/noisy-pose$twin/manifest.json" ]; then
@@ -59,8 +59,9 @@ for run in "${runs[@]}"; do
       fi
     done
   fi
-  # hidden target: three times the frames (72 maps): with 2400 its selection and decoder overfit (docs/RESULTS.md)
-  frames=$([ "$setting" = hidden-target ] && echo 7200 || echo 2400)
+  # hidden target and the pose settings: three times the frames (72 maps): with 2400 the handshake's selection and
+  # decoder overfit (docs/RESULTS.md)
+  case $setting in hidden-target|accurate-pose) frames=7200 ;; *) frames=2400 ;; esac
   if [ ! -f "datasets/$setting/manifest.json" ]; then
     collab-perception dataset generate --setting "$setting" --frames "$frames" --out "datasets/$setting" --workers 2 --quiet
   fi
@@ -82,8 +83,8 @@ for run in "${runs[@]}"; do
       mash) extra=(--iterations 2000 --batch-size 8 --query-size 16 --key-size 32) ;;
       inpainting|outputstack|warped_outputstack|inputstack) extra=(--iterations 2000 --batch-size 8) ;;
     esac
-    # hidden target's ours: 2000 steps on its 72 maps (1000 left it short of the paper's share on unseen worlds)
-    if [ "$setting:$method" = hidden-target:who2com ]; then extra+=(--iterations 2000); fi
+    # ours on 72 maps: 2000 steps (1000 left hidden target short of the paper's share on unseen worlds)
+    case $setting:$method in hidden-target:who2com|accurate-pose:who2com|noisy-pose:who2com) extra+=(--iterations 2000) ;; esac
     echo "[train_table] $setting/$method: $(date +%H:%M:%S)"
     collab-perception train --method "$method" --setting "$setting" --resume --quiet "${threads[@]}" "${extra[@]}"
   fi

@@ -288,15 +288,18 @@ def findings(results: dict) -> list[str]:
 
 
 COMMANDS = '''```bash
-for s in hidden-target accurate-pose noisy-pose random-exploration; do
-  frames=2400; [ $s = hidden-target ] && frames=7200      # hidden target: 72 maps (with 24 it overfits)
+for s in hidden-target accurate-pose random-exploration; do
+  frames=7200; [ $s = random-exploration ] && frames=2400   # 72 maps (with 24 the handshake overfits)
   collab-perception dataset generate --setting $s --frames $frames --out datasets/$s --workers 2
   collab-perception dataset generate --setting $s --frames 2500 --seed 1000 --out datasets/$s-unseen --workers 2
+done
+for t in "" -unseen; do    # noisy pose: accurate pose's frames, the others' views warped from noisy positions
+  collab-perception dataset rewarp datasets/accurate-pose$t --out datasets/noisy-pose$t --workers 2
 done
 S=hidden-target; B=runs/train/$S/backbone/best.pt
 collab-perception train --method backbone --setting $S --iterations 2000            # shared, once (~13 min)
 collab-perception train --method who2com --setting $S --selection hard --init-from $B --freeze-encoder \\
-  --iterations 2000                                     # ~15 min (hidden target; other settings: 1000)
+  --iterations 2000                      # ~15 min (hidden target and the pose settings; random exploration: 1000)
 collab-perception train --method catall --setting $S --init-from $B --freeze-encoder    # and the other rows
 collab-perception train --method single_normal --setting $S --init-from $B              # bounds: fine-tuned
 collab-perception evaluate                                             # these tables, in runs/RESULTS.md
