@@ -8,7 +8,8 @@ views; the run's fused decoder handed the labelled best supporter (hidden target
 target view; pose settings: the largest overlap) and, per frame, the supporter that scores best in hindsight
 (what any one-supporter selection could reach with this decoder); and the run as it is (argmax selection).
 Then the share of frames whose selection is the labelled best, and on the others the run, the labelled best
-and the run's own head (learn/evaluate.handshake_ceiling). --data datasets/<setting>-unseen: the same on
+and the run's own head; in the pose settings, how much of the target's view the warped supporters cover
+(learn/evaluate.handshake_ceiling). --data datasets/<setting>-unseen: the same on
 unseen worlds.
 """
 from __future__ import annotations

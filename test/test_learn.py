@@ -406,3 +406,5 @@ def test_the_ceiling_probe_bounds_the_run_by_the_best_supporter_in_hindsight(tmp
     best_in_hindsight = r['decoder, best supporter in hindsight']
     assert best_in_hindsight >= r['decoder, labelled best supporter'] - 1e-9
     assert best_in_hindsight >= r['decoder, argmax selection (the run)'] - 1e-9
+    # the union of the warps covers at least what the best one does
+    assert 0 < r['coverage: best supporter'] <= r['coverage: all supporters together'] <= 100

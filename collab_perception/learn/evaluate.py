@@ -198,7 +198,9 @@ def handshake_ceiling(run_dir: str, backbone_checkpoint: str, data_dir: str, spl
     view; pose settings: the one with the largest overlap), the supporter that scores best in hindsight (per
     frame: the ceiling of any one-supporter selection for this decoder), and the run as it is (argmax
     selection); then how often it selects the labelled best, and on the frames where it does not: the run,
-    the labelled best and the run's own head. The setting is the run's."""
+    the labelled best and the run's own head. Pose settings add how much of the target's view the warped
+    supporters cover: the best one, all of them together, and the share of frames where three or more cover
+    over 20 %. The setting is the run's."""
     backbone, _ = load_model(backbone_checkpoint)
     model, _ = load_model(os.path.join(run_dir, 'best.pt'))
     with open(os.path.join(run_dir, 'config.json')) as f:
@@ -208,8 +210,14 @@ def handshake_ceiling(run_dir: str, backbone_checkpoint: str, data_dir: str, spl
              'wrong selections: the run', 'wrong selections: labelled best supporter', 'wrong selections: own head')
     scores = {n: ConfusionMatrix(backbone.cfg.num_classes) for n in names}
     right = frames = 0
+    covered = {'coverage: best supporter': 0.0, 'coverage: all supporters together': 0.0,
+               'frames where 3+ supporters cover > 20 %': 0.0}
     for b in FrameLoader(data_dir, setting, split, 32, shuffle=False):
         y = b['labels'].numpy()
+        share = b['valid'].flatten(2).mean(2)                              # B, S: covered share of each warp
+        covered['coverage: best supporter'] += float(share.max(1).values.sum())
+        covered['coverage: all supporters together'] += float(b['valid'].amax(1).flatten(1).mean(1).sum())
+        covered['frames where 3+ supporters cover > 20 %'] += float(((share > 0.2).sum(1) >= 3).sum())
         scores[names[0]].update(backbone.own_head(backbone.encoder(b['clean'])).argmax(1).numpy(), y)
         scores[names[1]].update(backbone.own_head(backbone.encoder(b['target'])).argmax(1).numpy(), y)
         f_t, f_s = model.encode_all(b['target'], b['supporters'])
@@ -230,7 +238,10 @@ def handshake_ceiling(run_dir: str, backbone_checkpoint: str, data_dir: str, spl
             scores[names[6]].update(perfect[wrong], y[wrong])
             scores[names[7]].update(out.own_logits[torch.from_numpy(wrong)].argmax(1).numpy(), y[wrong])
     result = {name: 100 * cm.accuracy() for name, cm in scores.items()}
-    return {**result, 'selection right': 100 * right / max(frames, 1)}
+    result['selection right'] = 100 * right / max(frames, 1)
+    if setting != 'hidden-target':
+        result.update({name: 100 * total / max(frames, 1) for name, total in covered.items()})
+    return result
 
 
 GATE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
