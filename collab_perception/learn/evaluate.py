@@ -191,7 +191,6 @@ def evaluate_unseen(run_dir: str, datasets_root: str, setting: str, progress: bo
 
 
 @torch.no_grad()
-@torch.no_grad()
 def handshake_ceiling(run_dir: str, backbone_checkpoint: str, data_dir: str, split: str = 'test') -> dict[str, float]:
     """Where a handshake run loses accuracy (%): the backbone on the clean and the degraded target views, the
     run's fused decoder handed the labelled best supporter (hidden target: the slot holding the clean target
@@ -220,14 +219,20 @@ def handshake_ceiling(run_dir: str, backbone_checkpoint: str, data_dir: str, spl
         covered['frames where 3+ supporters cover > 20 %'] += float(((share > 0.2).sum(1) >= 3).sum())
         scores[names[0]].update(backbone.own_head(backbone.encoder(b['clean'])).argmax(1).numpy(), y)
         scores[names[1]].update(backbone.own_head(backbone.encoder(b['target'])).argmax(1).numpy(), y)
-        f_t, f_s = model.encode_all(b['target'], b['supporters'])
-        each = torch.stack([model.decoder(torch.cat([f_t, f_s[:, s]], 1)).argmax(1) for s in range(f_s.shape[1])],
-                           1).numpy()                                      # B, S, H, W
+        # every view encoded once; the decodes below and the run itself read those features (CollabModel's
+        # encoded inputs, as the feature cache feeds them), the run's valid mask applied as in training
+        n, s = b['supporters'].shape[:2]
+        feats = model.encoder(torch.cat([b['target'], b['supporters'].flatten(0, 1)], 0))
+        raw_t, raw_s = feats[:n], feats[n:].view(n, s, *feats.shape[1:])
+        with model.inputs_of({'encoded': True, 'valid': b['valid']}):
+            f_t, f_s = model.encode_all(raw_t, raw_s)
+            each = torch.stack([model.decoder(torch.cat([f_t, f_s[:, i]], 1)).argmax(1) for i in range(s)],
+                               1).numpy()                                  # B, S, H, W
+            out = model(raw_t, raw_s, mode='eval')
         frame = np.arange(len(y))
         perfect = each[frame, b['best'].clamp(min=0).numpy()]
         hits = ((each == y[:, None]) & (y[:, None] != IGNORE_LABEL)).sum((2, 3))
         hindsight = each[frame, hits.argmax(1)]
-        out = model.forward_batch(b, 'eval')
         run = out.logits.argmax(1).numpy()
         for name, pred in zip(names[2:5], (perfect, hindsight, run)):
             scores[name].update(pred, y)

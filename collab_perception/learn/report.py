@@ -199,10 +199,7 @@ def plot(results: dict, path: str) -> Optional[str]:
     settings = [s for s in HANDSHAKE_SETTINGS if results.get(s)]
     if not settings:
         return None
-    ncol = min(5, 2 + len(settings))           # one narrow panel: fewer legend columns, more rows
-    rows = -(-len(ROWS) // ncol)
-    fig, axes = plt.subplots(1, len(settings), figsize=(max(5.0, 4.2 * len(settings)), 3.2 + 0.2 * rows),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(settings), figsize=(max(5.0, 4.2 * len(settings)), 3.8), squeeze=False)
     markers = {'single_normal': ('k', '^'), 'single_degraded': ('k', 'v'), 'catall': ('tab:red', 's'),
                'attention': ('tab:orange', 's'), 'compression': ('tab:brown', 's'), 'random': ('tab:gray', 'o'),
                'who2com_nomsg': ('tab:cyan', 'o'), 'who2com': ('tab:blue', 'o'), 'when2com': ('tab:purple', 'D')}
@@ -220,7 +217,9 @@ def plot(results: dict, path: str) -> Optional[str]:
         ax.set_ylabel('overall accuracy (%)')
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
+    ncol = min(5, 2 + len(settings))           # one narrow panel: fewer legend columns, more rows
     rows = -(-len(labels) // ncol)
+    fig.set_figheight(3.2 + 0.2 * rows)        # the legend's rows below the panels
     fig.legend(handles, labels, loc='lower center', ncol=ncol, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.02 + 0.055 * rows, 1, 1))
     return _save(fig, path)
