@@ -42,9 +42,9 @@ if [ -n "$first" ]; then
   for run in "${runs[@]}"; do if [ "${run%%:*}" = "$first" ]; then mine+=("$run"); else rest+=("$run"); fi; done
   runs=("${mine[@]}" "${rest[@]}")
 fi
-# frames per setting: 72 maps for hidden target and accurate pose (noisy pose is rewarped from it): with 24 maps
-# (2400 frames) the handshake's selection and decoder overfit (docs/RESULTS.md)
-frames_of() { case $1 in hidden-target|accurate-pose|noisy-pose) echo 7200 ;; *) echo 2400 ;; esac; }
+# frames per setting: 72 maps for the four handshake settings (noisy pose is rewarped from accurate pose): with
+# 24 maps (2400 frames) the handshake's selection and decoder overfit (docs/RESULTS.md)
+frames_of() { case $1 in hidden-target|accurate-pose|noisy-pose|random-exploration) echo 7200 ;; *) echo 2400 ;; esac; }
 mkdir -p runs/locks
 for run in "${runs[@]}"; do
   setting=${run%%:*} method=${run##*:}

@@ -319,6 +319,35 @@ def test_when2com_threshold_is_chosen_on_the_validation_split(tiny_dataset, tmp_
     assert evaluate_run(run, tiny_dataset, 'test', progress=False)['gate_threshold'] == gate['threshold']
 
 
+def test_the_mixed_variant_is_scored_on_the_test_split_and_the_unseen_worlds(tmp_path):
+    """report.mixed_section: Who2com against the When2com gate where half the targets see clearly, with the
+    unseen-worlds twin beside the test split and the issue's target (within 1 point, >= 30 % fewer feature
+    bytes) judged on each."""
+    from collab_perception.learn.report import MIXED, mixed_section
+    from collab_perception.learn.train import TrainConfig, train
+    tiny = dict(size=32, shard_size=8, progress=False, snapshots_per_map=4, cell_size=8, degraded_share=0.5,
+                world={'shadow_map_size': 256, 'map_size_m': 200.0})
+    datasets, runs = tmp_path / 'datasets', tmp_path / 'runs'
+    generate('hidden-target', 12, str(datasets / MIXED), seed=3, **tiny)
+    assert mixed_section(str(runs), str(datasets), 'test', progress=False) == []     # nothing trained yet
+    for method in ('who2com', 'when2com'):
+        train(TrainConfig(method=method, setting='hidden-target', data_dir=str(datasets / MIXED),
+                          out_dir=str(runs / MIXED / method), iterations=2, batch_size=4, eval_every=2,
+                          val_batches=1, model=SMALL), progress=False)
+    text = '\n'.join(mixed_section(str(runs), str(datasets), 'test', progress=False))
+    assert '| Ours w/ msg (Who2com) |' in text and '| 1.000 | - | - |' in text      # no unseen twin yet
+    assert '- test split: the gate is' in text and 'unseen worlds: the gate' not in text
+    generate('hidden-target', 12, str(datasets / (MIXED + '-unseen')), seed=1003, **tiny)
+    lines = mixed_section(str(runs), str(datasets), 'test', progress=False)
+    when2com = next(line for line in lines if line.startswith('| Ours w/ msg + gate (When2com) |'))
+    unseen_cell = when2com.split('|')[-2].strip()
+    accuracy, share = unseen_cell.split(', ')
+    assert 0 <= float(accuracy) <= 100 and float(share) >= 0, when2com
+    verdicts = [line for line in lines if 'the gate is' in line]
+    assert len(verdicts) == 2 and verdicts[1].startswith('- unseen worlds:')
+    assert all(line.endswith(('met.', 'missed.')) for line in verdicts), verdicts
+
+
 def test_the_message_size_sweep_trains_and_scores_every_point(tiny_dataset, tmp_path):
     """scripts/message_size_sweep.py (the handshake paper's Fig. 5): one run per message / key size, the same
     train command a user types, each scored; a larger message costs more request bytes."""

@@ -108,6 +108,8 @@ MIXED = 'hidden-target-mixed'   # runs/train/<MIXED>/<method>, datasets/<MIXED>:
 MIXED_COMMANDS = '''```bash
 collab-perception dataset generate --setting hidden-target --frames 7200 --degraded-share 0.5 \\
   --out datasets/hidden-target-mixed --workers 2
+collab-perception dataset generate --setting hidden-target --frames 2500 --seed 1000 --degraded-share 0.5 \\
+  --out datasets/hidden-target-mixed-unseen --workers 2
 B=runs/train/hidden-target/backbone/best.pt      # the same maps and splits as hidden-target's (same seed and size)
 collab-perception train --method when2com --setting hidden-target --data datasets/hidden-target-mixed \\
   --out runs/train/hidden-target-mixed/when2com --init-from $B --freeze-encoder
@@ -118,33 +120,56 @@ collab-perception train --method who2com --setting hidden-target --data datasets
 
 def mixed_section(runs_root: str, datasets_root: str, split: str, progress: bool) -> list[str]:
     """When to communicate (the When2com gate) where only half the targets are degraded: accuracy and the
-    feature bytes the gate saves against Who2com, which always connects."""
+    feature bytes the gate saves against Who2com, which always connects, on the split and on the unseen
+    worlds (datasets/<MIXED>-unseen, where generated)."""
     data = os.path.join(datasets_root, MIXED)
-    rows = {}
+    unseen_data = data + '-unseen'
+    rows, unseen = {}, {}
     for method in ('who2com', 'when2com'):
         run = os.path.join(runs_root, MIXED, method)
         if os.path.exists(os.path.join(run, 'train.json')) and os.path.exists(os.path.join(data, 'manifest.json')):
             rows[method] = evaluate_run(run, data, split, progress=progress, setting='hidden-target',
                                         cache_name=f'eval_{split}_mixed')
+            if os.path.exists(os.path.join(unseen_data, 'manifest.json')):
+                unseen[method] = evaluate_run(run, unseen_data, 'test', progress=progress, setting='hidden-target',
+                                              cache_name='eval_test_mixed_unseen')
     if not rows:
         return []
-    ours = rows.get('who2com')
+
+    def feature_share(table: dict, method: str) -> Optional[float]:
+        ours, r = table.get('who2com'), table.get(method)
+        if not (ours and r and ours['bytes_by_kind']['feature']):
+            return None
+        return r['bytes_by_kind']['feature'] / ours['bytes_by_kind']['feature']
+
     lines = ['## When to communicate: the mixed variant (hidden-target, half the targets degraded)', '',
              'The gate of When2com (the target\'s own key joins the match; it connects only to supporters whose '
              'normalized score passes a threshold, chosen on the validation split: the fewest bytes within half a '
              'point of the best accuracy) against Who2com, which connects on every frame. Same backbone, same '
-             f'maps and splits as hidden-target; {split} split.', '', 'Reproduce:', '', MIXED_COMMANDS, '',
-             '| Method | Overall acc | mIoU | own-head acc | kB/frame | feature bytes vs Who2com | threshold |',
-             '|---|---|---|---|---|---|---|']
+             f'maps and splits as hidden-target; {split} split, and the test split of the unseen worlds '
+             f'(datasets/{MIXED}-unseen, world seed 1000).', '', 'Reproduce:', '', MIXED_COMMANDS, '',
+             '| Method | Overall acc | mIoU | own-head acc | kB/frame | feature bytes vs Who2com | threshold | '
+             'unseen worlds: acc, feature bytes vs Who2com |',
+             '|---|---|---|---|---|---|---|---|']
     for method, title in (('who2com', 'Ours w/ msg (Who2com)'), ('when2com', 'Ours w/ msg + gate (When2com)')):
         r = rows.get(method)
         if r is None:
-            lines.append(f'| {title} | not trained | | | | | |')
+            lines.append(f'| {title} | not trained | | | | | | |')
             continue
-        share = (f'{r["bytes_by_kind"]["feature"] / ours["bytes_by_kind"]["feature"]:.3f}'
-                 if ours and ours['bytes_by_kind']['feature'] else '-')
+        share, u = feature_share(rows, method), unseen.get(method)
+        u_share = feature_share(unseen, method)
         lines.append(f'| {title} | {fmt(r["overall_accuracy"])} | {fmt(r["miou"])} | {fmt(r.get("own_accuracy"))} | '
-                     f'{_kb(r)} | {share} | {r.get("gate_threshold", "-")} |')
+                     f'{_kb(r)} | {"-" if share is None else f"{share:.3f}"} | {r.get("gate_threshold", "-")} | '
+                     + (f'{fmt(u["overall_accuracy"])}, {"-" if u_share is None else f"{u_share:.3f}"}' if u else '-')
+                     + ' |')
+    lines.append('')
+    for name, table in ((f'{split} split', rows), ('unseen worlds', unseen)):
+        if 'who2com' in table and 'when2com' in table:
+            delta = 100 * (table['when2com']['overall_accuracy'] - table['who2com']['overall_accuracy'])
+            saved = 1 - feature_share(table, 'when2com')
+            met = delta >= -1 and saved >= 0.3
+            lines.append(f'- {name}: the gate is {delta:+.2f} points from Who2com and sends {100 * saved:.1f} % fewer '
+                         f'feature bytes (target: within 1 point, >= 30 % fewer): {"met" if met else "missed"}.')
     return lines + ['']
 
 
@@ -288,8 +313,8 @@ def findings(results: dict) -> list[str]:
 
 COMMANDS = '''```bash
 for s in hidden-target accurate-pose random-exploration; do
-  frames=7200; [ $s = random-exploration ] && frames=2400   # 72 maps (with 24 the handshake overfits)
-  collab-perception dataset generate --setting $s --frames $frames --out datasets/$s --workers 2
+  # 72 maps (7200 frames): with 24 the handshake's selection and decoder overfit
+  collab-perception dataset generate --setting $s --frames 7200 --out datasets/$s --workers 2
   collab-perception dataset generate --setting $s --frames 2500 --seed 1000 --out datasets/$s-unseen --workers 2
 done
 for t in "" -unseen; do    # noisy pose: accurate pose's frames, the others' views warped from noisy positions
@@ -298,7 +323,7 @@ done
 S=hidden-target; B=runs/train/$S/backbone/best.pt
 collab-perception train --method backbone --setting $S --iterations 2000            # shared, once (~13 min)
 collab-perception train --method who2com --setting $S --selection hard --init-from $B --freeze-encoder \\
-  --iterations 2000                      # ~15 min (hidden target and the pose settings; random exploration: 1000)
+  --iterations 2000                      # ~15 min
 collab-perception train --method catall --setting $S --init-from $B --freeze-encoder    # and the other rows
 collab-perception train --method single_normal --setting $S --init-from $B              # bounds: fine-tuned
 collab-perception evaluate                                             # these tables, in runs/RESULTS.md
