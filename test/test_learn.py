@@ -255,6 +255,39 @@ def test_a_frozen_backbone_stays_as_pretrained(tiny_dataset, tmp_path):
     assert not torch.equal(before.own_head.classify.weight, after.own_head.classify.weight)
 
 
+def test_runs_from_one_backbone_share_its_encoded_frames_on_disk(tiny_dataset, tmp_path, capsys):
+    """The first frozen-encoder run started from a backbone keeps the encoded training frames beside it; the
+    next run maps that file instead of encoding and trains exactly as if it had encoded them; another backbone
+    gets a file of its own."""
+    from collab_perception.learn.feature_cache import EncodedFrames, cached_loader
+    from collab_perception.learn.train import TrainConfig, load_model, train
+    common = dict(setting='hidden-target', data_dir=tiny_dataset, iterations=4, batch_size=4, eval_every=4,
+                  val_batches=1)
+    train(TrainConfig(method='backbone', out_dir=str(tmp_path / 'backbone'), model=SMALL, **common), progress=False)
+    frozen = ModelConfig(**{**SMALL.__dict__, 'freeze_encoder': True})
+    for run in ('first', 'second'):
+        train(TrainConfig(method='catall', out_dir=str(tmp_path / run), model=frozen,
+                          init_from=str(tmp_path / 'backbone' / 'last.pt'), **common), progress=True)
+    store = tmp_path / 'backbone' / 'feature_cache'
+    files = sorted(p.name for p in store.glob('*.pt'))
+    assert len(files) == 1 and files[0].startswith('train-'), files
+    assert capsys.readouterr().out.count('the encoded training frames read from') == 1
+    first, _ = load_model(str(tmp_path / 'first' / 'last.pt'))
+    second, _ = load_model(str(tmp_path / 'second' / 'last.pt'))
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name
+    def loader():       # as train() reads them (a pass advances a loader's epoch, which orders the frames)
+        return FrameLoader(tiny_dataset, 'hidden-target', 'train', 4, augment=True)
+    mapped = cached_loader(loader(), first, 4, progress=False, store=str(store))
+    fresh = EncodedFrames(loader(), first.encoder, 4, progress=False)
+    assert type(mapped) is EncodedFrames and mapped.agents == fresh.agents and len(list(store.glob('*.pt'))) == 1
+    for key, value in fresh.frames.items():
+        assert torch.allclose(value.float(), mapped.frames[key].float(), atol=1e-2), key
+    other = create_model('catall', frozen)                 # other weights: encoded anew, into a file of its own
+    cached_loader(loader(), other, 4, progress=False, store=str(store))
+    assert len(list(store.glob('*.pt'))) == 2
+
+
 def test_the_report_scores_every_run_on_the_unseen_worlds_too(tiny_dataset, tmp_path):
     from collab_perception.learn.report import collect, detail_table
     from collab_perception.learn.train import TrainConfig, train

@@ -7,9 +7,17 @@ flips of each (so the flip augmentation stays exact), keeps them in memory as fl
 like FrameLoader's, with 'encoded' set: CollabModel.encode then passes them through. EncodedObstructionFrames
 does the same for MASH's obstruction frames (every agent's view; a frozen backbone leaves the matcher, the
 fusion and the own head to train).
+
+Every row of a setting's table starts from the same backbone, so every row would encode the same frames with
+the same weights: cached_loader with a `store` folder keeps the encoded frames on disk under a key of the
+weights and the split, and later runs (and a second worker at the same time) map that file instead of encoding.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
+import os
 import statistics
 import time
 from typing import Iterator, Optional
@@ -72,6 +80,15 @@ class CachedFrames:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    @classmethod
+    def restored(cls, frames: dict[str, torch.Tensor], agents: int, num_classes: int, batch_size: int,
+                 seed: int = 0) -> 'CachedFrames':
+        """The same frames, encoded earlier (cached_loader's store), without encoding them again."""
+        cached = cls.__new__(cls)
+        cached.frames, cached.agents, cached.num_classes = frames, agents, num_classes
+        cached.batch_size, cached.seed, cached.epoch = batch_size, seed, 0
+        return cached
 
     def batch(self, index: torch.Tensor, flip: torch.Tensor) -> dict:
         raise NotImplementedError
@@ -173,13 +190,54 @@ class EncodedObstructionFrames(CachedFrames):
         return batch
 
 
-def cached_loader(loader, model: nn.Module, batch_size: int, seed: int = 0, progress: bool = True):
+def cached_loader(loader, model: nn.Module, batch_size: int, seed: int = 0, progress: bool = True,
+                  store: Optional[str] = None):
     """A training loader's frames through a model's frozen encoder, once: EncodedFrames, or for MASH's
-    obstruction frames EncodedObstructionFrames (its own head frozen too, so its outputs are cached)."""
-    if getattr(loader, 'setting', None) == 'obstruction':
-        return EncodedObstructionFrames(loader, model.encoder, batch_size, seed=seed, progress=progress,
-                                        head=model.own_head)
-    return EncodedFrames(loader, model.encoder, batch_size, seed=seed, progress=progress)
+    obstruction frames EncodedObstructionFrames (its own head frozen too, so its outputs are cached).
+    `store`: a folder where the encoded frames are kept on disk, keyed by the frozen weights and the split;
+    a run that finds its key there maps the file (shared with the other runs reading it) instead of encoding."""
+    obstruction = getattr(loader, 'setting', None) == 'obstruction'
+    kind = EncodedObstructionFrames if obstruction else EncodedFrames
+
+    def encode() -> CachedFrames:
+        if obstruction:
+            return EncodedObstructionFrames(loader, model.encoder, batch_size, seed=seed, progress=progress,
+                                            head=model.own_head)
+        return EncodedFrames(loader, model.encoder, batch_size, seed=seed, progress=progress)
+
+    if store is None:
+        return encode()
+    frozen = [model.encoder] + ([model.own_head] if obstruction else [])
+    path = os.path.join(store, f'{loader.loader.split}-{_cache_key(loader, frozen, kind.__name__)}.pt')
+    os.makedirs(store, exist_ok=True)
+    with open(path + '.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)       # a second worker waits for the first one's file
+        if not os.path.exists(path):
+            cached = encode()
+            torch.save({'frames': cached.frames, 'agents': cached.agents, 'num_classes': cached.num_classes},
+                       path + '.tmp')
+            os.replace(path + '.tmp', path)
+            return cached
+    saved = torch.load(path, mmap=True, weights_only=True)
+    if progress:
+        print(f'the encoded training frames read from {path}')
+    return kind.restored(saved['frames'], saved['agents'], saved['num_classes'], batch_size, seed)
+
+
+def _cache_key(loader, frozen: list[nn.Module], kind: str) -> str:
+    """What the encoded frames depend on: the frozen weights, the dataset (its manifest), the split, which of
+    its frames a pass reads in which order (the loader's shuffle, seed and epoch), and the cache's layout."""
+    digest = hashlib.sha256()
+    for module in frozen:
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    with open(os.path.join(loader.loader.root, 'manifest.json'), 'rb') as f:
+        digest.update(f.read())
+    source = loader.loader
+    digest.update(json.dumps([os.path.abspath(source.root), source.split, _capacity(loader), source.shuffle,
+                              source.seed, source.epoch, source.buffer_size, kind]).encode())
+    return digest.hexdigest()[:16]
 
 
 def training_step_times(data_dir: str, steps: int, batch_size: int = 16, threads: int = 0) -> dict:

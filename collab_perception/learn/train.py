@@ -196,7 +196,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         print(f'{cfg.method}/{cfg.setting}: {len(copied)} of {len(model.state_dict())} weights from '
               f'{cfg.init_from} ({", ".join(modules)})')
     if cfg.model.freeze_encoder:
-        train_loader = cached_loader(train_loader, model, cfg.batch_size, seed=cfg.seed, progress=progress)
+        # every run started from the same backbone encodes the same frames: they are kept beside it
+        store = os.path.join(os.path.dirname(os.path.abspath(cfg.init_from)), 'feature_cache') if cfg.init_from else None
+        train_loader = cached_loader(train_loader, model, cfg.batch_size, seed=cfg.seed, progress=progress,
+                                     store=store)
         print(f'{cfg.method}/{cfg.setting}: the frozen encoder\'s features of {len(train_loader)} batches cached '
               f'({train_loader.nbytes / 2 ** 20:.0f} MiB)')
     if step:
