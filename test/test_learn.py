@@ -379,6 +379,29 @@ def test_the_mixed_variant_is_scored_on_the_test_split_and_the_unseen_worlds(tmp
     verdicts = [line for line in lines if 'the gate is' in line]
     assert len(verdicts) == 2 and verdicts[1].startswith('- unseen worlds:')
     assert all(line.endswith(('met.', 'missed.')) for line in verdicts), verdicts
+    # exported, the gate's threshold chosen on the validation split goes with the model, and ONNX Runtime
+    # through the swarm's selector (select: threshold) scores the mixed frames as torch does
+    import json
+    import yaml
+    from collab_perception.data import iter_snapshots
+    from collab_perception.learn.evaluate import evaluate_run
+    from collab_perception.learn.export import export_run
+    from collab_perception.runtime.methods import create_method
+    from collab_perception.runtime.offline import handshake_offline
+    run, model_dir = str(runs / MIXED / 'when2com'), str(tmp_path / 'when2com_model')
+    export_run(run, model_dir, datasets_root=str(datasets), check_frames=2)
+    torch_scores = evaluate_run(run, str(datasets / MIXED), 'test', progress=False)
+    roles = json.load(open(os.path.join(model_dir, 'roles.json')))
+    card = yaml.safe_load(open(os.path.join(model_dir, 'model_card.yaml')))
+    assert roles['gate'] and roles['gate_threshold'] == torch_scores['gate_threshold'] == card['gate_threshold']
+    assert card['dataset']['path'] == str(datasets / MIXED)
+    assert card['metrics_unseen_worlds']['dataset'] == str(datasets / MIXED) + '-unseen'
+    offline = handshake_offline(create_method('when2com', model_dir=model_dir),
+                                iter_snapshots(str(datasets / MIXED), 'test'), select='threshold',
+                                threshold=roles['gate_threshold'])
+    assert offline['frames'] == torch_scores['frames']
+    assert offline['feature_maps'] + offline['frames_without_features'] >= offline['frames']
+    assert abs(offline['fused_accuracy'] - torch_scores['overall_accuracy']) < 0.02, (offline, torch_scores)
 
 
 def test_the_message_size_sweep_trains_and_scores_every_point(tiny_dataset, tmp_path):

@@ -185,7 +185,7 @@ def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', chec
     import onnxruntime as ort
 
     from .data import FrameLoader
-    from .evaluate import evaluate_run, evaluate_unseen, unseen_dataset
+    from .evaluate import UNSEEN_SUFFIX, evaluate_run
     from .train import load_model
 
     model, ckpt = load_model(os.path.join(run_dir, 'best.pt'))
@@ -194,6 +194,11 @@ def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', chec
         raise ValueError(f'{run_dir}: a --valid-mask run needs its supporters to send their warp\'s validity, which '
                          'the ONNX roles and the swarm do not carry yet; it can be trained and evaluated offline only')
     data = os.path.join(datasets_root, c['setting'])
+    if c.get('data_dir') and os.path.exists(os.path.join(c['data_dir'], 'manifest.json')):
+        data = c['data_dir']            # a variant of the setting (the mixed one) is scored on its own frames
+    test = evaluate_run(run_dir, data, 'test', progress=False)
+    if 'gate_threshold' in test:        # When2com: the threshold chosen on the validation split goes with it
+        model.cfg.gate_threshold = test['gate_threshold']
     loader = FrameLoader(data, c['setting'], 'test', 1, shuffle=False, limit=check_frames)
     size = (loader.manifest['image']['height'], loader.manifest['image']['width'])
     paths = export_roles(model, out_dir, size, setting=c['setting'], fp16=fp16)
@@ -214,8 +219,10 @@ def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', chec
             ref = model.decoder(torch.cat([tf, sup], 1)).argmax(1).numpy()
             agree += int((classes == ref).sum())
             pixels += ref.size
-    test = evaluate_run(run_dir, data, 'test', progress=False)
-    unseen = evaluate_unseen(run_dir, datasets_root, c['setting'], progress=False)
+    unseen_data = data + UNSEEN_SUFFIX
+    unseen = (evaluate_run(run_dir, unseen_data, 'test', progress=False, setting=c['setting'],
+                           cache_name=f'eval_unseen_{os.path.basename(os.path.normpath(data))}')
+              if os.path.exists(os.path.join(unseen_data, 'manifest.json')) else None)
     metric_keys = ('frames', 'overall_accuracy', 'miou', 'own_accuracy', 'own_miou', 'selection_accuracy',
                    'bytes_per_frame')
     card = {
@@ -232,9 +239,11 @@ def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', chec
                     'degradation': {k: v for k, v in (loader.manifest.get('degradation') or {}).items()
                                     if k in ('kernel_min', 'kernel_max', 'reference_width', 'noise_std_min',
                                              'noise_std_max')} or None},
+        **({'gate_threshold': test['gate_threshold'], 'run_with': 'select: threshold, score_threshold: '
+            f'{test["gate_threshold"]} (the drone config)'} if 'gate_threshold' in test else {}),
         'metrics_test_split': {k: (round(v, 4) if isinstance(v, float) else v) for k, v in test.items()
                                if k in metric_keys},
-        'metrics_unseen_worlds': ({'dataset': unseen_dataset(datasets_root, c['setting']),
+        'metrics_unseen_worlds': ({'dataset': unseen_data,
                                    **{k: (round(v, 4) if isinstance(v, float) else v)
                                       for k, v in unseen.items() if k in metric_keys}}
                                   if unseen else 'not generated (datasets/<setting>-unseen)'),

@@ -3,7 +3,8 @@
 Used to check the swarm against an offline run of the very same models on the very same frames (the
 replay bridge publishes a dataset split; this replays it in-process): per frame, the target encodes its
 view, every supporter encodes its own and answers the query with a score, the target connects to the
-argmax, and the selected features cross a float16 (the swarm codec's) round trip before fusion.
+argmax (or, with the When2com gate, to the supporters that pass the threshold, possibly none), and the
+selected features cross the swarm codec's round trip before fusion.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Iterable
 import numpy as np
 
 from .codec import DEFAULT_LIMITS, decode_tensor, encode_tensor, tensor_fields
+from .handshake import get_selector
 from .metrics import SegmentationScore
 from .methods import Method
 
@@ -22,9 +24,15 @@ def slot_order(target: int, agents: int) -> list[int]:
     return [target] + [i for i in range(agents) if i != target]
 
 
-def handshake_offline(method: Method, snapshots: Iterable[dict], feature_dtype: str = 'float16') -> dict:
+def handshake_offline(method: Method, snapshots: Iterable[dict], feature_dtype: str = 'float16',
+                      select: str = 'argmax', threshold: float = 0.0, top_n: int = 1) -> dict:
+    """Who2com / When2com over `snapshots`; `select`, `threshold` and `top_n` as the requester's fusion node
+    takes them (config: select, score_threshold, top_n). Also counts the feature maps received and the frames
+    with none."""
     fused = SegmentationScore(method.num_classes)
     own = SegmentationScore(method.num_classes)
+    selector = get_selector(select)
+    feature_maps = alone = 0
     for snap in snapshots:
         order = slot_order(int(snap['target_index']), snap['rgb'].shape[0])
         mine = method.encode(snap['rgb'][order[0]])
@@ -33,13 +41,16 @@ def handshake_offline(method: Method, snapshots: Iterable[dict], feature_dtype: 
             theirs = method.encode(snap['rgb'][slot])
             scores[slot] = float(method.match(mine.query, theirs.key)[0])
             features[slot] = theirs.features
-        best = max(sorted(scores), key=lambda k: scores[k])
-        received = {best: decode_tensor(encode_tensor(features[best], feature_dtype))}
+        selected = selector(scores, mine.self_score, top_n, threshold)
+        received = {s: decode_tensor(encode_tensor(features[s], feature_dtype)) for s in selected}
+        feature_maps += len(received)
+        alone += not received
         labels = snap['labels'][order[0]]
-        fused.add(method.fuse(mine, received, {best: scores[best]}), labels)
+        fused.add(method.fuse(mine, received, {s: scores[s] for s in selected}), labels)
         own.add(mine.own_classes, labels)
     return {'frames': fused.frames, 'fused_accuracy': fused.full.accuracy(), 'own_accuracy': own.full.accuracy(),
-            'fused_miou': fused.full.miou(), 'own_miou': own.full.miou()}
+            'fused_miou': fused.full.miou(), 'own_miou': own.full.miou(), 'feature_maps': feature_maps,
+            'frames_without_features': alone}
 
 
 def mash_offline(method: Method, snapshots: Iterable[dict], query_dtype: str = 'uint8',
