@@ -201,7 +201,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         train_loader = cached_loader(train_loader, model, cfg.batch_size, seed=cfg.seed, progress=progress,
                                      store=store)
         print(f'{cfg.method}/{cfg.setting}: the frozen encoder\'s features of {len(train_loader)} batches cached '
-              f'({train_loader.nbytes / 2 ** 20:.0f} MiB)')
+              f'({train_loader.nbytes / 2 ** 20:.0f} MiB' + (f', kept in {store} for the other runs of this backbone)'
+                                                              if store else ')'))
     if step:
         train_loader.set_epoch(step // max(1, len(train_loader)))   # resume the data order, epoch-wise
     with open(os.path.join(cfg.out_dir, 'config.json'), 'w') as f:
