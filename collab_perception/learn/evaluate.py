@@ -99,7 +99,7 @@ def evaluate_model(model: CollabModel, loader: FrameLoader, setting: str, progre
         labels = batch['labels'].numpy()
         b, s = batch['supporters'].shape[:2]
         h, w = batch['target'].shape[-2:]
-        feature_hw = (h // 4, w // 4)
+        feature_hw = (h, w) if batch.get('encoded') else (h // 4, w // 4)
         for i in range(b):
             n_sel = int(out.selected[i].sum()) if out.selected is not None else (1 if spec.features_sent == 'selected' else 0)
             fb = frame_bytes(spec, feature_hw, s, n_sel, pose, dtypes)
@@ -260,10 +260,12 @@ def choose_gate_threshold(run_dir: str, data_dir: str, batch_size: int = 16, pro
     def compute() -> dict:
         model, _ = load_model(os.path.join(run_dir, 'best.pt'))
         loader = FrameLoader(data_dir, setting, 'val', batch_size, shuffle=False)
+        frames = _encoded_once(model, loader) if not model.cfg.valid_mask else loader
         sweep = []
-        for threshold in GATE_THRESHOLDS:
+        for threshold in tqdm(GATE_THRESHOLDS, desc='gate thresholds on the validation split', disable=not progress,
+                              dynamic_ncols=True, leave=False):
             model.cfg.gate_threshold = threshold
-            r = evaluate_model(model, loader, setting, progress=False)
+            r = evaluate_model(model, frames, setting, progress=False)
             sweep.append({'threshold': threshold, 'accuracy': r['overall_accuracy'],
                           'bytes_per_frame': r['bytes_per_frame']})
         best = max(r['accuracy'] for r in sweep)
@@ -274,6 +276,27 @@ def choose_gate_threshold(run_dir: str, data_dir: str, batch_size: int = 16, pro
         setting = json.load(f)['setting']
     return cached_evaluation(run_dir, 'gate_val', compute, data_dir=os.path.abspath(data_dir),
                              thresholds=list(GATE_THRESHOLDS))
+
+
+class _EncodedBatches(list):
+    """Batches whose views went through the encoder already (the gate's threshold changes only what follows)."""
+    num_classes: int
+
+
+@torch.no_grad()
+def _encoded_once(model: CollabModel, loader: FrameLoader) -> _EncodedBatches:
+    """`loader`'s batches with every view encoded once, float32, in the loader's order: a threshold sweep then
+    decodes each threshold from them instead of encoding every frame again."""
+    model.eval()
+    batches = _EncodedBatches()
+    batches.num_classes = loader.num_classes
+    for batch in loader:
+        b, s = batch['supporters'].shape[:2]
+        feats = model.encoder(torch.cat([batch['target'], batch['clean'], batch['supporters'].flatten(0, 1)], 0))
+        batches.append({'target': feats[:b], 'clean': feats[b:2 * b],
+                        'supporters': feats[2 * b:].view(b, s, *feats.shape[1:]), 'labels': batch['labels'],
+                        'best': batch['best'], 'encoded': True})
+    return batches
 
 
 def add_bis(results: dict[str, dict]) -> None:
