@@ -4,11 +4,10 @@ from collab_perception.data import generate, iter_snapshots
 SPLIT = 'train'   # the largest split of the fresh maps (none of them was seen in training)
 
 
-def generate_split(tmp_path_factory, setting: str, frames: int, seed: int, **options) -> str:
-    """A small dataset of `setting` on maps no shipped model was trained on; returns its directory. `options`:
-    further GenerateConfig fields (degraded_share for the mixed variant)."""
+def generate_split(tmp_path_factory, setting: str, frames: int, seed: int) -> str:
+    """A small dataset of `setting` on maps no shipped model was trained on; returns its directory."""
     root = str(tmp_path_factory.mktemp('replay') / setting)
-    generate(setting, frames, root, seed=seed, size=128, progress=False, snapshots_per_map=frames, **options)
+    generate(setting, frames, root, seed=seed, size=128, progress=False, snapshots_per_map=frames)
     return root
 
 

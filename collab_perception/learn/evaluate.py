@@ -82,8 +82,8 @@ def evaluate_model(model: CollabModel, loader: FrameLoader, setting: str, progre
                    dtypes: dict = DEFAULT_DTYPES) -> dict:
     model.eval()
     model.received_on_wire = wire_round_trip(dtypes['feature'])
-    fused = SegmentationScore(loader.num_classes)
-    own = SegmentationScore(loader.num_classes)
+    fused = SegmentationScore(model.cfg.num_classes)
+    own = SegmentationScore(model.cfg.num_classes)
     spec = model.wire()
     pose = setting in WARPED_SETTINGS
     kinds = FrameBytes()
@@ -177,17 +177,26 @@ UNSEEN_SUFFIX = '-unseen'
 def unseen_dataset(datasets_root: str, setting: str) -> Optional[str]:
     """datasets/<setting>-unseen: the setting generated from a world seed that no training or validation set
     uses (`dataset generate --seed 1000`); None when it has not been made."""
-    path = os.path.join(datasets_root, setting + UNSEEN_SUFFIX)
+    return unseen_twin(os.path.join(datasets_root, setting))
+
+
+def unseen_twin(data_dir: str) -> Optional[str]:
+    """<data_dir>-unseen, the unseen-worlds twin of a dataset, where it has been generated."""
+    path = os.path.normpath(data_dir) + UNSEEN_SUFFIX
     return path if os.path.exists(os.path.join(path, 'manifest.json')) else None
 
 
-def evaluate_unseen(run_dir: str, datasets_root: str, setting: str, progress: bool = True) -> Optional[dict]:
-    """A run on the test split of its setting's unseen worlds (cached in <run>/eval_unseen_<setting>.json);
-    None when that dataset has not been made."""
-    data = unseen_dataset(datasets_root, setting)
+def evaluate_unseen(run_dir: str, datasets_root: str, setting: str, progress: bool = True,
+                    data_dir: str = '') -> Optional[dict]:
+    """A run on the test split of the unseen worlds: datasets/<setting>-unseen, or with `data_dir` (a variant
+    of the setting, the mixed one) that dataset's twin (cached in <run>/eval_unseen_<dataset name>.json);
+    None when it has not been made."""
+    source = data_dir or os.path.join(datasets_root, setting)
+    data = unseen_twin(source)
     if data is None:
         return None
-    return evaluate_run(run_dir, data, 'test', progress=progress, setting=setting, cache_name=f'eval_unseen_{setting}')
+    return evaluate_run(run_dir, data, 'test', progress=progress, setting=setting,
+                        cache_name=f'eval_unseen_{os.path.basename(os.path.normpath(source))}')
 
 
 @torch.no_grad()
@@ -278,18 +287,12 @@ def choose_gate_threshold(run_dir: str, data_dir: str, batch_size: int = 16, pro
                              thresholds=list(GATE_THRESHOLDS))
 
 
-class _EncodedBatches(list):
-    """Batches whose views went through the encoder already (the gate's threshold changes only what follows)."""
-    num_classes: int
-
-
 @torch.no_grad()
-def _encoded_once(model: CollabModel, loader: FrameLoader) -> _EncodedBatches:
+def _encoded_once(model: CollabModel, loader: FrameLoader) -> list[dict]:
     """`loader`'s batches with every view encoded once, float32, in the loader's order: a threshold sweep then
     decodes each threshold from them instead of encoding every frame again."""
     model.eval()
-    batches = _EncodedBatches()
-    batches.num_classes = loader.num_classes
+    batches = []
     for batch in loader:
         b, s = batch['supporters'].shape[:2]
         feats = model.encoder(torch.cat([batch['target'], batch['clean'], batch['supporters'].flatten(0, 1)], 0))

@@ -185,7 +185,7 @@ def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', chec
     import onnxruntime as ort
 
     from .data import FrameLoader
-    from .evaluate import UNSEEN_SUFFIX, evaluate_run
+    from .evaluate import evaluate_run, evaluate_unseen, unseen_twin
     from .train import load_model
 
     model, ckpt = load_model(os.path.join(run_dir, 'best.pt'))
@@ -219,10 +219,7 @@ def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', chec
             ref = model.decoder(torch.cat([tf, sup], 1)).argmax(1).numpy()
             agree += int((classes == ref).sum())
             pixels += ref.size
-    unseen_data = data + UNSEEN_SUFFIX
-    unseen = (evaluate_run(run_dir, unseen_data, 'test', progress=False, setting=c['setting'],
-                           cache_name=f'eval_unseen_{os.path.basename(os.path.normpath(data))}')
-              if os.path.exists(os.path.join(unseen_data, 'manifest.json')) else None)
+    unseen = evaluate_unseen(run_dir, datasets_root, c['setting'], progress=False, data_dir=data)
     metric_keys = ('frames', 'overall_accuracy', 'miou', 'own_accuracy', 'own_miou', 'selection_accuracy',
                    'bytes_per_frame')
     card = {
@@ -243,7 +240,7 @@ def export_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', chec
             f'{test["gate_threshold"]} (the drone config)'} if 'gate_threshold' in test else {}),
         'metrics_test_split': {k: (round(v, 4) if isinstance(v, float) else v) for k, v in test.items()
                                if k in metric_keys},
-        'metrics_unseen_worlds': ({'dataset': unseen_data,
+        'metrics_unseen_worlds': ({'dataset': unseen_twin(data),
                                    **{k: (round(v, 4) if isinstance(v, float) else v)
                                       for k, v in unseen.items() if k in metric_keys}}
                                   if unseen else 'not generated (datasets/<setting>-unseen)'),

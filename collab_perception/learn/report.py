@@ -123,16 +123,14 @@ def mixed_section(runs_root: str, datasets_root: str, split: str, progress: bool
     feature bytes the gate saves against Who2com, which always connects, on the split and on the unseen
     worlds (datasets/<MIXED>-unseen, where generated)."""
     data = os.path.join(datasets_root, MIXED)
-    unseen_data = data + '-unseen'
     rows, unseen = {}, {}
     for method in ('who2com', 'when2com'):
         run = os.path.join(runs_root, MIXED, method)
         if os.path.exists(os.path.join(run, 'train.json')) and os.path.exists(os.path.join(data, 'manifest.json')):
-            rows[method] = evaluate_run(run, data, split, progress=progress, setting='hidden-target',
-                                        cache_name=f'eval_{split}_mixed')
-            if os.path.exists(os.path.join(unseen_data, 'manifest.json')):
-                unseen[method] = evaluate_run(run, unseen_data, 'test', progress=progress, setting='hidden-target',
-                                              cache_name='eval_test_mixed_unseen')
+            rows[method] = evaluate_run(run, data, split, progress=progress)     # the cache export reads too
+            u = evaluate_unseen(run, datasets_root, 'hidden-target', progress, data_dir=data)
+            if u:
+                unseen[method] = u
     if not rows:
         return []
 
