@@ -4,10 +4,11 @@ from collab_perception.data import generate, iter_snapshots
 SPLIT = 'train'   # the largest split of the fresh maps (none of them was seen in training)
 
 
-def generate_split(tmp_path_factory, setting: str, frames: int, seed: int) -> str:
-    """A small dataset of `setting` on maps no shipped model was trained on; returns its directory."""
+def generate_split(tmp_path_factory, setting: str, frames: int, seed: int, **options) -> str:
+    """A small dataset of `setting` on maps no shipped model was trained on; returns its directory. `options`:
+    further GenerateConfig fields (e.g. degraded_share for the mixed variant)."""
     root = str(tmp_path_factory.mktemp('replay') / setting)
-    generate(setting, frames, root, seed=seed, size=128, progress=False, snapshots_per_map=frames)
+    generate(setting, frames, root, seed=seed, size=128, progress=False, snapshots_per_map=frames, **options)
     return root
 
 

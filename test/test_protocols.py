@@ -243,3 +243,25 @@ def test_warping_supporter_can_defer_the_warp_to_the_connect():
     warped, _ = geometry.warp_to_target(views[1], inputs[2]['depth'], K, geometry.pose_matrix(pose[:3], pose[3:]),
                                         K, geometry.pose_matrix(pose[:3], pose[3:]))
     assert np.allclose(result.outcome.received[2], encode(warped).features, atol=1e-3)
+
+
+def test_shipped_handshake_models_decode_whatever_the_selection_leaves():
+    """A fusion node warms its decoder up at start-up and then decodes one, several or no supporters: the
+    When2com model (its decoder blends by score) and Who2com's (nothing selected under select: threshold
+    leaves the drone its own head) do all three."""
+    for name, model_dir in (('when2com', 'models/when2com_hidden_target_mixed'),
+                            ('who2com', 'models/who2com_hidden_target')):
+        m = create_method(name, model_dir=model_dir)
+        m.warmup()
+        view, other = np.random.default_rng(5).integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
+        own = m.encode(view)
+        theirs = m.encode(other).features
+        classes = m.fuse(own, {2: theirs}, {2: 0.3})
+        assert classes.shape == own.own_classes.shape and classes.dtype == np.uint8
+        both = m.fuse(own, {2: theirs, 3: own.features}, {2: 0.3, 3: 1.5})
+        assert both.shape == classes.shape
+        alone = m.fuse(own, {}, {})
+        if m.gate:    # When2com decodes its own features with its self-score
+            assert (own.self_score is not None) and alone.shape == classes.shape
+        else:
+            assert np.array_equal(alone, own.own_classes)

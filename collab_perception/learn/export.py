@@ -165,6 +165,11 @@ def training_command(c: dict) -> str:
     """The `collab-perception train` command line of a run's config.json / checkpoint config."""
     cmd = (f'collab-perception train --method {c["method"]} --setting {c["setting"]} --iterations {c["iterations"]} '
            f'--batch-size {c["batch_size"]} --lr {c["lr"]} --seed {c["seed"]}')
+    # a run on another dataset (the mixed variant) or in another folder is reproducible only with both spelled out
+    if c.get('data_dir') and os.path.normpath(c['data_dir']) != os.path.join('datasets', c['setting']):
+        cmd += f' --data {c["data_dir"]}'
+    if c.get('out_dir') and os.path.normpath(c['out_dir']) != os.path.join('runs', 'train', c['setting'], c['method']):
+        cmd += f' --out {c["out_dir"]}'
     m = c['model']
     if m.get('selection', 'soft') != 'soft':
         cmd += f' --selection {m["selection"]}'

@@ -179,6 +179,8 @@ class OnnxHandshake(OnnxRoleMethod):
 
     def fuse(self, own: EncoderOutput, received: dict[int, np.ndarray],
              scores: Optional[dict[int, float]] = None) -> np.ndarray:
+        if not received and not self.gate:
+            return own.own_classes     # nothing selected (select: threshold): the drone's own head, as on the swarm
         combined = self.combine(own, received, scores or {})
         classes = self._session('decoder').run(None, {'own': own.features[None].astype(np.float32),
                                                       'received': combined[None].astype(np.float32)})[0]
@@ -194,7 +196,7 @@ class OnnxHandshake(OnnxRoleMethod):
             self.match(np.zeros(self.info['query_size'], np.float32), np.zeros(self.info['key_size'], np.float32))
         if 'decoder' in self.sessions:
             f = np.zeros((c, fh, fw), np.float32)
-            self.fuse(EncoderOutput(f, None, None, None), {0: f})
+            self.fuse(EncoderOutput(f, None, None, None), {0: f}, {0: 0.0})
 
 
 @register_method('who2com')
