@@ -261,6 +261,12 @@ def format_overall(summary: dict) -> str:
              f'(camera stamp -> segmentation)',
              f'  fallbacks  {o["fallback_frames"]} of {o["requested_frames"]} requested frames; rejected messages '
              f'{o["rejected_messages"]}']
+    helped = [d.get('frames_with_help') for n, d in summary.get('per_drone', {}).items()
+              if n in summary['requesters'] and d.get('frames_with_help') is not None]
+    if helped and o['requested_frames']:
+        # a gate (When2com, select: threshold) or a quiet swarm leaves frames decoded from the drone's own view
+        lines.append(f'  helped     {sum(helped)} of {o["requested_frames"]} requested frames received what they '
+                     f'asked for; the others were decoded alone')
     sp = summary.get('spatial')
     if sp and sp['query_fraction_of_image'] is not None:
         worst = sp['max_patch_fraction_of_labels']

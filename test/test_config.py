@@ -102,6 +102,21 @@ def test_class_table():
     assert rgb.shape == (2, 2, 3) and (rgb[0, 1] == classes.colors[1]).all() and (rgb[1, 1] == 0).all()
 
 
+def test_the_gate_demo_runs_its_model_at_the_threshold_chosen_on_validation():
+    """config/swarm_gate.yaml (make demo-gate) and the model's roles.json must not drift apart: the gate
+    threshold is a property of the exported model, chosen on its validation split."""
+    import json
+    from collab_perception.config import load_swarm_config
+    gate = load_swarm_config(resource_path('config', 'swarm_gate.yaml'))
+    requester = gate.drones[0]
+    assert requester.role == 'requester' and requester.method == 'when2com' and requester.select == 'threshold'
+    with open(resource_path(requester.models['dir'], 'roles.json')) as f:
+        roles = json.load(f)
+    assert roles['method'] == 'when2com' and roles['gate'] is True
+    assert requester.score_threshold == pytest.approx(roles['gate_threshold'])
+    assert gate.swarm['source']['type'] == 'replay'
+
+
 def test_a_config_can_overlay_another(tmp_path):
     from collab_perception.config import load_swarm_config, overlay
     assert overlay({'a': {'x': 1, 'y': [1, 2]}, 'b': 1}, {'a': {'y': [3]}, 'c': 2}) == \
