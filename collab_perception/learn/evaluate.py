@@ -269,14 +269,7 @@ def choose_gate_threshold(run_dir: str, data_dir: str, batch_size: int = 16, pro
     def compute() -> dict:
         model, _ = load_model(os.path.join(run_dir, 'best.pt'))
         loader = FrameLoader(data_dir, setting, 'val', batch_size, shuffle=False)
-        frames = _encoded_once(model, loader) if not model.cfg.valid_mask else loader
-        sweep = []
-        for threshold in tqdm(GATE_THRESHOLDS, desc='gate thresholds on the validation split', disable=not progress,
-                              dynamic_ncols=True, leave=False):
-            model.cfg.gate_threshold = threshold
-            r = evaluate_model(model, frames, setting, progress=False)
-            sweep.append({'threshold': threshold, 'accuracy': r['overall_accuracy'],
-                          'bytes_per_frame': r['bytes_per_frame']})
+        sweep = gate_sweep(model, loader, setting, GATE_THRESHOLDS, progress=progress)
         best = max(r['accuracy'] for r in sweep)
         chosen = min((r for r in sweep if r['accuracy'] >= best - GATE_TOLERANCE),
                      key=lambda r: (r['bytes_per_frame'], -r['accuracy']))
@@ -288,18 +281,52 @@ def choose_gate_threshold(run_dir: str, data_dir: str, batch_size: int = 16, pro
 
 
 @torch.no_grad()
-def _encoded_once(model: CollabModel, loader: FrameLoader) -> list[dict]:
-    """`loader`'s batches with every view encoded once, float32, in the loader's order: a threshold sweep then
-    decodes each threshold from them instead of encoding every frame again."""
+def gate_sweep(model: CollabModel, loader: FrameLoader, setting: str, thresholds, progress: bool = True,
+               dtypes: dict = DEFAULT_DTYPES) -> list[dict]:
+    """A When2com model's accuracy and bytes per frame at each threshold, as `evaluate_model` scores them one
+    threshold at a time, in one pass over the frames: every view is encoded once, and every frame decoded once
+    per distinct set of supporters the thresholds connect it to (a few sets, not one decode per threshold)."""
     model.eval()
-    batches = []
-    for batch in loader:
-        b, s = batch['supporters'].shape[:2]
-        feats = model.encoder(torch.cat([batch['target'], batch['clean'], batch['supporters'].flatten(0, 1)], 0))
-        batches.append({'target': feats[:b], 'clean': feats[b:2 * b],
-                        'supporters': feats[2 * b:].view(b, s, *feats.shape[1:]), 'labels': batch['labels'],
-                        'best': batch['best'], 'encoded': True})
-    return batches
+    model.received_on_wire = wire_round_trip(dtypes['feature'])
+    fused = {t: SegmentationScore(model.cfg.num_classes) for t in thresholds}
+    spec = model.wire()
+    pose = setting in WARPED_SETTINGS
+    try:
+        for batch in tqdm(loader, desc='gate thresholds on the validation split', disable=not progress,
+                          dynamic_ncols=True, leave=False):
+            with model.inputs_of(batch):
+                f_t, f_s = model.encode_all(batch['target'], batch['supporters'])
+            b, s = f_s.shape[:2]
+            probs = model.gate_scores(f_t, f_s).softmax(-1)
+            stacked = torch.cat([f_t.unsqueeze(1), model.received(f_s.flatten(0, 1)).view(f_s.shape)], 1)
+            connected = {t: probs[:, 1:] >= t for t in thresholds}
+            # the distinct (frame, connected set) pairs, decoded together
+            pairs = sorted({(i, tuple(connected[t][i].tolist())) for t in thresholds for i in range(b)})
+            frame = torch.tensor([i for i, _ in pairs])
+            sel = torch.tensor([mask for _, mask in pairs], dtype=torch.bool)
+            weights = model.gate_weights(probs[frame], sel)
+            preds = {}
+            for start in range(0, len(pairs), b):
+                chunk = slice(start, start + b)
+                logits = model.decode_weighted(f_t[frame[chunk]], stacked[frame[chunk]], weights[chunk])
+                for pair, pred in zip(pairs[chunk], logits.argmax(1).numpy()):
+                    preds[pair] = pred
+            labels = batch['labels'].numpy()
+            feature_hw = tuple(f_t.shape[-2:])
+            for t in thresholds:
+                for i in range(b):
+                    mask = tuple(connected[t][i].tolist())
+                    best = int(batch['best'][i])
+                    fb = frame_bytes(spec, feature_hw, s, sum(mask), pose, dtypes)
+                    fused[t].add(preds[(i, mask)], labels[i], fb.total,
+                                 selected_correctly=bool(mask[best]) if best >= 0 else None)
+    finally:
+        model.received_on_wire = None
+    sweep = []
+    for t in thresholds:
+        r = fused[t].summary()
+        sweep.append({'threshold': t, 'accuracy': r['overall_accuracy'], 'bytes_per_frame': r['bytes_per_frame']})
+    return sweep
 
 
 def add_bis(results: dict[str, dict]) -> None:

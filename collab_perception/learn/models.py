@@ -477,10 +477,7 @@ class When2com(_Handshake):
 
     def forward(self, target, supporters, clean_target=None, mode='train') -> Output:
         f_t, f_s = self.encode_all(target, supporters)
-        b, s = f_s.shape[:2]
-        q = self.query(f_t)
-        keys = self.key(torch.cat([f_t.unsqueeze(1), f_s], 1).flatten(0, 1)).view(b, s + 1, -1)
-        all_scores = self.match(q, keys)                      # [B, 1 + S]
+        all_scores = self.gate_scores(f_t, f_s)
         probs = all_scores.softmax(-1)
         stacked = torch.cat([f_t.unsqueeze(1), f_s], 1)
         if mode == 'train' and self.cfg.selection == 'soft':
@@ -488,14 +485,30 @@ class When2com(_Handshake):
             selected = None
         else:
             selected = probs[:, 1:] >= self.cfg.gate_threshold
-            gated = torch.cat([probs[:, :1], probs[:, 1:] * selected], 1)
-            weights = gated / gated.sum(-1, keepdim=True)
+            weights = self.gate_weights(probs, selected)
             if mode == 'train':
                 weights = weights.detach() + probs - probs.detach()
                 selected = None
             else:                      # inference: the supporters' maps as they were received
                 stacked = torch.cat([f_t.unsqueeze(1), self.received(f_s.flatten(0, 1)).view(f_s.shape)], 1)
-        f_sum = torch.einsum('bs,bschw->bchw', weights, stacked)
-        return Output(logits=self.decoder(torch.cat([f_t, f_sum], 1)), own_logits=self.own_head(f_t),
+        logits = self.decode_weighted(f_t, stacked, weights)
+        return Output(logits=logits, own_logits=self.own_head(f_t),
                       scores=all_scores[:, 1:], weights=weights[:, 1:], selected=selected,
                       extra={'self_score': all_scores[:, 0]})
+
+    def gate_scores(self, f_t: torch.Tensor, f_s: torch.Tensor) -> torch.Tensor:
+        """Match scores [B, 1 + S] of the target's query against its own key and the supporters' keys."""
+        b, s = f_s.shape[:2]
+        keys = self.key(torch.cat([f_t.unsqueeze(1), f_s], 1).flatten(0, 1)).view(b, s + 1, -1)
+        return self.match(self.query(f_t), keys)
+
+    @staticmethod
+    def gate_weights(probs: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+        """The softmax over [self; supporters] restricted to self and the connected supporters, renormalized."""
+        gated = torch.cat([probs[:, :1], probs[:, 1:] * selected], 1)
+        return gated / gated.sum(-1, keepdim=True)
+
+    def decode_weighted(self, f_t: torch.Tensor, stacked: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Class logits from the target's features and the weighted sum of `stacked` [B, 1 + S, C, h, w]."""
+        f_sum = torch.einsum('bs,bschw->bchw', weights, stacked)
+        return self.decoder(torch.cat([f_t, f_sum], 1))
