@@ -292,8 +292,7 @@ def gate_sweep(model: CollabModel, loader: FrameLoader, setting: str, thresholds
     spec = model.wire()
     pose = setting in WARPED_SETTINGS
     try:
-        for batch in tqdm(loader, desc=f'gate sweep ({len(thresholds)} thresholds), {loader.split} frames',
-                          disable=not progress,
+        for batch in tqdm(loader, desc=f'gate sweep, {len(thresholds)} thresholds', disable=not progress,
                           dynamic_ncols=True, leave=False):
             with model.inputs_of(batch):
                 f_t, f_s = model.encode_all(batch['target'], batch['supporters'])
