@@ -266,7 +266,7 @@ def format_overall(summary: dict) -> str:
     if helped and o['requested_frames']:
         # a gate (When2com, select: threshold) or a quiet swarm leaves frames decoded from the drone's own view
         lines.append(f'  helped     {sum(helped)} of {o["requested_frames"]} requested frames received what they '
-                     f'asked for; the others were decoded alone')
+                     f'asked for; the others used the drone\'s own view')
     sp = summary.get('spatial')
     if sp and sp['query_fraction_of_image'] is not None:
         worst = sp['max_patch_fraction_of_labels']
