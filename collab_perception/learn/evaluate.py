@@ -299,9 +299,9 @@ def gate_sweep(model: CollabModel, loader: FrameLoader, setting: str, thresholds
             b, s = f_s.shape[:2]
             probs = model.gate_scores(f_t, f_s).softmax(-1)
             stacked = torch.cat([f_t.unsqueeze(1), model.received(f_s.flatten(0, 1)).view(f_s.shape)], 1)
-            connected = {t: probs[:, 1:] >= t for t in thresholds}
+            connected = {t: [tuple(row) for row in (probs[:, 1:] >= t).tolist()] for t in thresholds}
             # the distinct (frame, connected set) pairs, decoded together
-            pairs = sorted({(i, tuple(connected[t][i].tolist())) for t in thresholds for i in range(b)})
+            pairs = sorted({(i, connected[t][i]) for t in thresholds for i in range(b)})
             frame = torch.tensor([i for i, _ in pairs])
             sel = torch.tensor([mask for _, mask in pairs], dtype=torch.bool)
             weights = model.gate_weights(probs[frame], sel)
@@ -312,13 +312,12 @@ def gate_sweep(model: CollabModel, loader: FrameLoader, setting: str, thresholds
                 for pair, pred in zip(pairs[chunk], logits.argmax(1).numpy()):
                     preds[pair] = pred
             labels = batch['labels'].numpy()
-            feature_hw = tuple(f_t.shape[-2:])
+            # a frame's bytes depend only on how many supporters it connects to
+            total = [frame_bytes(spec, tuple(f_t.shape[-2:]), s, n, pose, dtypes).total for n in range(s + 1)]
             for t in thresholds:
-                for i in range(b):
-                    mask = tuple(connected[t][i].tolist())
+                for i, mask in enumerate(connected[t]):
                     best = int(batch['best'][i])
-                    fb = frame_bytes(spec, feature_hw, s, sum(mask), pose, dtypes)
-                    fused[t].add(preds[(i, mask)], labels[i], fb.total,
+                    fused[t].add(preds[(i, mask)], labels[i], total[sum(mask)],
                                  selected_correctly=bool(mask[best]) if best >= 0 else None)
     finally:
         model.received_on_wire = None

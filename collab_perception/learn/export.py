@@ -28,6 +28,7 @@ from torch import nn
 
 from ..config import PRECISION_SUFFIXES
 from .models import CollabModel, When2com, _Handshake
+from .train import TrainConfig
 
 OPSET = 18
 
@@ -166,10 +167,10 @@ def training_command(c: dict) -> str:
     cmd = (f'collab-perception train --method {c["method"]} --setting {c["setting"]} --iterations {c["iterations"]} '
            f'--batch-size {c["batch_size"]} --lr {c["lr"]} --seed {c["seed"]}')
     # a run on another dataset (the mixed variant) or in another folder is reproducible only with both spelled out
-    if c.get('data_dir') and os.path.normpath(c['data_dir']) != os.path.join('datasets', c['setting']):
-        cmd += f' --data {c["data_dir"]}'
-    if c.get('out_dir') and os.path.normpath(c['out_dir']) != os.path.join('runs', 'train', c['setting'], c['method']):
-        cmd += f' --out {c["out_dir"]}'
+    default = TrainConfig(method=c['method'], setting=c['setting']).resolve()
+    for option, key, path in (('--data', 'data_dir', default.data_dir), ('--out', 'out_dir', default.out_dir)):
+        if c.get(key) and os.path.normpath(c[key]) != path:
+            cmd += f' {option} {c[key]}'
     m = c['model']
     if m.get('selection', 'soft') != 'soft':
         cmd += f' --selection {m["selection"]}'
