@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     batch = collavn.EpisodeBatch(episodes, maps, feats, dataset.config)
     with torch.no_grad():
         rollout = collavn.run_team(None, batch, beta=1.0, policy='expert', sight_m=sight_m, team_sight=True)
-        _, scores_seq, _, entry_seq, _, _ = collavn.run_team(model, batch, teacher=rollout)
+        _, scores_seq, _, entry_seq, *_ = collavn.run_team(model, batch, teacher=rollout)
     near = collavn.sighting_labels(batch, rollout, sight_m, memory=False)
     entry_logits, entry_labels, read_mass = [], [], []
     for t, logits in enumerate(entry_seq):

@@ -192,6 +192,47 @@ def test_sighting_labels_say_who_has_seen_whose_goal(tiny_nav, tiny_runs):     #
     assert after < before
 
 
+@pytest.mark.parametrize('variant', ['collavn', 'no_comm'])
+def test_the_goal_belief_labels_are_what_the_expert_knew(tiny_nav, tiny_runs, variant):
+    """goal_known_labels must say exactly when run_team's expert switched from exploring to the shortest path:
+    wherever the two rules disagree, the recorded label is the one the known-flag picks."""
+    from collab_perception.data.nav import NavDataset
+    dataset = NavDataset(tiny_nav)
+    encoder = collavn.load_or_pretrain_encoder(dataset, 0)
+    maps, feats = collavn.map_features(dataset, encoder, 'train')
+    episodes = [e for e in dataset.episodes('train') if e.team == 3][:6]
+    batch = collavn.EpisodeBatch(episodes, maps, feats, dataset.config)
+    sight_m = 3 * dataset.config.lattice_m
+    team_sight = variant != 'no_comm'
+    rollout = collavn.run_team(None, batch, policy='random', rng=np.random.default_rng(5), sight_m=sight_m,
+                               team_sight=team_sight)
+    known = collavn.goal_known_labels(batch, rollout, sight_m, team_sight, sight_memory=True)
+    T = rollout.active.shape[2]
+    assert known.shape == (len(batch), T, 3)
+    assert (known[:, 1:] >= known[:, :-1]).all()            # once known, known to the end
+    decided = 0
+    prev = np.full(rollout.nodes.shape[:2], collavn.STOP)
+    for t in range(T):
+        nodes = rollout.nodes[:, :, t]
+        shortest = batch.expert_actions(nodes, prev, np.ones(nodes.shape, bool))
+        explore = batch.expert_actions(nodes, prev, np.zeros(nodes.shape, bool))
+        differ = (shortest != explore) & rollout.active[:, :, t]
+        expected = np.where(known[:, t], shortest, explore)
+        assert (rollout.expert[:, :, t][differ] == expected[differ]).all()
+        decided += int(differ.sum())
+        prev = np.where(rollout.active[:, :, t], rollout.actions[:, :, t], prev)
+    assert decided > 20 and known.any() and not known.all()
+    # the head learns from it: the belief term adds to the loss and reaches the recurrent state
+    torch.manual_seed(0)
+    model = collavn.CollaVNAgent(collavn.AgentConfig(variant=variant,
+                                                     feature_dim=feats[next(iter(feats))]['views'].shape[-1]))
+    plain = collavn.imitation_loss(model, batch, rollout, 0.0, 0.0, sight_m)[0]
+    with_belief = collavn.imitation_loss(model, batch, rollout, 0.0, 0.0, sight_m, belief_weight=1.0)[0]
+    assert float(with_belief.detach()) > float(plain.detach())
+    with_belief.backward()
+    assert model.goal_belief.weight.grad.abs().sum() > 0 and model.gru.weight_hh.grad.abs().sum() > 0
+
+
 def test_a_radio_range_limits_who_hears_whom(tiny_nav, tiny_runs):
     from collab_perception.data.nav import NavDataset
     dataset = NavDataset(tiny_nav)
@@ -255,7 +296,7 @@ def test_a_patrol_before_the_goals_fills_the_memories(tiny_nav, tiny_runs, tmp_p
     # replayed along a recorded walk, every agent's memory holds its patrol's entries before the first step's
     rollout = collavn.run_team(None, batch, policy='random', rng=np.random.default_rng(5), patrol_steps=5)
     assert rollout.active.shape[2] >= 2 and (rollout.nodes[:, :, 0] == path[:, :, -1]).all()
-    _, scores_seq, _, entry_seq, _, _ = collavn.run_team(model, batch, teacher=rollout)
+    _, scores_seq, _, entry_seq, *_ = collavn.run_team(model, batch, teacher=rollout)
     assert entry_seq[0].shape[-1] == 1 + 5 and entry_seq[1].shape[-1] == 1 + 6
     replayed = collavn.run_team(model, batch, teacher=rollout)[1]
     assert all(torch.equal(a, b) for a, b in zip(scores_seq, replayed))

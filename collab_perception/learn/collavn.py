@@ -161,6 +161,9 @@ class CollaVNAgent(nn.Module):
         self.policy = nn.Sequential(nn.Linear(H, H), nn.ReLU(), nn.Linear(H, NUM_ACTIONS))
         # training only (no role exports it): where a matched value says the requester's goal is
         self.goal_cell = nn.Linear(cfg.value_dim, 2)
+        # training only: what the recurrent state believes of its own goal (whether the expert would know
+        # where it is, and its offset from the agent's cell); the policy then acts on a state that keeps it
+        self.goal_belief = nn.Linear(H, 3)
         if cfg.communicates and cfg.query_dim != cfg.key_dim:
             raise ValueError(f'query_dim ({cfg.query_dim}) must equal key_dim ({cfg.key_dim}): scores are q . k')
 
@@ -214,6 +217,7 @@ class StepOutput:
     scores: torch.Tensor             # (B, Ni, Nj), zero where j could not send to i
     mixed: Optional[torch.Tensor] = None     # (B, Ni, Nj, dv): what j would send to i (its attention read)
     entry_logits: Optional[torch.Tensor] = None  # (B, Ni, Nj, M): i's query against j's entries: current, then stored
+    hidden: Optional[torch.Tensor] = None    # (B, N, H): the recurrent state the step's logits come from
 
 
 def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor):
@@ -278,7 +282,7 @@ def team_step(model: CollaVNAgent, state: TeamState, views: torch.Tensor, goal: 
     hidden, logits = model.act(context, prev, received, got, own_read, state.hidden)
     state.hidden = torch.where(active[..., None], hidden, state.hidden)  # a stopped agent's state stays
     state.store(key, value)
-    return StepOutput(logits, sent, active.clone(), scores, mixed, pair_logits)
+    return StepOutput(logits, sent, active.clone(), scores, mixed, pair_logits, hidden)
 
 
 # ------------------------------------------------------------------------------------------ episodes
@@ -467,7 +471,7 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
                 _, _, key, value = model.observe(views, torch.zeros_like(goal), cells,
                                                  views.new_zeros(B, N, model.cfg.value_dim))
                 state.store(key, value)
-    logits_seq, scores_seq, mixed_seq, entry_seq = [], [], [], []
+    logits_seq, scores_seq, mixed_seq, entry_seq, hidden_seq = [], [], [], [], []
     for t in range(T if teacher is None else teacher.active.shape[2]):
         if teacher is not None:
             active = teacher.active[:, :, t]
@@ -484,6 +488,7 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
             scores_seq.append(out.scores)
             mixed_seq.append(out.mixed)
             entry_seq.append(out.entry_logits)
+            hidden_seq.append(out.hidden)
             rec_sent.append(out.sent.detach().numpy())
             rec_req.append(out.requested.numpy())
             if teacher is None:
@@ -522,7 +527,8 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
         rec_nodes.append(nodes.copy())
         active = active & (actions != STOP)
     if teacher is not None:
-        return (logits_seq, scores_seq, mixed_seq, entry_seq, np.stack(rec_expert, -1), np.stack(rec_active, -1))
+        return (logits_seq, scores_seq, mixed_seq, entry_seq, np.stack(rec_expert, -1), np.stack(rec_active, -1),
+                hidden_seq)
     steps = len(rec_active)
     return Rollout(nodes=np.stack(rec_nodes, -1), active=np.stack(rec_active, -1), expert=np.stack(rec_expert, -1),
                    actions=np.stack(rec_actions, -1), sent=np.stack(rec_sent, 1)[:, :steps],
@@ -550,6 +556,27 @@ def sighting_labels(batch: EpisodeBatch, rollout: Rollout, sight_m: float, memor
     return out if with_patrol else out[:, W:]
 
 
+def goal_known_labels(batch: EpisodeBatch, rollout: Rollout, sight_m: float, team_sight: bool,
+                      sight_memory: bool) -> np.ndarray:
+    """(B, T, N) bool: whether the expert of `run_team` knows agent i's goal at step t (its own sighting or,
+    with `team_sight`, any teammate's; `sight_memory`: the patrol's sightings count too), the radio range
+    left out (everyone in reach)."""
+    near = sighting_labels(batch, rollout, sight_m, memory=False, with_patrol=True)    # (B, W + T, Ni, Nj)
+    if not team_sight:
+        near = near & np.eye(batch.team, dtype=bool)
+    W = rollout.patrol_steps
+    if not sight_memory:
+        near = near[:, W:]
+    return np.logical_or.accumulate(near.any(-1), axis=1)[:, -rollout.active.shape[2]:]
+
+
+def node_cells(batch: EpisodeBatch, nodes: np.ndarray) -> torch.Tensor:
+    """(B, N, ...) lattice nodes -> (B, N, ..., 2) cells, normalized like the GPS input (EpisodeBatch.observe)."""
+    side = batch.config.region_m / batch.config.lattice_m
+    cells = np.stack([m.cells[nodes[b]] for b, m in enumerate(batch.maps)])
+    return torch.from_numpy(((cells + 0.5) / side).astype(np.float32))
+
+
 def goal_cells(batch: EpisodeBatch) -> torch.Tensor:
     """(B, N, 2): each agent's goal cell, normalized like the GPS input (EpisodeBatch.observe)."""
     side = batch.config.region_m / batch.config.lattice_m
@@ -558,7 +585,8 @@ def goal_cells(batch: EpisodeBatch) -> torch.Tensor:
 
 
 def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, score_price: float = 0.01,
-                   sighting_weight: float = 0.0, sight_m: float = 8.0, read_weight: float = 0.0):
+                   sighting_weight: float = 0.0, sight_m: float = 8.0, read_weight: float = 0.0,
+                   belief_weight: float = 0.0):
     """(loss, cross-entropy, label accuracy) of the policy against the expert's labels along a recorded rollout.
     For the communicating variants the loss adds `score_price` times the mean score of the pairs that could
     send and, with `sighting_weight`, two auxiliary terms that teach the exchange what the team-sight expert
@@ -569,8 +597,13 @@ def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, s
     error). With `read_weight`, a third term concentrates the supporter's attention read on the entries near
     the requester's goal (minus the log of the softmax mass on them, for pairs with at least one): the value a
     supporter sends is the attention mix of Eq. 7, and a mix that puts a third of its mass on entries far from
-    the goal no longer says where the goal is."""
-    logits_seq, scores_seq, mixed_seq, entry_seq, expert, active = run_team(model, batch, teacher=rollout)
+    the goal no longer says where the goal is.
+
+    With `belief_weight` (every variant), the recurrent state is taught what the expert it imitates knows:
+    whether the expert knows the agent's goal at that step (binary cross-entropy) and, where it does, the
+    goal's offset from the agent's cell (mean squared error). The expert acts on that knowledge from the step
+    it gets it to the episode's end; a state that is not asked to keep it forgets it."""
+    logits_seq, scores_seq, mixed_seq, entry_seq, expert, active, hidden_seq = run_team(model, batch, teacher=rollout)
     logits = torch.stack(logits_seq, 2)                                  # (B, N, T, 5)
     mask = torch.from_numpy(active)
     labels = torch.from_numpy(expert)
@@ -614,6 +647,16 @@ def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, s
                 mixed = torch.stack(mixed_seq, 1)                        # (B, T, Ni, Nj, dv)
                 target = goal_cells(batch)[:, None, :, None].expand(*scores.shape, 2)
                 loss = loss + sighting_weight * F.mse_loss(model.goal_cell(mixed[told]), target[told]) * 10
+    if belief_weight:
+        belief = model.goal_belief(torch.stack(hidden_seq, 2))                   # (B, N, T, 3)
+        T = belief.shape[2]
+        known = torch.from_numpy(goal_known_labels(batch, rollout, sight_m, model.cfg.communicates,
+                                                   model.cfg.memory)).transpose(1, 2)[:, :, :T]   # (B, N, T)
+        loss = loss + belief_weight * F.binary_cross_entropy_with_logits(belief[..., 0][mask], known[mask].float())
+        where = mask & known
+        if where.any():
+            offset = goal_cells(batch)[:, :, None] - node_cells(batch, rollout.nodes[:, :, :T])
+            loss = loss + belief_weight * F.mse_loss(belief[..., 1:][where], offset[where]) * 10
     return loss, float(ce.detach()), accuracy
 
 
@@ -698,6 +741,7 @@ class NavTrainConfig:
     score_price: float = 0.002       # per unit of mean score of the pairs that could send: fewer sends
     sighting_weight: float = 0.5     # auxiliary: scores and values taught who has seen whose goal (imitation_loss)
     read_weight: float = 0.0          # auxiliary: a supporter's attention read concentrated on its sightings
+    belief_weight: float = 0.0        # auxiliary: the recurrent state keeps whether and where the expert knows the goal
     sight_m: float = 8.0              # the expert knows a goal once it (or, with communication, a teammate) came this close
     comm_range_m: float = 0.0         # messages only between agents this close (0: unlimited, the paper's setting)
     patrol_steps: int = 0             # moves the team patrols, storing memories, before the goals are given
@@ -842,7 +886,7 @@ def train_agent(dataset_dir: str, out_dir: str, cfg: NavTrainConfig, log=print) 
         for _ in range(cfg.steps_per_round):
             batch, rollout = buffer[int(rng.integers(len(buffer)))]
             loss, ce, acc = imitation_loss(model, batch, rollout, cfg.score_price, cfg.sighting_weight, cfg.sight_m,
-                                           cfg.read_weight)
+                                           cfg.read_weight, cfg.belief_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -886,7 +930,10 @@ def load_agent(path: str) -> CollaVNAgent:
 def agent_from_checkpoint(ckpt: dict) -> CollaVNAgent:
     """A trained agent from a loaded model.pt (its 'agent' config and weights)."""
     model = CollaVNAgent(AgentConfig(**ckpt['agent']))
-    model.load_state_dict(ckpt['state_dict'])
+    # runs trained before the goal-belief head existed lack only that training-time head
+    missing, unexpected = model.load_state_dict(ckpt['state_dict'], strict=False)
+    if unexpected or any(not k.startswith('goal_belief.') for k in missing):
+        raise KeyError(f'checkpoint does not fit CollaVNAgent: missing {missing}, unexpected {unexpected}')
     return model.eval()
 
 
@@ -1204,7 +1251,7 @@ def train_command(run_dir: str, dataset_dir: str, cfg: dict) -> str:
     default = _json_ready(dataclasses.asdict(NavTrainConfig()))
     flags = {'rounds': 'rounds', 'rollouts_per_round': 'rollouts-per-round', 'steps_per_round': 'steps-per-round',
              'batch_size': 'batch-size', 'lr': 'lr', 'sight_m': 'sight-m', 'sighting_weight': 'sighting-weight',
-             'read_weight': 'read-weight', 'comm_range_m': 'comm-range-m', 'patrol_steps': 'patrol-steps',
+             'read_weight': 'read-weight', 'belief_weight': 'belief-weight', 'comm_range_m': 'comm-range-m', 'patrol_steps': 'patrol-steps',
              'encoder_steps': 'encoder-steps', 'seed': 'seed', 'threads': 'threads'}
     parts = ['collab-perception nav train', f'--data {dataset_dir}', f'--variant {cfg["variant"]}', f'--out {run_dir}']
     if not cfg.get('dagger', True):

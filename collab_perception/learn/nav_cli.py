@@ -61,6 +61,10 @@ def add_nav_learn_commands(sub) -> None:
                    help='communicating variants with memory: weight of an auxiliary term that puts the '
                         'supporter\'s attention read (the value it sends) on the stored entries near the '
                         'requester\'s goal (default 0)')
+    t.add_argument('--belief-weight', type=float, default=0.0, metavar='W',
+                   help='every variant: weight of an auxiliary term that teaches the recurrent state what the '
+                        'expert knows, whether it knows the agent\'s goal and where the goal lies from the '
+                        'agent (default 0)')
     t.add_argument('--comm-range-m', type=float, default=0.0, metavar='M',
                    help='radio range: messages only get through between agents within M metres of each other, '
                         'and the expert learns a teammate\'s sighting only while it is in reach (default 0: '
@@ -124,6 +128,7 @@ def cmd_train(args) -> int:
                              rollouts_per_round=args.rollouts_per_round, steps_per_round=args.steps_per_round,
                              batch_size=args.batch_size, teams=tuple(args.teams), lr=args.lr, sight_m=args.sight_m,
                              sighting_weight=args.sighting_weight, read_weight=args.read_weight,
+                             belief_weight=args.belief_weight,
                              comm_range_m=args.comm_range_m, patrol_steps=args.patrol_steps,
                              encoder_steps=args.encoder_steps, seed=args.seed, threads=args.threads)
     except ValueError as e:
