@@ -332,7 +332,7 @@ def test_a_fresh_agent_matches_its_goal_panorama_best():
     goal = panoramas[3:4].expand(8, 4, 16)
     cells, memory_mean = torch.rand(8, 2), torch.zeros(8, model.cfg.value_dim)
     with torch.no_grad():
-        _, query, key, _ = model.observe(panoramas, goal, cells, memory_mean)
+        _, query, key, _ = model.observe(panoramas, goal, cells, memory_mean, torch.zeros(8, 1))
         score, _ = collavn.attend(query[0], key, torch.zeros(8, 1), torch.ones(8, dtype=torch.bool))
         logits = key @ query[0]
     assert query.shape == key.shape == (8, model.cfg.key_dim)

@@ -51,6 +51,7 @@ STOP_WEIGHT = 4.0           # the stop label's weight in the imitation loss: one
 MATCH_SCALE_INIT = 8.0      # a match logit starts as 8 (cos - 0.8): a clear yes or no from the first step
 MATCH_COSINE_INIT = 0.8
 SIGHTING_POS_WEIGHT = 4.0   # a memory entry near the requester's goal is rare (a few % of them): weighed up
+CONTEXT_EXTRA = 4 + 32 + 1  # the context beside the two panorama embeddings: view similarities, position, bumped
 
 
 # ------------------------------------------------------------------------------------------- encoder
@@ -156,7 +157,7 @@ class CollaVNAgent(nn.Module):
         self.match_scale = nn.Parameter(torch.tensor(math.log(MATCH_SCALE_INIT * math.sqrt(cfg.key_dim))))
         self.match_bias = nn.Parameter(torch.tensor(-MATCH_COSINE_INIT * MATCH_SCALE_INIT * math.sqrt(cfg.key_dim)))
         self.value = nn.Sequential(nn.Linear(E + 32, cfg.value_dim), nn.Tanh())
-        inputs = E + E + 4 + 32 + NUM_ACTIONS + cfg.value_dim + 1 + cfg.value_dim
+        inputs = CONTEXT_EXTRA + 2 * E + NUM_ACTIONS + cfg.value_dim + 1 + cfg.value_dim
         self.gru = nn.GRUCell(inputs, H)
         self.policy = nn.Sequential(nn.Linear(H, H), nn.ReLU(), nn.Linear(H, NUM_ACTIONS))
         # training only (no role exports it): where a matched value says the requester's goal is
@@ -167,10 +168,13 @@ class CollaVNAgent(nn.Module):
         if cfg.communicates and cfg.query_dim != cfg.key_dim:
             raise ValueError(f'query_dim ({cfg.query_dim}) must equal key_dim ({cfg.key_dim}): scores are q . k')
 
-    def observe(self, views: torch.Tensor, goal: torch.Tensor, cells: torch.Tensor, memory_mean: torch.Tensor):
+    def observe(self, views: torch.Tensor, goal: torch.Tensor, cells: torch.Tensor, memory_mean: torch.Tensor,
+                bumped: torch.Tensor):
         """An agent's request side (the `observe` role, Eq. 5): panorama descriptors (..., 4, F), the goal's
-        panorama (..., 4, F), GPS cell (..., 2) and the average of the values in its own memory (..., dv;
-        zeros while it is empty: the paper's pooled memory) -> (context for `act`, query, key, value). Both
+        panorama (..., 4, F), GPS cell (..., 2), the average of the values in its own memory (..., dv;
+        zeros while it is empty: the paper's pooled memory) and whether the agent's last move left it where it
+        was (..., 1; an obstacle stopped it: what a drone's odometry tells) -> (context for `act`, query, key,
+        value). Both
         panoramas are in world directions (compass), so view k of one is compared with view k of the other.
         Nothing here depends on the policy's recurrent state, so a drone's perception computes the query
         before its policy has acted on the previous step's answers."""
@@ -183,7 +187,7 @@ class CollaVNAgent(nn.Module):
         k = F.normalize(self.key(obs), dim=-1)
         query = torch.cat([q * root, self.match_bias.expand(*q.shape[:-1], 1)], -1)
         key = torch.cat([k * root, torch.ones_like(k[..., :1])], -1)
-        context = torch.cat([obs, goal_emb, similarity, pos], -1)
+        context = torch.cat([obs, goal_emb, similarity, pos, bumped], -1)
         return context, query, key, self.value(torch.cat([obs, pos], -1))
 
     def act(self, context: torch.Tensor, prev_action: torch.Tensor, received: torch.Tensor, got: torch.Tensor,
@@ -233,16 +237,19 @@ def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid:
 
 
 def team_step(model: CollaVNAgent, state: TeamState, views: torch.Tensor, goal: torch.Tensor, cells: torch.Tensor,
-              active: torch.Tensor, present: torch.Tensor, reach: Optional[torch.Tensor] = None) -> StepOutput:
+              active: torch.Tensor, present: torch.Tensor, reach: Optional[torch.Tensor] = None,
+              bumped: Optional[torch.Tensor] = None) -> StepOutput:
     """One step of every agent. views (B, N, 4, F): the current panoramas; goal (B, N, 4, F); cells (B, N, 2)
-    normalized GPS; active (B, N): agents still navigating (they request); present (B, N): agents in the
+    normalized GPS; bumped (B, N): the agent's last move was blocked (None: nobody's); active (B, N): agents
+    still navigating (they request); present (B, N): agents in the
     team (stopped ones included: they still answer); reach (B, Ni, Nj): whether j's radio reaches i this
     step (None: everyone reaches everyone, the paper's setting)."""
     cfg = model.cfg
     B, N = active.shape
     has_memory = cfg.memory and state.keys is not None
     memory_mean = state.values.mean(2) if has_memory else views.new_zeros(B, N, cfg.value_dim)
-    context, query, key, value = model.observe(views, goal, cells, memory_mean)
+    bumped = active.new_zeros(B, N) if bumped is None else bumped
+    context, query, key, value = model.observe(views, goal, cells, memory_mean, bumped.float()[..., None])
 
     # own read (Eq. 8-9): the query against the agent's current key and every key it stored
     own_k, own_v = key[:, :, None], value[:, :, None]                     # (B, N, 1, d)
@@ -445,6 +452,7 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
     rec_nodes, rec_active, rec_expert, rec_actions = [nodes.copy()], [], [], []
     rec_sent, rec_req = [], []
     collisions = np.zeros((B, N), np.int64)
+    bumped = np.zeros((B, N), bool)                 # the last move was blocked (an episode starts unbumped)
     prev = np.full((B, N), STOP, np.int64)
 
     def told(seen: np.ndarray) -> np.ndarray:
@@ -469,7 +477,7 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
             for t in range(patrol_steps):
                 views, cells = batch.observe(patrolled[:, :, t])
                 _, _, key, value = model.observe(views, torch.zeros_like(goal), cells,
-                                                 views.new_zeros(B, N, model.cfg.value_dim))
+                                                 views.new_zeros(B, N, model.cfg.value_dim), views.new_zeros(B, N, 1))
                 state.store(key, value)
     logits_seq, scores_seq, mixed_seq, entry_seq, hidden_seq = [], [], [], [], []
     for t in range(T if teacher is None else teacher.active.shape[2]):
@@ -483,7 +491,10 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
                 state = TeamState(torch.zeros(B, N, model.cfg.hidden), torch.full((B, N), STOP, dtype=torch.long))
             views, cells = batch.observe(nodes)
             reach = torch.from_numpy(batch.reach(nodes, comm_range_m)) if comm_range_m else None
-            out = team_step(model, state, views, goal, cells, torch.from_numpy(active), present, reach)
+            if teacher is not None and t:
+                bumped = (teacher.nodes[:, :, t] == teacher.nodes[:, :, t - 1]) & active
+            out = team_step(model, state, views, goal, cells, torch.from_numpy(active), present, reach,
+                            torch.from_numpy(bumped))
             logits_seq.append(out.logits)
             scores_seq.append(out.scores)
             mixed_seq.append(out.mixed)
@@ -514,6 +525,7 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
         actions = np.where(active, actions, STOP)
         nodes, hit = batch.move(nodes, actions, active)
         collisions += hit
+        bumped = hit
         prev = np.where(active, actions, prev)
         if seen is not None:
             near = batch.near_goals(nodes, sight_m)
@@ -1168,8 +1180,8 @@ class ObserveRole(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, views, goal, cells, memory_mean):
-        return self.model.observe(views, goal, cells, memory_mean)
+    def forward(self, views, goal, cells, memory_mean, bumped):
+        return self.model.observe(views, goal, cells, memory_mean, bumped)
 
 
 class ActRole(nn.Module):
@@ -1190,12 +1202,12 @@ def export_agent(model: CollaVNAgent, encoder: Encoder, out_dir: str, image_size
     cfg = model.cfg
     model, encoder = model.eval(), encoder.eval()
     F_ = cfg.feature_dim
-    context_dim = 2 * cfg.embed + 4 + 32
+    context_dim = 2 * cfg.embed + CONTEXT_EXTRA
     export_onnx(EncodeRole(encoder), (torch.rand(4, 3, image_size, image_size),), os.path.join(out_dir, 'encode.onnx'),
                 ['views'], ['descriptors'])
     export_onnx(ObserveRole(model), (torch.randn(1, 4, F_), torch.randn(1, 4, F_), torch.rand(1, 2),
-                                     torch.zeros(1, cfg.value_dim)),
-                os.path.join(out_dir, 'observe.onnx'), ['views', 'goal', 'cells', 'memory_mean'],
+                                     torch.zeros(1, cfg.value_dim), torch.zeros(1, 1)),
+                os.path.join(out_dir, 'observe.onnx'), ['views', 'goal', 'cells', 'memory_mean', 'bumped'],
                 ['context', 'query', 'key', 'value'])
     export_onnx(ActRole(model), (torch.randn(1, context_dim), torch.zeros(1, NUM_ACTIONS), torch.zeros(1, cfg.value_dim),
                                  torch.zeros(1, 1), torch.zeros(1, cfg.value_dim), torch.zeros(1, cfg.hidden)),

@@ -57,6 +57,10 @@ class NavObserver:
     def __init__(self, info: dict, sessions: dict):
         self.info, self.sessions = info, sessions
         self.memory = new_memory(info)
+        # a move spans one lattice step; a cell that moved by less than half of one has not moved
+        self._stay = 0.5 * float(info['lattice_m']) / float(info['region_m'])
+        # exports older than the bump input take the four others only
+        self._bump_input = 'bumped' in {i.name for i in sessions['observe'].get_inputs()}
         self.reset(np.zeros((4, info['feature_dim']), np.float32))
 
     def encode(self, views: np.ndarray) -> np.ndarray:
@@ -68,15 +72,22 @@ class NavObserver:
         """A new episode: the goal panorama's descriptors (4, F) and an empty memory."""
         self.goal = np.asarray(goal, np.float32).reshape(1, 4, -1)
         self.memory.clear()
+        self.last_cell: Optional[np.ndarray] = None
 
     def observe(self, views: np.ndarray, cell: Sequence[float]) -> StepView:
         """This step's panorama descriptors (4, F) and normalized GPS cell -> the step's StepView (`store`
-        it once the step is over)."""
+        it once the step is over). An agent navigating always moves, so a cell that stayed where the last
+        step's was means an obstacle blocked the move (the model's `bumped` input)."""
         memory = self.memory if self.info['memory'] else None
         mean = memory_mean(memory, self.info['value_dim'])
-        context, query, key, value = self.sessions['observe'].run(None, {
-            'views': np.asarray(views, np.float32)[None], 'goal': self.goal,
-            'cells': np.asarray(cell, np.float32).reshape(1, 2), 'memory_mean': mean[None]})
+        cell = np.asarray(cell, np.float32).reshape(1, 2)
+        bumped = self.last_cell is not None and float(np.abs(cell - self.last_cell).max()) < self._stay
+        self.last_cell = cell
+        inputs = {'views': np.asarray(views, np.float32)[None], 'goal': self.goal, 'cells': cell,
+                  'memory_mean': mean[None]}
+        if self._bump_input:
+            inputs['bumped'] = np.array([[float(bumped)]], np.float32)
+        context, query, key, value = self.sessions['observe'].run(None, inputs)
         _, own_read = match(query[0], key[0], value[0], memory)
         return StepView(context[0], query[0], key[0], value[0], own_read)
 
