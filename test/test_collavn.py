@@ -120,6 +120,17 @@ def test_the_onnx_agent_plays_the_episodes_as_torch_does(tiny_nav, tiny_runs, tm
     agent = NavAgent(str(tmp_path / 'model'))
     got = np.stack([agent.encode(panorama) for panorama in nav_map.rgb[:3]])     # one node's four views at a time
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # the bump bit (the context's last number) comes from consecutive GPS cells: a cell that stayed put
+    step = dataset.config.lattice_m / dataset.config.region_m
+    agent.reset(want[0])
+    bumps = []
+    for cell in [(0.5, 0.5), (0.5, 0.5), (0.5 + step, 0.5), (0.5 + step, 0.5 + step), (0.5 + step, 0.5 + step)]:
+        agent.observe(want[1], cell)
+        bumps.append(float(agent._step.context[-1]))
+    assert bumps == [0.0, 1.0, 0.0, 0.0, 1.0]
+    agent.reset(want[0])                                  # a new episode starts unbumped where the last one ended
+    agent.observe(want[1], (0.5 + step, 0.5 + step))
+    assert float(agent._step.context[-1]) == 0.0
 
 
 def test_training_and_the_tables(tiny_nav, tiny_runs, tmp_path):
