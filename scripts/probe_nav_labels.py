@@ -8,7 +8,9 @@ every visited state, and splits the agreement of the policy's move with the expe
 doing: exploring (keep the heading, or turn at an obstacle) or walking the shortest path to a goal it knows
 (a move, or STOP), and the first step of an episode. Then the agents' outcomes: failures whose expert came to
 know the goal during the episode (the agent had what it needed and did not use it) against failures whose
-goal was never in the expert's sight (exploration did not find it).
+goal was never in the expert's sight (exploration did not find it). Last, on the steps where the expert walks
+to a goal it knows: how often the policy's move is the one the exploration rule would make (it has not
+noticed that it knows), and how often that rule happens to agree with the expert.
 """
 from __future__ import annotations
 
@@ -67,6 +69,11 @@ def main(argv=None) -> int:
         add('goal known: a move', agree[go & (r.expert != STOP)])
         add('goal known: STOP', agree[go & (r.expert == STOP)])
         add('every step', agree[act])
+        for t in range(1, T):
+            walk = go[:, :, t] & (r.expert[:, :, t] != STOP)
+            rule = batch.expert_actions(r.nodes[:, :, t], prev[:, :, t], np.zeros(walk.shape, bool))
+            add('walk: policy explores', (r.actions[:, :, t] == rule)[walk])
+            add('walk: rule agrees', (rule == r.expert[:, :, t])[walk])
         for o, k in zip(collavn.episode_outcomes(batch, r), known.reshape(-1, T).any(-1)):
             if o.success:
                 succeeded += 1
@@ -79,10 +86,14 @@ def main(argv=None) -> int:
           f'sight {sight_m:g} m')
     print(f'{"expert doing":34s} {"steps":>7s} {"share":>7s} {"policy agrees":>14s}')
     every = counts['every step'][0]
+    walk = {k: counts.pop(k) for k in ('walk: policy explores', 'walk: rule agrees')}
     for name, (n, k) in counts.items():
         print(f'{name:34s} {n:7d} {100 * n / max(every, 1):6.1f}% {100 * k / max(n, 1):13.1f}%')
     print(f'agents: {100 * succeeded / total:.1f}% succeeded; failed with the goal known to the expert '
           f'{100 * failed_known / total:.1f}%, never known {100 * failed_unknown / total:.1f}%')
+    (n, explores), (_, agrees) = walk['walk: policy explores'], walk['walk: rule agrees']
+    print(f'walking to a known goal ({n} steps): the policy makes the exploration rule\'s move on '
+          f'{100 * explores / max(n, 1):.1f}% of them; that move is the expert\'s on {100 * agrees / max(n, 1):.1f}%')
     return 0
 
 
