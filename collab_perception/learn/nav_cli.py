@@ -81,7 +81,8 @@ def add_nav_learn_commands(sub) -> None:
     x = sub.add_parser(
         'export', help='export a trained agent as ONNX roles (encode, observe, act) for the swarm',
         description='Write encode.onnx (panorama views -> descriptors), observe.onnx (descriptors, goal, GPS '
-                    'cell, state -> query, key, value), act.onnx (context, what arrived, own-memory read, '
+                    'cell, mean of the stored values, whether the last move was blocked -> context, query, key, '
+                    'value), act.onnx (context, what arrived, own-memory read, '
                     'state -> new state, action logits) and roles.json into --out: what runtime/nav_agent.py '
                     'runs (ONNX Runtime, no torch). Then plays --check episodes of the test split through ONNX '
                     'Runtime and through torch and prints whether their outcomes agree.',
