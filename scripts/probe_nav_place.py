@@ -16,16 +16,6 @@ import sys
 import numpy as np
 
 
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    pos = int(labels.sum())
-    neg = len(labels) - pos
-    if not pos or not neg:
-        return float('nan')
-    ranks = np.empty(len(scores))
-    ranks[np.argsort(scores, kind='stable')] = np.arange(len(scores))
-    return float((ranks[labels].sum() - pos * (pos - 1) / 2) / (pos * neg))
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -42,6 +32,7 @@ def main(argv=None) -> int:
 
     from collab_perception.data.nav import NavDataset
     from collab_perception.learn import collavn
+    from collab_perception.runtime.metrics import auc
     from collab_perception.world.nav import bfs_steps
 
     torch.set_num_threads(1)

@@ -49,3 +49,13 @@ def test_segmentation_score_summary():
     s = score.summary()
     assert s['frames'] == 2 and s['overall_accuracy'] == 0.75 and s['bytes_per_frame'] == 200
     assert s['region_accuracy'] == 1.0 and s['selection_accuracy'] == 0.5
+
+
+def test_auc_is_the_share_of_positive_negative_pairs_ranked_right():
+    from collab_perception.runtime.metrics import auc
+    labels = np.array([False, True, False, True, False])
+    assert auc(np.array([0.1, 0.9, 0.2, 0.8, 0.3]), labels) == 1.0
+    assert auc(np.array([0.9, 0.1, 0.8, 0.2, 0.7]), labels) == 0.0
+    # one positive (0.4) below one of three negatives (0.5): 5 of the 6 pairs right
+    assert auc(np.array([0.1, 0.4, 0.5, 0.8, 0.3]), labels) == pytest.approx(5 / 6)
+    assert np.isnan(auc(np.array([0.1, 0.2]), np.array([True, True])))

@@ -7,6 +7,7 @@
   delta: the method's overall accuracy, delta_low / delta_high: Single degraded / Single normal, omega: the
   method's bandwidth in megabytes per frame. The paper's MB is 1024 of its kB (its Table I: CatAll's
   4096 kbpf gives omega = 4 and BIS 0.049; ours 1028.03 kbpf gives 0.812), so 1 MB = 2^20 bytes here.
+- the ROC AUC of a score against binary labels (the probes of a match or of a descriptor).
 """
 from __future__ import annotations
 
@@ -162,3 +163,14 @@ def nav_metrics(outcomes: list[NavOutcome]) -> dict[str, float]:
             'dts': float(np.maximum(final - d_s, 0.0).mean()),
             'spl': float((s * short / np.maximum(np.maximum(path, short), 1e-9)).mean()),
             'ssr': float((s * tmax / steps).mean())}
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (rank statistic; NaN when one class is absent)."""
+    pos = int(labels.sum())
+    neg = len(labels) - pos
+    if not pos or not neg:
+        return float('nan')
+    ranks = np.empty(len(scores))
+    ranks[np.argsort(scores, kind='stable')] = np.arange(len(scores))
+    return float((ranks[labels].sum() - pos * (pos - 1) / 2) / (pos * neg))
