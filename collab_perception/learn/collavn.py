@@ -1263,7 +1263,8 @@ def train_command(run_dir: str, dataset_dir: str, cfg: dict) -> str:
     default = _json_ready(dataclasses.asdict(NavTrainConfig()))
     flags = {'rounds': 'rounds', 'rollouts_per_round': 'rollouts-per-round', 'steps_per_round': 'steps-per-round',
              'batch_size': 'batch-size', 'lr': 'lr', 'sight_m': 'sight-m', 'sighting_weight': 'sighting-weight',
-             'read_weight': 'read-weight', 'belief_weight': 'belief-weight', 'comm_range_m': 'comm-range-m', 'patrol_steps': 'patrol-steps',
+             'read_weight': 'read-weight', 'belief_weight': 'belief-weight', 'comm_range_m': 'comm-range-m',
+             'patrol_steps': 'patrol-steps',
              'encoder_steps': 'encoder-steps', 'seed': 'seed', 'threads': 'threads'}
     parts = ['collab-perception nav train', f'--data {dataset_dir}', f'--variant {cfg["variant"]}', f'--out {run_dir}']
     if not cfg.get('dagger', True):
