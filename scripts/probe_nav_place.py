@@ -43,10 +43,7 @@ def main(argv=None) -> int:
     scores: dict = {}
     for map_id in dataset.manifest['splits'][args.split]['map_ids']:
         nav_map = dataset.map(args.split, map_id)
-        flat = nav_map.rgb.reshape(-1, *nav_map.rgb.shape[-3:])
-        with torch.no_grad():
-            features = torch.cat([encoder(torch.from_numpy(flat[s:s + 256]).permute(0, 3, 1, 2).float().div(255))
-                                  for s in range(0, len(flat), 256)])
+        features = collavn.view_feature_maps(encoder, nav_map.rgb)
         goals = rng.choice(nav_map.nodes, min(args.goals, nav_map.nodes), replace=False)
         for pool in args.pools:
             d = F.adaptive_avg_pool2d(features, pool).flatten(1).reshape(nav_map.nodes, 4, -1)

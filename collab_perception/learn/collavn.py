@@ -102,14 +102,17 @@ def pretrain_encoder(maps: Sequence[NavMap], steps: int, batch: int = 32, lr: fl
 
 
 @torch.no_grad()
+def view_feature_maps(encoder: Encoder, rgb: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """(..., S, S, 3) uint8 views -> (views, channels, h, w): the encoder's feature maps, in batches."""
+    flat = rgb.reshape(-1, *rgb.shape[-3:])
+    return torch.cat([encoder(torch.from_numpy(flat[start:start + batch]).permute(0, 3, 1, 2).float().div(255))
+                      for start in range(0, len(flat), batch)])
+
+
 def encode_views(encoder: Encoder, rgb: np.ndarray, batch: int = 256) -> np.ndarray:
     """(..., S, S, 3) uint8 views -> (..., POOL * POOL * channels) float32 descriptors."""
-    flat = rgb.reshape(-1, *rgb.shape[-3:])
-    out = []
-    for start in range(0, len(flat), batch):
-        x = torch.from_numpy(flat[start:start + batch]).permute(0, 3, 1, 2).float().div(255)
-        out.append(F.adaptive_avg_pool2d(encoder(x), POOL).flatten(1).numpy())
-    return np.concatenate(out).reshape(*rgb.shape[:-3], -1).astype(np.float32)
+    pooled = F.adaptive_avg_pool2d(view_feature_maps(encoder, rgb, batch), POOL).flatten(1).numpy()
+    return pooled.reshape(*rgb.shape[:-3], -1).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------- agent
@@ -237,10 +240,10 @@ def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid:
 
 
 def team_step(model: CollaVNAgent, state: TeamState, views: torch.Tensor, goal: torch.Tensor, cells: torch.Tensor,
-              active: torch.Tensor, present: torch.Tensor, reach: Optional[torch.Tensor] = None,
-              bumped: Optional[torch.Tensor] = None) -> StepOutput:
+              bumped: torch.Tensor, active: torch.Tensor, present: torch.Tensor,
+              reach: Optional[torch.Tensor] = None) -> StepOutput:
     """One step of every agent. views (B, N, 4, F): the current panoramas; goal (B, N, 4, F); cells (B, N, 2)
-    normalized GPS; bumped (B, N): the agent's last move was blocked (None: nobody's); active (B, N): agents
+    normalized GPS; bumped (B, N): the agent's last move was blocked; active (B, N): agents
     still navigating (they request); present (B, N): agents in the
     team (stopped ones included: they still answer); reach (B, Ni, Nj): whether j's radio reaches i this
     step (None: everyone reaches everyone, the paper's setting)."""
@@ -248,7 +251,6 @@ def team_step(model: CollaVNAgent, state: TeamState, views: torch.Tensor, goal: 
     B, N = active.shape
     has_memory = cfg.memory and state.keys is not None
     memory_mean = state.values.mean(2) if has_memory else views.new_zeros(B, N, cfg.value_dim)
-    bumped = active.new_zeros(B, N) if bumped is None else bumped
     context, query, key, value = model.observe(views, goal, cells, memory_mean, bumped.float()[..., None])
 
     # own read (Eq. 8-9): the query against the agent's current key and every key it stored
@@ -364,9 +366,13 @@ class EpisodeBatch:
     def observe(self, nodes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(views (B, N, 4, F), cells (B, N, 2) in 0..1) of the agents at `nodes`."""
         views = np.stack([f['views'][nodes[b]] for b, f in enumerate(self.features)])
+        return torch.from_numpy(views), self.cells(nodes)
+
+    def cells(self, nodes: np.ndarray) -> torch.Tensor:
+        """(B, ...) lattice nodes -> (B, ..., 2) cells normalized to 0..1 (the GPS input)."""
         side = self.config.region_m / self.config.lattice_m
         cells = np.stack([(m.cells[nodes[b]] + 0.5) / side for b, m in enumerate(self.maps)])
-        return torch.from_numpy(views), torch.from_numpy(cells.astype(np.float32))
+        return torch.from_numpy(cells.astype(np.float32))
 
     def goals(self) -> torch.Tensor:
         """(B, N, 4, F): each agent's goal, the panorama taken at its goal node."""
@@ -493,8 +499,8 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
             reach = torch.from_numpy(batch.reach(nodes, comm_range_m)) if comm_range_m else None
             if teacher is not None and t:
                 bumped = (teacher.nodes[:, :, t] == teacher.nodes[:, :, t - 1]) & active
-            out = team_step(model, state, views, goal, cells, torch.from_numpy(active), present, reach,
-                            torch.from_numpy(bumped))
+            out = team_step(model, state, views, goal, cells, torch.from_numpy(bumped), torch.from_numpy(active),
+                            present, reach)
             logits_seq.append(out.logits)
             scores_seq.append(out.scores)
             mixed_seq.append(out.mixed)
@@ -582,18 +588,9 @@ def goal_known_labels(batch: EpisodeBatch, rollout: Rollout, sight_m: float, tea
     return np.logical_or.accumulate(near.any(-1), axis=1)[:, -rollout.active.shape[2]:]
 
 
-def node_cells(batch: EpisodeBatch, nodes: np.ndarray) -> torch.Tensor:
-    """(B, N, ...) lattice nodes -> (B, N, ..., 2) cells, normalized like the GPS input (EpisodeBatch.observe)."""
-    side = batch.config.region_m / batch.config.lattice_m
-    cells = np.stack([m.cells[nodes[b]] for b, m in enumerate(batch.maps)])
-    return torch.from_numpy(((cells + 0.5) / side).astype(np.float32))
-
-
 def goal_cells(batch: EpisodeBatch) -> torch.Tensor:
-    """(B, N, 2): each agent's goal cell, normalized like the GPS input (EpisodeBatch.observe)."""
-    side = batch.config.region_m / batch.config.lattice_m
-    cells = np.stack([np.stack([m.cells[g] for g in e.goals]) for e, m in zip(batch.episodes, batch.maps)])
-    return torch.from_numpy(((cells + 0.5) / side).astype(np.float32))
+    """(B, N, 2): each agent's goal cell, normalized like the GPS input (EpisodeBatch.cells)."""
+    return batch.cells(np.array([e.goals for e in batch.episodes], np.int64))
 
 
 def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, score_price: float = 0.01,
@@ -667,7 +664,7 @@ def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, s
         loss = loss + belief_weight * F.binary_cross_entropy_with_logits(belief[..., 0][mask], known[mask].float())
         where = mask & known
         if where.any():
-            offset = goal_cells(batch)[:, :, None] - node_cells(batch, rollout.nodes[:, :, :T])
+            offset = goal_cells(batch)[:, :, None] - batch.cells(rollout.nodes[:, :, :T])
             loss = loss + belief_weight * F.mse_loss(belief[..., 1:][where], offset[where]) * 10
     return loss, float(ce.detach()), accuracy
 
@@ -942,10 +939,7 @@ def load_agent(path: str) -> CollaVNAgent:
 def agent_from_checkpoint(ckpt: dict) -> CollaVNAgent:
     """A trained agent from a loaded model.pt (its 'agent' config and weights)."""
     model = CollaVNAgent(AgentConfig(**ckpt['agent']))
-    # runs trained before the goal-belief head existed lack only that training-time head
-    missing, unexpected = model.load_state_dict(ckpt['state_dict'], strict=False)
-    if unexpected or any(not k.startswith('goal_belief.') for k in missing):
-        raise KeyError(f'checkpoint does not fit CollaVNAgent: missing {missing}, unexpected {unexpected}')
+    model.load_state_dict(ckpt['state_dict'])
     return model.eval()
 
 
