@@ -113,11 +113,13 @@ def test_sigint_stops_every_child(tmp_path):
     # SIGUSR1 (what the launcher sends a stuck child before SIGKILL) dumps the stacks and harms nothing
     os.kill(pids['drone2/perception'], signal.SIGUSR1)
     log = tmp_path / 'logs' / 'drone2__perception.log'
+    # faulthandler writes the dump frame by frame: wait for the frame asserted on, not just the header
+    spin_frame = re.compile(r'common\.py", line \d+ in spin_nodes')
     deadline = time.monotonic() + 10
-    while 'most recent call first' not in log.read_text() and time.monotonic() < deadline:
+    while not spin_frame.search(log.read_text()) and time.monotonic() < deadline:
         time.sleep(0.2)
     dump = log.read_text()
-    assert 'most recent call first' in dump and re.search(r'common\.py", line \d+ in spin_nodes', dump), dump[-2000:]
+    assert 'most recent call first' in dump and spin_frame.search(dump), dump[-2000:]
     swarm.proc.send_signal(signal.SIGINT)
     code = swarm.wait(60)
     assert code == 0, swarm.output[-3000:]
