@@ -28,12 +28,14 @@ def one_thread():
 
 SMALL = ModelConfig(channels=8, width=8, query_size=4, key_size=8, supporters=5)
 METHODS = ('inpainting', 'inpainting_all', 'inputstack', 'outputstack', 'warped_outputstack', 'warped_outputstack_cells', 'mash',
-           'mash_pixels', 'mash_stacked')
+           'mash_pixels', 'mash_stem', 'mash_stacked')
 
 
 def make(name, size=32, cfg=SMALL):
     if name == 'mash_pixels':
         model = Mash(replace(cfg, patch_sampling='pixels'), image_size=(size, size))
+    elif name == 'mash_stem':
+        model = Mash(replace(cfg, patch_sampling='pixels', match_stem=4), image_size=(size, size))
     elif name == 'mash':
         model = Mash(cfg, image_size=(size, size))
     elif name == 'mash_stacked':
@@ -272,11 +274,11 @@ def test_loader_gives_the_target_its_supporters_and_ground_truth(tiny_dataset):
             assert np.array_equal(fwarped, warped if same else warped[:, ::-1])
 
 
-@pytest.mark.parametrize('sampling', ['cells', 'pixels'])
-def test_onnx_roles_agree_with_torch(tiny_dataset, tmp_path, sampling):
+@pytest.mark.parametrize('sampling,stem', [('cells', 0), ('pixels', 0), ('pixels', 4)])
+def test_onnx_roles_agree_with_torch(tiny_dataset, tmp_path, sampling, stem):
     from collab_perception.learn.mash_export import check_onnx, export_roles
     torch.manual_seed(0)
-    model = Mash(replace(SMALL, patch_sampling=sampling)).eval()
+    model = Mash(replace(SMALL, patch_sampling=sampling, match_stem=stem)).eval()
     model.method_name = 'mash'
     with torch.no_grad():   # decisive outputs: an untrained net is full of near-ties that flip argmax
         model.own_head.classify.weight.mul_(50)
@@ -393,6 +395,44 @@ def test_a_frozen_backbone_caches_every_view_and_trains_the_matcher_alone(tiny_d
         if name.startswith(('encoder.', 'own_head.')):
             assert not moved, name
     assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith('smoothing.'))
+
+
+def test_a_matching_stem_reads_the_views_cached_beside_the_features(tiny_dataset, tmp_path):
+    """--match-stem with --freeze-encoder: the cache keeps every view as the dataset's bytes, so the stem sees
+    the same images from the cache as from the loader, and the stem trains while the backbone stays."""
+    from collab_perception.learn.feature_cache import EncodedObstructionFrames
+    from collab_perception.learn.train import TrainConfig, load_model, train
+    cfg = replace(SMALL, patch_sampling='pixels', match_stem=4, freeze_encoder=True)
+    model = Mash(cfg).eval()
+    model.method_name = 'mash'
+    loader = ObstructionLoader(tiny_dataset, 'obstruction', 'train', 4, shuffle=False)
+    cache = EncodedObstructionFrames(loader, model.encoder, 4, head=model.own_head, progress=False,
+                                     keep_images=True)
+    raw = next(iter(loader.loader))
+    n = len(raw['labels'])
+    images = loader.tensors(raw, np.ones(n, dtype=bool))
+    cached = cache.batch(torch.arange(n), torch.ones(n, dtype=torch.long))
+    assert torch.equal(cached['images'], torch.cat([images['target'][:, None], images['supporters']], 1))
+    with torch.no_grad():
+        from_images = model.forward_batch(images, 'eval').extra['volume']
+        from_cache = model.forward_batch(cached, 'eval').extra['volume']
+    assert torch.allclose(from_cache, from_images, atol=5e-2)
+    no_images = {k: v for k, v in cached.items() if k != 'images'}
+    with pytest.raises(KeyError):
+        model.forward_batch(no_images, 'eval')
+    # the workflow of docs/RESULTS.md: the backbone of an Inpainting run, the matcher and its stem trained on it
+    common = dict(setting='obstruction', data_dir=tiny_dataset, batch_size=2, val_batches=1, threads=1)
+    train(TrainConfig(method='inpainting', out_dir=str(tmp_path / 'inpainting'), iterations=2, eval_every=2,
+                      model=replace(SMALL), **common), progress=False)
+    train(TrainConfig(method='mash', out_dir=str(tmp_path / 'stem'), iterations=2, eval_every=2, lr=5e-3,
+                      init_from=str(tmp_path / 'inpainting' / 'last.pt'), model=cfg, **common), progress=False)
+    trained, _ = load_model(str(tmp_path / 'stem' / 'last.pt'))
+    assert trained.cfg.match_stem == 4
+    before, _ = load_model(str(tmp_path / 'inpainting' / 'last.pt'))
+    before = before.state_dict()
+    moved = {k for k, v in trained.state_dict().items() if k not in before or not torch.equal(v, before[k])}
+    assert any(k.startswith('match_stem.') for k in moved), moved
+    assert not any(k.startswith(('encoder.', 'own_head.')) for k in moved), moved
 
 
 def test_init_from_copies_the_backbone_of_another_run(tiny_dataset, tmp_path):

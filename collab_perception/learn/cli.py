@@ -55,6 +55,10 @@ def add_learn_parsers(sub) -> None:
                    help='MASH: what a supporter sends for a matched cell: cells, its class distribution averaged '
                         'over the cell (default), or pixels, its segmentation at label resolution through a '
                         'sub-cell warping grid (MASH Eq. 3; needs a dataset with correspondence_uv)')
+    p.add_argument('--match-stem', type=int, default=0, metavar='C',
+                   help='MASH: a small strided CNN on the raw image gives C channels per cell beside the '
+                        'backbone\'s features, for matching only (default 0: match on the backbone\'s features); '
+                        'trained with --freeze-encoder too, the images are then cached beside the features')
     p.add_argument('--valid-mask', action='store_true',
                    help='pose settings: tell the model where a supporter\'s warped view has no pixels (its features '
                         'there are blended towards a learned "nothing seen" vector by the uncovered share of each '
@@ -133,7 +137,8 @@ def cmd_train(args) -> int:
                       select_by=args.select_by,
                       model=ModelConfig(query_size=args.query_size, key_size=args.key_size, attention=args.attention,
                                         selection=args.selection, freeze_encoder=args.freeze_encoder,
-                                        patch_sampling=args.patch_sampling, valid_mask=args.valid_mask))
+                                        patch_sampling=args.patch_sampling, valid_mask=args.valid_mask,
+                                        match_stem=args.match_stem))
     problem = select_by_problem(args.method, args.select_by)
     if problem:
         raise ConfigError('--select-by', problem)

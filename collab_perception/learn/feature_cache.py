@@ -144,10 +144,11 @@ class EncodedObstructionFrames(CachedFrames):
     """Every frame of an ObstructionLoader (mash_data) with every agent's view encoded once by `encoder`,
     both left-right flips (labels, obstruction masks and correspondences mirrored with them), float16 features
     in memory; with `head` (a frozen own head) also every view's class distribution ('own_probs', stored in
-    uint8 steps of 1/255); batches shaped like the loader's with 'encoded' set."""
+    uint8 steps of 1/255); with `keep_images` the views themselves too ('images' [B, A, 3, H, W], uint8 as
+    the dataset stores them), for a MASH matching stem; batches shaped like the loader's with 'encoded' set."""
 
     def __init__(self, loader, encoder: nn.Module, batch_size: int, seed: int = 0, progress: bool = True,
-                 head: Optional[nn.Module] = None):
+                 head: Optional[nn.Module] = None, keep_images: bool = False):
         self.batch_size = batch_size
         self.seed = seed
         self.epoch = 0
@@ -167,6 +168,8 @@ class EncodedObstructionFrames(CachedFrames):
                     images = torch.cat([batch['target'][:, None], batch['supporters']], 1)      # [B, A, 3, H, W]
                     feats = encoder(images.flatten(0, 1).contiguous(memory_format=torch.channels_last))
                     batch['features'] = feats.contiguous().half().view(n, images.shape[1], *feats.shape[1:])
+                    if keep_images:      # the loader's [0, 1] floats are the dataset's bytes / 255
+                        batch['images'] = images.mul(255).round_().to(torch.uint8)
                     if head is not None:
                         probs = head(feats).softmax(1).mul_(255).round_().to(torch.uint8)
                         batch['own_probs'] = probs.contiguous().view(n, images.shape[1], *probs.shape[1:])
@@ -185,6 +188,8 @@ class EncodedObstructionFrames(CachedFrames):
         batch = {'target': features[:, 0], 'supporters': features[:, 1:], 'encoded': True}
         if 'own_probs' in picked:
             batch['own_probs'] = picked.pop('own_probs').float().div_(255.0)
+        if 'images' in picked:
+            batch['images'] = picked.pop('images').float().div_(255.0)
         for key, value in picked.items():
             batch[key] = value.long() if key in ('labels', 'supporter_labels') else value
         return batch
@@ -198,17 +203,19 @@ def cached_loader(loader, model: nn.Module, batch_size: int, seed: int = 0, prog
     a run that finds its key there maps the file (shared with the other runs reading it) instead of encoding."""
     obstruction = getattr(loader, 'setting', None) == 'obstruction'
     kind = EncodedObstructionFrames if obstruction else EncodedFrames
+    keep_images = getattr(model, 'match_stem', None) is not None     # a MASH matching stem reads the views
 
     def encode() -> CachedFrames:
         if obstruction:
             return EncodedObstructionFrames(loader, model.encoder, batch_size, seed=seed, progress=progress,
-                                            head=model.own_head)
+                                            head=model.own_head, keep_images=keep_images)
         return EncodedFrames(loader, model.encoder, batch_size, seed=seed, progress=progress)
 
     if store is None:
         return encode()
     frozen = [model.encoder] + ([model.own_head] if obstruction else [])
-    path = os.path.join(store, f'{loader.loader.split}-{_cache_key(loader, frozen, kind.__name__)}.pt')
+    layout = kind.__name__ + ('+images' if keep_images else '')
+    path = os.path.join(store, f'{loader.loader.split}-{_cache_key(loader, frozen, layout)}.pt')
     os.makedirs(store, exist_ok=True)
     with open(path + '.lock', 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)       # a second worker waits for the first one's file

@@ -526,7 +526,13 @@ class Mash(ObstructionModel):
         f, q, k = cfg.channels, cfg.query_size, cfg.key_size
         self.query_encoder = _pointwise_encoder(f, q)
         self.key_encoder = _pointwise_encoder(f, k)
-        self.context = nn.Sequential(conv_block(f, f), conv_block(f, f))
+        stem = cfg.match_stem
+        if stem < 0:
+            raise ValueError(f'match_stem is a number of channels, 0 for none; got {stem}')
+        # three stride-2 stages: the raw image at the cell grid (CELL_SIZE = 8)
+        self.match_stem = (nn.Sequential(_strided_block(3, 16), _strided_block(16, 32), _strided_block(32, stem),
+                                         conv_block(stem, stem)) if stem else None)
+        self.context = nn.Sequential(conv_block(f + stem, f), conv_block(f, f))
         self.transform = nn.Conv2d(q, k, 1)                  # "K learned convolutional kernels of size 1x1xQ"
         self.log_distance_scale = nn.Parameter(torch.tensor(math.log(DISTANCE_SCALE)))
         self.self_confidence_head = nn.Sequential(conv_block(f, f), nn.AvgPool2d(2), nn.Conv2d(f, 1, 1))
@@ -565,11 +571,17 @@ class Mash(ObstructionModel):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # -- the per-agent steps (also the ONNX roles, mash_export.py)
-    def cell_features(self, features: torch.Tensor) -> torch.Tensor:
+    def cell_features(self, features: torch.Tensor, images: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Backbone features [N, F, H/4, W/4] -> f on the cell grid [N, F, H/8, W/8] (§III backbone (A)),
         with context: two 3x3 conv blocks at the cell resolution widen the receptive field of our small
-        backbone's features (about 25 px) towards that of SegNet's intermediate layers."""
-        return self.context(F.avg_pool2d(features, 2))
+        backbone's features (about 25 px) towards that of SegNet's intermediate layers. With a matching stem
+        (cfg.match_stem), its channels from the raw images [N, 3, H, W] join the features first."""
+        cells = F.avg_pool2d(features, 2)
+        if self.match_stem is not None:
+            if images is None:
+                raise ValueError('this MASH model matches on the raw images too (match_stem): pass them')
+            cells = torch.cat([cells, self.match_stem(images)], 1)
+        return self.context(cells)
 
     @staticmethod
     def cell_distributions(own_logits: torch.Tensor) -> torch.Tensor:
@@ -577,20 +589,23 @@ class Mash(ObstructionModel):
         probs = F.avg_pool2d(own_logits.softmax(1), CELL_SIZE)
         return probs.flatten(2).transpose(1, 2)
 
-    def query_map(self, features: torch.Tensor) -> torch.Tensor:
-        """Target: features -> q [N, Q, Hc, Wc], rounded as the wire's dtype rounds it (straight-through)."""
-        q = self.query_encoder(self.cell_features(features))
+    def query_map(self, features: torch.Tensor, images: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Target: features (and images, see cell_features) -> q [N, Q, Hc, Wc], rounded as the wire's dtype
+        rounds it (straight-through)."""
+        q = self.query_encoder(self.cell_features(features, images))
         return straight_through(q, quantize_dequantize(q, (1, 2, 3), self.query_dtype))
 
     def self_confidence(self, features: torch.Tensor) -> torch.Tensor:
         """Target: features -> the weight of its own cells in the fusion [N, Hc, Wc], positive."""
         return F.softplus(self.self_confidence_head(features))[:, 0]
 
-    def match_volume(self, query: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """Supporter: the target's q [N, Q, Hc, Wc] and its own features -> the smoothed correspondence logits
-        [N, Hc*Wc + 1, Hc, Wc] (§III (2b)-(3)); a softmax over dim 1 gives the matching distribution."""
+    def match_volume(self, query: torch.Tensor, features: torch.Tensor,
+                     images: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Supporter: the target's q [N, Q, Hc, Wc] and its own features (and images, see cell_features) -> the
+        smoothed correspondence logits [N, Hc*Wc + 1, Hc, Wc] (§III (2b)-(3)); a softmax over dim 1 gives the
+        matching distribution."""
         p = self.transform(query)
-        k = self.key_encoder(self.cell_features(features))
+        k = self.key_encoder(self.cell_features(features, images))
         return self.smoothing(self.log_distance_scale.exp() * distance_volume(p, k))
 
     @staticmethod
@@ -752,10 +767,15 @@ class Mash(ObstructionModel):
                              f'(its cell grid sets the smoothing network\'s channels), got '
                              f'{size[1]}x{size[0]}: construct it with image_size=(H, W)')
         features, own_logits = self.agent_outputs(batch)
-        query = self.query_map(features[:, 0])
+        images = target_images = supporter_images = None
+        if self.match_stem is not None:
+            # cached frames (feature_cache) keep the raw images beside the features for the stem
+            images = batch['images'] if self._inputs_encoded else self.all_images(batch)
+            target_images, supporter_images = images[:, 0], images[:, 1:].flatten(0, 1)
+        query = self.query_map(features[:, 0], target_images)
         s = a - 1
         volume = self.match_volume(query[:, None].expand(b, s, *query.shape[1:]).flatten(0, 1),
-                                   features[:, 1:].flatten(0, 1))
+                                   features[:, 1:].flatten(0, 1), supporter_images)
         cell_probs = self.cell_distributions(own_logits.flatten(0, 1))
         return {'own_logits': own_logits, 'cell_probs': cell_probs.view(b, a, *cell_probs.shape[1:]),
                 'self_confidence': self.self_confidence(features[:, 0]),
@@ -924,7 +944,7 @@ class RequesterRole(nn.Module):
         m = self.model
         features = m.encoder(image)
         own_logits = m.own_head(features)
-        query = m.query_encoder(m.cell_features(features))
+        query = m.query_encoder(m.cell_features(features, image))
         return (query.permute(0, 2, 3, 1), own_logits.softmax(1), m.self_confidence(features),
                 own_logits.max(1).indices)     # = argmax(1); torch's CPU argmax over channels is 6x slower
 
@@ -938,7 +958,7 @@ class SupporterRole(nn.Module):
         m = self.model
         features = m.encoder(image)
         own_logits = m.own_head(features)
-        volume = m.match_volume(query.permute(0, 3, 1, 2), features)
+        volume = m.match_volume(query.permute(0, 3, 1, 2), features, image)
         if m.cfg.patch_sampling == 'pixels':
             confidence, match, positions = m.subcell_matches(volume)
             blocks, valid = m.pixel_patches(own_logits.softmax(1), positions)

@@ -344,6 +344,8 @@ def train_command(config: dict, run_dir: Optional[str] = None) -> str:
         cmd += f' --query-size {m["query_size"]} --key-size {m["key_size"]}'
         if m.get('patch_sampling', 'cells') != 'cells':
             cmd += f' --patch-sampling {m["patch_sampling"]}'
+        if m.get('match_stem', 0):
+            cmd += f' --match-stem {m["match_stem"]}'
     data = config.get('data_dir')
     if data and os.path.normpath(data) != os.path.join('datasets', config['setting']):
         cmd += f' --data {data}'

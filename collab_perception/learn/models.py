@@ -57,6 +57,10 @@ class ModelConfig:
     selection: str = 'soft'     # handshake training: 'soft' (Eq. 5) or 'hard' (straight-through, see SELECTIONS)
     freeze_encoder: bool = False  # keep a pretrained encoder fixed (its features can then be cached)
     patch_sampling: str = 'cells'  # MASH: what a supporter sends per matched cell (see PATCH_SAMPLINGS)
+    # MASH: channels of a matching stem on the raw image beside the backbone's features (0: none). The
+    # backbone is trained for segmentation, which keeps what a class looks like and drops what tells two
+    # patches of one class apart: the texture a correspondence needs.
+    match_stem: int = 0
     # pose settings: a supporter's features where its warped view has no pixels are replaced by a learned
     # "nothing seen here" vector, weighted by each cell's covered share, so the model is told the holes
     valid_mask: bool = False
