@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from collab_perception.data import generate
 from collab_perception.learn.mash import (CELL_SIZE, Mash, MashStacked, distance_volume, quantize_dequantize,
@@ -28,7 +29,7 @@ def one_thread():
 
 SMALL = ModelConfig(channels=8, width=8, query_size=4, key_size=8, supporters=5)
 METHODS = ('inpainting', 'inpainting_all', 'inputstack', 'outputstack', 'warped_outputstack', 'warped_outputstack_cells', 'mash',
-           'mash_pixels', 'mash_stem', 'mash_stacked')
+           'mash_pixels', 'mash_stem', 'mash_flow', 'mash_stacked')
 
 
 def make(name, size=32, cfg=SMALL):
@@ -36,6 +37,8 @@ def make(name, size=32, cfg=SMALL):
         model = Mash(replace(cfg, patch_sampling='pixels'), image_size=(size, size))
     elif name == 'mash_stem':
         model = Mash(replace(cfg, patch_sampling='pixels', match_stem=4), image_size=(size, size))
+    elif name == 'mash_flow':
+        model = Mash(replace(cfg, patch_sampling='pixels', refine_flow=True), image_size=(size, size))
     elif name == 'mash':
         model = Mash(cfg, image_size=(size, size))
     elif name == 'mash_stacked':
@@ -274,15 +277,17 @@ def test_loader_gives_the_target_its_supporters_and_ground_truth(tiny_dataset):
             assert np.array_equal(fwarped, warped if same else warped[:, ::-1])
 
 
-@pytest.mark.parametrize('sampling,stem', [('cells', 0), ('pixels', 0), ('pixels', 4)])
-def test_onnx_roles_agree_with_torch(tiny_dataset, tmp_path, sampling, stem):
+@pytest.mark.parametrize('sampling,stem,flow', [('cells', 0, False), ('pixels', 0, False), ('pixels', 4, True)])
+def test_onnx_roles_agree_with_torch(tiny_dataset, tmp_path, sampling, stem, flow):
     from collab_perception.learn.mash_export import check_onnx, export_roles
     torch.manual_seed(0)
-    model = Mash(replace(SMALL, patch_sampling=sampling, match_stem=stem)).eval()
+    model = Mash(replace(SMALL, patch_sampling=sampling, match_stem=stem, refine_flow=flow)).eval()
     model.method_name = 'mash'
     with torch.no_grad():   # decisive outputs: an untrained net is full of near-ties that flip argmax
         model.own_head.classify.weight.mul_(50)
         model.smoothing.out.weight.normal_(0, 0.5)
+        if flow:
+            model.flow.out.weight.normal_(0, 0.1)
     paths = export_roles(model, str(tmp_path))
     roles = json.load(open(tmp_path / 'roles.json'))
     assert roles['grid'] == [16, 16] and roles['no_match'] == 256 and roles['patch_sampling'] == sampling
@@ -521,6 +526,39 @@ def upsample_cells_mask(correspondence):
     """[N, C] cell correspondences -> [N, H, W] bool: the pixels of matched cells (16 x 16 grid)."""
     matched = (correspondence != 256).float().view(-1, 1, 16, 16)
     return torch.nn.functional.interpolate(matched, scale_factor=8.0)[:, 0] > 0.5
+
+
+def test_the_flow_refiner_starts_from_the_volume_s_matches_and_learns_the_positions():
+    """refine_flow: untrained, it decides match or none as the volume does and keeps the window's positions;
+    a few steps on the flow loss alone move the positions towards the ground truth."""
+    torch.manual_seed(0)
+    cfg = replace(SMALL, patch_sampling='pixels')
+    plain, refined = Mash(cfg, image_size=(32, 32)), Mash(replace(cfg, refine_flow=True), image_size=(32, 32))
+    volume = torch.randn(6, 17, 4, 4) * 3
+    conf0, match0, pos0 = plain.subcell_matches(volume)
+    conf1, match1, pos1 = refined.subcell_matches(volume)
+    assert torch.equal(torch.isnan(pos0), torch.isnan(pos1))
+    assert torch.allclose(pos0.nan_to_num(), pos1.nan_to_num())
+    real = match0 != 16
+    assert torch.all(match1[real] != 16) and torch.all(match1[~real] == 16)
+    batch = synthetic_batch(b=1, s=6)
+    truth = batch['correspondence_uv'][0]                                  # [6, 16, 2]
+    matched = torch.isfinite(truth).all(-1)
+
+    def error():
+        positions, _ = refined.flow_matches(volume)
+        return (positions[matched] - truth[matched]).abs().mean().item()
+
+    before = error()
+    optimizer = torch.optim.Adam(refined.flow.parameters(), lr=1e-2)
+    for _ in range(30):
+        positions, logit = refined.flow_matches(volume)
+        loss = F.smooth_l1_loss(positions[matched] / CELL_SIZE, truth[matched] / CELL_SIZE) + \
+            F.binary_cross_entropy_with_logits(logit, matched.float())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert error() < 0.5 * before
 
 
 def test_sub_cell_positions_read_back_the_bilinear_targets():

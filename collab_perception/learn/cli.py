@@ -59,6 +59,11 @@ def add_learn_parsers(sub) -> None:
                    help='MASH: a small strided CNN on the raw image gives C channels per cell beside the '
                         'backbone\'s features, for matching only (default 0: match on the backbone\'s features); '
                         'trained with --freeze-encoder too, the images are then cached beside the features')
+    p.add_argument('--refine-flow', action='store_true',
+                   help='MASH, pixels sampling: refine each supporter\'s matches as a flow field over the target\'s '
+                        'cells after the smoothing (positions and match confidence from a small conv net on the '
+                        'matches\' positions and masses), trained on the sub-cell positions: infilling becomes '
+                        'interpolating a smooth field instead of moving mass between the volume\'s channels')
     p.add_argument('--valid-mask', action='store_true',
                    help='pose settings: tell the model where a supporter\'s warped view has no pixels (its features '
                         'there are blended towards a learned "nothing seen" vector by the uncovered share of each '
@@ -138,7 +143,7 @@ def cmd_train(args) -> int:
                       model=ModelConfig(query_size=args.query_size, key_size=args.key_size, attention=args.attention,
                                         selection=args.selection, freeze_encoder=args.freeze_encoder,
                                         patch_sampling=args.patch_sampling, valid_mask=args.valid_mask,
-                                        match_stem=args.match_stem))
+                                        match_stem=args.match_stem, refine_flow=args.refine_flow))
     problem = select_by_problem(args.method, args.select_by)
     if problem:
         raise ConfigError('--select-by', problem)

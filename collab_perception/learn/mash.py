@@ -88,6 +88,8 @@ PLANE_THRESHOLD_PX = 6.0             # a match agrees with a plane within this m
 PLANE_MIN_SUPPORT = 0.15             # a plane needs this share of the target's cells to agree (chance agreement
                                      # of random matches with a RANSAC hypothesis stays far below it)
 _QUANT_RANGE = {'uint8': (0, 255), 'int8': (-128, 127)}
+FLOW_INPUTS = 7                      # FlowRefiner: position u, v, window mass, no-match, peak bin, target cell y, x
+FLOW_LOSS_WEIGHT = 1.0               # refine_flow: its position (smooth L1, cells) and match (BCE) losses
 
 
 # ---------------------------------------------------------------------------------------------- wire helpers
@@ -321,6 +323,38 @@ class CorrespondenceAutoencoder(nn.Module):
         return log_probs + self.out(d0)
 
 
+class FlowRefiner(nn.Module):
+    """The supporter's matches refined as a flow field over the target's cell grid (`refine_flow`).
+
+    The paper's smoothing works on the volume, whose channels are the flattened source grid: moving a match by
+    one source cell, what an obstructed cell needs to follow its neighbours, is a different channel mapping at
+    every source cell, so infilling copies a neighbour's match instead of continuing the field. Here each target
+    cell is summarized by its sub-cell match (position, window mass, no-match mass, peak) and a small
+    encoder-decoder over the target grid corrects the position and rescores the match; a smooth field (the
+    ground is nearly planar) is what such a net interpolates well. [N, FLOW_INPUTS, Hc, Wc] -> [N, 3, Hc, Wc]:
+    the position's correction (cells, u and v) and the match logit's correction; zero at the start, so
+    training begins from the volume's own matches."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.enc0 = conv_block(FLOW_INPUTS, width)
+        self.enc1 = _strided_block(width, 2 * width)
+        self.enc2 = _strided_block(2 * width, 2 * width)
+        self.dec1 = conv_block(4 * width, width)
+        self.dec0 = conv_block(2 * width, width)
+        self.out = nn.Conv2d(width, 3, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, summary: torch.Tensor) -> torch.Tensor:
+        e0 = self.enc0(summary)
+        e1 = self.enc1(e0)
+        e2 = self.enc2(e1)
+        d1 = self.dec1(torch.cat([F.interpolate(e2, size=e1.shape[-2:], mode='nearest'), e1], 1))
+        d0 = self.dec0(torch.cat([F.interpolate(d1, size=e0.shape[-2:], mode='nearest'), e0], 1))
+        return self.out(d0)
+
+
 def _pointwise_encoder(cin: int, cout: int) -> nn.Sequential:
     """A sequence of 1x1 convolutions (§III "Data Compression")."""
     return nn.Sequential(nn.Conv2d(cin, cin, 1, bias=False), nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
@@ -537,6 +571,9 @@ class Mash(ObstructionModel):
         self.log_distance_scale = nn.Parameter(torch.tensor(math.log(DISTANCE_SCALE)))
         self.self_confidence_head = nn.Sequential(conv_block(f, f), nn.AvgPool2d(2), nn.Conv2d(f, 1, 1))
         self.smoothing_width = 2 * f
+        if cfg.refine_flow and cfg.patch_sampling != 'pixels':
+            raise ValueError("refine_flow refines sub-cell positions: it needs patch_sampling 'pixels'")
+        self.flow = FlowRefiner(f) if cfg.refine_flow else None
         self.set_image_size(image_size)
         self.fusion_kind = 'hard'
         self.confidence_threshold = CONFIDENCE_THRESHOLD
@@ -628,7 +665,24 @@ class Mash(ObstructionModel):
         a cell's mass between the cells its true position lies between), and the confidence is the probability
         mass in that window: the counterpart of the paper's channel-wise max (§III (4)) once a match is spread
         over neighbouring cells on purpose. volume [N, C + 1, Hc, Wc] logits -> confidence [N, C], match [N, C]
-        (C = no match), positions [N, C, 2] pixels (u, v), NaN for no match; differentiable in the volume."""
+        (C = no match), positions [N, C, 2] pixels (u, v), NaN for no match; differentiable in the volume.
+        With `refine_flow` the positions and confidences are the FlowRefiner's (refined_matches)."""
+        if self.flow is not None:
+            return self.refined_matches(volume)
+        best, mass, positions, no_match, _ = self.window_matches(volume)
+        # a match is spread over up to four cells on purpose, so it is weighed as the window's mass against the
+        # no-match bin (a plain argmax over all bins would call a cell unmatched whenever p(no match) exceeds
+        # the largest single source cell)
+        none = mass <= no_match
+        match = torch.where(none, torch.full_like(best, self.grid[0] * self.grid[1]), best)
+        positions = torch.where(none[..., None], torch.full_like(positions, float('nan')), positions)
+        confidence = torch.where(none, no_match, mass)
+        return confidence, match, positions
+
+    def window_matches(self, volume: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The volume's local soft-argmax (subcell_matches) before any decision: volume [N, C + 1, Hc, Wc]
+        logits -> the most probable source cell [N, C] long, the 3 x 3 window's mass [N, C], its mean position
+        [N, C, 2] pixels, the no-match probability [N, C] and the largest single source cell's [N, C]."""
         hc, wc = self.grid
         cells = hc * wc
         probs = volume.softmax(1).flatten(2)                                                   # [N, C + 1, Ct]
@@ -647,14 +701,42 @@ class Mash(ObstructionModel):
                 u = u + p * centres[0][index]
                 v = v + p * centres[1][index]
         positions = torch.stack([u, v], -1) / mass.clamp_min(1e-12)[..., None]
-        # a match is spread over up to four cells on purpose, so it is weighed as the window's mass against the
-        # no-match bin (a plain argmax over all bins would call a cell unmatched whenever p(no match) exceeds
-        # the largest single source cell)
-        no_match = probs[:, cells]
-        none = mass <= no_match
-        match = torch.where(none, torch.full_like(best, cells), best)
-        positions = torch.where(none[..., None], torch.full_like(positions, float('nan')), positions)
-        confidence = torch.where(none, no_match, mass)
+        return best, mass, positions, probs[:, cells], source.max(1).values
+
+    def flow_matches(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`refine_flow`: the FlowRefiner's positions [N, C, 2] (pixels, before any decision) and match logits
+        [N, C] (> 0: a match). It starts from the window's position and from log(window mass / no-match mass),
+        the decision subcell_matches makes without it."""
+        hc, wc = self.grid
+        h, w = self.image_size
+        _, mass, positions, no_match, peak = self.window_matches(volume)
+        n = positions.shape[0]
+        scale = positions.new_tensor([w, h])
+        on_grid = (positions / scale * 2.0 - 1.0).transpose(1, 2).reshape(n, 2, hc, wc)
+        ys = torch.linspace(-1.0, 1.0, hc, dtype=positions.dtype, device=positions.device)
+        xs = torch.linspace(-1.0, 1.0, wc, dtype=positions.dtype, device=positions.device)
+        coords = torch.stack([ys[:, None].expand(hc, wc), xs[None, :].expand(hc, wc)])[None].expand(n, 2, hc, wc)
+        stats = torch.stack([mass, no_match, peak], 1).view(n, 3, hc, wc)
+        correction = self.flow(torch.cat([on_grid, stats, coords], 1))
+        refined = positions + CELL_SIZE * correction[:, :2].flatten(2).transpose(1, 2)
+        logit = mass.clamp_min(1e-6).log() - no_match.clamp_min(1e-6).log() + correction[:, 2].flatten(1)
+        return refined, logit
+
+    def refined_matches(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """subcell_matches with `refine_flow`: a match where the refined logit is positive and the refined
+        position inside the supporter's view; its source cell is the one under the position and its confidence
+        sigmoid(logit) (for no match 1 - that, how sure it is there is none)."""
+        hc, wc = self.grid
+        h, w = self.image_size
+        refined, logit = self.flow_matches(volume)
+        u, v = refined[..., 0], refined[..., 1]
+        inside = (u >= -0.5) & (u <= w - 0.5) & (v >= -0.5) & (v <= h - 0.5)
+        none = (logit <= 0) | ~inside
+        col = torch.floor((u + 0.5) / CELL_SIZE).clamp(0, wc - 1).long()
+        row = torch.floor((v + 0.5) / CELL_SIZE).clamp(0, hc - 1).long()
+        match = torch.where(none, torch.full_like(col, hc * wc), row * wc + col)
+        positions = torch.where(none[..., None], torch.full_like(refined, float('nan')), refined)
+        confidence = torch.sigmoid(torch.where(none, -logit, logit))
         return confidence, match, positions
 
     def planar_matches(self, confidence: torch.Tensor, match: torch.Tensor, positions: torch.Tensor
@@ -862,7 +944,10 @@ class Mash(ObstructionModel):
         with a ground-truth match whose most probable source cell is within one cell of it, of all such cells.
         The fused accuracy hardly sees the matcher: the target's own cells dominate it."""
         volume = out.extra['volume']                                           # [B, S, C + 1, Hc, Wc]
-        best = volume.flatten(3)[:, :, :-1].argmax(2)
+        if self.flow is not None:      # the refined matches are the matcher's output
+            best = self.refined_matches(volume.flatten(0, 1))[1].view(volume.shape[0], volume.shape[1], -1)
+        else:
+            best = volume.flatten(3)[:, :, :-1].argmax(2)
         truth = batch['correspondence']
         real = truth != self.grid[0] * self.grid[1]
         return {'match_within_one_cell': (int(within_one_cell(best, truth, self.grid).sum()), int(real.sum()))}
@@ -880,7 +965,16 @@ class Mash(ObstructionModel):
         else:
             truth = batch['correspondence'].view(volume.shape[0], volume.shape[1], *volume.shape[-2:]).flatten(0, 1)
         correspondence = F.cross_entropy(volume.flatten(0, 1), truth)
-        return super().loss(out, batch, ignore_index) + CORRESPONDENCE_LOSS_WEIGHT * correspondence
+        loss = super().loss(out, batch, ignore_index) + CORRESPONDENCE_LOSS_WEIGHT * correspondence
+        if self.flow is not None:
+            refined, logit = self.flow_matches(volume.flatten(0, 1))
+            positions = batch[SUBCELL_KEY].flatten(0, 1)                            # [B*S, C, 2], NaN: none
+            matched = torch.isfinite(positions).all(-1)
+            flow = F.binary_cross_entropy_with_logits(logit, matched.to(logit.dtype))
+            if matched.any():
+                flow = flow + F.smooth_l1_loss(refined[matched] / CELL_SIZE, positions[matched] / CELL_SIZE)
+            loss = loss + FLOW_LOSS_WEIGHT * flow
+        return loss
 
 
 @register('mash_stacked')

@@ -346,6 +346,8 @@ def train_command(config: dict, run_dir: Optional[str] = None) -> str:
             cmd += f' --patch-sampling {m["patch_sampling"]}'
         if m.get('match_stem', 0):
             cmd += f' --match-stem {m["match_stem"]}'
+        if m.get('refine_flow'):
+            cmd += ' --refine-flow'
     data = config.get('data_dir')
     if data and os.path.normpath(data) != os.path.join('datasets', config['setting']):
         cmd += f' --data {data}'

@@ -61,6 +61,9 @@ class ModelConfig:
     # backbone is trained for segmentation, which keeps what a class looks like and drops what tells two
     # patches of one class apart: the texture a correspondence needs.
     match_stem: int = 0
+    # MASH: the matches refined as a flow field over the target's cell grid after the paper's smoothing (see
+    # learn/mash.py FlowRefiner); False: the smoothed volume's own sub-cell matches
+    refine_flow: bool = False
     # pose settings: a supporter's features where its warped view has no pixels are replaced by a learned
     # "nothing seen here" vector, weighted by each cell's covered share, so the model is told the holes
     valid_mask: bool = False
