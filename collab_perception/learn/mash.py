@@ -703,6 +703,22 @@ class Mash(ObstructionModel):
         positions = torch.stack([u, v], -1) / mass.clamp_min(1e-12)[..., None]
         return best, mass, positions, probs[:, cells], source.max(1).values
 
+    def best_real_cells(self, volume: torch.Tensor) -> torch.Tensor:
+        """What the matcher takes for each target cell's source cell, whether or not it would call it a match:
+        volume [B, S, C + 1, Hc, Wc] -> [B, S, C] long, the most probable real bin, or with `refine_flow` the
+        cell under the refined position (clamped to the view). The measure of the matcher alone."""
+        b, s = volume.shape[:2]
+        if self.flow is None:
+            return volume.flatten(3)[:, :, :-1].argmax(2)
+        return self.cell_under(self.flow_matches(volume.flatten(0, 1))[0]).view(b, s, -1)
+
+    def cell_under(self, positions: torch.Tensor) -> torch.Tensor:
+        """Positions [..., 2] (pixels u, v) -> the index of the cell under each, clamped to the grid."""
+        hc, wc = self.grid
+        col = torch.floor((positions[..., 0] + 0.5) / CELL_SIZE).clamp(0, wc - 1).long()
+        row = torch.floor((positions[..., 1] + 0.5) / CELL_SIZE).clamp(0, hc - 1).long()
+        return row * wc + col
+
     def flow_matches(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`refine_flow`: the FlowRefiner's positions [N, C, 2] (pixels, before any decision) and match logits
         [N, C] (> 0: a match). It starts from the window's position and from log(window mass / no-match mass),
@@ -732,9 +748,7 @@ class Mash(ObstructionModel):
         u, v = refined[..., 0], refined[..., 1]
         inside = (u >= -0.5) & (u <= w - 0.5) & (v >= -0.5) & (v <= h - 0.5)
         none = (logit <= 0) | ~inside
-        col = torch.floor((u + 0.5) / CELL_SIZE).clamp(0, wc - 1).long()
-        row = torch.floor((v + 0.5) / CELL_SIZE).clamp(0, hc - 1).long()
-        match = torch.where(none, torch.full_like(col, hc * wc), row * wc + col)
+        match = torch.where(none, torch.full_like(u, hc * wc, dtype=torch.long), self.cell_under(refined))
         positions = torch.where(none[..., None], torch.full_like(refined, float('nan')), refined)
         confidence = torch.sigmoid(torch.where(none, -logit, logit))
         return confidence, match, positions
@@ -943,11 +957,7 @@ class Mash(ObstructionModel):
         """Training's validation of the matcher itself (`train --select-by match_within_one_cell`): target cells
         with a ground-truth match whose most probable source cell is within one cell of it, of all such cells.
         The fused accuracy hardly sees the matcher: the target's own cells dominate it."""
-        volume = out.extra['volume']                                           # [B, S, C + 1, Hc, Wc]
-        if self.flow is not None:      # the refined matches are the matcher's output
-            best = self.refined_matches(volume.flatten(0, 1))[1].view(volume.shape[0], volume.shape[1], -1)
-        else:
-            best = volume.flatten(3)[:, :, :-1].argmax(2)
+        best = self.best_real_cells(out.extra['volume'])
         truth = batch['correspondence']
         real = truth != self.grid[0] * self.grid[1]
         return {'match_within_one_cell': (int(within_one_cell(best, truth, self.grid).sum()), int(real.sum()))}

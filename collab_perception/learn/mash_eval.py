@@ -223,7 +223,7 @@ def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, prog
                 match_correct += int((result['match'] == truth).sum())
                 match_total += truth.numel()
                 real = truth != hc * wc
-                best_real = state['volume'].flatten(3)[:, :, :-1].argmax(2)        # ignoring the no-match bin
+                best_real = model.best_real_cells(state['volume'])                 # ignoring the no-match bin
                 real_correct += int(((best_real == truth) & real).sum())
                 near = within_one_cell(best_real, truth, (hc, wc))
                 real_near += int(near.sum())
