@@ -287,72 +287,72 @@ def _strided_block(cin: int, cout: int) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
-class CorrespondenceAutoencoder(nn.Module):
-    """Smoothing and infilling of the correspondence volume (§III "Correspondence Smoothing and Infilling"):
-    [N, Hs*Ws + 1, Ht, Wt] -> the same size, a convolutional encoder-decoder over the target grid (two
-    stride-2 stages, skip connections) whose channels are the matching distribution of each target cell.
+def grid_coords(n: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """Where each cell of an h x w grid is, (y, x) in [-1, 1]: [n, 2, h, w] in `like`'s dtype and device."""
+    ys = torch.linspace(-1.0, 1.0, h, dtype=like.dtype, device=like.device)
+    xs = torch.linspace(-1.0, 1.0, w, dtype=like.dtype, device=like.device)
+    return torch.stack([ys[:, None].expand(h, w), xs[None, :].expand(h, w)])[None].expand(n, 2, h, w)
 
-    Choices the paper leaves open: the volume enters as per-cell log-probabilities (independent of the feature
-    norms that set the raw distances' offset); two coordinate channels tell the network where a target cell
-    is (the "dataset priors", e.g. gravity-aligned views); the output is a residual on the input with its last
-    layer initialized to zero, so training starts from the raw matching and the correspondence loss reaches
-    the query and key encoders from the first step."""
 
-    def __init__(self, bins: int, width: int):
+class GridEncoderDecoder(nn.Module):
+    """A small convolutional encoder-decoder over the target's cell grid (two stride-2 stages, skip
+    connections): [N, cin, Hc, Wc] -> [N, cout, Hc, Wc], its last layer initialized to zero so that a
+    residual built on it starts as the identity."""
+
+    def __init__(self, cin: int, cout: int, width: int):
         super().__init__()
-        self.enc0 = conv_block(bins + 2, width)
+        self.enc0 = conv_block(cin, width)
         self.enc1 = _strided_block(width, 2 * width)
         self.enc2 = _strided_block(2 * width, 2 * width)
         self.dec1 = conv_block(4 * width, width)
         self.dec0 = conv_block(2 * width, width)
-        self.out = nn.Conv2d(width, bins, 1)
+        self.out = nn.Conv2d(width, cout, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, volume: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = volume.shape
-        log_probs = volume.log_softmax(1)
-        ys = torch.linspace(-1.0, 1.0, h, dtype=volume.dtype, device=volume.device)
-        xs = torch.linspace(-1.0, 1.0, w, dtype=volume.dtype, device=volume.device)
-        coords = torch.stack([ys[:, None].expand(h, w), xs[None, :].expand(h, w)])[None].expand(n, 2, h, w)
-        e0 = self.enc0(torch.cat([log_probs, coords], 1))
-        e1 = self.enc1(e0)
-        e2 = self.enc2(e1)
-        d1 = self.dec1(torch.cat([F.interpolate(e2, size=e1.shape[-2:], mode='nearest'), e1], 1))
-        d0 = self.dec0(torch.cat([F.interpolate(d1, size=e0.shape[-2:], mode='nearest'), e0], 1))
-        return log_probs + self.out(d0)
-
-
-class FlowRefiner(nn.Module):
-    """The supporter's matches refined as a flow field over the target's cell grid (`refine_flow`).
-
-    The paper's smoothing works on the volume, whose channels are the flattened source grid: moving a match by
-    one source cell, what an obstructed cell needs to follow its neighbours, is a different channel mapping at
-    every source cell, so infilling copies a neighbour's match instead of continuing the field. Here each target
-    cell is summarized by its sub-cell match (position, window mass, no-match mass, peak) and a small
-    encoder-decoder over the target grid corrects the position and rescores the match; a smooth field (the
-    ground is nearly planar) is what such a net interpolates well. [N, FLOW_INPUTS, Hc, Wc] -> [N, 3, Hc, Wc]:
-    the position's correction (cells, u and v) and the match logit's correction; zero at the start, so
-    training begins from the volume's own matches."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.enc0 = conv_block(FLOW_INPUTS, width)
-        self.enc1 = _strided_block(width, 2 * width)
-        self.enc2 = _strided_block(2 * width, 2 * width)
-        self.dec1 = conv_block(4 * width, width)
-        self.dec0 = conv_block(2 * width, width)
-        self.out = nn.Conv2d(width, 3, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, summary: torch.Tensor) -> torch.Tensor:
-        e0 = self.enc0(summary)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e0 = self.enc0(x)
         e1 = self.enc1(e0)
         e2 = self.enc2(e1)
         d1 = self.dec1(torch.cat([F.interpolate(e2, size=e1.shape[-2:], mode='nearest'), e1], 1))
         d0 = self.dec0(torch.cat([F.interpolate(d1, size=e0.shape[-2:], mode='nearest'), e0], 1))
         return self.out(d0)
+
+
+class CorrespondenceAutoencoder(GridEncoderDecoder):
+    """Smoothing and infilling of the correspondence volume (§III "Correspondence Smoothing and Infilling"):
+    [N, Hs*Ws + 1, Ht, Wt] -> the same size, a convolutional encoder-decoder over the target grid whose
+    channels are the matching distribution of each target cell.
+
+    Choices the paper leaves open: the volume enters as per-cell log-probabilities (independent of the feature
+    norms that set the raw distances' offset); two coordinate channels tell the network where a target cell
+    is (the "dataset priors", e.g. gravity-aligned views); the output is a residual on the input, zero at the
+    start, so training starts from the raw matching and the correspondence loss reaches the query and key
+    encoders from the first step."""
+
+    def __init__(self, bins: int, width: int):
+        super().__init__(bins + 2, bins, width)
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = volume.shape
+        log_probs = volume.log_softmax(1)
+        return log_probs + super().forward(torch.cat([log_probs, grid_coords(n, h, w, volume)], 1))
+
+
+class FlowRefiner(GridEncoderDecoder):
+    """The supporter's matches refined as a flow field over the target's cell grid (`refine_flow`).
+
+    The paper's smoothing works on the volume, whose channels are the flattened source grid: moving a match by
+    one source cell, what an obstructed cell needs to follow its neighbours, is a different channel mapping at
+    every source cell, so infilling copies a neighbour's match instead of continuing the field. Here each target
+    cell is summarized by its sub-cell match (position, window mass, no-match mass, peak) and the
+    encoder-decoder corrects the position and rescores the match; a smooth field (the ground is nearly planar)
+    is what such a net interpolates well. [N, FLOW_INPUTS, Hc, Wc] -> [N, 3, Hc, Wc]: the position's correction
+    (cells, u and v) and the match logit's correction; zero at the start, so training begins from the volume's
+    own matches."""
+
+    def __init__(self, width: int):
+        super().__init__(FLOW_INPUTS, 3, width)
 
 
 def _pointwise_encoder(cin: int, cout: int) -> nn.Sequential:
@@ -729,11 +729,8 @@ class Mash(ObstructionModel):
         n = positions.shape[0]
         scale = positions.new_tensor([w, h])
         on_grid = (positions / scale * 2.0 - 1.0).transpose(1, 2).reshape(n, 2, hc, wc)
-        ys = torch.linspace(-1.0, 1.0, hc, dtype=positions.dtype, device=positions.device)
-        xs = torch.linspace(-1.0, 1.0, wc, dtype=positions.dtype, device=positions.device)
-        coords = torch.stack([ys[:, None].expand(hc, wc), xs[None, :].expand(hc, wc)])[None].expand(n, 2, hc, wc)
         stats = torch.stack([mass, no_match, peak], 1).view(n, 3, hc, wc)
-        correction = self.flow(torch.cat([on_grid, stats, coords], 1))
+        correction = self.flow(torch.cat([on_grid, stats, grid_coords(n, hc, wc, positions)], 1))
         refined = positions + CELL_SIZE * correction[:, :2].flatten(2).transpose(1, 2)
         logit = mass.clamp_min(1e-6).log() - no_match.clamp_min(1e-6).log() + correction[:, 2].flatten(1)
         return refined, logit
