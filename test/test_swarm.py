@@ -131,7 +131,9 @@ def test_sigint_stops_every_child(tmp_path):
 
 def test_crashing_child_stops_the_swarm_and_is_named(tmp_path):
     swarm = Swarm('--run-dir', str(tmp_path), '--frames', '0', '--layout', 'per_node')
-    swarm.wait_for(r'\[drone\d/matcher\] .*matcher ready', count=3)
+    # every node up first: the crash under test is the matcher's, not one during another node's start-up
+    for node in ('perception', 'matcher', 'fusion'):
+        swarm.wait_for(rf'\[drone\d/{node}\] .*{node} ready', count=3)
     pids = swarm.pids()
     os.kill(pids['drone2/matcher'], signal.SIGKILL)
     code = swarm.wait(60)
