@@ -655,7 +655,8 @@ class Mash(ObstructionModel):
         class_probs = padded.gather(1, match[:, :, None].expand(-1, -1, cell_probs.shape[2]))
         return confidence, match, class_probs
 
-    def subcell_matches(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def subcell_matches(self, volume: torch.Tensor, flow: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Supporter, 'pixels' sampling: per target cell the match (the most probable source cell, unless the
         no-match bin outweighs its window), where the cell lands in its view below the cell grid, and how sure
         it is of that.
@@ -666,9 +667,10 @@ class Mash(ObstructionModel):
         mass in that window: the counterpart of the paper's channel-wise max (§III (4)) once a match is spread
         over neighbouring cells on purpose. volume [N, C + 1, Hc, Wc] logits -> confidence [N, C], match [N, C]
         (C = no match), positions [N, C, 2] pixels (u, v), NaN for no match; differentiable in the volume.
-        With `refine_flow` the positions and confidences are the FlowRefiner's (refined_matches)."""
+        With `refine_flow` the positions and confidences are the FlowRefiner's (refined_matches), from `flow`
+        (flow_matches of this volume) where the caller has it already."""
         if self.flow is not None:
-            return self.refined_matches(volume)
+            return self.refined_matches(*(flow if flow is not None else self.flow_matches(volume)))
         best, mass, positions, no_match, _ = self.window_matches(volume)
         # a match is spread over up to four cells on purpose, so it is weighed as the window's mass against the
         # no-match bin (a plain argmax over all bins would call a cell unmatched whenever p(no match) exceeds
@@ -735,13 +737,13 @@ class Mash(ObstructionModel):
         logit = mass.clamp_min(1e-6).log() - no_match.clamp_min(1e-6).log() + correction[:, 2].flatten(1)
         return refined, logit
 
-    def refined_matches(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """subcell_matches with `refine_flow`: a match where the refined logit is positive and the refined
-        position inside the supporter's view; its source cell is the one under the position and its confidence
-        sigmoid(logit) (for no match 1 - that, how sure it is there is none)."""
+    def refined_matches(self, refined: torch.Tensor, logit: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """subcell_matches with `refine_flow`, from flow_matches' positions and logits: a match where the logit
+        is positive and the position inside the supporter's view; its source cell is the one under the position
+        and its confidence sigmoid(logit) (for no match 1 - that, how sure it is there is none)."""
         hc, wc = self.grid
         h, w = self.image_size
-        refined, logit = self.flow_matches(volume)
         u, v = refined[..., 0], refined[..., 1]
         inside = (u >= -0.5) & (u <= w - 0.5) & (v >= -0.5) & (v <= h - 0.5)
         none = (logit <= 0) | ~inside
@@ -860,7 +862,7 @@ class Mash(ObstructionModel):
                              f'(its cell grid sets the smoothing network\'s channels), got '
                              f'{size[1]}x{size[0]}: construct it with image_size=(H, W)')
         features, own_logits = self.agent_outputs(batch)
-        images = target_images = supporter_images = None
+        target_images = supporter_images = None
         if self.match_stem is not None:
             # cached frames (feature_cache) keep the raw images beside the features for the stem
             images = batch['images'] if self._inputs_encoded else self.all_images(batch)
@@ -901,12 +903,13 @@ class Mash(ObstructionModel):
         return {'scores': scores, 'sent': sent.view(b, s, -1), 'match': match.view(b, s, -1),
                 'confidence': confidence.view(b, s, -1)}
 
-    def train_scores(self, state: dict) -> torch.Tensor:
+    def train_scores(self, state: dict, flow: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
         """Training's soft fusion (module docstring): per target cell a mixture of the target's own distribution,
         weighted by its self-confidence, and of every supporter cell j, weighted by its matching probability (a
-        supporter's no-match mass drops out: it leaves the cell to the target) -> probabilities [B, K, H, W]."""
+        supporter's no-match mass drops out: it leaves the cell to the target) -> probabilities [B, K, H, W].
+        `flow`: flow_matches of the state's volume (refine_flow), computed once per step by forward."""
         if self.cfg.patch_sampling == 'pixels':
-            return self.train_scores_pixels(state)
+            return self.train_scores_pixels(state, flow)
         volume = state['volume']
         b, s, _, hc, wc = volume.shape
         matching = volume.softmax(2).flatten(3)                                # [B, S, C + 1, C]
@@ -918,7 +921,8 @@ class Mash(ObstructionModel):
         total = upsample_cells(own_w + matched_mass, CELL_SIZE)
         return (upsample_cells(own_w, CELL_SIZE) * own_probs + sampled) / total
 
-    def train_scores_pixels(self, state: dict) -> torch.Tensor:
+    def train_scores_pixels(self, state: dict, flow: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+                            ) -> torch.Tensor:
         """train_scores for 'pixels' sampling: every supporter's per-pixel distribution sampled at its sub-cell
         positions (the argmax's 3 x 3 window, differentiable), weighted per cell by its confidence there (the
         window's mass, what HardSelection compares at inference; 0 for no match), mixed with the target's own
@@ -926,7 +930,7 @@ class Mash(ObstructionModel):
         volume = state['volume']
         b, s, _, hc, wc = volume.shape
         flat = volume.flatten(0, 1)
-        confidence, match, positions = self.subcell_matches(flat)
+        confidence, match, positions = self.subcell_matches(flat, flow)
         sampled, valid = sample_label_resolution(state['own_logits'][:, 1:].flatten(0, 1).softmax(1), positions,
                                                  CELL_SIZE)
         confidence = torch.where(match == hc * wc, torch.zeros_like(confidence), confidence)
@@ -941,7 +945,9 @@ class Mash(ObstructionModel):
         state = self.handshake(batch)
         extra = {'volume': state['volume'], 'self_confidence': state['self_confidence']}
         if mode == 'train':
-            scores = self.train_scores(state)
+            if self.flow is not None:      # the soft fusion and the flow loss read the same refined matches
+                extra['flow'] = self.flow_matches(state['volume'].flatten(0, 1))
+            scores = self.train_scores(state, extra.get('flow'))
         else:
             result = self.infer(state)
             scores = result.pop('scores')
@@ -974,7 +980,8 @@ class Mash(ObstructionModel):
         correspondence = F.cross_entropy(volume.flatten(0, 1), truth)
         loss = super().loss(out, batch, ignore_index) + CORRESPONDENCE_LOSS_WEIGHT * correspondence
         if self.flow is not None:
-            refined, logit = self.flow_matches(volume.flatten(0, 1))
+            flow = out.extra.get('flow')
+            refined, logit = flow if flow is not None else self.flow_matches(volume.flatten(0, 1))
             positions = batch[SUBCELL_KEY].flatten(0, 1)                            # [B*S, C, 2], NaN: none
             matched = torch.isfinite(positions).all(-1)
             flow = F.binary_cross_entropy_with_logits(logit, matched.to(logit.dtype))
@@ -1019,7 +1026,7 @@ class MashStacked(Mash):
     def scores_to_logits(self, scores: torch.Tensor) -> torch.Tensor:
         return scores
 
-    def train_scores(self, state: dict) -> torch.Tensor:
+    def train_scores(self, state: dict, flow: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
         b, s = state['volume'].shape[:2]
         volume = state['volume'].flatten(0, 1)
         cell_probs = state['cell_probs'][:, 1:].flatten(0, 1)                  # [N, C, K]
