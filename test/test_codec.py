@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from collab_perception.runtime.codec import (FLOAT16, FLOAT32, INT8, UINT8, CodecError, TensorLimits,
+from collab_perception.runtime.codec import (FLOAT16, FLOAT32, INT8, UINT4, UINT8, CodecError, TensorLimits,
                                              decode_tensor, dtype_code, encode_tensor, encoded_size,
                                              tensor_fields)
 
@@ -81,6 +81,31 @@ def expect_error(msg, field, reason, **kw):
     assert info.value.reason == reason
     assert f'reply.score.{field}' in str(info.value)
     return info.value
+
+
+@pytest.mark.parametrize('shape', [(3, 8, 8), (5,), (1, 3, 3), (0, 8, 8)])
+def test_uint4_packs_two_class_ids_a_byte(shape):
+    x = np.random.default_rng(0).integers(0, 16, shape).astype(np.uint8)
+    msg = encode_tensor(x, 'uint4')
+    assert msg.dtype == UINT4 and len(msg.data) == encoded_size(shape, 'uint4') == (x.size + 1) // 2
+    if x.size >= 2:
+        assert msg.data[0] == x.flat[0] | (x.flat[1] << 4)          # the first element in the low nibble
+    back = decode_tensor(msg, out_dtype=np.uint8)
+    assert back.shape == shape and np.array_equal(back, x)
+
+
+def test_uint4_rejects_what_it_cannot_carry():
+    with pytest.raises(CodecError, match='0..15') as e:
+        encode_tensor(np.array([3, 16]), 'uint4', field='patches.labels')
+    assert e.value.field == 'patches.labels.data'
+    with pytest.raises(CodecError, match='integers'):
+        encode_tensor(np.array([0.5]), 'uint4')
+    odd = encode_tensor(np.array([1, 2, 3], np.uint8), 'uint4')
+    odd.data = array.array('B', [odd.data[0], odd.data[1] | 0xF0])    # the unused nibble of an odd count set
+    expect_error(odd, 'data', 'bad_padding')
+    short = encode_tensor(np.array([1, 2, 3], np.uint8), 'uint4')
+    short.data = array.array('B', short.data[:1])
+    expect_error(short, 'data', 'bad_size')
 
 
 def test_rejects_unknown_dtype():
@@ -199,7 +224,7 @@ def test_property_quantized_error_bound(x, dtype):
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.integers(0, 20), min_size=0, max_size=4), st.sampled_from([0, 1, 2, 3]),
+@given(st.lists(st.integers(0, 20), min_size=0, max_size=4), st.sampled_from([0, 1, 2, 3, 4]),
        st.binary(max_size=64))
 def test_property_decode_never_crashes_on_arbitrary_fields(shape, dtype, data):
     msg = tensor_fields()

@@ -29,7 +29,7 @@ def one_thread():
 
 SMALL = ModelConfig(channels=8, width=8, query_size=4, key_size=8, supporters=5)
 METHODS = ('inpainting', 'inpainting_all', 'inputstack', 'outputstack', 'warped_outputstack', 'warped_outputstack_cells', 'mash',
-           'mash_pixels', 'mash_stem', 'mash_flow', 'mash_stacked')
+           'mash_pixels', 'mash_stem', 'mash_flow', 'mash_accuracy', 'mash_stacked')
 
 
 def make(name, size=32, cfg=SMALL):
@@ -39,6 +39,9 @@ def make(name, size=32, cfg=SMALL):
         model = Mash(replace(cfg, patch_sampling='pixels', match_stem=4), image_size=(size, size))
     elif name == 'mash_flow':
         model = Mash(replace(cfg, patch_sampling='pixels', refine_flow=True), image_size=(size, size))
+    elif name == 'mash_accuracy':
+        model = Mash(replace(cfg, patch_sampling='pixels', refine_flow=True, accuracy_confidence=True),
+                     image_size=(size, size))
     elif name == 'mash':
         model = Mash(cfg, image_size=(size, size))
     elif name == 'mash_stacked':
@@ -277,11 +280,13 @@ def test_loader_gives_the_target_its_supporters_and_ground_truth(tiny_dataset):
             assert np.array_equal(fwarped, warped if same else warped[:, ::-1])
 
 
-@pytest.mark.parametrize('sampling,stem,flow', [('cells', 0, False), ('pixels', 0, False), ('pixels', 4, True)])
-def test_onnx_roles_agree_with_torch(tiny_dataset, tmp_path, sampling, stem, flow):
+@pytest.mark.parametrize('sampling,stem,flow,accuracy', [('cells', 0, False, False), ('pixels', 0, False, False),
+                                                          ('pixels', 4, True, False), ('pixels', 0, True, True)])
+def test_onnx_roles_agree_with_torch(tiny_dataset, tmp_path, sampling, stem, flow, accuracy):
     from collab_perception.learn.mash_export import check_onnx, export_roles
     torch.manual_seed(0)
-    model = Mash(replace(SMALL, patch_sampling=sampling, match_stem=stem, refine_flow=flow)).eval()
+    model = Mash(replace(SMALL, patch_sampling=sampling, match_stem=stem, refine_flow=flow,
+                         accuracy_confidence=accuracy)).eval()
     model.method_name = 'mash'
     with torch.no_grad():   # decisive outputs: an untrained net is full of near-ties that flip argmax
         model.own_head.classify.weight.mul_(50)
@@ -559,6 +564,55 @@ def test_the_flow_refiner_starts_from_the_volume_s_matches_and_learns_the_positi
         loss.backward()
         optimizer.step()
     assert error() < 0.5 * before
+
+
+def test_accuracy_confidences_learn_how_right_own_cells_and_patches_are():
+    """accuracy_confidence: the targets are the share of each cell's labelled pixels predicted right, by the
+    target itself and by each supporter's patch at its refined position (0 where the cell has no true match);
+    the self-confidence lies in (0, 1), and training on a frame pulls both confidences towards those shares."""
+    from collab_perception.learn.mash import cell_accuracy
+    labels = torch.zeros(1, 16, 16, dtype=torch.long)
+    labels[0, :8, 8:] = 255                                            # a cell with no labelled pixel
+    prediction = torch.zeros(1, 16, 16, dtype=torch.long)
+    prediction[0, 8:, :8] = 1                                          # a cell all wrong
+    prediction[0, 8:12, 8:] = 1                                        # a cell half wrong
+    acc, labelled = cell_accuracy(prediction, labels, 255)
+    assert torch.allclose(acc, torch.tensor([[1.0, 0.0, 0.0, 0.5]])) and labelled.tolist() == [[True, False, True, True]]
+
+    torch.manual_seed(0)
+    model = make('mash_accuracy')
+    batch = synthetic_batch(b=1, s=2)
+    # every supporter sees what the target sees, and its own head says it exactly: a patch at the true
+    # position is all right, and the target's own head is right on half its cells only
+    batch['supporters'] = batch['target'][:, None].expand(1, 2, 3, 32, 32).clone()
+    model.train()
+    with torch.no_grad():
+        model.flow.out.weight.zero_()
+        model.flow.out.bias.zero_()
+    out = model.forward_batch(batch, 'train')
+    assert ((out.extra['self_confidence'] > 0) & (out.extra['self_confidence'] < 1)).all()
+    own_acc, _ = cell_accuracy(out.own_logits[0, :1].argmax(1), batch['labels'], 255)
+    params = [p for n, p in model.named_parameters() if n.startswith(('flow.', 'self_confidence_head.'))]
+    optimizer = torch.optim.Adam(params, lr=2e-2)
+
+    def errors():
+        out = model.forward_batch(batch, 'train')
+        own = (out.extra['self_confidence'].flatten(1) - own_acc).abs().mean().item()
+        refined, logit = out.extra['flow']
+        return own, out, refined, logit
+
+    own_before = errors()[0]
+    for _ in range(60):
+        own, out, refined, logit = errors()
+        loss = model.accuracy_confidence_loss(out, batch, refined, logit,
+                                              torch.isfinite(batch['correspondence_uv'].flatten(0, 1)).all(-1), 255)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    own_after, out, refined, logit = errors()
+    assert own_after < 0.5 * own_before
+    unmatched = ~torch.isfinite(batch['correspondence_uv'].flatten(0, 1)).all(-1)
+    assert torch.sigmoid(logit[unmatched]).max() < 0.3                  # no true match: nothing to trust
 
 
 def test_sub_cell_positions_read_back_the_bilinear_targets():

@@ -15,7 +15,7 @@ from collab_perception.learn.mash import Mash
 from collab_perception.learn.mash_export import export_roles, run_swarm_onnx
 from collab_perception.learn.models import ModelConfig
 from collab_perception.runtime import topics, wire
-from collab_perception.runtime.codec import DEFAULT_LIMITS, CodecError, decode_tensor, encode_tensor
+from collab_perception.runtime.codec import DEFAULT_LIMITS, UINT4, CodecError, decode_tensor, encode_tensor
 from collab_perception.runtime.methods import create_method, protocol_of
 from collab_perception.runtime.offline import mash_offline
 from collab_perception.runtime.onnx_mash import PatchReply, decode_patches, encode_patches
@@ -62,7 +62,7 @@ def test_roles_give_what_the_exported_pipeline_gives(model_dir, images):
     received = {}
     for slot in range(5):
         reply = method.patches(query, images[slot + 1], threshold=t)
-        msg = encode_patches(reply, method.grid, 'uint8', patches_msg())
+        msg = encode_patches(reply, method.grid, 'uint8', patches_msg(), method.num_classes)
         received[slot] = decode_patches(msg, method.grid, method.num_classes, DEFAULT_LIMITS)
         assert received[slot].count == reply.count and (reply.confidence >= t).all()
     sent = sum(r.count for r in received.values())
@@ -84,7 +84,7 @@ def test_patch_message_size_is_what_wire_predicts(model_dir, images):
     reply = method.patches(np.zeros(method.query_shape(), np.float32), images[1], threshold=0.0)
     for n in (0, 1, 37):
         part = PatchReply(reply.cells[:n], reply.confidence[:n], reply.class_probs[:n])
-        msg = encode_patches(part, method.grid, 'uint8', patches_msg())
+        msg = encode_patches(part, method.grid, 'uint8', patches_msg(), method.num_classes)
         assert len(serialize_message(msg)) == wire.patches_size(n, method.num_classes, 'uint8', 'uint8')
 
 
@@ -106,7 +106,7 @@ def test_malformed_patches_are_rejected_with_the_field_named(model_dir):
     good = PatchReply(cells, np.array([0.9, 0.5, 0.7], np.float32), np.full((3, 8), 0.125, np.float32))
 
     def msg(**changes):
-        m = encode_patches(good, method.grid, 'uint8', patches_msg())
+        m = encode_patches(good, method.grid, 'uint8', patches_msg(), method.num_classes)
         for k, v in changes.items():
             setattr(m, k, v)
         return m
@@ -221,6 +221,10 @@ def test_malformed_pixel_patches_are_rejected_with_the_field_named(pixel_model_d
         return m
 
     assert np.array_equal(method.decode_reply(msg(), DEFAULT_LIMITS).labels, labels)
+    assert msg().labels.dtype == UINT4 and len(msg().labels.data) == 3 * 8 * 8 // 2     # two class ids a byte
+    one_a_byte = msg()
+    encode_tensor(labels, 'uint8', one_a_byte.labels)                 # also accepted: a byte each, 255 unseen
+    assert np.array_equal(method.decode_reply(one_a_byte, DEFAULT_LIMITS).labels, labels)
     bad_class = labels.copy()
     bad_class[1, 2, 3] = 9
     float_labels = msg()

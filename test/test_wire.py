@@ -8,6 +8,7 @@ from std_msgs.msg import Header
 from collab_perception.msg import Connect, FeatureMap, MemoryValue, PatchSegments, Reply, Request
 from collab_perception.runtime import wire
 from collab_perception.runtime.codec import encode_tensor
+from collab_perception.runtime.onnx_mash import NO_LABEL, PatchReply, encode_patches
 
 shapes = st.lists(st.integers(0, 7), min_size=0, max_size=4)
 dtypes = st.sampled_from(['float32', 'float16', 'int8', 'uint8'])
@@ -73,5 +74,12 @@ def test_pixel_patch_segments(cells, cell_size, conf_dtype):
     msg = PatchSegments(sender=3, receiver=1, grid_height=16, grid_width=16, cells=list(range(cells)))
     encode_tensor(np.random.default_rng(0).uniform(size=cells).astype(np.float32), conf_dtype, msg.confidence)
     labels = np.random.default_rng(1).integers(0, 9, (cells, cell_size, cell_size)).astype(np.uint8)
-    encode_tensor(labels, 'uint8', msg.labels)
+    labels[labels == 8] = NO_LABEL
+    encode_patches(PatchReply(np.arange(cells), np.random.default_rng(0).uniform(size=cells).astype(np.float32),
+                              labels=labels), (16, 16), conf_dtype, msg, 8)
+    assert msg.labels.dtype == 4                                  # 8 classes: two class ids a byte
     assert wire.patches_size(cells, 8, conf_dtype, 'uint8', cell_size=cell_size) == len(serialize_message(msg))
+    # more classes than a nibble can name with "not seen": one byte each
+    wide = np.random.default_rng(1).integers(0, 20, (cells, cell_size, cell_size)).astype(np.uint8)
+    encode_tensor(wide, 'uint8', msg.labels)
+    assert wire.patches_size(cells, 20, conf_dtype, 'uint8', cell_size=cell_size) == len(serialize_message(msg))

@@ -64,6 +64,11 @@ def add_learn_parsers(sub) -> None:
                         'cells after the smoothing (positions and match confidence from a small conv net on the '
                         'matches\' positions and masses), trained on the sub-cell positions: infilling becomes '
                         'interpolating a smooth field instead of moving mass between the volume\'s channels')
+    p.add_argument('--accuracy-confidence', action='store_true',
+                   help='MASH with --refine-flow: train the target\'s self-confidence and each match\'s '
+                        'confidence to estimate the share of the cell\'s pixels its own prediction, or the '
+                        'supporter\'s patch, gets right; HardSelection then takes a patch only where it is expected '
+                        'to beat the target, and the supporter\'s threshold is an expected accuracy')
     p.add_argument('--valid-mask', action='store_true',
                    help='pose settings: tell the model where a supporter\'s warped view has no pixels (its features '
                         'there are blended towards a learned "nothing seen" vector by the uncovered share of each '
@@ -143,7 +148,8 @@ def cmd_train(args) -> int:
                       model=ModelConfig(query_size=args.query_size, key_size=args.key_size, attention=args.attention,
                                         selection=args.selection, freeze_encoder=args.freeze_encoder,
                                         patch_sampling=args.patch_sampling, valid_mask=args.valid_mask,
-                                        match_stem=args.match_stem, refine_flow=args.refine_flow))
+                                        match_stem=args.match_stem, refine_flow=args.refine_flow,
+                                        accuracy_confidence=args.accuracy_confidence))
     problem = select_by_problem(args.method, args.select_by)
     if problem:
         raise ConfigError('--select-by', problem)

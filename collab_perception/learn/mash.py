@@ -574,6 +574,8 @@ class Mash(ObstructionModel):
         if cfg.refine_flow and cfg.patch_sampling != 'pixels':
             raise ValueError("refine_flow refines sub-cell positions: it needs patch_sampling 'pixels'")
         self.flow = FlowRefiner(f) if cfg.refine_flow else None
+        if cfg.accuracy_confidence and not cfg.refine_flow:
+            raise ValueError('accuracy_confidence trains the FlowRefiner\'s match logit: it needs refine_flow')
         self.set_image_size(image_size)
         self.fusion_kind = 'hard'
         self.confidence_threshold = CONFIDENCE_THRESHOLD
@@ -633,8 +635,10 @@ class Mash(ObstructionModel):
         return straight_through(q, quantize_dequantize(q, (1, 2, 3), self.query_dtype))
 
     def self_confidence(self, features: torch.Tensor) -> torch.Tensor:
-        """Target: features -> the weight of its own cells in the fusion [N, Hc, Wc], positive."""
-        return F.softplus(self.self_confidence_head(features))[:, 0]
+        """Target: features -> the weight of its own cells in the fusion [N, Hc, Wc], positive (with
+        `accuracy_confidence` the expected share of each cell's pixels its own prediction gets right)."""
+        head = self.self_confidence_head(features)[:, 0]
+        return torch.sigmoid(head) if self.cfg.accuracy_confidence else F.softplus(head)
 
     def match_volume(self, query: torch.Tensor, features: torch.Tensor,
                      images: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -934,12 +938,15 @@ class Mash(ObstructionModel):
         sampled, valid = sample_label_resolution(state['own_logits'][:, 1:].flatten(0, 1).softmax(1), positions,
                                                  CELL_SIZE)
         confidence = torch.where(match == hc * wc, torch.zeros_like(confidence), confidence)
+        own_confidence = state['self_confidence']
+        if self.cfg.accuracy_confidence:       # estimates, trained by their own loss: the fusion moves positions
+            confidence, own_confidence = confidence.detach(), own_confidence.detach()
         mass = upsample_cells(confidence.view(-1, 1, hc, wc), CELL_SIZE) * valid.to(flat.dtype)   # [B*S, 1, H, W]
         h, w = sampled.shape[-2:]
         weighted = (mass * sampled).view(b, s, -1, h, w).sum(1)
-        own_w = upsample_cells(state['self_confidence'][:, None], CELL_SIZE)
+        own_w = upsample_cells(own_confidence[:, None], CELL_SIZE)
         own_probs = state['own_logits'][:, 0].softmax(1)
-        return (own_w * own_probs + weighted) / (own_w + mass.view(b, s, 1, h, w).sum(1))
+        return (own_w * own_probs + weighted) / (own_w + mass.view(b, s, 1, h, w).sum(1)).clamp_min(1e-6)
 
     def forward(self, batch: dict, mode: str = 'train') -> Output:
         state = self.handshake(batch)
@@ -984,11 +991,50 @@ class Mash(ObstructionModel):
             refined, logit = flow if flow is not None else self.flow_matches(volume.flatten(0, 1))
             positions = batch[SUBCELL_KEY].flatten(0, 1)                            # [B*S, C, 2], NaN: none
             matched = torch.isfinite(positions).all(-1)
-            flow = F.binary_cross_entropy_with_logits(logit, matched.to(logit.dtype))
+            if self.cfg.accuracy_confidence:
+                flow = self.accuracy_confidence_loss(out, batch, refined, logit, matched, ignore_index)
+            else:
+                flow = F.binary_cross_entropy_with_logits(logit, matched.to(logit.dtype))
             if matched.any():
                 flow = flow + F.smooth_l1_loss(refined[matched] / CELL_SIZE, positions[matched] / CELL_SIZE)
             loss = loss + FLOW_LOSS_WEIGHT * flow
         return loss
+
+    def accuracy_confidence_loss(self, out: Output, batch: dict, refined: torch.Tensor, logit: torch.Tensor,
+                                 matched: torch.Tensor, ignore_index: int) -> torch.Tensor:
+        """`accuracy_confidence`: binary cross entropy of the target's self-confidence against the share of each
+        cell's labelled pixels its own prediction gets right, and of every supporter's match confidence against
+        the share its patch there (its segmentation sampled at the refined positions, as sent) gets right, 0
+        where the cell has no true match (whatever lands there is a guess). Cells without labels drop out."""
+        hc, wc = self.grid
+        b, s = out.extra['volume'].shape[:2]
+        labels = batch['labels']                                                       # [B, H, W]
+        own = out.own_logits                                                           # [B, A, K, H, W]
+        own_acc, labelled = cell_accuracy(own[:, 0].argmax(1), labels, ignore_index)
+        self_conf = out.extra['self_confidence'].flatten(1).clamp(1e-6, 1 - 1e-6)
+        loss = F.binary_cross_entropy(self_conf[labelled], own_acc[labelled]) if labelled.any() else 0.0
+        with torch.no_grad():
+            sampled, valid = sample_label_resolution(own[:, 1:].flatten(0, 1).softmax(1), refined.detach(),
+                                                     CELL_SIZE)
+            patch = torch.where(valid[:, 0], sampled.argmax(1), ignore_index)          # outside the view: wrong
+            patch_acc, _ = cell_accuracy(patch, labels[:, None].expand(b, s, *labels.shape[1:]).flatten(0, 1),
+                                         ignore_index)
+            patch_acc = patch_acc * matched.to(patch_acc.dtype)
+        cells = labelled[:, None].expand(b, s, hc * wc).flatten(0, 1)
+        if cells.any():
+            loss = loss + F.binary_cross_entropy_with_logits(logit[cells], patch_acc[cells])
+        return loss
+
+
+def cell_accuracy(prediction: torch.Tensor, labels: torch.Tensor, ignore_index: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class ids [N, H, W] against labels [N, H, W] -> per cell [N, Hc*Wc] the share of its labelled pixels
+    predicted right (a prediction of ignore_index is wrong) and whether it has any labelled pixel."""
+    labelled = labels != ignore_index
+    right = ((prediction == labels) & labelled).to(torch.float32)
+    count = F.avg_pool2d(labelled.to(torch.float32)[:, None], CELL_SIZE).flatten(1)
+    acc = F.avg_pool2d(right[:, None], CELL_SIZE).flatten(1) / count.clamp_min(1e-6)
+    return acc, count > 0
 
 
 @register('mash_stacked')

@@ -110,7 +110,7 @@ def query_bytes(grid: tuple[int, int], query_size: int, dtype: str) -> int:
 
 def patches_bytes(cells: int, num_classes: int, dtype: str, cell_size: Optional[int] = None) -> int:
     """A supporter's PatchSegments reply with `cells` cells (confidences and distributions in `dtype`; with
-    `cell_size`, 'pixels' patches: one uint8 class id per pixel of each cell)."""
+    `cell_size`, 'pixels' patches: one class id per pixel of each cell, packed as the wire packs it)."""
     return wire.patches_size(cells, num_classes, dtype, dtype, cell_size=cell_size)
 
 

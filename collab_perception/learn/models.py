@@ -64,6 +64,11 @@ class ModelConfig:
     # MASH: the matches refined as a flow field over the target's cell grid after the paper's smoothing (see
     # learn/mash.py FlowRefiner); False: the smoothed volume's own sub-cell matches
     refine_flow: bool = False
+    # MASH with refine_flow: both confidences HardSelection compares estimate accuracy, trained as such (the
+    # share of a cell's labelled pixels the target's own prediction, or the supporter's patch, gets right):
+    # the target keeps its cell unless a patch is expected to be more right, and a supporter's threshold is
+    # an expected accuracy. False: the paper's match confidence and a self-confidence learned by the fusion.
+    accuracy_confidence: bool = False
     # pose settings: a supporter's features where its warped view has no pixels are replaced by a learned
     # "nothing seen here" vector, weighted by each cell's covered share, so the model is told the holes
     valid_mask: bool = False

@@ -8,6 +8,8 @@ and counted by the node, never crash it (DESIGN.md, "Messages").
 
 Quantization (int8/uint8) is per tensor and affine: q = round(x / scale) + zero_point, x = (q - zp) * scale,
 as in ONNX's QuantizeLinear, so a quantized tensor costs one byte per element plus 6 bytes of parameters.
+UINT4 packs small integers (0..15, e.g. class ids) two to a byte, the first element in the low nibble: it
+takes integers only, never quantizes, and an odd count leaves the last high nibble 0.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ FLOAT32 = 0
 FLOAT16 = 1
 INT8 = 2
 UINT8 = 3
+UINT4 = 4
+UINT4_MAX = 15
 
 _DTYPES = {
     FLOAT32: np.dtype('<f4'),
@@ -29,7 +33,7 @@ _DTYPES = {
     INT8: np.dtype('i1'),
     UINT8: np.dtype('u1'),
 }
-DTYPE_NAMES = {FLOAT32: 'float32', FLOAT16: 'float16', INT8: 'int8', UINT8: 'uint8'}
+DTYPE_NAMES = {FLOAT32: 'float32', FLOAT16: 'float16', INT8: 'int8', UINT8: 'uint8', UINT4: 'uint4'}
 DTYPE_CODES = {name: code for code, name in DTYPE_NAMES.items()}
 _QUANT_RANGE = {INT8: (-128, 127), UINT8: (0, 255)}
 
@@ -82,7 +86,7 @@ def tensor_fields() -> _Fields:
 
 def dtype_code(name_or_code: Any, field: str = 'dtype') -> int:
     """'float16' / 'fp16' / 1 -> 1. Raises CodecError listing the valid names."""
-    if isinstance(name_or_code, (int, np.integer)) and int(name_or_code) in _DTYPES:
+    if isinstance(name_or_code, (int, np.integer)) and int(name_or_code) in DTYPE_NAMES:
         return int(name_or_code)
     aliases = {'fp32': 'float32', 'fp16': 'float16', 'f32': 'float32', 'f16': 'float16'}
     if isinstance(name_or_code, str):
@@ -120,7 +124,14 @@ def encode_tensor(values: Any, dtype: Any = FLOAT32, out: Optional[Any] = None,
     target = out if out is not None else _Fields()
     target.shape = [int(d) for d in x.shape]
     target.dtype = code
-    if code in _QUANT_RANGE and x.dtype == _DTYPES[code]:
+    if code == UINT4:
+        if x.dtype.kind not in 'iub' or (x.size and (x.min() < 0 or x.max() > UINT4_MAX)):
+            raise CodecError(f'{field}.data', 'bad_input', f'uint4 packs integers 0..{UINT4_MAX}, got '
+                             + (f'{x.dtype}' if x.dtype.kind not in 'iub' else f'{x.min()}..{x.max()}'))
+        target.scale = 1.0
+        target.zero_point = 0
+        target.data = array.array('B', pack_uint4(x).tobytes())
+    elif code in _QUANT_RANGE and x.dtype == _DTYPES[code]:
         # Already integers of the wire type (class ids, indices): sent as they are, scale 1, zero point 0.
         target.scale = 1.0
         target.zero_point = 0
@@ -142,7 +153,25 @@ def encode_tensor(values: Any, dtype: Any = FLOAT32, out: Optional[Any] = None,
 
 def encoded_size(shape: Iterable[int], dtype: Any) -> int:
     """Bytes of `data` for a tensor of this shape and dtype (what the wire pays for the payload)."""
-    return int(np.prod(list(shape), dtype=np.int64)) * _DTYPES[dtype_code(dtype)].itemsize
+    count = int(np.prod(list(shape), dtype=np.int64))
+    code = dtype_code(dtype)
+    return (count + 1) // 2 if code == UINT4 else count * _DTYPES[code].itemsize
+
+
+def pack_uint4(values: np.ndarray) -> np.ndarray:
+    """Integers 0..15, any shape -> uint8 [ceil(n / 2)]: element 2i in the low nibble of byte i."""
+    flat = np.ascontiguousarray(values, dtype=np.uint8).reshape(-1)
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
+    return flat[0::2] | (flat[1::2] << 4)
+
+
+def unpack_uint4(data: np.ndarray, count: int) -> np.ndarray:
+    """pack_uint4's bytes -> uint8 [count]."""
+    out = np.empty(2 * data.size, np.uint8)
+    out[0::2] = data & 0x0F
+    out[1::2] = data >> 4
+    return out[:count]
 
 
 def _as_bytes(data: Any) -> bytes | memoryview:
@@ -164,7 +193,7 @@ def decode_tensor(msg: Any, limits: TensorLimits = DEFAULT_LIMITS, field: str = 
     `expect_shape` (optional) pins the shape; None entries accept any size in that axis.
     """
     code = msg.dtype
-    if not isinstance(code, (int, np.integer)) or int(code) not in _DTYPES:
+    if not isinstance(code, (int, np.integer)) or int(code) not in DTYPE_NAMES:
         raise CodecError(f'{field}.dtype', 'unknown_dtype',
                          f'unknown dtype code {code!r}; valid: '
                          + ', '.join(f'{c}={n}' for c, n in DTYPE_NAMES.items()))
@@ -187,9 +216,17 @@ def decode_tensor(msg: Any, limits: TensorLimits = DEFAULT_LIMITS, field: str = 
         if len(expect) != len(shape) or any(e is not None and e != d for e, d in zip(expect, shape)):
             want = 'x'.join('*' if e is None else str(e) for e in expect) or 'scalar'
             raise CodecError(f'{field}.shape', 'bad_shape', f'shape {shape} does not match the expected {want}')
-    np_dtype = _DTYPES[code]
     raw = _as_bytes(msg.data)
     nbytes = len(raw) if not isinstance(raw, memoryview) else raw.nbytes
+    if code == UINT4:
+        if nbytes != (count + 1) // 2:
+            raise CodecError(f'{field}.data', 'bad_size',
+                             f'{nbytes} bytes for shape {shape} of uint4 (expected {(count + 1) // 2})')
+        packed = np.frombuffer(raw, dtype=np.uint8)
+        if count % 2 and packed.size and packed[-1] >> 4:
+            raise CodecError(f'{field}.data', 'bad_padding', 'the unused high nibble of the last byte is not 0')
+        return unpack_uint4(packed, count).reshape(shape).astype(out_dtype)
+    np_dtype = _DTYPES[code]
     if nbytes != count * np_dtype.itemsize:
         raise CodecError(f'{field}.data', 'bad_size',
                          f'{nbytes} bytes for shape {shape} of {DTYPE_NAMES[code]} '

@@ -21,12 +21,13 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .codec import UINT8, CodecError, TensorLimits, decode_tensor, encode_tensor
+from .codec import UINT4, UINT4_MAX, UINT8, CodecError, TensorLimits, decode_tensor, encode_tensor
 from .methods import EncoderOutput, register_method
 from .onnx_method import OnnxRoleMethod, read_roles_json
 
 
 NO_LABEL = 255     # a 'pixels' patch pixel that carries no class (outside the supporter's view)
+PACKED_NO_LABEL = UINT4_MAX   # NO_LABEL as packed labels carry it: up to 15 classes travel as uint4
 
 
 @dataclass
@@ -44,14 +45,20 @@ class PatchReply:
         return int(self.cells.size)
 
 
-def encode_patches(reply: PatchReply, grid: Sequence[int], dtype: str, out: Any) -> Any:
+def encode_patches(reply: PatchReply, grid: Sequence[int], dtype: str, out: Any, num_classes: int) -> Any:
     """Fill a PatchSegments message's grid, cells, confidence and class_probs or labels (header and
-    addressing are the caller's); the other of the two stays absent."""
+    addressing are the caller's); the other of the two stays absent. Labels of a model with up to 15 classes
+    travel two to a byte (uint4, 15: not seen), as wire.patches_size counts them."""
     out.grid_height, out.grid_width = int(grid[0]), int(grid[1])
     out.cells = [int(c) for c in reply.cells]
     encode_tensor(reply.confidence.astype(np.float32), dtype, out.confidence, 'patches.confidence')
     if reply.labels is not None:
-        encode_tensor(reply.labels.astype(np.uint8), 'uint8', out.labels, 'patches.labels')
+        labels = reply.labels.astype(np.uint8)
+        seen = labels != NO_LABEL
+        if num_classes <= PACKED_NO_LABEL:
+            encode_tensor(np.where(seen, labels, PACKED_NO_LABEL), 'uint4', out.labels, 'patches.labels')
+        else:
+            encode_tensor(labels, 'uint8', out.labels, 'patches.labels')
     else:
         encode_tensor(reply.class_probs.astype(np.float32), dtype, out.class_probs, 'patches.class_probs')
     return out
@@ -84,10 +91,13 @@ def decode_patches(msg: Any, grid: Sequence[int], num_classes: int,
         probs = decode_tensor(msg.class_probs, limits, 'patches.class_probs', expect_shape=(n, num_classes))
         return PatchReply(cells, confidence, class_probs=probs)
     _absent(msg.class_probs, 'patches.class_probs')
-    if int(msg.labels.dtype) != UINT8 or msg.labels.scale not in (0.0, 1.0) or msg.labels.zero_point:
-        raise CodecError('patches.labels', 'bad_dtype', 'class ids travel as uint8, scale 1, zero point 0')
-    labels = decode_tensor(msg.labels, limits, 'patches.labels', expect_shape=(n, cell_size, cell_size))
-    labels = np.rint(labels).astype(np.int64)
+    packed = int(msg.labels.dtype) == UINT4
+    if not (packed or int(msg.labels.dtype) == UINT8) or msg.labels.scale not in (0.0, 1.0) or msg.labels.zero_point:
+        raise CodecError('patches.labels', 'bad_dtype', 'class ids travel as uint4 or uint8, scale 1, zero point 0')
+    labels = decode_tensor(msg.labels, limits, 'patches.labels', expect_shape=(n, cell_size, cell_size),
+                           out_dtype=np.int64)
+    if packed:
+        labels = np.where(labels == PACKED_NO_LABEL, NO_LABEL, labels)
     if n and not np.isin(labels, [*range(num_classes), NO_LABEL]).all():
         raise CodecError('patches.labels', 'bad_value', f'class ids must lie in 0..{num_classes - 1} or be {NO_LABEL}')
     return PatchReply(cells, confidence, labels=labels.astype(np.uint8))
@@ -133,7 +143,7 @@ class MashOnnx(OnnxRoleMethod):
     # ------------------------------------------------------------------ the patches on the wire
     def encode_reply(self, reply: PatchReply, dtype: str, out: Any) -> Any:
         """A supporter's reply into a PatchSegments message (encode_patches for this model)."""
-        return encode_patches(reply, self.grid, dtype, out)
+        return encode_patches(reply, self.grid, dtype, out, self.num_classes)
 
     def decode_reply(self, msg: Any, limits: TensorLimits) -> PatchReply:
         """A received PatchSegments, validated against this model's grid, classes and patch sampling."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence
 
-from .codec import encoded_size
+from .codec import UINT4_MAX, encoded_size
 
 ENCAPSULATION = 4
 
@@ -86,11 +86,12 @@ def feature_size(feature_shape: Sequence[int], dtype, frame_id: str = '') -> int
 def patches_size(cells: int, num_classes: int, confidence_dtype, probs_dtype, frame_id: str = '',
                  cell_size: Optional[int] = None) -> int:
     """A PatchSegments reply with `cells` cells: one class distribution per cell (`probs_dtype`), or with
-    `cell_size` ('pixels' patches) one uint8 class id per pixel of each cell."""
+    `cell_size` ('pixels' patches) one class id per pixel of each cell, two to a byte (uint4) where up to 15
+    classes leave a code for "not seen" (as onnx_mash.encode_patches sends them), else one byte each."""
     s = _Sizer().addressing(frame_id).prim(2).prim(2).seq(cells, 2)
     s.tensor((cells,), confidence_dtype)
     if cell_size:
-        s.tensor(None, probs_dtype).tensor((cells, cell_size, cell_size), 'uint8')
+        s.tensor(None, probs_dtype).tensor((cells, cell_size, cell_size), 'uint4' if num_classes <= UINT4_MAX else 'uint8')
     else:
         s.tensor((cells, num_classes), probs_dtype).tensor(None, 'uint8')
     return s.total
