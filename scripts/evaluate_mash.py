@@ -33,7 +33,8 @@ def main() -> int:
         if args.calibrate and is_mash:
             c = calibrate_mash_run(run, args.data)['chosen']
             print(f'{os.path.basename(os.path.normpath(run))}: calibrated on val: self-confidence x '
-                  f'{c["self_confidence_scale"]:g}, threshold {c["threshold"]:g} (val mIoU {100 * c["miou"]:.2f}, '
+                  f'{c["self_confidence_scale"]:g}, threshold {c["threshold"]:g}'
+                  f'{", the request carries the need map" if c.get("need") else ""} (val mIoU {100 * c["miou"]:.2f}, '
                   f'{c["supporter_y"]:.3f}y per supporter)')
         result = evaluate_mash_run(run, args.data, args.split)
         for name, v in result['variants'].items():

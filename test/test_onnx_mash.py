@@ -23,14 +23,15 @@ from collab_perception.runtime.onnx_mash import PatchReply, decode_patches, enco
 SMALL = ModelConfig(channels=8, width=8, query_size=4, key_size=8, supporters=5)
 
 
-def export_small(tmp_path_factory, patch_sampling: str) -> str:
+def export_small(tmp_path_factory, patch_sampling: str, request_need: bool = False) -> str:
     torch.manual_seed(0)
     model = Mash(replace(SMALL, patch_sampling=patch_sampling)).eval()
     model.method_name = 'mash'
+    model.request_need = request_need
     with torch.no_grad():   # decisive outputs (an untrained net is full of near-ties)
         model.own_head.classify.weight.mul_(50)
         model.smoothing.out.weight.normal_(0, 0.5)
-    out = tmp_path_factory.mktemp(f'mash_{patch_sampling}')
+    out = tmp_path_factory.mktemp(f'mash_{patch_sampling}{"_need" if request_need else ""}')
     export_roles(model, str(out))
     return str(out)
 

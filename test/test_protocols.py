@@ -2,6 +2,7 @@
 requester roles wired together in one process, messages built from msg/ and filled and read by the roles as
 the nodes do, but handed over by a test router instead of DDS. Each protocol runs its whole frame (request,
 answers, connect, features or patches, the fused result), and each role's bad input is rejected by name."""
+import array
 import math
 
 import numpy as np
@@ -205,6 +206,46 @@ def test_spatial_frame_sends_patches_only_and_fuses_them_by_supporter_slot(mash_
     swarm.roles[2]['perception'].fill_local(own, False, local)
     assert list(local.features.shape) == [0] and list(local.own_classes.shape) == [128, 128]
     assert math.isclose(swarm.roles[2]['supporter'].counters()['replies'], 1)
+
+
+def test_a_request_with_the_need_map_gets_only_the_cells_the_requester_would_take(tmp_path_factory):
+    """A model exported with request_need: the Request carries the requester's scaled self-confidence as one
+    byte per cell (its size as wire.request_size counts it), each supporter sends only the cells whose match
+    beats it there, and a need map that does not fit the grid is rejected naming request.need."""
+    from rclpy.serialization import serialize_message
+    from test_onnx_mash import export_small
+    from collab_perception.runtime import wire
+    need_dir = export_small(tmp_path_factory, 'pixels', request_need=True)
+    methods = {i: create_method('mash', model_dir=need_dir) for i in (1, 2, 3)}
+    m = methods[1]
+    assert m.request_need
+    swarm = Swarm('spatial', methods, {'patch_budget': 0.0})
+    views = np.random.default_rng(3).integers(0, 256, (3, 128, 128, 3), dtype=np.uint8)
+    own = m.encode(views[0])
+    request = Request(sender=1, receiver=255)
+    swarm.roles[1]['perception'].fill_request(own, {'image': views[0]}, request)
+    assert len(request.need) == 256
+    assert len(serialize_message(request)) == wire.request_size(m.query_shape(), DTYPES['query_dtype'], need_cells=256)
+    decoded = swarm.roles[2]['supporter'].decode('request', request)
+    need = decoded.need
+    assert np.array_equal(need, np.floor(np.clip(own.self_confidence.reshape(-1) * m.self_confidence_scale, 0, 1)
+                                         * 255).astype(np.uint8) / np.float32(255))
+    swarm.frame(3_000 * MS, {i: {'image': views[i - 1]} for i in (1, 2, 3)}, requester=1)
+    (result,) = swarm.results
+    query = decoded.query
+    for sender, k in ((2, 1), (3, 2)):
+        everything = m.patches(query, views[k])
+        wanted = m.patches(query, views[k], need=need)
+        assert result.outcome.received[sender].count == wanted.count
+        assert (wanted.confidence > need[wanted.cells]).all()
+        assert set(wanted.cells) <= set(everything.cells)
+    # with every matched cell eligible, the need map withholds some (the check above can hold vacuously)
+    assert sum(m.patches(query, views[k], threshold=0.0).count -
+               m.patches(query, views[k], threshold=0.0, need=need).count for k in (1, 2)) > 0
+    request.need = array.array('B', bytes(255))
+    with pytest.raises(CodecError) as e:
+        swarm.roles[2]['supporter'].decode('request', request)
+    assert e.value.field == 'request.need'
 
 
 def test_spatial_requester_refuses_a_swarm_larger_than_the_model_fuses(mash_dir):

@@ -1,4 +1,6 @@
 """runtime/wire.py computes exactly the serialized sizes rclpy produces, for every comm message."""
+import array
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,6 +30,9 @@ def test_tensor_messages(shape, dtype, frame_id):
     assert wire.request_size(shape, dtype, frame_id) == len(serialize_message(req))
     req.pose = [1.0, 2.0, 3.0, 0.0, 0.0, 0.0, 1.0]
     assert wire.request_size(shape, dtype, frame_id, pose=True) == len(serialize_message(req))
+    req.pose = []
+    req.need = array.array('B', bytes(range(len(frame_id) + 3)))           # MASH's need map, a byte per cell
+    assert wire.request_size(shape, dtype, frame_id, need_cells=len(frame_id) + 3) == len(serialize_message(req))
     rep = Reply(header=Header(frame_id=frame_id), sender=2, receiver=1)
     encode_tensor(x, dtype, rep.score)
     assert wire.reply_size(shape, dtype, frame_id) == len(serialize_message(rep))
@@ -63,9 +68,9 @@ def test_empty_connect_and_frame_totals():
 
 
 def test_placeholder_swarm_sizes_match_the_monitor_readme():
-    # the demo's table (README): request 70, reply 44, connect 36, feature 432 bytes
+    # the placeholder swarm's messages: request 74 (4 of them the empty need map), reply 44, connect 36, feature 432 bytes
     assert (wire.request_size((6,), 'float32'), wire.reply_size((1,), 'float32'), wire.connect_size(),
-            wire.feature_size((3, 8, 8), "float16")) == (70, 44, 36, 432)
+            wire.feature_size((3, 8, 8), "float16")) == (74, 44, 36, 432)
 
 
 @settings(max_examples=30, deadline=None)

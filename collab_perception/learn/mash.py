@@ -587,6 +587,9 @@ class Mash(ObstructionModel):
         self.query_dtype = QUERY_DTYPE
         self.patch_dtype = PATCH_DTYPE
         self.geometry = 'none'
+        # inference: the request carries the requester's need map (need_map), so supporters send only the
+        # cells in which they beat its own confidence
+        self.request_need = False
 
     def set_image_size(self, image_size: tuple[int, int]) -> None:
         """(Re)build the smoothing autoencoder for images of `image_size` (H, W): new, untrained weights."""
@@ -809,17 +812,17 @@ class Mash(ObstructionModel):
         probs = quantize_dequantize(class_probs, (1, 2), self.patch_dtype, sent[:, :, None]) * sent[:, :, None]
         return sent, conf, probs
 
-    def select_pixel_patches(self, confidence: torch.Tensor, match: torch.Tensor, blocks: torch.Tensor,
-                             valid: torch.Tensor, threshold: Optional[float] = None,
+    def select_pixel_patches(self, confidence: torch.Tensor, match: torch.Tensor, labels: torch.Tensor,
+                             num_classes: int, threshold: Optional[float] = None,
                              need: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Supporter, 'pixels' sampling: the cells that go into PatchSegments with one class id per pixel (its
-        sampled distribution's argmax; a pixel outside its view carries none). confidence, match [N, C], blocks
-        [N, C, K, cell, cell], valid [N, C, cell, cell] -> sent [N, C], confidence [N, C] as the wire rounds it
+        sampled distribution's argmax; a pixel outside its view carries none). confidence, match [N, C], labels
+        [N, C, cell, cell] (NO_LABEL: outside the view) -> sent [N, C], confidence [N, C] as the wire rounds it
         and the received blocks [N, C, K, cell, cell]: one-hot where a class arrived, zeros elsewhere."""
         sent = self.sendable(confidence, match, threshold, need)
         conf = quantize_dequantize(confidence, (1,), self.patch_dtype, sent) * sent
-        labels = torch.where(valid & sent[:, :, None, None], patch_labels(blocks, valid), NO_LABEL)
-        return sent, conf, labels_to_blocks(labels, blocks.shape[2]).to(blocks.dtype)
+        received = torch.where(sent[:, :, None, None], labels, NO_LABEL)
+        return sent, conf, labels_to_blocks(received, num_classes).to(confidence.dtype)
 
     def fuse(self, own_probs: torch.Tensor, self_confidence: torch.Tensor, patch_probs: torch.Tensor,
              patch_confidence: torch.Tensor) -> torch.Tensor:
@@ -880,17 +883,12 @@ class Mash(ObstructionModel):
                 'self_confidence': self.self_confidence(features[:, 0]),
                 'volume': volume.view(b, s, *volume.shape[1:])}
 
-    def infer(self, state: dict, threshold: Optional[float] = None, need: bool = False) -> dict:
-        """Distributed inference from a handshake state, as the swarm runs it: each supporter's argmax matches,
-        the cells it sends (threshold; with `need`, only where it is more confident than the requester, whose
-        request then carries its need_map; wire rounding), the requester's fusion. -> scores [B, K, H, W]
-        (argmax: the prediction), sent, match (C = no match), confidence: [B, S, C]."""
-        b, s = state['volume'].shape[:2]
+    def supporter_answers(self, state: dict) -> dict:
+        """Every supporter's side of distributed inference from a handshake state, before any threshold: its
+        matches (confidence, match [B*S, C]) and what it would send for each cell: 'pixels', the class ids
+        `labels` [B*S, C, cell, cell] (NO_LABEL outside its view); 'cells', `class_probs` [B*S, C, K]. Shared
+        by every threshold, need and fusion `infer` scores."""
         volume = state['volume'].flatten(0, 1)
-        own_confidence = state['self_confidence'] * self.self_confidence_scale
-        floor = None
-        if need:
-            floor = self.need_map(own_confidence)[:, None].expand(b, s, -1).flatten(0, 1)
         if self.cfg.patch_sampling == 'pixels':
             confidence, match, positions = self.subcell_matches(volume)
             if self.geometry == 'homography':
@@ -898,10 +896,29 @@ class Mash(ObstructionModel):
             elif self.geometry != 'none':
                 raise ValueError(f'unknown geometry {self.geometry!r}; valid: {", ".join(GEOMETRIES)}')
             blocks, valid = self.pixel_patches(state['own_logits'][:, 1:].flatten(0, 1).softmax(1), positions)
-            sent, conf, probs = self.select_pixel_patches(confidence, match, blocks, valid, threshold, floor)
+            return {'confidence': confidence, 'match': match, 'labels': patch_labels(blocks, valid)}
+        confidence, match, class_probs = self.hard_matches(volume, state['cell_probs'][:, 1:].flatten(0, 1))
+        return {'confidence': confidence, 'match': match, 'class_probs': class_probs}
+
+    def infer(self, state: dict, threshold: Optional[float] = None, need: Optional[bool] = None,
+              answers: Optional[dict] = None) -> dict:
+        """Distributed inference from a handshake state, as the swarm runs it: each supporter's argmax matches,
+        the cells it sends (threshold; with `need`, only where it is more confident than the requester, whose
+        request then carries its need_map; wire rounding), the requester's fusion. `answers`: this state's
+        supporter_answers, where the caller scores several settings. -> scores [B, K, H, W] (argmax: the
+        prediction), sent, match (C = no match), confidence: [B, S, C]."""
+        b, s = state['volume'].shape[:2]
+        answers = self.supporter_answers(state) if answers is None else answers
+        confidence, match = answers['confidence'], answers['match']
+        own_confidence = state['self_confidence'] * self.self_confidence_scale
+        floor = None
+        if self.request_need if need is None else need:
+            floor = self.need_map(own_confidence)[:, None].expand(b, s, -1).flatten(0, 1)
+        if self.cfg.patch_sampling == 'pixels':
+            sent, conf, probs = self.select_pixel_patches(confidence, match, answers['labels'],
+                                                          self.cfg.num_classes, threshold, floor)
         else:
-            confidence, match, class_probs = self.hard_matches(volume, state['cell_probs'][:, 1:].flatten(0, 1))
-            sent, conf, probs = self.select_patches(confidence, match, class_probs, threshold, floor)
+            sent, conf, probs = self.select_patches(confidence, match, answers['class_probs'], threshold, floor)
         scores = self.fuse(state['own_logits'][:, 0].softmax(1), own_confidence,
                            probs.view(b, s, *probs.shape[1:]), conf.view(b, s, -1))
         return {'scores': scores, 'sent': sent.view(b, s, -1), 'match': match.view(b, s, -1),

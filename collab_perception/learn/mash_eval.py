@@ -96,16 +96,15 @@ REPORTED_THRESHOLD = 0.1
 TRAINING = {'iterations': 2000, 'batch_size': 8}      # the planned runs (about 1.5 s per iteration on one core)
 
 
-# HardSelection where the request also carries the requester's need map (Mash.need_map): supporters send only
-# the cells in which their match beats the requester's own confidence. Evaluated offline; msg/Request.msg does
-# not carry the map yet, so its bytes are wire.need_map_size's count of the Tensor it would add.
+# HardSelection where the request also carries the requester's need map (Mash.need_map, Request.need):
+# supporters send only the cells in which their match beats the requester's own confidence.
 NEED = 'hard+need'
 
 
 # ---------------------------------------------------------------------------------------------- bytes
-def query_bytes(grid: tuple[int, int], query_size: int, dtype: str) -> int:
-    """The requester's Request with its query map [Hs, Ws, Q]."""
-    return wire.request_size((grid[0], grid[1], query_size), dtype)
+def query_bytes(grid: tuple[int, int], query_size: int, dtype: str, need: bool = False) -> int:
+    """The requester's Request with its query map [Hs, Ws, Q] (and with `need` its need map)."""
+    return wire.request_size((grid[0], grid[1], query_size), dtype, need_cells=grid[0] * grid[1] if need else 0)
 
 
 def patches_bytes(cells: int, num_classes: int, dtype: str, cell_size: Optional[int] = None) -> int:
@@ -193,7 +192,7 @@ def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, prog
     match_correct = match_total = real_correct = real_near = real_total = 0
     near_by_region = {'obstructed': [0, 0], 'clear': [0, 0]}     # real matches within one cell, by target cell
     request = query_bytes((hc, wc), model.cfg.query_size, model.query_dtype) if is_mash else 0
-    need_bytes = wire.need_map_size((hc, wc), (hc, wc, model.cfg.query_size), model.query_dtype) if is_mash else 0
+    need_request = query_bytes((hc, wc), model.cfg.query_size, model.query_dtype, need=True) if is_mash else 0
     sup_bytes = None if is_mash else baseline_supporter_bytes(model.method_name, (h, w), k)
     default_fusion = getattr(model, 'fusion_kind', None)
     pixel_cell = CELL_SIZE if is_mash and model.cfg.patch_sampling == 'pixels' else None
@@ -213,11 +212,12 @@ def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, prog
             continue
         state = model.handshake(batch)
         truth = batch['correspondence']
+        answers = model.supporter_answers(state)
         for name, v in variants.items():
             fusion, threshold = name.split('@')
             model.fusion_kind = 'hard' if fusion == NEED else fusion
-            result = model.infer(state, float(threshold), need=fusion == NEED)
-            v.add_inference(result, batch, request + (need_bytes if fusion == NEED else 0), model.patch_dtype,
+            result = model.infer(state, float(threshold), need=fusion == NEED, answers=answers)
+            v.add_inference(result, batch, need_request if fusion == NEED else request, model.patch_dtype,
                             pixel_cell, (hc, wc))
             if name == next(iter(variants)):
                 match_correct += int((result['match'] == truth).sum())
@@ -246,7 +246,9 @@ def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, prog
 
 
 CALIBRATION = 'calibration_val.json'
-SELF_CONFIDENCE_SCALES = (1.0, 0.5, 0.35, 0.25, 0.18, 0.12, 0.08)
+# above 1: a supporter's patch must be expected to do that much better than the target (accuracy_confidence
+# models, whose confidences on maps they never saw run higher than on their training maps)
+SELF_CONFIDENCE_SCALES = (2.0, 1.5, 1.25, 1.0, 0.5, 0.35, 0.25, 0.18, 0.12, 0.08)
 SUPPORTER_BUDGET_Y = 0.05      # MASH issue: at most 0.05 of the label image per supporter
 
 
@@ -259,6 +261,7 @@ def load_run(run_dir: str, calibrated: bool = True):
     if chosen:
         model.self_confidence_scale = chosen['self_confidence_scale']
         model.confidence_threshold = chosen['threshold']
+        model.request_need = bool(chosen.get('need', False))
     return model, ckpt
 
 
@@ -273,11 +276,13 @@ def calibration(run_dir: str) -> Optional[dict]:
 
 @torch.no_grad()
 def calibrate_mash_run(run_dir: str, data_dir: str, scales=SELF_CONFIDENCE_SCALES, thresholds=THRESHOLDS,
-                       budget_y: float = SUPPORTER_BUDGET_Y, progress: bool = True, force: bool = False) -> dict:
-    """Choose a MASH run's self-confidence scale and confidence threshold on the validation split of its
-    dataset (never on the split it is scored on): HardSelection at every pair, the best full-image mIoU among
-    those within `budget_y` of the label image per supporter. Cached in <run>/calibration_val.json, which
-    load_run applies (so evaluation and export use the choice)."""
+                       budget_y: float = SUPPORTER_BUDGET_Y, progress: bool = True, force: bool = False,
+                       needs=(False, True)) -> dict:
+    """Choose a MASH run's self-confidence scale, confidence threshold and whether its request carries the
+    need map, on the validation split of its dataset (never on the split it is scored on): HardSelection at
+    every triple, the best full-image mIoU among those within `budget_y` of the label image per supporter
+    (the fewest bytes among equals). Cached in <run>/calibration_val.json, which load_run applies (so
+    evaluation and export use the choice)."""
     def compute() -> dict:
         model, _ = load_run(run_dir, calibrated=False)
         if not isinstance(model, Mash):
@@ -285,22 +290,24 @@ def calibrate_mash_run(run_dir: str, data_dir: str, scales=SELF_CONFIDENCE_SCALE
         model.fusion_kind = 'hard'
         loader = ObstructionLoader(data_dir, SETTING, 'val', 16, shuffle=False)
         pixel_cell = CELL_SIZE if model.cfg.patch_sampling == 'pixels' else None
-        request = query_bytes(loader.grid, model.cfg.query_size, model.query_dtype)
-        scores = {(a, t): _Variant(loader.num_classes) for a in scales for t in thresholds}
+        request = {need: query_bytes(loader.grid, model.cfg.query_size, model.query_dtype, need) for need in needs}
+        scores = {(a, t, n): _Variant(loader.num_classes) for a in scales for t in thresholds for n in needs}
         for batch in tqdm(loader, desc='calibrate', disable=not progress, leave=False, dynamic_ncols=True):
             state = model.handshake(batch)
-            for (a, t), v in scores.items():
+            answers = model.supporter_answers(state)
+            for (a, t, n), v in scores.items():
                 model.self_confidence_scale = a
-                v.add_inference(model.infer(state, t), batch, request, model.patch_dtype, pixel_cell, loader.grid)
-        sweep = [{'self_confidence_scale': a, 'threshold': t, **v.summary(loader.image_size)}
-                 for (a, t), v in scores.items()]
+                v.add_inference(model.infer(state, t, need=n, answers=answers), batch, request[n], model.patch_dtype,
+                                pixel_cell, loader.grid)
+        sweep = [{'self_confidence_scale': a, 'threshold': t, 'need': n, **v.summary(loader.image_size)}
+                 for (a, t, n), v in scores.items()]
         within = [r for r in sweep if r['supporter_y'] <= budget_y] or sweep
         chosen = max(within, key=lambda r: (r['miou'], -r['supporter_y']))
-        return {'chosen': {k: chosen[k] for k in ('self_confidence_scale', 'threshold', 'miou', 'region_miou',
-                                                  'supporter_y', 'sent_fraction')},
+        return {'chosen': {k: chosen[k] for k in ('self_confidence_scale', 'threshold', 'need', 'miou',
+                                                  'region_miou', 'supporter_y', 'target_x', 'sent_fraction')},
                 'budget_y': budget_y, 'sweep': sweep}
     return cached_evaluation(run_dir, CALIBRATION[:-5], compute, force, scales=list(scales),
-                             thresholds=list(thresholds), budget_y=budget_y, data=data_dir)
+                             thresholds=list(thresholds), budget_y=budget_y, data=data_dir, needs=list(needs))
 
 
 def evaluate_mash_run(run_dir: str, data_dir: str, split: str = 'test', batch_size: int = 16, progress: bool = True,

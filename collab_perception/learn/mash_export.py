@@ -138,6 +138,7 @@ def export_roles(model: Mash, out_dir: str, fp16: bool = False) -> dict[str, str
                    'key_size': model.cfg.key_size, 'supporters': model.cfg.supporters,
                    'confidence_threshold': model.confidence_threshold,
                    'self_confidence_scale': model.self_confidence_scale,
+                   'request_need': bool(model.request_need),
                    'patch_sampling': model.cfg.patch_sampling,
                    'precisions': ['fp32', 'fp16'] if fp16 else ['fp32'],
                    'wire': {'query_dtype': model.query_dtype, 'patch_confidence_dtype': model.patch_dtype,
@@ -147,14 +148,19 @@ def export_roles(model: Mash, out_dir: str, fp16: bool = False) -> dict[str, str
 
 
 def run_swarm_onnx(sessions: dict, target: np.ndarray, supporters: np.ndarray, threshold: float,
-                   query_dtype: str, patch_dtype: str) -> tuple[np.ndarray, dict]:
+                   query_dtype: str, patch_dtype: str, need_scale: Optional[float] = None) -> tuple[np.ndarray, dict]:
     """One frame through the exported roles as the swarm runs them, the wire's codec in between: target
     [1, 3, H, W] and supporters [S, 3, H, W] float32 -> fused classes [H, W] and the intermediate outputs.
     The fusion role's patch input tells the sampling: class ids per pixel (int64) travel as they are,
-    distributions are quantized to `patch_dtype`."""
+    distributions are quantized to `patch_dtype`. `need_scale`: the request carries the need map (the
+    requester's self-confidence times this, as uint8 steps) and supporters send only where they beat it."""
     from ..runtime.codec import decode_tensor, encode_tensor
     query, own_probs, self_conf, own_classes = sessions['requester'].run(None, {'image': target})
     sent_query = decode_tensor(encode_tensor(query[0], query_dtype))[None]
+    need = None
+    if need_scale is not None:
+        scaled = np.clip(self_conf[0].reshape(-1) * np.float32(need_scale), 0, 1)
+        need = np.floor(scaled * np.float32(255)).astype(np.uint8).astype(np.float32) / np.float32(255)
     s = supporters.shape[0]
     c = self_conf.shape[1] * self_conf.shape[2]
     spec = sessions['fusion'].get_inputs()[2]
@@ -167,7 +173,10 @@ def run_swarm_onnx(sessions: dict, target: np.ndarray, supporters: np.ndarray, t
     for i in range(s):
         confidence, match, values = sessions['supporter'].run(None, {'query': sent_query,
                                                                     'image': supporters[i:i + 1]})
-        cells = np.flatnonzero((match[0] != c) & (confidence[0] >= threshold))
+        keep = (match[0] != c) & (confidence[0] >= threshold)
+        if need is not None:
+            keep &= confidence[0] > need
+        cells = np.flatnonzero(keep)
         if cells.size:
             patch_conf[0, i, cells] = decode_tensor(encode_tensor(confidence[0, cells], patch_dtype))
             if patches.dtype == np.int64:
@@ -180,6 +189,12 @@ def run_swarm_onnx(sessions: dict, target: np.ndarray, supporters: np.ndarray, t
     return classes[0], {'query': query, 'sent_query': sent_query, 'own_probs': own_probs, 'self_confidence': self_conf,
                         'own_classes': own_classes, 'replies': replies, 'patches': patches,
                         'patch_confidence': patch_conf}
+
+
+def need_scale(model: Mash) -> Optional[float]:
+    """run_swarm_onnx's need_scale for a model as exported: its self-confidence scale when its request carries
+    the need map."""
+    return model.self_confidence_scale if model.request_need else None
 
 
 @torch.no_grad()
@@ -197,7 +212,7 @@ def check_fp16(model: Mash, paths: dict[str, str], loader, frames: int) -> dict:
             seen += 1
             target, supporters = batch['target'][i:i + 1].numpy(), batch['supporters'][i].numpy()
             fused = {p: run_swarm_onnx(s, target, supporters, model.confidence_threshold, model.query_dtype,
-                                       model.patch_dtype)[0] for p, s in sessions.items()}
+                                       model.patch_dtype, need_scale(model))[0] for p, s in sessions.items()}
             labels = batch['labels'][i].numpy()
             known = labels != 255
             same += int((fused['fp32'] == fused['fp16']).sum())
@@ -234,7 +249,7 @@ def check_onnx(model: Mash, paths: dict[str, str], loader, frames: int) -> dict:
             target = batch['target'][i:i + 1].contiguous()
             supporters = batch['supporters'][i].contiguous()
             classes, mid = run_swarm_onnx(sessions, target.numpy(), supporters.numpy(), model.confidence_threshold,
-                                          model.query_dtype, model.patch_dtype)
+                                          model.query_dtype, model.patch_dtype, need_scale(model))
             ref = modules['requester'](target)
             for got, want in zip((mid['query'], mid['own_probs'], mid['self_confidence']), ref[:3]):
                 diff['requester'] = max(diff['requester'], float(np.abs(got - want.numpy()).max()))
@@ -282,10 +297,9 @@ def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets',
     Runtime against torch on test frames (with `fp16`, the half-precision swarm pipeline against the fp32 one
     on the same frames), write roles.json and model_card.yaml. Returns the card."""
     from .mash_data import ObstructionLoader
-    from .mash_eval import evaluate_mash_run, train_command
-    from .train import load_model
+    from .mash_eval import NEED, evaluate_mash_run, load_run, train_command
 
-    model, ckpt = load_model(os.path.join(run_dir, 'best.pt'))
+    model, ckpt = load_run(run_dir)      # with the inference settings calibrated on the validation split
     if fusion is not None:
         model.fusion_kind = fusion
     if threshold is not None:
@@ -295,7 +309,8 @@ def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets',
     paths = export_roles(model, out_dir, fp16=fp16)
     loader = ObstructionLoader(data, c['setting'], 'test', 4, shuffle=False)
     check = check_onnx(model, paths, loader, check_frames)
-    name = f'{model.fusion_kind}@{model.confidence_threshold:g}'
+    name = f'{NEED if model.request_need and model.fusion_kind == "hard" else model.fusion_kind}@' \
+           f'{model.confidence_threshold:g}'
     variant = evaluate_mash_run(run_dir, data, 'test', progress=False)['variants'].get(name)
     unseen_data = os.path.normpath(data) + UNSEEN_SUFFIX    # the same setting from world seeds no split uses
     unseen = (evaluate_mash_run(run_dir, unseen_data, 'test', progress=False)['variants'].get(name)
@@ -304,6 +319,7 @@ def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets',
         'name': os.path.basename(os.path.normpath(out_dir)),
         'method': c['method'], 'setting': c['setting'], 'seed': c['seed'], 'fusion': model.fusion_kind,
         'confidence_threshold': model.confidence_threshold,
+        'self_confidence_scale': model.self_confidence_scale, 'request_need': bool(model.request_need),
         'trained_with': train_command(c, run_dir),
         'exported_with': f'collab-perception export --run {run_dir} --out {out_dir} --fusion {model.fusion_kind} '
                          f'--threshold {model.confidence_threshold:g}' + (' --fp16' if fp16 else ''),

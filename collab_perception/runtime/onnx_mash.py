@@ -124,6 +124,10 @@ class MashOnnx(OnnxRoleMethod):
         self.wire = dict(self.info.get('wire', {}))
         self.patch_sampling = self.info.get('patch_sampling', 'cells')
         self.pixel_cell = int(self.info['cell_size']) if self.patch_sampling == 'pixels' else None
+        # the request carries the need map (Request.need): the requester's self-confidence as its fusion
+        # weighs it, so a supporter withholds the cells HardSelection would not take
+        self.request_need = bool(self.info.get('request_need', False))
+        self.self_confidence_scale = float(self.info.get('self_confidence_scale', 1.0))
 
     # ------------------------------------------------------------------ shapes
     def query_shape(self):
@@ -175,17 +179,40 @@ class MashOnnx(OnnxRoleMethod):
             n += 1
         return n
 
+    def need_map(self, self_confidence: np.ndarray) -> np.ndarray:
+        """Requester: its self-confidence [Hs, Ws] -> Request.need, uint8 [Hs * Ws] (empty when the model's
+        request carries none): the confidence its fusion gives its own cells, x 255 floored, so a supporter
+        never withholds a cell the requester would take (learn/mash.py Mash.need_map)."""
+        if not self.request_need:
+            return np.zeros(0, np.uint8)
+        scaled = np.clip(self_confidence.reshape(-1).astype(np.float32) * np.float32(self.self_confidence_scale), 0, 1)
+        return np.floor(scaled * np.float32(255)).astype(np.uint8)
+
+    def decode_need(self, need: Any) -> Optional[np.ndarray]:
+        """Supporter: Request.need -> the requester's confidence per cell [C] float32, or None (empty: no
+        filter); CodecError for a map that does not fit the grid."""
+        raw = np.frombuffer(bytes(need), np.uint8) if len(need) else None
+        if raw is None:
+            return None
+        if raw.size != self.cells:
+            raise CodecError('request.need', 'bad_shape', f'{raw.size} cells, the grid has {self.cells}')
+        return raw.astype(np.float32) / np.float32(255)
+
     def patches(self, query: np.ndarray, image: np.ndarray, threshold: Optional[float] = None,
-                max_cells: Optional[int] = None) -> PatchReply:
+                max_cells: Optional[int] = None, need: Optional[np.ndarray] = None) -> PatchReply:
         """Supporter role: match the requester's query map against this drone's view and keep the cells that
-        found a match with at least `threshold` confidence (default: the exported one); with `max_cells`, only
-        that many of them, the most confident (a hard byte budget per reply, whatever the scene)."""
+        found a match with at least `threshold` confidence (default: the exported one) and, with the
+        requester's `need` (decode_need), a higher confidence than its own there; with `max_cells`, only that
+        many of them, the most confident (a hard byte budget per reply, whatever the scene)."""
         if query.shape != self.query_shape():
             raise ValueError(f'query map of shape {query.shape}, expected {self.query_shape()}')
         confidence, match, values = self._session('matcher').run(
             None, {'query': query[None].astype(np.float32), 'image': self.image_input(image)})
         t = self.threshold if threshold is None else threshold
-        cells = np.flatnonzero((match[0] != self.no_match) & (confidence[0] >= t))
+        keep = (match[0] != self.no_match) & (confidence[0] >= t)
+        if need is not None:
+            keep &= confidence[0] > need
+        cells = np.flatnonzero(keep)
         if max_cells is not None and cells.size > max_cells:
             keep = np.argsort(-confidence[0, cells], kind='stable')[:max_cells]
             cells = np.sort(cells[keep])

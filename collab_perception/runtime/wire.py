@@ -59,16 +59,12 @@ class _Sizer:
         return ENCAPSULATION + self.offset
 
 
-def request_size(query_shape: Sequence[int], dtype, frame_id: str = '', pose: bool = False) -> int:
-    """`pose`: the request carries the requester's 7-float pose (pose-warped settings)."""
-    return _Sizer().addressing(frame_id).tensor(query_shape, dtype).seq(7 if pose else 0, 4).prim(2).total
-
-
-def need_map_size(grid: Sequence[int], query_shape: Sequence[int], dtype) -> int:
-    """The bytes a MASH Request with this query would add to carry the requester's need map, a uint8 Tensor
-    [Hc, Wc] appended to the message (offline evaluation only: msg/Request.msg has no such field yet)."""
-    with_map = _Sizer().addressing().tensor(query_shape, dtype).seq(0, 4).prim(2).tensor(tuple(grid), 'uint8')
-    return with_map.total - request_size(query_shape, dtype)
+def request_size(query_shape: Sequence[int], dtype, frame_id: str = '', pose: bool = False,
+                 need_cells: int = 0) -> int:
+    """`pose`: the request carries the requester's 7-float pose (pose-warped settings); `need_cells`: MASH's
+    need map, one byte per cell of the requester's grid."""
+    s = _Sizer().addressing(frame_id).tensor(query_shape, dtype).seq(7 if pose else 0, 4).seq(need_cells, 1)
+    return s.prim(2).total
 
 
 def reply_size(score_shape: Sequence[int], dtype, frame_id: str = '') -> int:

@@ -11,7 +11,8 @@ Supporter slots of the fusion model are the other drones in ascending id, as in 
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import array
+from typing import Any, Mapping, NamedTuple, Optional
 
 import numpy as np
 
@@ -35,6 +36,7 @@ class SpatialPerception(PerceptionRole):
     def fill_request(self, out: EncoderOutput, inputs: Mapping[str, Any], msg: Any) -> None:
         encode_tensor(out.query, self.ctx.dtypes['query_dtype'], msg.query, 'request.query')
         msg.pose = []
+        msg.need = array.array('B', self.method.need_map(out.self_confidence).tobytes())
 
     def fill_local(self, out: EncoderOutput, requested: bool, msg: Any) -> None:
         # the full-resolution class distribution and the self-confidence: only fusion needs them, and only on
@@ -44,6 +46,11 @@ class SpatialPerception(PerceptionRole):
         encode_tensor(out.self_confidence if requested else _EMPTY, self.ctx.dtypes['local_dtype'],
                       msg.self_confidence, 'self_confidence')
         encode_tensor(out.own_classes, 'uint8', msg.own_classes, 'own_classes')
+
+
+class SpatialQuery(NamedTuple):
+    query: np.ndarray                  # [Hs, Ws, Q]
+    need: Optional[np.ndarray]         # [Hs * Ws] the requester's own confidence, or None
 
 
 class SpatialSupporter(CachingSupporter):
@@ -63,13 +70,14 @@ class SpatialSupporter(CachingSupporter):
             self.max_cells = self.method.max_cells(float(value), self.ctx.dtypes['patch_dtype'])
 
     def decode(self, kind: str, msg: Any) -> Any:
-        return decode_tensor(msg.query, self.ctx.limits, 'request.query', expect_shape=self.method.query_shape())
+        query = decode_tensor(msg.query, self.ctx.limits, 'request.query', expect_shape=self.method.query_shape())
+        return SpatialQuery(query, self.method.decode_need(msg.need))
 
     def on_message(self, kind: str, msg: Any, stamp_ns: int, payload: Any, now_ns: int) -> list:
         return self.request(msg, stamp_ns, payload, now_ns)
 
-    def answer(self, stamp_ns: int, requester: int, query: np.ndarray, image: np.ndarray) -> list:
-        patches = self.method.patches(query, image, max_cells=self.max_cells)
+    def answer(self, stamp_ns: int, requester: int, request: SpatialQuery, image: np.ndarray) -> list:
+        patches = self.method.patches(request.query, image, max_cells=self.max_cells, need=request.need)
         self.replies += 1
         self.patch_cells += patches.count
 
