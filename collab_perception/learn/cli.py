@@ -121,6 +121,12 @@ def add_learn_parsers(sub) -> None:
                    help='MASH only: HardSelection or SoftSelection (default: as trained)')
     p.add_argument('--threshold', type=float, default=None,
                    help='MASH only: a supporter sends a matched cell from this confidence on (default: as trained)')
+    p.add_argument('--test-data', default=None, metavar='DATA',
+                   help='MASH only: the dataset whose test split the model card scores (default: the one the run '
+                        'trained on)')
+    p.add_argument('--unseen-data', default=None, metavar='DATA',
+                   help='MASH only: the unseen-worlds dataset the model card scores (default: the test dataset\'s '
+                        'path + "-unseen", when it exists)')
     p.add_argument('--fp16', action='store_true',
                    help='also write each role in half precision (<role>.fp16.onnx: float16 weights and arithmetic, '
                         'float32 inputs and outputs) and check it against the fp32 file; a drone runs it with '
@@ -177,14 +183,15 @@ def cmd_export(args) -> int:
     if method in ('mash', 'mash_stacked'):
         from .mash_export import export_mash_run
         card = export_mash_run(args.run, args.out, args.datasets, fusion=args.fusion, threshold=args.threshold,
-                               fp16=args.fp16)
+                               fp16=args.fp16, test_data=args.test_data, unseen_data=args.unseen_data)
         print(f'{args.out}: ' + ', '.join(f'{k} {v}' for k, v in card['onnx_check'].items()))
         if args.fp16:
             print('fp16 against fp32: ' + ', '.join(f'{k} {v}' for k, v in card['onnx_fp16_check'].items()))
         print(f'test split: {card["metrics_test_split"]}')
         return 0
-    if args.fusion is not None or args.threshold is not None:
-        raise ConfigError('--fusion/--threshold', f'only MASH runs have them; {args.run} is a {method} run')
+    for name in ('fusion', 'threshold', 'test_data', 'unseen_data'):
+        if getattr(args, name) is not None:
+            raise ConfigError(f'--{name.replace("_", "-")}', f'only MASH runs have it; {args.run} is a {method} run')
     from .export import export_run
     report = export_run(args.run, args.out, args.datasets, fp16=args.fp16)
     print(f'{args.out}: ' + ', '.join(f'{k} {v}' for k, v in report.items()))

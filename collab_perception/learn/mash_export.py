@@ -291,8 +291,15 @@ def check_onnx(model: Mash, paths: dict[str, str], loader, frames: int) -> dict:
             'swarm_pipeline_vs_offline_agreement': pipeline_agree / max(pipeline_n, 1)}
 
 
+def _manifest_summary(data_dir: str) -> dict:
+    with open(os.path.join(data_dir, 'manifest.json')) as f:
+        manifest = json.load(f)
+    return {'frames': manifest['frames'], 'seed': manifest['seed']}
+
+
 def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets', fusion: Optional[str] = None,
-                    threshold: Optional[float] = None, check_frames: int = 16, fp16: bool = False) -> dict:
+                    threshold: Optional[float] = None, check_frames: int = 16, fp16: bool = False,
+                    test_data: Optional[str] = None, unseen_data: Optional[str] = None) -> dict:
     """Export a MASH run's best.pt by role (optionally with another fusion kind or threshold), check ONNX
     Runtime against torch on test frames (with `fp16`, the half-precision swarm pipeline against the fp32 one
     on the same frames), write roles.json and model_card.yaml. Returns the card."""
@@ -305,16 +312,17 @@ def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets',
     if threshold is not None:
         model.confidence_threshold = threshold
     c = ckpt['config']
-    data = c.get('data_dir') or os.path.join(datasets_root, c['setting'])     # the dataset the run trained on
+    trained_on = c.get('data_dir') or os.path.join(datasets_root, c['setting'])
+    data = test_data or trained_on
     paths = export_roles(model, out_dir, fp16=fp16)
     loader = ObstructionLoader(data, c['setting'], 'test', 4, shuffle=False)
     check = check_onnx(model, paths, loader, check_frames)
     name = f'{NEED if model.request_need and model.fusion_kind == "hard" else model.fusion_kind}@' \
            f'{model.confidence_threshold:g}'
     variant = evaluate_mash_run(run_dir, data, 'test', progress=False)['variants'].get(name)
-    unseen_data = os.path.normpath(data) + UNSEEN_SUFFIX    # the same setting from world seeds no split uses
-    unseen = (evaluate_mash_run(run_dir, unseen_data, 'test', progress=False)['variants'].get(name)
-              if os.path.exists(os.path.join(unseen_data, 'manifest.json')) else None)
+    unseen_dir = unseen_data or os.path.normpath(data) + UNSEEN_SUFFIX   # world seeds no split uses
+    unseen = (evaluate_mash_run(run_dir, unseen_dir, 'test', progress=False)['variants'].get(name)
+              if os.path.exists(os.path.join(unseen_dir, 'manifest.json')) else None)
     card = {
         'name': os.path.basename(os.path.normpath(out_dir)),
         'method': c['method'], 'setting': c['setting'], 'seed': c['seed'], 'fusion': model.fusion_kind,
@@ -322,14 +330,17 @@ def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets',
         'self_confidence_scale': model.self_confidence_scale, 'request_need': bool(model.request_need),
         'trained_with': train_command(c, run_dir),
         'exported_with': f'collab-perception export --run {run_dir} --out {out_dir} --fusion {model.fusion_kind} '
-                         f'--threshold {model.confidence_threshold:g}' + (' --fp16' if fp16 else ''),
+                         f'--threshold {model.confidence_threshold:g}' + (' --fp16' if fp16 else '')
+                         + (f' --test-data {test_data}' if test_data else '')
+                         + (f' --unseen-data {unseen_data}' if unseen_data else ''),
         'training': {'steps': ckpt['step'], 'minutes': round(ckpt['elapsed_s'] / 60, 1), 'model': c['model']},
-        'dataset': {'path': data, 'frames': loader.manifest['frames'], 'seed': loader.manifest['seed']},
+        'dataset': {'path': trained_on, **_manifest_summary(trained_on)},
+        **({'test_dataset': {'path': data, **_manifest_summary(data)}} if data != trained_on else {}),
         'metrics_test_split': ({k: (round(v, 4) if isinstance(v, float) else v) for k, v in variant.items()}
                                if variant else 'not evaluated for this fusion / threshold'),
-        'metrics_unseen_worlds': ({'dataset': unseen_data,
+        'metrics_unseen_worlds': ({'dataset': unseen_dir,
                                    **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in unseen.items()}}
-                                  if unseen else f'not generated ({unseen_data})'),
+                                  if unseen else f'not generated ({unseen_dir})'),
         'onnx_check': check,
         'files': {r: os.path.basename(p) for r, p in paths.items()} | {'roles': 'roles.json'},
     }
