@@ -85,6 +85,10 @@ def feature_bytes(cfg, drone) -> int:
     shape = feature_shape_of(drone.method, drone.models.get('dir', ''))
     if protocol_of(drone.method) == 'spatial':
         dtype = cfg.swarm['codec']['patch_dtype']
+        if len(shape) == 3:             # 'pixels' patches [cells, cell, cell]: class ids
+            from .runtime.onnx_method import read_roles_json
+            classes = int(read_roles_json(drone.models.get('dir', ''))['num_classes'])
+            return wire.patches_size(shape[0], classes, dtype, dtype, cell_size=shape[1])
         return wire.patches_size(shape[0], shape[1], dtype, dtype)
     return wire.feature_size(shape, cfg.swarm['codec']['feature_dtype'])
 

@@ -6,6 +6,7 @@
   Table I reports 0.03x and 0.33x).
 - Malformed patches and query maps injected into a running spatial swarm are rejected and counted, and the
   requester still publishes one segmentation per frame."""
+import array
 import json
 import os
 
@@ -20,6 +21,7 @@ from collab_perception.msg import PatchSegments, Request
 from collab_perception.runtime.codec import encode_tensor
 from collab_perception.runtime.methods import create_method
 from collab_perception.runtime.offline import mash_offline
+from collab_perception.runtime.onnx_method import read_roles_json
 
 from replaytools import SPLIT, generate_split, replay_args, replay_frames
 from rostools import spin_until, wait_until_readers_match
@@ -60,7 +62,7 @@ def test_spatial_swarm_equals_offline_and_sends_few_bytes(replay_split, tmp_path
 
 
 def test_malformed_spatial_messages_are_rejected_and_counted(tmp_path, ros):
-    swarm = Swarm('--run-dir', str(tmp_path), '--frames', '25', '--drones', '3', '--set', 'swarm.rate_hz=4',
+    swarm = Swarm('--run-dir', str(tmp_path), '--frames', '25', '--drones', '3', '--set', 'swarm.rate_hz=2',
                   config=CONFIG)
     swarm.wait_for(r'\[drone1/fusion\] .*replies, cells', count=2, timeout=120)
     node = ros.create_node('test_injector')
@@ -71,29 +73,37 @@ def test_malformed_spatial_messages_are_rejected_and_counted(tmp_path, ros):
     wait_until_readers_match(node, [request_pub, patches_pub])
     stamp = node.get_clock().now().to_msg()
 
-    def patches(sender=2, cells=(1, 5), grid=(16, 16), classes=8):
+    assert read_roles_json(MODEL)['patch_sampling'] == 'pixels'      # what the patches below carry
+
+    def patches(sender=2, cells=(1, 5), grid=(16, 16), label=3):
         msg = PatchSegments(header=Header(stamp=stamp), sender=sender, receiver=1, grid_height=grid[0],
                             grid_width=grid[1], cells=list(cells))
         encode_tensor(np.full(len(cells), 0.9, np.float32), 'uint8', msg.confidence)
-        encode_tensor(np.full((len(cells), classes), 0.125, np.float32), 'uint8', msg.class_probs)
+        encode_tensor(np.full((len(cells), 8, 8), label, np.uint8), 'uint4', msg.labels)
         return msg
 
     truncated = patches()
-    truncated.class_probs.data = truncated.class_probs.data[:-3]
-    bad = [patches(grid=(8, 8)), patches(cells=(4, 999)), patches(classes=5), truncated, patches(sender=42)]
+    truncated.labels.data = truncated.labels.data[:-3]
+    need = Request(header=Header(stamp=stamp), sender=1, receiver=255)   # drone2, drone3 matchers: bad need map
+    encode_tensor(np.ones((16, 16, 16), np.float32), 'uint8', need.query)
+    need.need = array.array('B', bytes(100))
+    bad = [patches(grid=(8, 8)), patches(cells=(4, 999)), patches(label=9), truncated, patches(sender=42)]
     wrong_query = Request(header=Header(stamp=stamp), sender=1, receiver=255)   # drone2, drone3 matchers
     encode_tensor(np.ones((4, 4, 16), np.float32), 'uint8', wrong_query.query)
     for msg in bad:
         patches_pub.publish(serialize_message(msg))
     request_pub.publish(serialize_message(wrong_query))
+    request_pub.publish(serialize_message(need))
     code = swarm.wait(150)
     node.destroy_node()
     summary = load_summary(tmp_path)
     assert code == 0 and summary['lost_processes'] == {}, swarm.output[-3000:]
     rejected = {k: v for k, v in summary['evaluator']['rejected_by_node'].items() if v}
-    assert rejected == {'drone1/fusion': 5, 'drone2/matcher': 1, 'drone3/matcher': 1}, rejected
+    assert rejected == {'drone1/fusion': 5, 'drone2/matcher': 2, 'drone3/matcher': 2}, rejected
     diag = summary['evaluator']['diagnostics']['drone1/fusion']
-    assert diag['rejected.bad_shape'] == '2' and diag['rejected.bad_index'] == '1', diag
+    assert diag['rejected.bad_shape'] == '1' and diag['rejected.bad_index'] == '1', diag
+    assert diag['rejected.bad_value'] == '1', diag
     assert diag['rejected.bad_size'] == '1' and diag['rejected.unknown_sender'] == '1', diag
+    assert summary['evaluator']['diagnostics']['drone2/matcher']['rejected.bad_shape'] == '2', summary['evaluator']
     d1 = summary['per_drone']['drone1']
     assert summary['frames'] == 25 and d1['segmentations'] == 25 and d1['frames_without_segmentation'] == 0

@@ -54,7 +54,7 @@ def handshake_offline(method: Method, snapshots: Iterable[dict], feature_dtype: 
 
 
 def mash_offline(method: Method, snapshots: Iterable[dict], query_dtype: str = 'uint8',
-                 patch_dtype: str = 'uint8', patch_budget: float = 0.1) -> dict:
+                 patch_dtype: str = 'uint8', patch_budget: float = 0.05) -> dict:
     """MASH's spatial handshake over dataset frames in one process, as the swarm runs it (MASH §III): the
     target's query map and every supporter's patches cross the codec; supporter slots in drone order.
     Also scores the obstructed region (the cells the target cannot see, MASH Table I)."""
@@ -67,9 +67,10 @@ def mash_offline(method: Method, snapshots: Iterable[dict], query_dtype: str = '
         # what fusion receives from perception on the drone's local topic
         mine.features = decode_tensor(encode_tensor(mine.features, method.local_feature_dtype or 'float32'))
         query = decode_tensor(encode_tensor(mine.query, query_dtype))
+        need = method.decode_need(method.need_map(mine.self_confidence).tobytes())   # Request.need, if any
         received = {}
         for slot, agent in enumerate(order[1:]):
-            p = method.patches(query, snap['rgb'][agent], max_cells=max_cells)
+            p = method.patches(query, snap['rgb'][agent], max_cells=max_cells, need=need)
             msg = SimpleNamespace(confidence=tensor_fields(), class_probs=tensor_fields(), labels=tensor_fields())
             method.encode_reply(p, patch_dtype, msg)
             received[slot] = method.decode_reply(msg, DEFAULT_LIMITS)
