@@ -40,6 +40,7 @@ import yaml
 
 from .evaluate import UNSEEN_SUFFIX
 from .export import export_onnx, fp16_path
+from ..runtime.onnx_mash import need_map
 from .mash import CELL_SIZE, NO_LABEL, Mash, role_modules
 
 ROLES = ('requester', 'supporter', 'fusion')
@@ -159,8 +160,7 @@ def run_swarm_onnx(sessions: dict, target: np.ndarray, supporters: np.ndarray, t
     sent_query = decode_tensor(encode_tensor(query[0], query_dtype))[None]
     need = None
     if need_scale is not None:
-        scaled = np.clip(self_conf[0].reshape(-1) * np.float32(need_scale), 0, 1)
-        need = np.floor(scaled * np.float32(255)).astype(np.uint8).astype(np.float32) / np.float32(255)
+        need = need_map(self_conf[0], need_scale).astype(np.float32) / np.float32(255)
     s = supporters.shape[0]
     c = self_conf.shape[1] * self_conf.shape[2]
     spec = sessions['fusion'].get_inputs()[2]

@@ -30,6 +30,14 @@ NO_LABEL = 255     # a 'pixels' patch pixel that carries no class (outside the s
 PACKED_NO_LABEL = UINT4_MAX   # NO_LABEL as packed labels carry it: up to 15 classes travel as uint4
 
 
+def need_map(self_confidence: np.ndarray, scale: float) -> np.ndarray:
+    """Request.need from the requester's self-confidence [Hs, Ws]: the confidence its fusion gives its own
+    cells (times `scale`), x 255 floored to uint8 [Hs * Ws], so that a supporter never withholds a cell the
+    requester would take (learn/mash.py Mash.need_map)."""
+    scaled = np.clip(self_confidence.reshape(-1).astype(np.float32) * np.float32(scale), 0, 1)
+    return np.floor(scaled * np.float32(255)).astype(np.uint8)
+
+
 @dataclass
 class PatchReply:
     """One supporter's answer for one frame: the requester's cells it matched, confident enough, with one
@@ -180,13 +188,11 @@ class MashOnnx(OnnxRoleMethod):
         return n
 
     def need_map(self, self_confidence: np.ndarray) -> np.ndarray:
-        """Requester: its self-confidence [Hs, Ws] -> Request.need, uint8 [Hs * Ws] (empty when the model's
-        request carries none): the confidence its fusion gives its own cells, x 255 floored, so a supporter
-        never withholds a cell the requester would take (learn/mash.py Mash.need_map)."""
+        """Requester: its self-confidence [Hs, Ws] -> Request.need, uint8 [Hs * Ws] (need_map), empty when the
+        model's request carries none."""
         if not self.request_need:
             return np.zeros(0, np.uint8)
-        scaled = np.clip(self_confidence.reshape(-1).astype(np.float32) * np.float32(self.self_confidence_scale), 0, 1)
-        return np.floor(scaled * np.float32(255)).astype(np.uint8)
+        return need_map(self_confidence, self.self_confidence_scale)
 
     def decode_need(self, need: Any) -> Optional[np.ndarray]:
         """Supporter: Request.need -> the requester's confidence per cell [C] float32, or None (empty: no
