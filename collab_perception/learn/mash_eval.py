@@ -355,6 +355,8 @@ def train_command(config: dict, run_dir: Optional[str] = None) -> str:
             cmd += f' --match-stem {m["match_stem"]}'
         if m.get('refine_flow'):
             cmd += ' --refine-flow'
+        if m.get('accuracy_confidence'):
+            cmd += ' --accuracy-confidence'
     data = config.get('data_dir')
     if data and os.path.normpath(data) != os.path.join('datasets', config['setting']):
         cmd += f' --data {data}'
