@@ -60,12 +60,16 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     image = rng.random((1, 3, h, w), dtype=np.float32)
     _, own_probs, self_conf, _ = nets['requester'].run(None, {'image': image})
-    probs = rng.random((1, s, hc * wc, k), dtype=np.float32)
+    if info.get('patch_sampling', 'cells') == 'pixels':      # class ids per pixel of every cell
+        cell = int(info['cell_size'])
+        patches = {'patch_labels': rng.integers(0, k, (1, s, hc * wc, cell, cell), dtype=np.int64)}
+    else:                                                      # one class distribution per cell
+        probs = rng.random((1, s, hc * wc, k), dtype=np.float32)
+        patches = {'patch_probs': probs / probs.sum(-1, keepdims=True)}
     inputs = {
         'backbone': {'image': image},
         'requester': {'image': image},
-        'fusion': {'own_probs': own_probs, 'self_confidence': self_conf,
-                   'patch_probs': probs / probs.sum(-1, keepdims=True),
+        'fusion': {'own_probs': own_probs, 'self_confidence': self_conf, **patches,
                    'patch_confidence': rng.random((1, s, hc * wc), dtype=np.float32)},
         'supporter': {'query': rng.random((1, hc, wc, q), dtype=np.float32), 'image': image},
     }
