@@ -127,8 +127,10 @@ def test_a_config_can_overlay_another(tmp_path):
     assert mash.drones[1].method == 'mash' and mash.drones[1].deadline_ms == 400
     assert mash.swarm['codec']['query_dtype'] == 'uint8'
     assert mash.swarm['qos'] == base.swarm['qos']
-    # the world merges key by key: the base's settings plus the MASH demo's obstruction size
-    assert mash.swarm['source']['world'] == {**base.swarm['source']['world'], 'obstruction_coverage': [0.05, 0.3]}
+    # mappings merge key by key: the overlay's query dtype, the base's other codec settings and world
+    assert mash.swarm['codec'] == {**base.swarm['codec'], 'query_dtype': 'uint8', 'patch_dtype': 'uint8'}
+    assert mash.swarm['source']['world'] == base.swarm['source']['world']
+    assert mash.drones[1].patch_budget == 0.05 and base.drones[1].patch_budget != 0.05
     # a variant of a variant, paths relative to the file; a cycle or a bad value names `extends`
     (tmp_path / 'slow.yaml').write_text(f'extends: {resource_path("config", "swarm_mash.yaml")}\n'
                                         'swarm: {rate_hz: 1.0}\n')
