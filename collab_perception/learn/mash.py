@@ -1033,7 +1033,7 @@ class Mash(ObstructionModel):
         with torch.no_grad():
             sampled, valid = sample_label_resolution(own[:, 1:].flatten(0, 1).softmax(1), refined.detach(),
                                                      CELL_SIZE)
-            patch = torch.where(valid[:, 0], sampled.argmax(1), ignore_index)          # outside the view: wrong
+            patch = patch_labels(sampled, valid[:, 0])            # as sent; outside the view (NO_LABEL): wrong
             patch_acc, _ = cell_accuracy(patch, labels[:, None].expand(b, s, *labels.shape[1:]).flatten(0, 1),
                                          ignore_index)
             patch_acc = patch_acc * matched.to(patch_acc.dtype)

@@ -40,7 +40,7 @@ import yaml
 
 from .evaluate import UNSEEN_SUFFIX
 from .export import export_onnx, fp16_path
-from ..runtime.onnx_mash import need_map
+from ..runtime.onnx_mash import need_levels, need_map, sendable_cells
 from .mash import CELL_SIZE, NO_LABEL, Mash, role_modules
 
 ROLES = ('requester', 'supporter', 'fusion')
@@ -160,7 +160,7 @@ def run_swarm_onnx(sessions: dict, target: np.ndarray, supporters: np.ndarray, t
     sent_query = decode_tensor(encode_tensor(query[0], query_dtype))[None]
     need = None
     if need_scale is not None:
-        need = need_map(self_conf[0], need_scale).astype(np.float32) / np.float32(255)
+        need = need_levels(need_map(self_conf[0], need_scale))
     s = supporters.shape[0]
     c = self_conf.shape[1] * self_conf.shape[2]
     spec = sessions['fusion'].get_inputs()[2]
@@ -173,10 +173,7 @@ def run_swarm_onnx(sessions: dict, target: np.ndarray, supporters: np.ndarray, t
     for i in range(s):
         confidence, match, values = sessions['supporter'].run(None, {'query': sent_query,
                                                                     'image': supporters[i:i + 1]})
-        keep = (match[0] != c) & (confidence[0] >= threshold)
-        if need is not None:
-            keep &= confidence[0] > need
-        cells = np.flatnonzero(keep)
+        cells = sendable_cells(confidence[0], match[0], c, threshold, need)
         if cells.size:
             patch_conf[0, i, cells] = decode_tensor(encode_tensor(confidence[0, cells], patch_dtype))
             if patches.dtype == np.int64:
@@ -335,7 +332,8 @@ def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets',
                          + (f' --unseen-data {unseen_data}' if unseen_data else ''),
         'training': {'steps': ckpt['step'], 'minutes': round(ckpt['elapsed_s'] / 60, 1), 'model': c['model']},
         'dataset': {'path': trained_on, **_manifest_summary(trained_on)},
-        **({'test_dataset': {'path': data, **_manifest_summary(data)}} if data != trained_on else {}),
+        **({'test_dataset': {'path': data, 'frames': loader.manifest['frames'], 'seed': loader.manifest['seed']}}
+           if data != trained_on else {}),
         'metrics_test_split': ({k: (round(v, 4) if isinstance(v, float) else v) for k, v in variant.items()}
                                if variant else 'not evaluated for this fusion / threshold'),
         'metrics_unseen_worlds': ({'dataset': unseen_dir,

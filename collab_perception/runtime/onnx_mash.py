@@ -24,6 +24,7 @@ import numpy as np
 from .codec import UINT4, UINT4_MAX, UINT8, CodecError, TensorLimits, decode_tensor, encode_tensor
 from .methods import EncoderOutput, register_method
 from .onnx_method import OnnxRoleMethod, read_roles_json
+from .wire import patches_size, pixel_labels_dtype
 
 
 NO_LABEL = 255     # a 'pixels' patch pixel that carries no class (outside the supporter's view)
@@ -36,6 +37,22 @@ def need_map(self_confidence: np.ndarray, scale: float) -> np.ndarray:
     requester would take (learn/mash.py Mash.need_map)."""
     scaled = np.clip(self_confidence.reshape(-1).astype(np.float32) * np.float32(scale), 0, 1)
     return np.floor(scaled * np.float32(255)).astype(np.uint8)
+
+
+def need_levels(need: np.ndarray) -> np.ndarray:
+    """Request.need's bytes [C] -> the requester's confidence per cell as a supporter compares it, float32."""
+    return need.astype(np.float32) / np.float32(255)
+
+
+def sendable_cells(confidence: np.ndarray, match: np.ndarray, no_match: int, threshold: float,
+                   need: Optional[np.ndarray] = None) -> np.ndarray:
+    """A supporter's matches [C] -> the cells it may send, ascending: a real match at or above the threshold
+    and, with the requester's need levels (need_levels), more confident than the requester there
+    (learn/mash.py Mash.sendable)."""
+    keep = (match != no_match) & (confidence >= threshold)
+    if need is not None:
+        keep &= confidence > need
+    return np.flatnonzero(keep)
 
 
 @dataclass
@@ -62,11 +79,9 @@ def encode_patches(reply: PatchReply, grid: Sequence[int], dtype: str, out: Any,
     encode_tensor(reply.confidence.astype(np.float32), dtype, out.confidence, 'patches.confidence')
     if reply.labels is not None:
         labels = reply.labels.astype(np.uint8)
-        seen = labels != NO_LABEL
-        if num_classes <= PACKED_NO_LABEL:
-            encode_tensor(np.where(seen, labels, PACKED_NO_LABEL), 'uint4', out.labels, 'patches.labels')
-        else:
-            encode_tensor(labels, 'uint8', out.labels, 'patches.labels')
+        if pixel_labels_dtype(num_classes) == 'uint4':
+            labels = np.where(labels == NO_LABEL, PACKED_NO_LABEL, labels)
+        encode_tensor(labels, pixel_labels_dtype(num_classes), out.labels, 'patches.labels')
     else:
         encode_tensor(reply.class_probs.astype(np.float32), dtype, out.class_probs, 'patches.class_probs')
     return out
@@ -178,7 +193,6 @@ class MashOnnx(OnnxRoleMethod):
         (None: no cap for budget 0)."""
         if budget <= 0:
             return None
-        from .wire import patches_size
         h, w = self.image_shape()
         limit = budget * h * w
         n = 0
@@ -197,12 +211,11 @@ class MashOnnx(OnnxRoleMethod):
     def decode_need(self, need: Any) -> Optional[np.ndarray]:
         """Supporter: Request.need -> the requester's confidence per cell [C] float32, or None (empty: no
         filter); CodecError for a map that does not fit the grid."""
-        raw = np.frombuffer(bytes(need), np.uint8) if len(need) else None
-        if raw is None:
+        if not len(need):
             return None
-        if raw.size != self.cells:
-            raise CodecError('request.need', 'bad_shape', f'{raw.size} cells, the grid has {self.cells}')
-        return raw.astype(np.float32) / np.float32(255)
+        if len(need) != self.cells:
+            raise CodecError('request.need', 'bad_shape', f'{len(need)} cells, the grid has {self.cells}')
+        return need_levels(np.frombuffer(bytes(need), np.uint8))
 
     def patches(self, query: np.ndarray, image: np.ndarray, threshold: Optional[float] = None,
                 max_cells: Optional[int] = None, need: Optional[np.ndarray] = None) -> PatchReply:
@@ -215,10 +228,7 @@ class MashOnnx(OnnxRoleMethod):
         confidence, match, values = self._session('matcher').run(
             None, {'query': query[None].astype(np.float32), 'image': self.image_input(image)})
         t = self.threshold if threshold is None else threshold
-        keep = (match[0] != self.no_match) & (confidence[0] >= t)
-        if need is not None:
-            keep &= confidence[0] > need
-        cells = np.flatnonzero(keep)
+        cells = sendable_cells(confidence[0], match[0], self.no_match, t, need)
         if max_cells is not None and cells.size > max_cells:
             keep = np.argsort(-confidence[0, cells], kind='stable')[:max_cells]
             cells = np.sort(cells[keep])

@@ -79,15 +79,20 @@ def feature_size(feature_shape: Sequence[int], dtype, frame_id: str = '') -> int
     return _Sizer().addressing(frame_id).tensor(feature_shape, dtype).total
 
 
+def pixel_labels_dtype(num_classes: int) -> str:
+    """How 'pixels' patches carry their class ids: two to a byte (uint4) where up to 15 classes leave a code
+    for "not seen", else one byte each (onnx_mash.encode_patches)."""
+    return 'uint4' if num_classes <= UINT4_MAX else 'uint8'
+
+
 def patches_size(cells: int, num_classes: int, confidence_dtype, probs_dtype, frame_id: str = '',
                  cell_size: Optional[int] = None) -> int:
     """A PatchSegments reply with `cells` cells: one class distribution per cell (`probs_dtype`), or with
-    `cell_size` ('pixels' patches) one class id per pixel of each cell, two to a byte (uint4) where up to 15
-    classes leave a code for "not seen" (as onnx_mash.encode_patches sends them), else one byte each."""
+    `cell_size` ('pixels' patches) one class id per pixel of each cell (pixel_labels_dtype)."""
     s = _Sizer().addressing(frame_id).prim(2).prim(2).seq(cells, 2)
     s.tensor((cells,), confidence_dtype)
     if cell_size:
-        s.tensor(None, probs_dtype).tensor((cells, cell_size, cell_size), 'uint4' if num_classes <= UINT4_MAX else 'uint8')
+        s.tensor(None, probs_dtype).tensor((cells, cell_size, cell_size), pixel_labels_dtype(num_classes))
     else:
         s.tensor((cells, num_classes), probs_dtype).tensor(None, 'uint8')
     return s.total
