@@ -6,9 +6,10 @@
 Per run (evaluations are cached in the run directory, learn/mash_eval.evaluate_mash_run): full-image and
 obstructed-region pixel accuracy, mean per-class accuracy and mIoU; for MASH every fusion and confidence
 threshold with the bytes per target (x = the raw image) and per supporter (y = the label image) and the cells
-sent. `--variants` limits MASH's rows (e.g. hard@0.3 hard+need@0.3). `--calibrate` first chooses each MASH
-run's self-confidence scale and confidence threshold on the validation split of --data (the best mIoU within
-0.05 of the label image per supporter; learn/mash_eval.calibrate_mash_run), which its evaluation then uses.
+sent. `--variants` limits MASH's rows (e.g. hard@0.3 hard+need@0.3 bayes+need@0.1). `--calibrate` first
+chooses each MASH run's fusion (hard or bayes), self-confidence scale, confidence threshold and need map on
+the validation split of --data (the best mIoU within 0.05 of the label image per supporter;
+learn/mash_eval.calibrate_mash_run), which its evaluation then uses.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def main() -> int:
             is_mash = json.load(f)['method'].startswith('mash')
         if args.calibrate and is_mash:
             c = calibrate_mash_run(run, args.data)['chosen']
-            print(f'{os.path.basename(os.path.normpath(run))}: calibrated on val: self-confidence x '
+            print(f'{os.path.basename(os.path.normpath(run))}: calibrated on val: {c.get("fusion", "hard")} fusion, '
+                  f'self-confidence x '
                   f'{c["self_confidence_scale"]:g}, threshold {c["threshold"]:g}'
                   f'{", the request carries the need map" if c.get("need") else ""} (val mIoU {100 * c["miou"]:.2f}, '
                   f'{c["supporter_y"]:.3f}y per supporter)')

@@ -173,6 +173,47 @@ def test_hard_and_soft_selection():
     assert torch.allclose(fused.sum(1), torch.ones(1, 32, 32), atol=1e-5)
 
 
+def test_bayes_fusion_is_the_posterior_of_labels_right_with_their_confidence():
+    model = make('mash').eval()
+    model.fusion_kind = 'bayes'
+    k = 8
+    own = torch.full((1, k, 32, 32), 0.3 / (k - 1))
+    own[:, 0] = 0.7                                      # the target: class 0, 70 % sure everywhere
+    self_conf = torch.full((1, 4, 4), 0.7)
+    patch_probs = torch.zeros(1, 5, 16, k)
+    patch_conf = torch.zeros(1, 5, 16)
+    patch_probs[0, 1, 5, 3] = 1.0                        # cell 5: one supporter says class 3 at 0.6
+    patch_conf[0, 1, 5] = 0.6
+    for j in (2, 3):                                     # cell 6: two agree on class 4 at 0.6
+        patch_probs[0, j, 6, 4] = 1.0
+        patch_conf[0, j, 6] = 0.6
+    fused = model.fuse(own, self_conf, patch_probs, patch_conf)
+    assert torch.allclose(fused.sum(1), torch.ones(1, 32, 32), atol=1e-5)
+    cell = lambda i: (0, slice(None), slice(8 * (i // 4), 8 * (i // 4) + 8), slice(8 * (i % 4), 8 * (i % 4) + 8))
+    # the posterior by hand: prior times 0.6 for the class received and 0.4 / 7 for every other one
+    post5 = own[0, :, 0, 0] * torch.where(torch.arange(k) == 3, 0.6, 0.4 / (k - 1))
+    assert torch.allclose(fused[cell(5)], (post5 / post5.sum())[:, None, None].expand(k, 8, 8), atol=1e-5)
+    assert (fused[cell(5)].argmax(0) == 0).all()         # one supporter at 0.6 does not outvote a 0.7 target
+    assert (fused[cell(6)].argmax(0) == 4).all()         # two that agree do
+    untouched = torch.ones(32, 32, dtype=torch.bool)
+    untouched[8:16, 8:24] = False
+    assert torch.allclose(fused[0][:, untouched], own[0][:, untouched], atol=1e-6)
+    # a pixel a patch does not cover (all-zero value, 'pixels' sampling outside the supporter's view) is no evidence
+    pixels = torch.zeros(1, 5, 16, k, 8, 8)
+    pixels[0, 1, 5, 3, :4] = 1.0                         # the top half of cell 5 only
+    fused = model.fuse(own, self_conf, pixels, patch_conf)
+    assert torch.allclose(fused[0, :, 12:16, 8:16], own[0, :, 12:16, 8:16], atol=1e-6)
+    assert not torch.allclose(fused[0, :, 8:12, 8:16], own[0, :, 8:12, 8:16])
+    model.fusion_kind = 'median'
+    with pytest.raises(ValueError, match='hard, soft, bayes'):
+        model.fuse(own, self_conf, patch_probs, patch_conf)
+
+
+def test_the_cli_s_fusions_are_the_model_s():
+    from collab_perception.learn import cli, mash
+    assert cli.FUSIONS == mash.FUSIONS
+
+
 def test_training_fusion_is_a_mixture_whose_mode_is_hard_selection():
     """With peaked matches the soft training fusion and HardSelection agree wherever one candidate dominates."""
     torch.manual_seed(0)
@@ -280,14 +321,16 @@ def test_loader_gives_the_target_its_supporters_and_ground_truth(tiny_dataset):
             assert np.array_equal(fwarped, warped if same else warped[:, ::-1])
 
 
-@pytest.mark.parametrize('sampling,stem,flow,accuracy', [('cells', 0, False, False), ('pixels', 0, False, False),
-                                                          ('pixels', 4, True, False), ('pixels', 0, True, True)])
-def test_onnx_roles_agree_with_torch(tiny_dataset, tmp_path, sampling, stem, flow, accuracy):
+@pytest.mark.parametrize('sampling,stem,flow,accuracy,fusion', [
+    ('cells', 0, False, False, 'hard'), ('pixels', 0, False, False, 'hard'), ('pixels', 4, True, False, 'hard'),
+    ('pixels', 0, True, True, 'hard'), ('pixels', 0, True, True, 'bayes')])
+def test_onnx_roles_agree_with_torch(tiny_dataset, tmp_path, sampling, stem, flow, accuracy, fusion):
     from collab_perception.learn.mash_export import check_onnx, export_roles
     torch.manual_seed(0)
     model = Mash(replace(SMALL, patch_sampling=sampling, match_stem=stem, refine_flow=flow,
                          accuracy_confidence=accuracy)).eval()
     model.method_name = 'mash'
+    model.fusion_kind = fusion
     with torch.no_grad():   # decisive outputs: an untrained net is full of near-ties that flip argmax
         model.own_head.classify.weight.mul_(50)
         model.smoothing.out.weight.normal_(0, 0.5)
@@ -750,3 +793,24 @@ def test_export_writes_roles_and_a_card_with_the_unseen_worlds(tiny_dataset, tmp
     assert saved['metrics_unseen_worlds']['dataset'] == data + '-unseen'
     assert saved['metrics_unseen_worlds']['miou'] == saved['metrics_test_split']['miou']   # the same frames here
     assert card['onnx_check']['swarm_pipeline_vs_offline_agreement'] > 0.99
+
+
+def test_calibration_chooses_the_fusion_on_the_validation_split_and_load_run_applies_it(tiny_dataset, tmp_path):
+    from collab_perception.learn.mash_eval import CALIBRATED_FUSIONS, calibrate_mash_run, load_run
+    from collab_perception.learn.train import TrainConfig, train
+    run = str(tmp_path / 'run')
+    train(TrainConfig(method='mash', setting='obstruction', data_dir=tiny_dataset, out_dir=run, iterations=2,
+                      batch_size=2, eval_every=2, val_batches=1, threads=1,
+                      model=replace(SMALL, patch_sampling='pixels', refine_flow=True, accuracy_confidence=True)),
+          progress=False)
+    result = calibrate_mash_run(run, tiny_dataset, scales=(1.0, 1.5), thresholds=(0.1, 0.5), progress=False)
+    sweep = result['sweep']
+    assert len(sweep) == len(CALIBRATED_FUSIONS) * 2 * 2 * 2
+    assert {r['fusion'] for r in sweep} == set(CALIBRATED_FUSIONS) == {'hard', 'bayes'}
+    chosen = result['chosen']
+    within = [r for r in sweep if r['supporter_y'] <= result['budget_y']] or sweep
+    assert chosen['miou'] == max(r['miou'] for r in within)
+    model, _ = load_run(run)
+    assert (model.fusion_kind, model.self_confidence_scale, model.confidence_threshold, model.request_need) == \
+        (chosen['fusion'], chosen['self_confidence_scale'], chosen['threshold'], chosen['need'])
+    assert load_run(run, calibrated=False)[0].fusion_kind == 'hard'

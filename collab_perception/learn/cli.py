@@ -13,6 +13,7 @@ from ..config import ConfigError
 
 SELECTIONS = ('soft', 'hard')     # learn.models.SELECTIONS; repeated so that --help loads no torch
 PATCH_SAMPLINGS = ('cells', 'pixels')   # learn.models.PATCH_SAMPLINGS, likewise
+FUSIONS = ('hard', 'soft', 'bayes')     # learn.mash.FUSIONS, likewise
 
 SETTINGS = ('hidden-target', 'accurate-pose', 'noisy-pose', 'random-exploration', 'obstruction')
 METHODS = ('backbone', 'single_normal', 'single_degraded', 'catall', 'attention', 'compression', 'random', 'who2com',
@@ -117,8 +118,9 @@ def add_learn_parsers(sub) -> None:
     p.add_argument('--run', required=True, help='run directory with best.pt (e.g. runs/train/hidden-target/who2com)')
     p.add_argument('--out', required=True, help='output directory (e.g. models/who2com_hidden_target)')
     p.add_argument('--datasets', default='datasets')
-    p.add_argument('--fusion', choices=('hard', 'soft'), default=None,
-                   help='MASH only: HardSelection or SoftSelection (default: as trained)')
+    p.add_argument('--fusion', choices=FUSIONS, default=None,
+                   help='MASH only: HardSelection, SoftSelection or BayesFusion (default: the one calibrated on '
+                        'the validation split, else hard)')
     p.add_argument('--threshold', type=float, default=None,
                    help='MASH only: a supporter sends a matched cell from this confidence on (default: as trained)')
     p.add_argument('--test-data', default=None, metavar='DATA',

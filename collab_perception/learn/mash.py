@@ -2,7 +2,8 @@
 baselines of its Table I (§IV "Baselines"), on the `obstruction` setting, registered by name:
 
     mash                MASH, HardSelection fusion at inference (the paper's highlighted variant, Table I);
-                        `fusion_kind = 'soft'` runs the same weights with SoftSelection (see "Training")
+                        `fusion_kind = 'soft'` runs the same weights with SoftSelection (see "Training"),
+                        `'bayes'` with BayesFusion (see (6))
     mash_stacked        MASH with StackedFusion: the warped distributions go through a small conv net
     inpainting          the target image alone, trained to predict its unobstructed labels ("hallucinate")
     inpainting_all      the same network trained on every agent's view ("Trained on All Views")
@@ -37,7 +38,13 @@ MASH (§III, Fig. 2), per agent and for one target T and one supporter S:
       piecewise-affine grid through those positions (label_resolution_grid) sample its per-pixel distribution,
       sent as one class id per pixel; the window's mass is the match's confidence.
   (6) fusion: HardSelection (per pixel, the agent with the strongest confidence, the target included),
-      SoftSelection (confidence-weighted sum) or StackedFusion (concatenation + small conv net).
+      SoftSelection (confidence-weighted sum) or StackedFusion (concatenation + small conv net). Ours beside
+      them, BayesFusion, for models whose confidences estimate accuracy (`accuracy_confidence`): each received
+      class id is a noisy label that is right with its confidence a and otherwise any of the K - 1 other
+      classes alike, the target's own distribution is the prior, and the fused distribution is the posterior
+      (own(c) * prod_j [a_j if c = l_j else (1 - a_j) / (K - 1)], normalized). Two supporters that agree
+      outweigh one confident target; one that is barely more confident than the target moves it only where
+      the target itself is unsure.
 
 Distributed inference as the swarm runs it (and as evaluation scores it): the requester broadcasts q; each
 supporter replies with only the cells whose argmax is a real match and whose confidence reaches a threshold
@@ -77,6 +84,8 @@ CELL_SIZE = 8                        # px per cell: the encoder's 1/4 map pooled
 IMAGE_SIZE = (128, 128)              # (H, W) of the datasets (docs/DATASETS.md): a 16 x 16 cell grid
 CORRESPONDENCE_LOSS_WEIGHT = 1.0     # correspondence cross entropy, summed with the segmentation ones
 CONFIDENCE_THRESHOLD = 0.5           # a supporter sends a matched cell only from this confidence on
+FUSIONS = ('hard', 'soft', 'bayes')  # the requester's fusion at inference (module docstring, (6))
+BAYES_MIN_CONFIDENCE = 1e-3          # BayesFusion: no value and no prior is taken as certain (log 0)
 QUERY_DTYPE = 'uint8'                # the query map on the wire (msg/Request.msg, codec quantization)
 PATCH_DTYPE = 'uint8'                # confidences and class distributions on the wire (msg/PatchSegments.msg)
 DISTANCE_EPS = 1e-6                  # keeps sqrt differentiable at distance 0
@@ -542,9 +551,9 @@ class WarpedOutputStackCells(OutputStack):
 # ---------------------------------------------------------------------------------------------- MASH
 @register('mash')
 class Mash(ObstructionModel):
-    """MASH (§III) with HardSelection (default) or SoftSelection fusion; see the module docstring.
+    """MASH (§III) with HardSelection (default), SoftSelection or BayesFusion; see the module docstring.
 
-    `fusion_kind` ('hard' | 'soft'), `confidence_threshold` (a supporter sends a matched cell from this
+    `fusion_kind` (one of FUSIONS), `confidence_threshold` (a supporter sends a matched cell from this
     confidence on), `query_dtype` and `patch_dtype` (the wire) are inference settings, not weights: evaluation
     and export may change them on a trained model. `image_size` fixes the cell grid, hence the number of
     channels of the smoothing network (the flattened source grid + 1); ModelConfig has no image size, so it
@@ -831,7 +840,9 @@ class Mash(ObstructionModel):
         distribution per cell, 'cells' sampling) or [B, S, C, K, cell, cell] (per pixel, 'pixels'; all-zero
         where a pixel carries nothing) -> class scores [B, K, H, W] (here probabilities). HardSelection: per
         pixel the most confident candidate that has a value there, the target's own (weight: its
-        self-confidence) included; SoftSelection: the confidence-weighted mean of all."""
+        self-confidence) included; SoftSelection: the confidence-weighted mean of all; BayesFusion: the
+        posterior of the own distribution (the prior) given every received value, each a label that is right
+        with its confidence (module docstring, (6))."""
         b, k, h, w = own_probs.shape
         s = patch_probs.shape[1]
         grid = self_confidence.shape[-2:]
@@ -850,7 +861,12 @@ class Mash(ObstructionModel):
         if self.fusion_kind == 'soft':
             weighted = (conf[:, :, None] * values).sum(1)
             return (own_w * own_probs + weighted) / (own_w + conf.sum(1, keepdim=True))
-        raise ValueError(f'unknown fusion {self.fusion_kind!r} for {type(self).__name__}; valid: hard, soft')
+        if self.fusion_kind == 'bayes':
+            right = conf.clamp(BAYES_MIN_CONFIDENCE, 1 - BAYES_MIN_CONFIDENCE)[:, :, None]     # [B, S, 1, H, W]
+            likelihood = right * values + (1 - right) * (1 - values) / (k - 1)
+            evidence = (likelihood.log() * has_value[:, :, None]).sum(1)       # a pixel without a value: none
+            return (own_probs.clamp_min(BAYES_MIN_CONFIDENCE).log() + evidence).softmax(1)
+        raise ValueError(f'unknown fusion {self.fusion_kind!r} for {type(self).__name__}; valid: {", ".join(FUSIONS)}')
 
     def scores_to_logits(self, scores: torch.Tensor) -> torch.Tensor:
         """`fuse`'s output -> log-probabilities (cross entropy and argmax take them as logits)."""

@@ -96,9 +96,24 @@ REPORTED_THRESHOLD = 0.1
 TRAINING = {'iterations': 2000, 'batch_size': 8}      # the planned runs (about 1.5 s per iteration on one core)
 
 
-# HardSelection where the request also carries the requester's need map (Mash.need_map, Request.need):
-# supporters send only the cells in which their match beats the requester's own confidence.
-NEED = 'hard+need'
+# A MASH variant is named FUSION@THRESHOLD, with '+need' after the fusion where the request also carries the
+# requester's need map (Mash.need_map, Request.need): supporters send only the cells in which their match beats
+# the requester's own confidence. Evaluation scores these fusions (with and without the need map) at every
+# threshold; calibration chooses among CALIBRATED_FUSIONS.
+NEED_SUFFIX = '+need'
+EVALUATED_FUSIONS = (('hard', False), ('soft', False), ('hard', True), ('bayes', False), ('bayes', True))
+CALIBRATED_FUSIONS = ('hard', 'bayes')
+
+
+def variant_name(fusion: str, threshold: float, need: bool = False) -> str:
+    return f'{fusion}{NEED_SUFFIX if need else ""}@{threshold:g}'
+
+
+def parse_variant(name: str) -> tuple[str, bool, float]:
+    """variant_name's inverse: 'bayes+need@0.1' -> ('bayes', True, 0.1)."""
+    fusion, threshold = name.split('@')
+    need = fusion.endswith(NEED_SUFFIX)
+    return fusion[:-len(NEED_SUFFIX)] if need else fusion, need, float(threshold)
 
 
 # ---------------------------------------------------------------------------------------------- bytes
@@ -186,9 +201,10 @@ def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, prog
     h, w = loader.image_size
     hc, wc = loader.grid
     is_mash = isinstance(model, Mash)
-    fusions = ['stacked'] if model.method_name == 'mash_stacked' else ['hard', 'soft', NEED] if is_mash \
-        else ['default']
-    variants = {f'{f}@{t:g}' if is_mash else f: _Variant(k) for f in fusions for t in (thresholds if is_mash else [0])}
+    fusions = [('stacked', False)] if model.method_name == 'mash_stacked' else EVALUATED_FUSIONS if is_mash \
+        else [('default', False)]
+    variants = {variant_name(f, t, n) if is_mash else f: _Variant(k)
+                for f, n in fusions for t in (thresholds if is_mash else [0])}
     match_correct = match_total = real_correct = real_near = real_total = 0
     near_by_region = {'obstructed': [0, 0], 'clear': [0, 0]}     # real matches within one cell, by target cell
     request = query_bytes((hc, wc), model.cfg.query_size, model.query_dtype) if is_mash else 0
@@ -214,11 +230,11 @@ def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, prog
         truth = batch['correspondence']
         answers = model.supporter_answers(state)
         for name, v in variants.items():
-            fusion, threshold = name.split('@')
-            model.fusion_kind = 'hard' if fusion == NEED else fusion
-            result = model.infer(state, float(threshold), need=fusion == NEED, answers=answers)
-            v.add_inference(result, batch, need_request if fusion == NEED else request, model.patch_dtype,
-                            pixel_cell, (hc, wc))
+            fusion, need, threshold = parse_variant(name)
+            model.fusion_kind = fusion
+            result = model.infer(state, threshold, need=need, answers=answers)
+            v.add_inference(result, batch, need_request if need else request, model.patch_dtype, pixel_cell,
+                            (hc, wc))
             if name == next(iter(variants)):
                 match_correct += int((result['match'] == truth).sum())
                 match_total += truth.numel()
@@ -262,6 +278,7 @@ def load_run(run_dir: str, calibrated: bool = True):
         model.self_confidence_scale = chosen['self_confidence_scale']
         model.confidence_threshold = chosen['threshold']
         model.request_need = bool(chosen.get('need', False))
+        model.fusion_kind = chosen.get('fusion', 'hard')
     return model, ckpt
 
 
@@ -277,37 +294,38 @@ def calibration(run_dir: str) -> Optional[dict]:
 @torch.no_grad()
 def calibrate_mash_run(run_dir: str, data_dir: str, scales=SELF_CONFIDENCE_SCALES, thresholds=THRESHOLDS,
                        budget_y: float = SUPPORTER_BUDGET_Y, progress: bool = True, force: bool = False,
-                       needs=(False, True)) -> dict:
-    """Choose a MASH run's self-confidence scale, confidence threshold and whether its request carries the
-    need map, on the validation split of its dataset (never on the split it is scored on): HardSelection at
-    every triple, the best full-image mIoU among those within `budget_y` of the label image per supporter
-    (the fewest bytes among equals). Cached in <run>/calibration_val.json, which load_run applies (so
+                       needs=(False, True), fusions=CALIBRATED_FUSIONS) -> dict:
+    """Choose a MASH run's fusion, self-confidence scale, confidence threshold and whether its request carries
+    the need map, on the validation split of its dataset (never on the split it is scored on): every
+    combination scored, the best full-image mIoU among those within `budget_y` of the label image per
+    supporter (the fewest bytes among equals). Cached in <run>/calibration_val.json, which load_run applies (so
     evaluation and export use the choice)."""
     def compute() -> dict:
         model, _ = load_run(run_dir, calibrated=False)
         if not isinstance(model, Mash):
             raise ValueError(f'{run_dir} is a {model.method_name} run; only MASH runs are calibrated')
-        model.fusion_kind = 'hard'
         loader = ObstructionLoader(data_dir, SETTING, 'val', 16, shuffle=False)
         pixel_cell = CELL_SIZE if model.cfg.patch_sampling == 'pixels' else None
         request = {need: query_bytes(loader.grid, model.cfg.query_size, model.query_dtype, need) for need in needs}
-        scores = {(a, t, n): _Variant(loader.num_classes) for a in scales for t in thresholds for n in needs}
+        scores = {(f, a, t, n): _Variant(loader.num_classes)
+                  for f in fusions for a in scales for t in thresholds for n in needs}
         for batch in tqdm(loader, desc='calibrate', disable=not progress, leave=False, dynamic_ncols=True):
             state = model.handshake(batch)
             answers = model.supporter_answers(state)
-            for (a, t, n), v in scores.items():
-                model.self_confidence_scale = a
+            for (f, a, t, n), v in scores.items():
+                model.fusion_kind, model.self_confidence_scale = f, a
                 v.add_inference(model.infer(state, t, need=n, answers=answers), batch, request[n], model.patch_dtype,
                                 pixel_cell, loader.grid)
-        sweep = [{'self_confidence_scale': a, 'threshold': t, 'need': n, **v.summary(loader.image_size)}
-                 for (a, t, n), v in scores.items()]
+        sweep = [{'fusion': f, 'self_confidence_scale': a, 'threshold': t, 'need': n, **v.summary(loader.image_size)}
+                 for (f, a, t, n), v in scores.items()]
         within = [r for r in sweep if r['supporter_y'] <= budget_y] or sweep
         chosen = max(within, key=lambda r: (r['miou'], -r['supporter_y']))
-        return {'chosen': {k: chosen[k] for k in ('self_confidence_scale', 'threshold', 'need', 'miou',
+        return {'chosen': {k: chosen[k] for k in ('fusion', 'self_confidence_scale', 'threshold', 'need', 'miou',
                                                   'region_miou', 'supporter_y', 'target_x', 'sent_fraction')},
                 'budget_y': budget_y, 'sweep': sweep}
     return cached_evaluation(run_dir, CALIBRATION[:-5], compute, force, scales=list(scales),
-                             thresholds=list(thresholds), budget_y=budget_y, data=data_dir, needs=list(needs))
+                             thresholds=list(thresholds), budget_y=budget_y, data=data_dir, needs=list(needs),
+                             fusions=list(fusions))
 
 
 def evaluate_mash_run(run_dir: str, data_dir: str, split: str = 'test', batch_size: int = 16, progress: bool = True,
@@ -329,7 +347,8 @@ def evaluate_mash_run(run_dir: str, data_dir: str, split: str = 'test', batch_si
     name = f'eval_mash_{split}' if os.path.normpath(data_dir) == os.path.normpath(_run_data(run_dir)) else \
         f'eval_mash_{split}_{os.path.basename(os.path.normpath(data_dir))}'
     return cached_evaluation(run_dir, name, compute, force, thresholds=list(THRESHOLDS),
-                             self_confidence_scale=chosen['self_confidence_scale'] if chosen else None)
+                             self_confidence_scale=chosen['self_confidence_scale'] if chosen else None,
+                             fusions=[variant_name(f, 0, n) for f, n in EVALUATED_FUSIONS])
 
 
 def _run_data(run_dir: str) -> str:

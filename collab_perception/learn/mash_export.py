@@ -301,7 +301,7 @@ def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets',
     Runtime against torch on test frames (with `fp16`, the half-precision swarm pipeline against the fp32 one
     on the same frames), write roles.json and model_card.yaml. Returns the card."""
     from .mash_data import ObstructionLoader
-    from .mash_eval import NEED, evaluate_mash_run, load_run, train_command
+    from .mash_eval import evaluate_mash_run, load_run, train_command, variant_name
 
     model, ckpt = load_run(run_dir)      # with the inference settings calibrated on the validation split
     if fusion is not None:
@@ -314,8 +314,7 @@ def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets',
     paths = export_roles(model, out_dir, fp16=fp16)
     loader = ObstructionLoader(data, c['setting'], 'test', 4, shuffle=False)
     check = check_onnx(model, paths, loader, check_frames)
-    name = f'{NEED if model.request_need and model.fusion_kind == "hard" else model.fusion_kind}@' \
-           f'{model.confidence_threshold:g}'
+    name = variant_name(model.fusion_kind, model.confidence_threshold, model.request_need)
     variant = evaluate_mash_run(run_dir, data, 'test', progress=False)['variants'].get(name)
     unseen_dir = unseen_data or os.path.normpath(data) + UNSEEN_SUFFIX   # world seeds no split uses
     unseen = (evaluate_mash_run(run_dir, unseen_dir, 'test', progress=False)['variants'].get(name)
