@@ -25,6 +25,9 @@ def main() -> int:
     p.add_argument('--split', default='test', choices=('train', 'val', 'test'))
     p.add_argument('--variants', nargs='*', default=None, metavar='FUSION@T', help='MASH variants to show')
     p.add_argument('--calibrate', action='store_true', help='calibrate MASH runs on the validation split first')
+    p.add_argument('--tolerance', type=float, default=None, metavar='MIOU',
+                   help='with --calibrate: settings this close to the best validation mIoU (a fraction; default '
+                        '0.001, 0 for the strict best) count as equal, and the fewest bytes among them wins')
     args = p.parse_args()
     from collab_perception.learn.mash_eval import calibrate_mash_run, evaluate_mash_run
     print(f'{args.data}, {args.split} split: accuracy / mean class accuracy / mIoU, full image | obstructed region')
@@ -32,7 +35,8 @@ def main() -> int:
         with open(os.path.join(run, 'config.json')) as f:
             is_mash = json.load(f)['method'].startswith('mash')
         if args.calibrate and is_mash:
-            c = calibrate_mash_run(run, args.data)['chosen']
+            tolerance = {} if args.tolerance is None else {'tolerance_miou': args.tolerance}
+            c = calibrate_mash_run(run, args.data, **tolerance)['chosen']
             print(f'{os.path.basename(os.path.normpath(run))}: calibrated on val: {c.get("fusion", "hard")} fusion, '
                   f'self-confidence x '
                   f'{c["self_confidence_scale"]:g}, threshold {c["threshold"]:g}'

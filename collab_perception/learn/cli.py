@@ -122,7 +122,8 @@ def add_learn_parsers(sub) -> None:
                    help='MASH only: HardSelection, SoftSelection or BayesFusion (default: the one calibrated on '
                         'the validation split, else hard)')
     p.add_argument('--threshold', type=float, default=None,
-                   help='MASH only: a supporter sends a matched cell from this confidence on (default: as trained)')
+                   help='MASH only: a supporter sends a matched cell from this confidence on (default: the one '
+                        'calibrated on the validation split, else the model\'s)')
     p.add_argument('--test-data', default=None, metavar='DATA',
                    help='MASH only: the dataset whose test split the model card scores (default: the one the run '
                         'trained on)')

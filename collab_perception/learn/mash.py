@@ -798,7 +798,8 @@ class Mash(ObstructionModel):
                  need: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Supporter: which cells [N, C] go into PatchSegments: a real match at or above the threshold and, when
         the request carries the requester's need (`need` [N, C], need_map), more confident than the requester
-        is itself there: the only cells HardSelection can take."""
+        is itself there: the only cells HardSelection can take (BayesFusion could use weaker evidence too; the
+        need map withholds it to save bytes, and calibration decides whether that pays)."""
         threshold = self.confidence_threshold if threshold is None else threshold
         sent = (match != confidence.shape[1]) & (confidence >= threshold)
         return sent if need is None else sent & (confidence > need)
