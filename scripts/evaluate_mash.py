@@ -28,6 +28,9 @@ def main() -> int:
     p.add_argument('--tolerance', type=float, default=None, metavar='MIOU',
                    help='with --calibrate: settings this close to the best validation mIoU (a fraction; default '
                         '0.001, 0 for the strict best) count as equal, and the fewest bytes among them wins')
+    p.add_argument('--scales', type=float, nargs='+', default=None, metavar='X',
+                   help='with --calibrate: the self-confidence scales to try (default: learn/mash_eval.py '
+                        'SELF_CONFIDENCE_SCALES, 2 to 0.08; fewer scales calibrate faster)')
     args = p.parse_args()
     from collab_perception.learn.mash_eval import calibrate_mash_run, evaluate_mash_run
     print(f'{args.data}, {args.split} split: accuracy / mean class accuracy / mIoU, full image | obstructed region')
@@ -35,8 +38,10 @@ def main() -> int:
         with open(os.path.join(run, 'config.json')) as f:
             is_mash = json.load(f)['method'].startswith('mash')
         if args.calibrate and is_mash:
-            tolerance = {} if args.tolerance is None else {'tolerance_miou': args.tolerance}
-            c = calibrate_mash_run(run, args.data, **tolerance)['chosen']
+            options = {} if args.tolerance is None else {'tolerance_miou': args.tolerance}
+            if args.scales:
+                options['scales'] = tuple(args.scales)
+            c = calibrate_mash_run(run, args.data, **options)['chosen']
             print(f'{os.path.basename(os.path.normpath(run))}: calibrated on val: {c.get("fusion", "hard")} fusion, '
                   f'self-confidence x '
                   f'{c["self_confidence_scale"]:g}, threshold {c["threshold"]:g}'

@@ -816,6 +816,13 @@ def test_calibration_chooses_the_fusion_on_the_validation_split_and_load_run_app
     assert (model.fusion_kind, model.self_confidence_scale, model.confidence_threshold, model.request_need) == \
         (chosen['fusion'], chosen['self_confidence_scale'], chosen['threshold'], chosen['need'])
     assert load_run(run, calibrated=False)[0].fusion_kind == 'hard'
+    # confidences that do not estimate accuracy: BayesFusion's premise does not hold, HardSelection alone
+    plain = str(tmp_path / 'plain')
+    train(TrainConfig(method='mash', setting='obstruction', data_dir=tiny_dataset, out_dir=plain, iterations=2,
+                      batch_size=2, eval_every=2, val_batches=1, threads=1, model=replace(SMALL, patch_sampling='pixels')),
+          progress=False)
+    result = calibrate_mash_run(plain, tiny_dataset, scales=(1.0,), thresholds=(0.5,), progress=False)
+    assert {r['fusion'] for r in result['sweep']} == {'hard'} and len(result['sweep']) == 2
 
 
 def test_calibration_takes_the_fewest_bytes_among_settings_of_equal_miou_within_the_budget():

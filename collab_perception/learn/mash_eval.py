@@ -30,7 +30,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -295,15 +295,21 @@ def calibration(run_dir: str) -> Optional[dict]:
 @torch.no_grad()
 def calibrate_mash_run(run_dir: str, data_dir: str, scales=SELF_CONFIDENCE_SCALES, thresholds=THRESHOLDS,
                        budget_y: float = SUPPORTER_BUDGET_Y, progress: bool = True, force: bool = False,
-                       needs=(False, True), fusions=CALIBRATED_FUSIONS,
+                       needs=(False, True), fusions: Optional[Sequence[str]] = None,
                        tolerance_miou: float = CALIBRATION_TOLERANCE_MIOU) -> dict:
     """Choose a MASH run's fusion, self-confidence scale, confidence threshold and whether its request carries
     the need map, on the validation split of its dataset (never on the split it is scored on): every
     combination scored; among those within `budget_y` of the label image per supporter, the fewest bytes of
     the ones within `tolerance_miou` of the best full-image mIoU (closer than that is noise on a validation
     split of 200 frames; fewer cells sent also leaves the requester's own cells where the confidences of a
-    matcher on maps it never saw run high). Cached in <run>/calibration_val.json, which load_run applies (so
+    matcher on maps it never saw run high). `fusions` default: CALIBRATED_FUSIONS for a model whose
+    confidences estimate accuracy (BayesFusion's premise), HardSelection alone otherwise. Cached in
+    <run>/calibration_val.json, which load_run applies (so
     evaluation and export use the choice)."""
+    if fusions is None:
+        with open(os.path.join(run_dir, 'config.json')) as f:
+            fusions = CALIBRATED_FUSIONS if json.load(f)['model'].get('accuracy_confidence') else ('hard',)
+
     def compute() -> dict:
         model, _ = load_run(run_dir, calibrated=False)
         if not isinstance(model, Mash):
