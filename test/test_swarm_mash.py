@@ -17,7 +17,7 @@ from std_msgs.msg import Header
 
 from collab_perception.config import resource_path
 from collab_perception.data import iter_snapshots
-from collab_perception.msg import PatchSegments, Request
+from collab_perception.msg import FusionInfo, PatchSegments, Request
 from collab_perception.runtime.codec import encode_tensor
 from collab_perception.runtime.methods import create_method
 from collab_perception.runtime.offline import mash_offline
@@ -64,8 +64,12 @@ def test_spatial_swarm_equals_offline_and_sends_few_bytes(replay_split, tmp_path
 def test_malformed_spatial_messages_are_rejected_and_counted(tmp_path, ros):
     swarm = Swarm('--run-dir', str(tmp_path), '--frames', '25', '--drones', '3', '--set', 'swarm.rate_hz=2',
                   config=CONFIG)
-    swarm.wait_for(r'\[drone1/fusion\] .*replies, cells', count=2, timeout=120)
     node = ros.create_node('test_injector')
+    answered = []      # drone1's frames fused with replies: the spatial handshake is up before the injection
+    node.create_subscription(FusionInfo, '/drone1/fusion/info',
+                             lambda info: answered.append(info) if len(info.answered) else None, 100)
+    spin_until(node, lambda: len(answered) >= 2 or swarm.proc.poll() is not None, timeout=120)
+    assert len(answered) >= 2, swarm.output[-3000:]
     request_pub = node.create_publisher(Request, '/swarm/request', 10)
     patches_pub = node.create_publisher(PatchSegments, '/drone1/comm/patches', 10)
     spin_until(node, lambda: request_pub.get_subscription_count() >= 3 and patches_pub.get_subscription_count() >= 2,

@@ -109,13 +109,6 @@ def variant_name(fusion: str, threshold: float, need: bool = False) -> str:
     return f'{fusion}{NEED_SUFFIX if need else ""}@{threshold:g}'
 
 
-def parse_variant(name: str) -> tuple[str, bool, float]:
-    """variant_name's inverse: 'bayes+need@0.1' -> ('bayes', True, 0.1)."""
-    fusion, threshold = name.split('@')
-    need = fusion.endswith(NEED_SUFFIX)
-    return fusion[:-len(NEED_SUFFIX)] if need else fusion, need, float(threshold)
-
-
 # ---------------------------------------------------------------------------------------------- bytes
 def query_bytes(grid: tuple[int, int], query_size: int, dtype: str, need: bool = False) -> int:
     """The requester's Request with its query map [Hs, Ws, Q] (and with `need` its need map)."""
@@ -203,8 +196,9 @@ def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, prog
     is_mash = isinstance(model, Mash)
     fusions = [('stacked', False)] if model.method_name == 'mash_stacked' else EVALUATED_FUSIONS if is_mash \
         else [('default', False)]
-    variants = {variant_name(f, t, n) if is_mash else f: _Variant(k)
+    settings = {variant_name(f, t, n) if is_mash else f: (f, n, t)
                 for f, n in fusions for t in (thresholds if is_mash else [0])}
+    variants = {name: _Variant(k) for name in settings}
     match_correct = match_total = real_correct = real_near = real_total = 0
     near_by_region = {'obstructed': [0, 0], 'clear': [0, 0]}     # real matches within one cell, by target cell
     request = query_bytes((hc, wc), model.cfg.query_size, model.query_dtype) if is_mash else 0
@@ -230,7 +224,7 @@ def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, prog
         truth = batch['correspondence']
         answers = model.supporter_answers(state)
         for name, v in variants.items():
-            fusion, need, threshold = parse_variant(name)
+            fusion, need, threshold = settings[name]
             model.fusion_kind = fusion
             result = model.infer(state, threshold, need=need, answers=answers)
             v.add_inference(result, batch, need_request if need else request, model.patch_dtype, pixel_cell,
@@ -369,7 +363,7 @@ def evaluate_mash_run(run_dir: str, data_dir: str, split: str = 'test', batch_si
         f'eval_mash_{split}_{os.path.basename(os.path.normpath(data_dir))}'
     return cached_evaluation(run_dir, name, compute, force, thresholds=list(THRESHOLDS),
                              self_confidence_scale=chosen['self_confidence_scale'] if chosen else None,
-                             fusions=[variant_name(f, 0, n) for f, n in EVALUATED_FUSIONS])
+                             fusions=[[f, n] for f, n in EVALUATED_FUSIONS])
 
 
 def _run_data(run_dir: str) -> str:

@@ -78,10 +78,10 @@ def encode_patches(reply: PatchReply, grid: Sequence[int], dtype: str, out: Any,
     out.cells = [int(c) for c in reply.cells]
     encode_tensor(reply.confidence.astype(np.float32), dtype, out.confidence, 'patches.confidence')
     if reply.labels is not None:
-        labels = reply.labels.astype(np.uint8)
-        if pixel_labels_dtype(num_classes) == 'uint4':
+        labels, dtype = reply.labels.astype(np.uint8), pixel_labels_dtype(num_classes)
+        if dtype == 'uint4':
             labels = np.where(labels == NO_LABEL, PACKED_NO_LABEL, labels)
-        encode_tensor(labels, pixel_labels_dtype(num_classes), out.labels, 'patches.labels')
+        encode_tensor(labels, dtype, out.labels, 'patches.labels')
     else:
         encode_tensor(reply.class_probs.astype(np.float32), dtype, out.class_probs, 'patches.class_probs')
     return out
