@@ -7,8 +7,8 @@ Per run (evaluations are cached in the run directory, learn/mash_eval.evaluate_m
 obstructed-region pixel accuracy, mean per-class accuracy and mIoU; for MASH every fusion and confidence
 threshold with the bytes per target (x = the raw image) and per supporter (y = the label image) and the cells
 sent. `--variants` limits MASH's rows (e.g. hard@0.3 hard+need@0.3 bayes+need@0.1). `--calibrate` first
-chooses each MASH run's fusion (hard or bayes), self-confidence scale, confidence threshold and need map on
-the validation split of --data (the best mIoU within 0.05 of the label image per supporter;
+chooses each MASH run's fusion (hard or bayes), self-confidence scale, confidence threshold, need map and
+ground-plane prior (runs whose confidences estimate accuracy) on the validation split of --data (the best mIoU within 0.05 of the label image per supporter;
 learn/mash_eval.calibrate_mash_run), which its evaluation then uses.
 """
 from __future__ import annotations
@@ -45,7 +45,9 @@ def main() -> int:
             print(f'{os.path.basename(os.path.normpath(run))}: calibrated on val: {c.get("fusion", "hard")} fusion, '
                   f'self-confidence x '
                   f'{c["self_confidence_scale"]:g}, threshold {c["threshold"]:g}'
-                  f'{", the request carries the need map" if c.get("need") else ""} (val mIoU {100 * c["miou"]:.2f}, '
+                  f'{", the request carries the need map" if c.get("need") else ""}'
+                  f'{", the ground plane x %g" % c["plane_weight"] if c.get("geometry") == "homography" else ""}'
+                  f' (val mIoU {100 * c["miou"]:.2f}, '
                   f'{c["supporter_y"]:.3f}y per supporter)')
         result = evaluate_mash_run(run, args.data, args.split)
         for name, v in result['variants'].items():

@@ -1,9 +1,10 @@
 """runtime/homography: the DLT recovers a known plane-to-plane map, RANSAC finds it among outliers and says so
-when it cannot, and bad input is refused by name."""
+when it cannot, plane cells take the supporter's expected accuracy where they land, and bad input is refused
+by name."""
 import numpy as np
 import pytest
 
-from collab_perception.runtime.homography import fit_homography, project, ransac_homography
+from collab_perception.runtime.homography import fit_homography, plane_matches, project, ransac_homography
 
 TRUE = np.array([[0.9, -0.25, 14.0], [0.2, 1.1, -6.0], [4e-4, -2e-4, 1.0]])
 
@@ -53,3 +54,31 @@ def test_bad_point_sets_are_refused_by_name():
         fit_homography(np.zeros((5, 2)), np.zeros((6, 2)))
     with pytest.raises(ValueError, match='n >= 4'):
         fit_homography(np.zeros((3, 2)), np.zeros((3, 2)))
+
+
+def test_plane_cells_take_the_supporters_expected_accuracy_where_they_land():
+    """With the supporter's own expected accuracy per cell of its grid, a plane cell's confidence is `weight`
+    times its value under the cell's new position; a matched cell that agrees with the plane keeps its own
+    confidence where that is higher; a cell the plane sends out of view has no match."""
+    centres = grid_points(16).astype(np.float64)                     # a 16 x 16 grid of 8-px cells
+    cells = len(centres)
+    shift = np.array([[1.0, 0.0, 12.0], [0.0, 1.0, -5.0], [0.0, 0.0, 1.0]])
+    truth = project(shift, centres)
+    rng = np.random.default_rng(4)
+    matched = rng.random(cells) < 0.5                                # the rest, e.g. obstructed: no match
+    positions = np.where(matched[:, None], truth, np.nan)
+    confidence = np.where(matched, np.where(np.arange(cells) % 2 == 0, 0.95, 0.55), 0.9)
+    match = np.where(matched, np.arange(cells), cells)
+    landing = rng.uniform(0.2, 1.0, cells)                           # per cell of the supporter's grid
+    conf, idx, pos = plane_matches(centres, confidence, match, positions, cells, (128, 128), 8, min_confidence=0.5,
+                                   threshold_px=6.0, min_support=24 / cells, landing_confidence=landing, weight=0.8)
+    inside = (truth >= -0.5).all(-1) & (truth <= 127.5).all(-1)
+    assert np.allclose(pos[inside], truth[inside], atol=1e-6) and np.isnan(pos[~inside]).all()
+    under = (np.floor((truth[:, 1] + 0.5) / 8) * 16 + np.floor((truth[:, 0] + 0.5) / 8)).astype(int)
+    assert np.array_equal(idx[inside], under[inside]) and (idx[~inside] == cells).all() and (conf[~inside] == 0).all()
+    expected = np.where(matched, np.maximum(confidence, 0.8 * landing[np.clip(under, 0, cells - 1)]),
+                        0.8 * landing[np.clip(under, 0, cells - 1)])
+    assert np.allclose(conf[inside], expected[inside])
+    # too few voters for the support asked: no plane, the caller keeps the matcher's own matches
+    assert plane_matches(centres, confidence, match, positions, cells, (128, 128), 8, min_confidence=0.99,
+                         threshold_px=6.0, min_support=24 / cells, landing_confidence=landing) is None

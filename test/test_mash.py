@@ -353,6 +353,76 @@ def test_onnx_roles_agree_with_torch(tiny_dataset, tmp_path, sampling, stem, flo
         assert check['supporter_label_agreement'] > 0.99, check
 
 
+def test_a_ground_plane_supporter_runs_on_onnx_as_in_torch(tiny_dataset, tmp_path):
+    """geometry 'homography' exported: supporter.onnx also gives positions, its own expected accuracy and its
+    class distribution, sampler.onnx samples it where the plane puts each cell, roles.json carries the plane's
+    settings and MashOnnx loads the sampler with the matcher; the runtime's plane path (supporter_matches)
+    equals Mash.planar_matches plus the torch sampler on matches that agree on a plane."""
+    from collab_perception.learn.mash import SamplerRole
+    from collab_perception.learn.mash_export import check_onnx, export_roles
+    from collab_perception.runtime.homography import project
+    from collab_perception.runtime.onnx_mash import MashOnnx, supporter_matches
+    from collab_perception.runtime.onnx_method import onnx_session
+    torch.manual_seed(0)
+    model = Mash(replace(SMALL, patch_sampling='pixels', refine_flow=True, accuracy_confidence=True)).eval()
+    model.method_name, model.fusion_kind, model.geometry, model.plane_weight = 'mash', 'bayes', 'homography', 0.7
+    with torch.no_grad():
+        model.own_head.classify.weight.mul_(50)
+        model.smoothing.out.weight.normal_(0, 0.5)
+        model.flow.out.weight.normal_(0, 0.1)
+    paths = export_roles(model, str(tmp_path))
+    assert set(paths) == {'requester', 'supporter', 'fusion', 'sampler'}
+    roles = json.load(open(tmp_path / 'roles.json'))
+    assert roles['geometry'] == 'homography' and roles['plane'] == model.plane_settings()
+    assert roles['plane']['weight'] == 0.7
+    assert list(roles['roles']['supporter']['outputs'])[3:] == ['positions', 'supporter_confidence', 'own_probs']
+    loader = ObstructionLoader(tiny_dataset, 'obstruction', 'test', 2, shuffle=False)
+    model.confidence_threshold = 0.0
+    check = check_onnx(model, paths, loader, frames=2)
+    assert check['supporter_max_abs_diff'] < 1e-4 and check['supporter_label_agreement'] > 0.99, check
+    assert check['swarm_pipeline_vs_offline_agreement'] > 0.99, check
+
+    # an untrained matcher agrees on no plane: plant matches that do (a shift of 10 px right, 6 down)
+    centres = cell_centres(128, 128, CELL_SIZE).astype(np.float64)
+    planted = project(np.array([[1.0, 0.0, 10.0], [0.0, 1.0, 6.0], [0.0, 0.0, 1.0]]), centres).astype(np.float32)
+    matched = np.arange(256) % 3 != 0                                 # a third of the cells unmatched
+
+    class PlantedMatcher:
+        def __init__(self, session):
+            self.session = session
+
+        def run(self, names, feeds):
+            out = list(self.session.run(names, feeds))
+            out[0] = np.where(matched, 0.8, 0.9).astype(np.float32)[None]
+            out[1] = np.where(matched, np.arange(256), 256)[None]
+            out[3] = np.where(matched[:, None], planted, np.nan).astype(np.float32)[None]
+            return out
+
+    sessions = {r: onnx_session(p, ['CPUExecutionProvider']) for r, p in paths.items()}
+    batch = next(iter(loader))
+    query = np.random.default_rng(0).normal(size=(1, 16, 16, 4)).astype(np.float32)
+    image = batch['supporters'][0, :1].numpy()
+    conf, match, labels = supporter_matches(PlantedMatcher(sessions['supporter']), sessions['sampler'], query, image,
+                                            roles['plane'], centres, (128, 128), CELL_SIZE, 256)
+    raw = PlantedMatcher(sessions['supporter']).run(None, {'query': query, 'image': image})
+    want = model.planar_matches(torch.from_numpy(raw[0]), torch.from_numpy(raw[1]), torch.from_numpy(raw[3]),
+                                torch.from_numpy(raw[4]))
+    with torch.no_grad():
+        want_labels = SamplerRole(model)(torch.from_numpy(raw[5]), want[2]).numpy()
+    inside = (planted[:, 0] <= 127.5) & (planted[:, 1] <= 127.5)
+    assert (match[0][inside] != 256).all() and (match[0][~inside] == 256).all()      # the unmatched cells too
+    assert np.allclose(conf, want[0].numpy(), atol=1e-6) and np.array_equal(match, want[1].numpy())
+    assert (labels == want_labels).mean() > 0.99
+    method = MashOnnx(str(tmp_path), roles=('matcher',))
+    assert set(method.sessions) == {'matcher', 'sampler'} and method.plane == roles['plane']
+    reply = method.patches(query[0], (batch['supporters'][0, 0].permute(1, 2, 0).numpy() * 255).astype(np.uint8),
+                           threshold=0.0)
+    assert reply.labels.shape[1:] == (CELL_SIZE, CELL_SIZE)
+    model.cfg.accuracy_confidence, model.geometry = True, 'homography'
+    with pytest.raises(ValueError, match='landing_confidence'):
+        model.planar_matches(torch.from_numpy(raw[0]), torch.from_numpy(raw[1]), torch.from_numpy(raw[3]))
+
+
 @pytest.mark.parametrize('sampling', ['cells', 'pixels'])
 def test_tiny_training_lowers_the_loss(tiny_dataset, tmp_path, sampling):
     from collab_perception.learn.mash_eval import evaluate_mash_run, matcher_ceiling
@@ -808,13 +878,19 @@ def test_calibration_chooses_the_fusion_on_the_validation_split_and_load_run_app
     assert len(sweep) == len(CALIBRATED_FUSIONS) * 2 * 2 * 2
     assert {r['fusion'] for r in sweep} == set(CALIBRATED_FUSIONS) == {'hard', 'bayes'}
     chosen = result['chosen']
+    # the second stage: the ground plane at the first stage's fusion, threshold and need map
+    from collab_perception.learn.mash_eval import PLANE_SCALES, PLANE_WEIGHTS
+    planes = result['plane_sweep']
+    assert len(planes) == len(PLANE_WEIGHTS) * len(PLANE_SCALES)
+    assert {r['geometry'] for r in planes} == {'homography'} and {r['plane_weight'] for r in planes} == set(PLANE_WEIGHTS)
+    sweep = sweep + planes
     within = [r for r in sweep if r['supporter_y'] <= result['budget_y']] or sweep
     near_best = [r for r in within if r['miou'] >= max(r['miou'] for r in within) - result['tolerance_miou']]
-    assert chosen['miou'] >= min(r['miou'] for r in near_best)
     assert chosen['supporter_y'] == min(r['supporter_y'] for r in near_best)
     model, _ = load_run(run)
     assert (model.fusion_kind, model.self_confidence_scale, model.confidence_threshold, model.request_need) == \
         (chosen['fusion'], chosen['self_confidence_scale'], chosen['threshold'], chosen['need'])
+    assert model.geometry == chosen['geometry'] in ('none', 'homography')
     assert load_run(run, calibrated=False)[0].fusion_kind == 'hard'
     # confidences that do not estimate accuracy: BayesFusion's premise does not hold, HardSelection alone
     plain = str(tmp_path / 'plain')
@@ -823,6 +899,7 @@ def test_calibration_chooses_the_fusion_on_the_validation_split_and_load_run_app
           progress=False)
     result = calibrate_mash_run(plain, tiny_dataset, scales=(1.0,), thresholds=(0.5,), progress=False)
     assert {r['fusion'] for r in result['sweep']} == {'hard'} and len(result['sweep']) == 2
+    assert result['plane_sweep'] == [] and load_run(plain)[0].geometry == 'none'
 
 
 def test_calibration_takes_the_fewest_bytes_among_settings_of_equal_miou_within_the_budget():

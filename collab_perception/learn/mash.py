@@ -96,6 +96,12 @@ PLANE_MIN_CONFIDENCE = 0.1           # matches that vote for the plane: from thi
 PLANE_THRESHOLD_PX = 6.0             # a match agrees with a plane within this many pixels (3/4 of a cell)
 PLANE_MIN_SUPPORT = 0.15             # a plane needs this share of the target's cells to agree (chance agreement
                                      # of random matches with a RANSAC hypothesis stays far below it)
+# accuracy_confidence models: a confidence is an expected accuracy, so the voters are the matches expected to be
+# right more often than not (87 % of them land within one cell), and 24 of 256 cells agreeing make a plane
+PLANE_MIN_CONFIDENCE_ACCURACY = 0.5
+PLANE_MIN_SUPPORT_ACCURACY = 24 / 256
+PLANE_WEIGHT = 0.8                   # the plane's cells: this times the supporter's expected accuracy there
+                                     # (calibrated per run, mash_eval.calibrate_mash_run)
 _QUANT_RANGE = {'uint8': (0, 255), 'int8': (-128, 127)}
 FLOW_INPUTS = 7                      # FlowRefiner: position u, v, window mass, no-match, peak bin, target cell y, x
 FLOW_LOSS_WEIGHT = 1.0               # refine_flow: its position (smooth L1, cells) and match (BCE) losses
@@ -596,6 +602,7 @@ class Mash(ObstructionModel):
         self.query_dtype = QUERY_DTYPE
         self.patch_dtype = PATCH_DTYPE
         self.geometry = 'none'
+        self.plane_weight = PLANE_WEIGHT
         # inference: the request carries the requester's need map (need_map), so supporters send only the
         # cells in which they beat its own confidence
         self.request_need = False
@@ -768,21 +775,39 @@ class Mash(ObstructionModel):
         confidence = torch.sigmoid(torch.where(none, -logit, logit))
         return confidence, match, positions
 
-    def planar_matches(self, confidence: torch.Tensor, match: torch.Tensor, positions: torch.Tensor
+    def plane_settings(self) -> dict:
+        """runtime/homography.plane_matches' settings for this model (also roles.json's `plane`): with
+        accuracy confidences the voters are the matches expected to be right and a plane cell's confidence is
+        `plane_weight` times the supporter's own expected accuracy where it lands; otherwise the plane's
+        support."""
+        if self.cfg.accuracy_confidence:
+            return {'min_confidence': PLANE_MIN_CONFIDENCE_ACCURACY, 'threshold_px': PLANE_THRESHOLD_PX,
+                    'min_support': PLANE_MIN_SUPPORT_ACCURACY, 'weight': float(self.plane_weight)}
+        return {'min_confidence': PLANE_MIN_CONFIDENCE, 'threshold_px': PLANE_THRESHOLD_PX,
+                'min_support': PLANE_MIN_SUPPORT}
+
+    def planar_matches(self, confidence: torch.Tensor, match: torch.Tensor, positions: torch.Tensor,
+                       landing_confidence: Optional[torch.Tensor] = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Supporter, `geometry = 'homography'`: the ground plane its confident sub-cell matches agree on
-        (RANSAC, runtime/homography.py) gives every target cell a position, the obstructed cells included, whose
-        own matches are the weakest; a cell whose plane position falls outside the view has no match, and every
-        matched cell's confidence is the plane's support (the share of the target's cells that voted for it).
-        Where no plane has PLANE_MIN_SUPPORT the matcher's own matches stay. Same shapes as subcell_matches'
-        outputs, which it takes; not differentiable (inference only)."""
+        (RANSAC, runtime/homography.plane_matches) gives every target cell a position, the obstructed cells
+        included, whose own matches are the weakest; a cell whose plane position falls outside the view has no
+        match. A plane cell's confidence: see plane_settings (`landing_confidence` [N, C]: each supporter's own
+        expected accuracy per cell of its grid, needed for accuracy_confidence models). Where no plane has the
+        support the matcher's own matches stay. Same shapes as subcell_matches' outputs, which it takes; not
+        differentiable (inference only)."""
         cells = self.grid[0] * self.grid[1]
         centres = self.cell_centre_uv.reshape(2, cells).T.double().numpy()
+        settings = self.plane_settings()
+        if self.cfg.accuracy_confidence and landing_confidence is None:
+            raise ValueError('planar_matches of an accuracy_confidence model needs the supporters\' own '
+                             'confidences (landing_confidence)')
         conf, idx, pos = confidence.clone(), match.clone(), positions.clone()
         for n in range(len(match)):
+            landing = None if landing_confidence is None else landing_confidence[n].double().numpy()
             planar = plane_matches(centres, confidence[n].double().numpy(), match[n].numpy(),
                                    positions[n].double().numpy(), cells, self.image_size, CELL_SIZE,
-                                   PLANE_MIN_CONFIDENCE, PLANE_THRESHOLD_PX, PLANE_MIN_SUPPORT)
+                                   landing_confidence=landing, **settings)
             if planar is not None:
                 conf[n], idx[n], pos[n] = (torch.from_numpy(x).to(t.dtype) for x, t in zip(planar, (conf, idx, pos)))
         return conf, idx, pos
@@ -896,9 +921,13 @@ class Mash(ObstructionModel):
         volume = self.match_volume(query[:, None].expand(b, s, *query.shape[1:]).flatten(0, 1),
                                    features[:, 1:].flatten(0, 1), supporter_images)
         cell_probs = self.cell_distributions(own_logits.flatten(0, 1))
-        return {'own_logits': own_logits, 'cell_probs': cell_probs.view(b, a, *cell_probs.shape[1:]),
-                'self_confidence': self.self_confidence(features[:, 0]),
-                'volume': volume.view(b, s, *volume.shape[1:])}
+        state = {'own_logits': own_logits, 'cell_probs': cell_probs.view(b, a, *cell_probs.shape[1:]),
+                 'self_confidence': self.self_confidence(features[:, 0]),
+                 'volume': volume.view(b, s, *volume.shape[1:])}
+        if not self.training and self.cfg.patch_sampling == 'pixels':
+            # each supporter's expected accuracy of its own cells: the confidence of the plane's cells (geometry)
+            state['supporter_confidence'] = self.self_confidence(features[:, 1:].flatten(0, 1)).view(b, s, -1)
+        return state
 
     def supporter_answers(self, state: dict) -> dict:
         """Every supporter's side of distributed inference from a handshake state, before any threshold: its
@@ -909,7 +938,9 @@ class Mash(ObstructionModel):
         if self.cfg.patch_sampling == 'pixels':
             confidence, match, positions = self.subcell_matches(volume)
             if self.geometry == 'homography':
-                confidence, match, positions = self.planar_matches(confidence, match, positions)
+                landing = state.get('supporter_confidence')
+                confidence, match, positions = self.planar_matches(
+                    confidence, match, positions, None if landing is None else landing.flatten(0, 1))
             elif self.geometry != 'none':
                 raise ValueError(f'unknown geometry {self.geometry!r}; valid: {", ".join(GEOMETRIES)}')
             blocks, valid = self.pixel_patches(state['own_logits'][:, 1:].flatten(0, 1).softmax(1), positions)
@@ -1149,9 +1180,26 @@ class SupporterRole(nn.Module):
         volume = m.match_volume(query.permute(0, 3, 1, 2), features, image)
         if m.cfg.patch_sampling == 'pixels':
             confidence, match, positions = m.subcell_matches(volume)
-            blocks, valid = m.pixel_patches(own_logits.softmax(1), positions)
+            own_probs = own_logits.softmax(1)
+            blocks, valid = m.pixel_patches(own_probs, positions)
+            if m.geometry == 'homography':
+                # the runtime fits the plane to these matches (runtime/homography.py) and samples own_probs at
+                # the plane's positions with the sampler role
+                return (confidence, match, patch_labels(blocks, valid), positions,
+                        m.self_confidence(features).flatten(1), own_probs)
             return confidence, match, patch_labels(blocks, valid)
         return m.hard_matches(volume, m.cell_distributions(own_logits))
+
+
+class SamplerRole(nn.Module):
+    """Supporter, geometry 'homography': its own class distribution sampled at the plane's positions."""
+
+    def __init__(self, model: Mash):
+        super().__init__()
+        self.model = model
+
+    def forward(self, own_probs: torch.Tensor, positions: torch.Tensor):
+        return patch_labels(*self.model.pixel_patches(own_probs, positions))
 
 
 class FusionRole(nn.Module):
@@ -1167,6 +1215,12 @@ class FusionRole(nn.Module):
         return m.fuse(own_probs, own_confidence, patch_values, patch_confidence).max(1).indices
 
 
+def role_names(model: Mash) -> tuple[str, ...]:
+    """The roles a model exports: a supporter that fits the ground plane also samples at its positions."""
+    planar = model.geometry == 'homography' and model.cfg.patch_sampling == 'pixels'
+    return ('requester', 'supporter', 'fusion') + (('sampler',) if planar else ())
+
+
 def role_modules(model: Mash) -> dict[str, nn.Module]:
-    return {'requester': RequesterRole(model).eval(), 'supporter': SupporterRole(model).eval(),
-            'fusion': FusionRole(model).eval()}
+    modules = {'requester': RequesterRole, 'supporter': SupporterRole, 'fusion': FusionRole, 'sampler': SamplerRole}
+    return {role: modules[role](model).eval() for role in role_names(model)}

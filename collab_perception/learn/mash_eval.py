@@ -98,15 +98,19 @@ TRAINING = {'iterations': 2000, 'batch_size': 8}      # the planned runs (about 
 
 # A MASH variant is named FUSION@THRESHOLD, with '+need' after the fusion where the request also carries the
 # requester's need map (Mash.need_map, Request.need): supporters send only the cells in which their match beats
-# the requester's own confidence. Evaluation scores these fusions (with and without the need map) at every
+# the requester's own confidence; '+plane' after it where the supporters fit the ground plane (a model whose
+# calibration chose geometry 'homography' is scored with and without it). Evaluation scores these fusions (with and without the need map) at every
 # threshold; calibration chooses among CALIBRATED_FUSIONS.
 NEED_SUFFIX = '+need'
 EVALUATED_FUSIONS = (('hard', False), ('soft', False), ('hard', True), ('bayes', False), ('bayes', True))
 CALIBRATED_FUSIONS = ('hard', 'bayes')
 
 
-def variant_name(fusion: str, threshold: float, need: bool = False) -> str:
-    return f'{fusion}{NEED_SUFFIX if need else ""}@{threshold:g}'
+PLANE_SUFFIX = '+plane'     # the supporters' matches go through the ground plane they agree on (geometry)
+
+
+def variant_name(fusion: str, threshold: float, need: bool = False, plane: bool = False) -> str:
+    return f'{fusion}{NEED_SUFFIX if need else ""}{PLANE_SUFFIX if plane else ""}@{threshold:g}'
 
 
 # ---------------------------------------------------------------------------------------------- bytes
@@ -196,8 +200,10 @@ def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, prog
     is_mash = isinstance(model, Mash)
     fusions = [('stacked', False)] if model.method_name == 'mash_stacked' else EVALUATED_FUSIONS if is_mash \
         else [('default', False)]
-    settings = {variant_name(f, t, n) if is_mash else f: (f, n, t)
-                for f, n in fusions for t in (thresholds if is_mash else [0])}
+    geometry = getattr(model, 'geometry', 'none')
+    planes = (False, True) if geometry == 'homography' else (False,)
+    settings = {variant_name(f, t, n, g) if is_mash else f: (f, n, t, g)
+                for g in planes for f, n in fusions for t in (thresholds if is_mash else [0])}
     variants = {name: _Variant(k) for name in settings}
     match_correct = match_total = real_correct = real_near = real_total = 0
     near_by_region = {'obstructed': [0, 0], 'clear': [0, 0]}     # real matches within one cell, by target cell
@@ -222,11 +228,15 @@ def evaluate_model(model, loader: ObstructionLoader, thresholds=THRESHOLDS, prog
             continue
         state = model.handshake(batch)
         truth = batch['correspondence']
-        answers = model.supporter_answers(state)
+        answers = {}
+        for plane in planes:
+            model.geometry = 'homography' if plane else 'none'
+            answers[plane] = model.supporter_answers(state)
+        model.geometry = geometry
         for name, v in variants.items():
-            fusion, need, threshold = settings[name]
+            fusion, need, threshold, plane = settings[name]
             model.fusion_kind = fusion
-            result = model.infer(state, threshold, need=need, answers=answers)
+            result = model.infer(state, threshold, need=need, answers=answers[plane])
             v.add_inference(result, batch, need_request if need else request, model.patch_dtype, pixel_cell,
                             (hc, wc))
             if name == next(iter(variants)):
@@ -259,6 +269,10 @@ CALIBRATION = 'calibration_val.json'
 # above 1: a supporter's patch must be expected to do that much better than the target (accuracy_confidence
 # models, whose confidences on maps they never saw run higher than on their training maps)
 SELF_CONFIDENCE_SCALES = (2.0, 1.5, 1.25, 1.0, 0.5, 0.35, 0.25, 0.18, 0.12, 0.08)
+# the ground plane (geometry 'homography', accuracy_confidence 'pixels' models): its cells' confidence is this
+# times the supporter's expected accuracy there, tried at these self-confidence scales beside the first choice
+PLANE_WEIGHTS = (0.6, 0.7, 0.8, 0.9, 1.0)
+PLANE_SCALES = (1.0, 1.25, 1.5)
 SUPPORTER_BUDGET_Y = 0.05      # MASH issue: at most 0.05 of the label image per supporter
 CALIBRATION_TOLERANCE_MIOU = 0.001   # calibration: settings this close in full-image mIoU (0.1 point) are equal
 
@@ -274,6 +288,9 @@ def load_run(run_dir: str, calibrated: bool = True):
         model.confidence_threshold = chosen['threshold']
         model.request_need = bool(chosen.get('need', False))
         model.fusion_kind = chosen.get('fusion', 'hard')
+        model.geometry = chosen.get('geometry', 'none')
+        if chosen.get('plane_weight') is not None:
+            model.plane_weight = chosen['plane_weight']
     return model, ckpt
 
 
@@ -290,13 +307,15 @@ def calibration(run_dir: str) -> Optional[dict]:
 def calibrate_mash_run(run_dir: str, data_dir: str, scales=SELF_CONFIDENCE_SCALES, thresholds=THRESHOLDS,
                        budget_y: float = SUPPORTER_BUDGET_Y, progress: bool = True, force: bool = False,
                        needs=(False, True), fusions: Optional[Sequence[str]] = None,
-                       tolerance_miou: float = CALIBRATION_TOLERANCE_MIOU) -> dict:
+                       tolerance_miou: float = CALIBRATION_TOLERANCE_MIOU, planes: bool = True) -> dict:
     """Choose a MASH run's fusion, self-confidence scale, confidence threshold and whether its request carries
     the need map, on the validation split of its dataset (never on the split it is scored on): every
     combination scored; among those within `budget_y` of the label image per supporter, the fewest bytes of
     the ones within `tolerance_miou` of the best full-image mIoU (closer than that is noise on a validation
     split of 200 frames; fewer cells sent also leaves the requester's own cells where the confidences of a
-    matcher on maps it never saw run high). `fusions` default: CALIBRATED_FUSIONS for a model whose
+    matcher on maps it never saw run high). For 'pixels' models whose confidences estimate accuracy, a second
+    stage (calibrate_plane, `planes`) tries the ground-plane prior at the first stage's choice; its rows are
+    the result's `plane_sweep`. `fusions` default: CALIBRATED_FUSIONS for a model whose
     confidences estimate accuracy (BayesFusion's premise), HardSelection alone otherwise. Cached in
     <run>/calibration_val.json, which load_run applies (so
     evaluation and export use the choice)."""
@@ -325,12 +344,49 @@ def calibrate_mash_run(run_dir: str, data_dir: str, scales=SELF_CONFIDENCE_SCALE
     # the sweep is the expensive part: cached by what it scored; the choice is made again from it
     result = cached_evaluation(run_dir, CALIBRATION[:-5], compute, force, scales=list(scales),
                                thresholds=list(thresholds), data=data_dir, needs=list(needs), fusions=list(fusions))
-    chosen = choose_calibration(result['sweep'], budget_y, tolerance_miou)
-    if (result.get('chosen'), result.get('budget_y'), result.get('tolerance_miou')) != (chosen, budget_y, tolerance_miou):
-        result.update(chosen=chosen, budget_y=budget_y, tolerance_miou=tolerance_miou)
+    with open(os.path.join(run_dir, 'config.json')) as f:
+        model_cfg = json.load(f)['model']
+    plane_sweep = []
+    if model_cfg.get('accuracy_confidence') and model_cfg.get('patch_sampling') == 'pixels' and planes:
+        first = choose_calibration(result['sweep'], budget_y, tolerance_miou)
+        plane_sweep = calibrate_plane(run_dir, data_dir, first, progress, force)['sweep']
+    chosen = choose_calibration(result['sweep'] + plane_sweep, budget_y, tolerance_miou)
+    if (result.get('chosen'), result.get('budget_y'), result.get('tolerance_miou'), result.get('plane_sweep', [])) != \
+            (chosen, budget_y, tolerance_miou, plane_sweep):
+        result.update(chosen=chosen, budget_y=budget_y, tolerance_miou=tolerance_miou, plane_sweep=plane_sweep)
         with open(os.path.join(run_dir, CALIBRATION), 'w') as f:
             json.dump(result, f, indent=2)
     return result
+
+
+@torch.no_grad()
+def calibrate_plane(run_dir: str, data_dir: str, first: dict, progress: bool = True, force: bool = False) -> dict:
+    """calibrate_mash_run's second stage for a model whose confidences estimate accuracy: the ground plane
+    (geometry 'homography') at the first stage's fusion, threshold and need map, every PLANE_WEIGHTS and
+    PLANE_SCALES, on the validation split. Cached in <run>/calibration_plane_val.json."""
+    setting = {k: first[k] for k in ('fusion', 'threshold', 'need')}
+
+    def compute() -> dict:
+        model, _ = load_run(run_dir, calibrated=False)
+        model.geometry, model.fusion_kind = 'homography', setting['fusion']
+        loader = ObstructionLoader(data_dir, SETTING, 'val', 16, shuffle=False)
+        pixel_cell = CELL_SIZE if model.cfg.patch_sampling == 'pixels' else None
+        request = query_bytes(loader.grid, model.cfg.query_size, model.query_dtype, setting['need'])
+        scores = {(wt, a): _Variant(loader.num_classes) for wt in PLANE_WEIGHTS for a in PLANE_SCALES}
+        for batch in tqdm(loader, desc='calibrate the plane', disable=not progress, leave=False, dynamic_ncols=True):
+            state = model.handshake(batch)
+            for wt in PLANE_WEIGHTS:
+                model.plane_weight = wt
+                answers = model.supporter_answers(state)
+                for a in PLANE_SCALES:
+                    model.self_confidence_scale = a
+                    scores[wt, a].add_inference(model.infer(state, setting['threshold'], need=setting['need'],
+                                                            answers=answers),
+                                                batch, request, model.patch_dtype, pixel_cell, loader.grid)
+        return {'sweep': [{**setting, 'self_confidence_scale': a, 'geometry': 'homography', 'plane_weight': wt,
+                           **v.summary(loader.image_size)} for (wt, a), v in scores.items()]}
+    return cached_evaluation(run_dir, 'calibration_plane_val', compute, force, data=data_dir, first=setting,
+                             weights=list(PLANE_WEIGHTS), scales=list(PLANE_SCALES))
 
 
 def choose_calibration(sweep: list[dict], budget_y: float, tolerance_miou: float) -> dict:
@@ -339,8 +395,9 @@ def choose_calibration(sweep: list[dict], budget_y: float, tolerance_miou: float
     within = [r for r in sweep if r['supporter_y'] <= budget_y] or sweep
     best = max(r['miou'] for r in within)
     chosen = min((r for r in within if r['miou'] >= best - tolerance_miou), key=lambda r: (r['supporter_y'], -r['miou']))
-    return {k: chosen[k] for k in ('fusion', 'self_confidence_scale', 'threshold', 'need', 'miou', 'region_miou',
-                                   'supporter_y', 'target_x', 'sent_fraction')}
+    return {'geometry': chosen.get('geometry', 'none'), 'plane_weight': chosen.get('plane_weight'),
+            **{k: chosen[k] for k in ('fusion', 'self_confidence_scale', 'threshold', 'need', 'miou', 'region_miou',
+                                      'supporter_y', 'target_x', 'sent_fraction')}}
 
 
 def evaluate_mash_run(run_dir: str, data_dir: str, split: str = 'test', batch_size: int = 16, progress: bool = True,
@@ -363,7 +420,8 @@ def evaluate_mash_run(run_dir: str, data_dir: str, split: str = 'test', batch_si
         f'eval_mash_{split}_{os.path.basename(os.path.normpath(data_dir))}'
     return cached_evaluation(run_dir, name, compute, force, thresholds=list(THRESHOLDS),
                              self_confidence_scale=chosen['self_confidence_scale'] if chosen else None,
-                             fusions=[[f, n] for f, n in EVALUATED_FUSIONS])
+                             fusions=[[f, n] for f, n in EVALUATED_FUSIONS],
+                             plane=[chosen.get('geometry', 'none'), chosen.get('plane_weight')] if chosen else None)
 
 
 def _run_data(run_dir: str) -> str:

@@ -17,6 +17,11 @@
                     The node sends the cells with match != C and confidence >= the threshold of roles.json
                     (msg/PatchSegments.msg: grid_height Hc, grid_width Wc, the cell indices ascending, their
                     confidence and class_probs rows, quantized by the codec, uint8 by default).
+    sampler.onnx    (geometry 'homography' only) own_probs [1, K, H, W] float32, positions [1, C, 2] float32
+                    (pixels u, v; NaN: none) -> labels [1, C, cell, cell] int64: the supporter's classes at
+                    the ground plane's positions. supporter.onnx then also outputs positions [1, C, 2], its own
+                    expected accuracy per cell of its grid, supporter_confidence [1, C], and own_probs
+                    [1, K, H, W]; the runtime fits the plane in between (runtime/onnx_mash.supporter_matches).
     fusion.onnx     own_probs [1, K, H, W], self_confidence [1, Hc, Wc] float32 (from requester.onnx),
                     patch_probs [1, S, C, K], patch_confidence [1, S, C] float32 (every supporter slot's received
                     cells decoded and scattered into the requester's grid; zeros for cells and supporters that
@@ -40,20 +45,21 @@ import yaml
 
 from .evaluate import UNSEEN_SUFFIX
 from .export import export_onnx, fp16_path
-from ..runtime.onnx_mash import need_levels, need_map, sendable_cells
-from .mash import CELL_SIZE, NO_LABEL, Mash, role_modules
-
-ROLES = ('requester', 'supporter', 'fusion')
+from ..runtime.onnx_mash import need_levels, need_map, sendable_cells, supporter_matches
+from ..world.geometry import cell_centres
+from .mash import CELL_SIZE, NO_LABEL, Mash, role_modules, role_names
 
 
 def role_io(model: Mash) -> dict[str, tuple[list[str], list[str]]]:
     """Input and output names of each role; a 'pixels' model's patches are class ids per pixel."""
     values, patches = (('labels', 'patch_labels') if model.cfg.patch_sampling == 'pixels'
                        else ('class_probs', 'patch_probs'))
+    planar = ['positions', 'supporter_confidence', 'own_probs'] if 'sampler' in role_names(model) else []
     return {
         'requester': (['image'], ['query', 'own_probs', 'self_confidence', 'own_classes']),
-        'supporter': (['query', 'image'], ['confidence', 'match', values]),
+        'supporter': (['query', 'image'], ['confidence', 'match', values] + planar),
         'fusion': (['own_probs', 'self_confidence', patches, 'patch_confidence'], ['classes']),
+        'sampler': (['own_probs', 'positions'], ['labels']),
     }
 
 
@@ -73,6 +79,8 @@ def example_inputs(model: Mash) -> dict[str, tuple]:
         'supporter': (torch.randn(1, hc, wc, model.cfg.query_size, generator=g), torch.rand(1, 3, h, w, generator=g)),
         'fusion': (torch.rand(1, k, h, w, generator=g).softmax(1), torch.rand(1, hc, wc, generator=g),
                    patches, torch.rand(1, s, hc * wc, generator=g)),
+        'sampler': (torch.rand(1, k, h, w, generator=g).softmax(1),
+                    torch.rand(1, hc * wc, 2, generator=g) * torch.tensor([w - 1.0, h - 1.0])),
     }
 
 
@@ -96,7 +104,14 @@ def tensor_spec(model: Mash) -> dict:
         patches = {'patch_probs': t((1, s, c, k), 'float32', 'received class_probs per supporter slot, '
                                     'scattered into the grid; 0 where nothing came')}
 
-    return {
+    planar = {}
+    if 'sampler' in role_names(model):
+        planar = {'positions': t((1, c, 2), 'float32', 'per requester cell: where it lands in the supporter '
+                                 '(pixels u, v; NaN: no match)'),
+                  'supporter_confidence': t((1, c), 'float32', 'per own cell: the expected accuracy of its own '
+                                            'segmentation there (the ground plane\'s cells\' confidence)'),
+                  'own_probs': t((1, k, h, w), 'float32', 'own class distribution, for the sampler')}
+    spec = {
         'requester': {'file': 'requester.onnx',
                       'inputs': {'image': t((1, 3, h, w), 'float32', 'RGB / 255, channels first')},
                       'outputs': {'query': t((1, hc, wc, q), 'float32', 'query map: Request.query as [Hs, Ws, Q]'),
@@ -108,7 +123,7 @@ def tensor_spec(model: Mash) -> dict:
                                  'image': t((1, 3, h, w), 'float32', 'the supporter\'s RGB / 255')},
                       'outputs': {'confidence': t((1, c), 'float32', 'per requester cell: max matching probability'),
                                   'match': t((1, c), 'int64', f'per requester cell: matched own cell, {c} = no match'),
-                                  **values}},
+                                  **values, **planar}},
         'fusion': {'file': 'fusion.onnx',
                    'inputs': {'own_probs': t((1, k, h, w), 'float32', 'requester.onnx own_probs'),
                               'self_confidence': t((1, hc, wc), 'float32', 'requester.onnx self_confidence'),
@@ -117,6 +132,11 @@ def tensor_spec(model: Mash) -> dict:
                                                     'where nothing came')},
                    'outputs': {'classes': t((1, h, w), 'int64', 'fused segmentation')}},
     }
+    if planar:
+        spec['sampler'] = {'file': 'sampler.onnx',
+                           'inputs': {'own_probs': planar['own_probs'], 'positions': planar['positions']},
+                           'outputs': {'labels': values['labels']}}
+    return spec
 
 
 def export_roles(model: Mash, out_dir: str, fp16: bool = False) -> dict[str, str]:
@@ -128,7 +148,7 @@ def export_roles(model: Mash, out_dir: str, fp16: bool = False) -> dict[str, str
     os.makedirs(out_dir, exist_ok=True)
     modules, examples, io = role_modules(model), example_inputs(model), role_io(model)
     paths = {}
-    for role in ROLES:
+    for role in role_names(model):
         paths[role] = os.path.join(out_dir, f'{role}.onnx')
         export_onnx(modules[role], examples[role], paths[role], *io[role], fp16=fp16)
     hc, wc = model.grid
@@ -141,6 +161,8 @@ def export_roles(model: Mash, out_dir: str, fp16: bool = False) -> dict[str, str
                    'self_confidence_scale': model.self_confidence_scale,
                    'request_need': bool(model.request_need),
                    'patch_sampling': model.cfg.patch_sampling,
+                   'geometry': 'homography' if 'sampler' in paths else 'none',
+                   **({'plane': model.plane_settings()} if 'sampler' in paths else {}),
                    'precisions': ['fp32', 'fp16'] if fp16 else ['fp32'],
                    'wire': {'query_dtype': model.query_dtype, 'patch_confidence_dtype': model.patch_dtype,
                             'patch_probs_dtype': model.patch_dtype},
@@ -149,12 +171,14 @@ def export_roles(model: Mash, out_dir: str, fp16: bool = False) -> dict[str, str
 
 
 def run_swarm_onnx(sessions: dict, target: np.ndarray, supporters: np.ndarray, threshold: float,
-                   query_dtype: str, patch_dtype: str, need_scale: Optional[float] = None) -> tuple[np.ndarray, dict]:
+                   query_dtype: str, patch_dtype: str, need_scale: Optional[float] = None,
+                   plane: Optional[dict] = None) -> tuple[np.ndarray, dict]:
     """One frame through the exported roles as the swarm runs them, the wire's codec in between: target
     [1, 3, H, W] and supporters [S, 3, H, W] float32 -> fused classes [H, W] and the intermediate outputs.
     The fusion role's patch input tells the sampling: class ids per pixel (int64) travel as they are,
     distributions are quantized to `patch_dtype`. `need_scale`: the request carries the need map (the
-    requester's self-confidence times this, as uint8 steps) and supporters send only where they beat it."""
+    requester's self-confidence times this, as uint8 steps) and supporters send only where they beat it.
+    `plane`: roles.json's ground-plane settings (geometry 'homography'; `sessions` then has the sampler)."""
     from ..runtime.codec import decode_tensor, encode_tensor
     query, own_probs, self_conf, own_classes = sessions['requester'].run(None, {'image': target})
     sent_query = decode_tensor(encode_tensor(query[0], query_dtype))[None]
@@ -171,8 +195,10 @@ def run_swarm_onnx(sessions: dict, target: np.ndarray, supporters: np.ndarray, t
     patch_conf = np.zeros((1, s, c), np.float32)
     replies = []
     for i in range(s):
-        confidence, match, values = sessions['supporter'].run(None, {'query': sent_query,
-                                                                    'image': supporters[i:i + 1]})
+        h, w = target.shape[-2:]
+        confidence, match, values = supporter_matches(sessions['supporter'], sessions.get('sampler'), sent_query,
+                                                      supporters[i:i + 1], plane, cell_centres(h, w, CELL_SIZE),
+                                                      (h, w), CELL_SIZE, c)
         cells = sendable_cells(confidence[0], match[0], c, threshold, need)
         if cells.size:
             patch_conf[0, i, cells] = decode_tensor(encode_tensor(confidence[0, cells], patch_dtype))
@@ -194,6 +220,21 @@ def need_scale(model: Mash) -> Optional[float]:
     return model.self_confidence_scale if model.request_need else None
 
 
+def plane_of(model: Mash) -> Optional[dict]:
+    """run_swarm_onnx's `plane` for a model as exported: its plane settings when it exports the sampler."""
+    return model.plane_settings() if 'sampler' in role_names(model) else None
+
+
+def torch_supporter(model: Mash, modules: dict, query: torch.Tensor, image: torch.Tensor) -> tuple:
+    """The supporter role in torch as the runtime runs it (supporter_matches): confidence, match, values."""
+    out = modules['supporter'](query, image)
+    if 'sampler' not in modules:
+        return out[:3]
+    confidence, match, _, positions, landing, own_probs = out
+    planar = model.planar_matches(confidence, match, positions, landing)
+    return planar[0], planar[1], modules['sampler'](own_probs, planar[2])
+
+
 @torch.no_grad()
 def check_fp16(model: Mash, paths: dict[str, str], loader, frames: int) -> dict:
     """The half-precision roles against the fp32 ones, the whole swarm pipeline (roles + codec) on the same
@@ -209,7 +250,7 @@ def check_fp16(model: Mash, paths: dict[str, str], loader, frames: int) -> dict:
             seen += 1
             target, supporters = batch['target'][i:i + 1].numpy(), batch['supporters'][i].numpy()
             fused = {p: run_swarm_onnx(s, target, supporters, model.confidence_threshold, model.query_dtype,
-                                       model.patch_dtype, need_scale(model))[0] for p, s in sessions.items()}
+                                       model.patch_dtype, need_scale(model), plane_of(model))[0] for p, s in sessions.items()}
             labels = batch['labels'][i].numpy()
             known = labels != 255
             same += int((fused['fp32'] == fused['fp16']).sum())
@@ -246,7 +287,8 @@ def check_onnx(model: Mash, paths: dict[str, str], loader, frames: int) -> dict:
             target = batch['target'][i:i + 1].contiguous()
             supporters = batch['supporters'][i].contiguous()
             classes, mid = run_swarm_onnx(sessions, target.numpy(), supporters.numpy(), model.confidence_threshold,
-                                          model.query_dtype, model.patch_dtype, need_scale(model))
+                                          model.query_dtype, model.patch_dtype, need_scale(model),
+                                          plane_of(model))
             ref = modules['requester'](target)
             for got, want in zip((mid['query'], mid['own_probs'], mid['self_confidence']), ref[:3]):
                 diff['requester'] = max(diff['requester'], float(np.abs(got - want.numpy()).max()))
@@ -254,7 +296,7 @@ def check_onnx(model: Mash, paths: dict[str, str], loader, frames: int) -> dict:
             own_n += ref[3].numel()
             query = torch.from_numpy(mid['sent_query'])     # what the supporter received
             for j, reply in enumerate(mid['replies']):
-                conf, match, values = modules['supporter'](query, supporters[j:j + 1])
+                conf, match, values = torch_supporter(model, modules, query, supporters[j:j + 1])
                 diff['supporter'] = max(diff['supporter'], float(np.abs(reply['confidence'] - conf.numpy()).max()))
                 if pixels:     # class ids: the share that differ, at the matched cells
                     same = reply['values'] == values.numpy()
@@ -314,7 +356,8 @@ def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets',
     paths = export_roles(model, out_dir, fp16=fp16)
     loader = ObstructionLoader(data, c['setting'], 'test', 4, shuffle=False)
     check = check_onnx(model, paths, loader, check_frames)
-    name = variant_name(model.fusion_kind, model.confidence_threshold, model.request_need)
+    name = variant_name(model.fusion_kind, model.confidence_threshold, model.request_need,
+                        model.geometry == 'homography')
     variant = evaluate_mash_run(run_dir, data, 'test', progress=False)['variants'].get(name)
     unseen_dir = unseen_data or os.path.normpath(data) + UNSEEN_SUFFIX   # world seeds no split uses
     unseen = (evaluate_mash_run(run_dir, unseen_dir, 'test', progress=False)['variants'].get(name)
@@ -324,6 +367,7 @@ def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets',
         'method': c['method'], 'setting': c['setting'], 'seed': c['seed'], 'fusion': model.fusion_kind,
         'confidence_threshold': model.confidence_threshold,
         'self_confidence_scale': model.self_confidence_scale, 'request_need': bool(model.request_need),
+        'geometry': model.geometry, **({'plane': model.plane_settings()} if plane_of(model) else {}),
         'trained_with': train_command(c, run_dir),
         'exported_with': f'collab-perception export --run {run_dir} --out {out_dir} --fusion {model.fusion_kind} '
                          f'--threshold {model.confidence_threshold:g}' + (' --fp16' if fp16 else '')

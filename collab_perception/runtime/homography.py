@@ -111,15 +111,19 @@ def ransac_homography(src: np.ndarray, dst: np.ndarray, threshold_px: float = 6.
 
 def plane_matches(centres: np.ndarray, confidence: np.ndarray, match: np.ndarray, positions: np.ndarray,
                   no_match: int, image_size: tuple[int, int], cell_size: int, min_confidence: float,
-                  threshold_px: float, min_support: float) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                  threshold_px: float, min_support: float, landing_confidence: Optional[np.ndarray] = None,
+                  weight: float = 1.0) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """One supporter's cell matches through the ground plane they agree on (MASH with a planar prior).
 
     centres [C, 2] (the requester's cell centres, pixels), confidence [C], match [C] (source cell, `no_match`
     for none) and positions [C, 2] (where each cell lands in the supporter, NaN for none), as the matcher gives
     them. The matches from `min_confidence` on vote (RANSAC within `threshold_px`); a plane that at least
-    `min_support` of the C cells agree with gives every cell its position, the unmatched ones included: a cell
-    the plane maps outside the supporter's view has no match, the others the plane's support (the share of
-    cells that agree) as confidence and the source cell under their position. -> (confidence, match,
+    `min_support` of the C cells agree with gives every cell its position, the unmatched ones included, and a
+    cell the plane maps outside the supporter's view has no match. The confidence of the others: without
+    `landing_confidence`, the plane's support (the share of cells that agree); with it (the supporter's own
+    expected accuracy per cell of its grid, [C_supporter]), `weight` times its value at the cell the position
+    lands in (the patch is right where the plane is right and the supporter's own segmentation is), or the
+    matcher's own confidence where its match agrees with the plane and is surer. -> (confidence, match,
     positions) like the inputs, or None when no plane has that support (keep the matcher's own)."""
     cells = len(centres)
     voters = (match != no_match) & (confidence >= min_confidence) & np.isfinite(positions).all(-1)
@@ -135,6 +139,13 @@ def plane_matches(centres: np.ndarray, confidence: np.ndarray, match: np.ndarray
     grid_w, grid_h = w // cell_size, h // cell_size
     col = np.clip(np.floor((np.nan_to_num(uv[:, 0]) + 0.5) / cell_size), 0, grid_w - 1)
     row = np.clip(np.floor((np.nan_to_num(uv[:, 1]) + 0.5) / cell_size), 0, grid_h - 1)
-    support = inliers.sum() / cells
-    return (np.where(inside, support, 0.0), np.where(inside, row * grid_w + col, no_match).astype(np.int64),
+    landing = (row * grid_w + col).astype(np.int64)
+    if landing_confidence is None:
+        plane_confidence = np.full(cells, inliers.sum() / cells)
+    else:
+        plane_confidence = weight * np.asarray(landing_confidence, dtype=np.float64)[landing]
+        with np.errstate(invalid='ignore'):
+            agrees = (match != no_match) & (np.linalg.norm(positions - uv, axis=-1) < threshold_px)
+        plane_confidence = np.where(agrees, np.maximum(plane_confidence, confidence), plane_confidence)
+    return (np.where(inside, plane_confidence, 0.0), np.where(inside, landing, no_match).astype(np.int64),
             np.where(inside[:, None], uv, np.nan))

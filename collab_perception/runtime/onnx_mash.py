@@ -7,6 +7,10 @@
                               ('cells' patch sampling) or its classes at label resolution ('pixels');
                               only the cells with a match at or above the confidence threshold are sent
                               (msg/PatchSegments.msg): the heavy work (cost volume, smoothing) stays here
+                              With the ground-plane prior (roles.json geometry 'homography'), it also gives
+                              its sub-cell positions, its own expected accuracy per cell and its class
+                              distribution; the plane its confident matches agree on (runtime/homography.py)
+                              moves every cell, and sampler.onnx samples the distribution at the new positions
     fusion (requester)        fusion.onnx: own distribution + self-confidence + every supporter slot's patches
                               scattered into the requester's cell grid (zeros where nothing came) -> classes
 
@@ -22,9 +26,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .codec import UINT4, UINT4_MAX, UINT8, CodecError, TensorLimits, decode_tensor, encode_tensor
+from .homography import plane_matches
 from .methods import EncoderOutput, register_method
 from .onnx_method import OnnxRoleMethod, read_roles_json
 from .wire import patches_size, pixel_labels_dtype
+from ..world.geometry import cell_centres
 
 
 NO_LABEL = 255     # a 'pixels' patch pixel that carries no class (outside the supporter's view)
@@ -53,6 +59,30 @@ def sendable_cells(confidence: np.ndarray, match: np.ndarray, no_match: int, thr
     if need is not None:
         keep &= confidence > need
     return np.flatnonzero(keep)
+
+
+def supporter_matches(matcher: Any, sampler: Any, query: np.ndarray, image: np.ndarray, plane: Optional[dict],
+                      centres: np.ndarray, image_size: Sequence[int], cell_size: int, no_match: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The supporter role on ONNX Runtime sessions: query [1, Hc, Wc, Q], image [1, 3, H, W] -> confidence
+    [1, C], match [1, C] and the values per cell (learn/mash.py SupporterRole). With `plane` (roles.json's
+    `plane`: geometry 'homography'), the matches go through the ground plane they agree on and `sampler`
+    samples the supporter's distribution at the plane's positions (Mash.supporter_answers); where no plane has
+    the support, the matcher's own matches stay."""
+    outputs = matcher.run(None, {'query': query, 'image': image})
+    confidence, match, values = outputs[:3]
+    if plane is None:
+        return confidence, match, values
+    positions, landing, own_probs = outputs[3:6]
+    settings = dict(plane)
+    planar = plane_matches(centres, confidence[0].astype(np.float64), match[0], positions[0].astype(np.float64),
+                           no_match, tuple(image_size), cell_size,
+                           landing_confidence=landing[0] if 'weight' in settings else None, **settings)
+    if planar is None:
+        return confidence, match, values
+    conf, match, positions = planar
+    values = sampler.run(None, {'own_probs': own_probs, 'positions': positions[None].astype(np.float32)})[0]
+    return conf[None].astype(np.float32), match[None], values
 
 
 @dataclass
@@ -130,14 +160,19 @@ def decode_patches(msg: Any, grid: Sequence[int], num_classes: int,
 class MashOnnx(OnnxRoleMethod):
     """MASH from exported ONNX roles (HardSelection or SoftSelection, as exported)."""
 
-    ROLE_FILES = {'encoder': 'requester', 'matcher': 'supporter', 'decoder': 'fusion'}
+    ROLE_FILES = {'encoder': 'requester', 'matcher': 'supporter', 'decoder': 'fusion', 'sampler': 'sampler'}
     protocol = 'spatial'
     # The requester keeps its full-resolution class distribution for fusion (K x H x W): as uint8 (1/255 steps
     # of a probability) it is 128 kB on the local topic instead of 512 kB of float32, a size that a loaded
     # machine's shared-memory transport delivers reliably (docs/RELIABILITY.md).
     local_feature_dtype = 'uint8'
 
-    def __init__(self, model_dir: str = '', roles: Sequence[str] = tuple(ROLE_FILES), **kwargs):
+    def __init__(self, model_dir: str = '', roles: Sequence[str] = ('encoder', 'matcher', 'decoder'), **kwargs):
+        info = read_roles_json(model_dir) if model_dir else {}
+        # the ground-plane prior (roles.json geometry 'homography'): the matcher's role also samples
+        self.plane = dict(info['plane']) if info.get('geometry', 'none') == 'homography' else None
+        if self.plane is not None and 'matcher' in roles:
+            roles = tuple(roles) + ('sampler',)
         super().__init__(model_dir, roles, **kwargs)
         self.grid = tuple(int(g) for g in self.info['grid'])
         self.cells = self.grid[0] * self.grid[1]
@@ -151,6 +186,8 @@ class MashOnnx(OnnxRoleMethod):
         # weighs it, so a supporter withholds the cells HardSelection would not take
         self.request_need = bool(self.info.get('request_need', False))
         self.self_confidence_scale = float(self.info.get('self_confidence_scale', 1.0))
+        h, w = self.image_shape()
+        self.centres = cell_centres(h, w, int(self.info['cell_size'])).astype(np.float64) if self.plane else None
 
     # ------------------------------------------------------------------ shapes
     def query_shape(self):
@@ -225,8 +262,10 @@ class MashOnnx(OnnxRoleMethod):
         many of them, the most confident (a hard byte budget per reply, whatever the scene)."""
         if query.shape != self.query_shape():
             raise ValueError(f'query map of shape {query.shape}, expected {self.query_shape()}')
-        confidence, match, values = self._session('matcher').run(
-            None, {'query': query[None].astype(np.float32), 'image': self.image_input(image)})
+        confidence, match, values = supporter_matches(
+            self._session('matcher'), self.sessions.get('sampler'), query[None].astype(np.float32),
+            self.image_input(image), self.plane, self.centres, self.image_shape(), int(self.info['cell_size']),
+            self.no_match)
         t = self.threshold if threshold is None else threshold
         cells = sendable_cells(confidence[0], match[0], self.no_match, t, need)
         if max_cells is not None and cells.size > max_cells:
