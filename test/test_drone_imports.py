@@ -58,3 +58,16 @@ def test_cli_help_needs_no_renderer_opencv_torch_or_tqdm(tmp_path):
                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
         assert out.returncode == 0, (command, out.stderr[-2000:])
         assert 'usage: collab-perception' in out.stdout, (command, out.stdout[:500])
+
+
+def test_node_processes_run_numpy_on_one_blas_thread_unless_told_otherwise():
+    """Importing the nodes package pins numpy's OpenBLAS to one thread before numpy loads (many node
+    processes share one computer); a user's own OPENBLAS_NUM_THREADS is kept."""
+    probe = ('import sys, os, collab_perception.nodes; assert "numpy" not in sys.modules; '
+             'print(os.environ["OPENBLAS_NUM_THREADS"])')
+    env = {k: v for k, v in os.environ.items() if k != 'OPENBLAS_NUM_THREADS'}
+    out = subprocess.run([sys.executable, '-c', probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == '1'
+    out = subprocess.run([sys.executable, '-c', probe], env={**env, 'OPENBLAS_NUM_THREADS': '3'},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == '3'
