@@ -2,6 +2,7 @@
 gives, patches survive the wire exactly as sized, malformed patches are rejected with the field named, and a
 swarm config speaks one protocol."""
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -240,3 +241,29 @@ def test_malformed_pixel_patches_are_rejected_with_the_field_named(pixel_model_d
     # a drone with a 'cells' model rejects 'pixels' patches (and the other way round), naming the field
     with pytest.raises(CodecError, match='patches.labels'):
         cells_model.decode_reply(msg(), DEFAULT_LIMITS)
+
+
+@pytest.mark.parametrize('info,field', [
+    ({'geometry': 'sphere'}, "geometry 'sphere'"),
+    ({'geometry': 'homography'}, 'needs a `plane` mapping'),
+    ({'geometry': 'homography', 'plane': {'min_confidence': 0.5, 'threshold_px': 6.0}}, 'plane.min_support'),
+    ({'geometry': 'homography', 'plane': {'min_confidence': 0.5, 'threshold_px': 'six', 'min_support': 0.1}},
+     'plane.threshold_px'),
+    ({'geometry': 'homography', 'plane': {'min_confidence': 0.5, 'threshold_px': 6.0, 'min_support': 0.1,
+                                          'weight': float('nan')}}, 'plane.weight'),
+    ({'geometry': 'homography', 'plane': {'min_confidence': 0.5, 'threshold_px': 6.0, 'min_support': 0.1,
+                                          'tilt': 1}}, 'unknown plane setting'),
+])
+def test_a_bad_ground_plane_in_roles_json_fails_at_start_up_naming_the_field(info, field):
+    from collab_perception.runtime.onnx_mash import plane_settings
+    with pytest.raises(ValueError, match=re.escape(field)):
+        plane_settings(info, 'models/x')
+
+
+def test_the_shipped_model_s_ground_plane_settings_load():
+    from collab_perception.runtime.onnx_mash import plane_settings
+    from collab_perception.runtime.onnx_method import read_roles_json
+    info = read_roles_json('models/mash_obstruction')
+    assert plane_settings({'geometry': 'none'}) is None and plane_settings({}) is None
+    assert info['geometry'] == 'homography'                  # models/README.md: the shipped MASH uses it
+    assert set(plane_settings(info)) == {'min_confidence', 'threshold_px', 'min_support', 'weight'}

@@ -61,6 +61,32 @@ def sendable_cells(confidence: np.ndarray, match: np.ndarray, no_match: int, thr
     return np.flatnonzero(keep)
 
 
+PLANE_KEYS = ('min_confidence', 'threshold_px', 'min_support')     # roles.json `plane` (+ optional 'weight')
+GEOMETRIES = ('none', 'homography')
+
+
+def plane_settings(info: dict, model_dir: str = '') -> Optional[dict]:
+    """roles.json's ground-plane settings, checked at start-up: None for geometry 'none' (the default), else
+    plane_matches' keyword arguments; a ValueError names the field that is wrong."""
+    geometry = info.get('geometry', 'none')
+    if geometry not in GEOMETRIES:
+        raise ValueError(f'{model_dir}/roles.json: geometry {geometry!r} is not one of {", ".join(GEOMETRIES)}')
+    if geometry == 'none':
+        return None
+    plane = info.get('plane')
+    if not isinstance(plane, dict):
+        raise ValueError(f'{model_dir}/roles.json: geometry \'homography\' needs a `plane` mapping of '
+                         f'{", ".join(PLANE_KEYS)} (and weight)')
+    unknown = sorted(set(plane) - set(PLANE_KEYS) - {'weight'})
+    if unknown:
+        raise ValueError(f'{model_dir}/roles.json: unknown plane setting(s) {", ".join(unknown)}')
+    for key in PLANE_KEYS + (('weight',) if 'weight' in plane else ()):
+        value = plane.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+            raise ValueError(f'{model_dir}/roles.json: plane.{key} must be a finite number >= 0, got {value!r}')
+    return {k: float(v) for k, v in plane.items()}
+
+
 def supporter_matches(matcher: Any, sampler: Any, query: np.ndarray, image: np.ndarray, plane: Optional[dict],
                       centres: np.ndarray, image_size: Sequence[int], cell_size: int, no_match: int
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -170,7 +196,7 @@ class MashOnnx(OnnxRoleMethod):
     def __init__(self, model_dir: str = '', roles: Sequence[str] = ('encoder', 'matcher', 'decoder'), **kwargs):
         info = read_roles_json(model_dir) if model_dir else {}
         # the ground-plane prior (roles.json geometry 'homography'): the matcher's role also samples
-        self.plane = dict(info['plane']) if info.get('geometry', 'none') == 'homography' else None
+        self.plane = plane_settings(info, model_dir)
         if self.plane is not None and 'matcher' in roles:
             roles = tuple(roles) + ('sampler',)
         super().__init__(model_dir, roles, **kwargs)
