@@ -4,7 +4,8 @@ by name."""
 import numpy as np
 import pytest
 
-from collab_perception.runtime.homography import fit_homography, plane_matches, project, ransac_homography
+from collab_perception.runtime.homography import (PLANE_FEATURES, fit_homography, fit_plane, plane_cell_features,
+                                                  plane_matches, project, ransac_homography)
 
 TRUE = np.array([[0.9, -0.25, 14.0], [0.2, 1.1, -6.0], [4e-4, -2e-4, 1.0]])
 
@@ -82,3 +83,31 @@ def test_plane_cells_take_the_supporters_expected_accuracy_where_they_land():
     # too few voters for the support asked: no plane, the caller keeps the matcher's own matches
     assert plane_matches(centres, confidence, match, positions, cells, (128, 128), 8, min_confidence=0.99,
                          threshold_px=6.0, min_support=24 / cells, landing_confidence=landing) is None
+
+
+def test_a_fitted_plane_confidence_is_a_logistic_model_of_the_plane_cell_features():
+    """With `coefficients`, a plane cell's confidence is weight x sigmoid(features . coefficients), capped at 1;
+    the features say where the cell lands, whether the matcher agrees, how far the nearest agreeing voter is
+    and how many agreed."""
+    centres = grid_points(16).astype(np.float64)
+    cells = len(centres)
+    truth = project(np.array([[1.0, 0.0, 6.0], [0.0, 1.0, 3.0], [0.0, 0.0, 1.0]]), centres)
+    matched = np.arange(cells) < 128                                 # the top half of the view matched
+    positions = np.where(matched[:, None], truth, np.nan)
+    confidence = np.where(matched, 0.7, 0.9)
+    match = np.where(matched, np.arange(cells), cells)
+    landing = np.full(cells, 0.8)
+    args = (centres, confidence, match, positions, cells, (128, 128), 8)
+    settings = dict(min_confidence=0.5, threshold_px=6.0, min_support=24 / cells)
+    plane = fit_plane(*args, **settings)
+    assert plane.support == 0.5 and plane.agrees[matched].all() and not plane.agrees[~matched].any()
+    assert (plane.distance[matched] == 0).all() and plane.distance[-1] == 8.0    # bottom row: 8 rows from a voter
+    features = plane_cell_features(plane, confidence, landing)
+    assert features.shape == (cells, len(PLANE_FEATURES))
+    assert np.allclose(features[:, 0], np.log(0.8 / 0.2)) and np.allclose(features[:, -1], 1.0)
+    coefficients = [0.5, 0.1, 0.3, -1.5, 0.5, -0.4]
+    conf, _, _ = plane_matches(*args, **settings, landing_confidence=landing, weight=1.2, coefficients=coefficients)
+    expected = np.minimum(1.2 / (1 + np.exp(-features @ np.array(coefficients))), 1.0)
+    expected = np.where(plane.agrees, np.maximum(expected, confidence), expected)
+    assert np.allclose(conf[plane.inside], expected[plane.inside])
+    assert conf[~matched & plane.inside].max() < conf[matched & plane.inside].min()   # far from the voters: lower

@@ -883,6 +883,9 @@ def test_calibration_chooses_the_fusion_on_the_validation_split_and_load_run_app
     planes = result['plane_sweep']
     assert len(planes) == len(PLANE_WEIGHTS) * len(PLANE_SCALES)
     assert {r['geometry'] for r in planes} == {'homography'} and {r['plane_weight'] for r in planes} == set(PLANE_WEIGHTS)
+    fitted = json.load(open(os.path.join(run, 'plane_confidence_train.json')))   # on the training split
+    assert all(r['plane_coefficients'] == fitted['coefficients'] for r in planes)
+    assert fitted['coefficients'] is None or len(fitted['coefficients']) == len(fitted['features'])
     sweep = sweep + planes
     within = [r for r in sweep if r['supporter_y'] <= result['budget_y']] or sweep
     near_best = [r for r in within if r['miou'] >= max(r['miou'] for r in within) - result['tolerance_miou']]

@@ -253,6 +253,8 @@ def test_malformed_pixel_patches_are_rejected_with_the_field_named(pixel_model_d
                                           'weight': float('nan')}}, 'plane.weight'),
     ({'geometry': 'homography', 'plane': {'min_confidence': 0.5, 'threshold_px': 6.0, 'min_support': 0.1,
                                           'tilt': 1}}, 'unknown plane setting'),
+    ({'geometry': 'homography', 'plane': {'min_confidence': 0.5, 'threshold_px': 6.0, 'min_support': 0.1,
+                                          'coefficients': [1.0, 2.0]}}, 'plane.coefficients'),
 ])
 def test_a_bad_ground_plane_in_roles_json_fails_at_start_up_naming_the_field(info, field):
     from collab_perception.runtime.onnx_mash import plane_settings
@@ -266,4 +268,4 @@ def test_the_shipped_model_s_ground_plane_settings_load():
     info = read_roles_json('models/mash_obstruction')
     assert plane_settings({'geometry': 'none'}) is None and plane_settings({}) is None
     assert info['geometry'] == 'homography'                  # models/README.md: the shipped MASH uses it
-    assert set(plane_settings(info)) == {'min_confidence', 'threshold_px', 'min_support', 'weight'}
+    assert set(plane_settings(info)) == {'min_confidence', 'threshold_px', 'min_support', 'weight', 'coefficients'}

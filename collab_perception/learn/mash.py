@@ -603,6 +603,7 @@ class Mash(ObstructionModel):
         self.patch_dtype = PATCH_DTYPE
         self.geometry = 'none'
         self.plane_weight = PLANE_WEIGHT
+        self.plane_coefficients = None       # the plane cells' fitted confidence (mash_eval.fit_plane_confidence)
         # inference: the request carries the requester's need map (need_map), so supporters send only the
         # cells in which they beat its own confidence
         self.request_need = False
@@ -778,11 +779,13 @@ class Mash(ObstructionModel):
     def plane_settings(self) -> dict:
         """runtime/homography.plane_matches' settings for this model (also roles.json's `plane`): with
         accuracy confidences the voters are the matches expected to be right and a plane cell's confidence is
-        `plane_weight` times the supporter's own expected accuracy where it lands; otherwise the plane's
-        support."""
+        `plane_weight` times its expected accuracy (`plane_coefficients`, fitted; without them the supporter's
+        own expected accuracy where it lands); otherwise the plane's support."""
         if self.cfg.accuracy_confidence:
+            fitted = ({'coefficients': [float(c) for c in self.plane_coefficients]}
+                      if self.plane_coefficients is not None else {})
             return {'min_confidence': PLANE_MIN_CONFIDENCE_ACCURACY, 'threshold_px': PLANE_THRESHOLD_PX,
-                    'min_support': PLANE_MIN_SUPPORT_ACCURACY, 'weight': float(self.plane_weight)}
+                    'min_support': PLANE_MIN_SUPPORT_ACCURACY, 'weight': float(self.plane_weight), **fitted}
         return {'min_confidence': PLANE_MIN_CONFIDENCE, 'threshold_px': PLANE_THRESHOLD_PX,
                 'min_support': PLANE_MIN_SUPPORT}
 

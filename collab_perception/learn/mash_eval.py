@@ -37,10 +37,11 @@ import torch
 from tqdm import tqdm
 
 from ..runtime import wire
+from ..runtime.homography import PLANE_FEATURES, fit_plane, plane_cell_features
 from ..runtime.metrics import SegmentationScore
 from ..world.geometry import cell_centres
-from .mash import (CELL_SIZE, SUBCELL_KEY, Mash, bilinear_cell_targets, role_modules, sample_cells,
-                   sample_label_resolution, within_one_cell)
+from .mash import (CELL_SIZE, SUBCELL_KEY, Mash, bilinear_cell_targets, cell_accuracy, patch_labels, role_modules,
+                   sample_cells, sample_label_resolution, within_one_cell)
 from .evaluate import cached_evaluation
 from .mash_data import SETTING, ObstructionLoader
 from .models import ModelConfig, create_model
@@ -270,8 +271,9 @@ CALIBRATION = 'calibration_val.json'
 # models, whose confidences on maps they never saw run higher than on their training maps)
 SELF_CONFIDENCE_SCALES = (2.0, 1.5, 1.25, 1.0, 0.5, 0.35, 0.25, 0.18, 0.12, 0.08)
 # the ground plane (geometry 'homography', accuracy_confidence 'pixels' models): its cells' confidence is this
-# times the supporter's expected accuracy there, tried at these self-confidence scales beside the first choice
-PLANE_WEIGHTS = (0.6, 0.7, 0.8, 0.9, 1.0)
+# times their expected accuracy (fit_plane_confidence), tried at these self-confidence scales beside the first
+# choice
+PLANE_WEIGHTS = (0.9, 1.0, 1.1, 1.2, 1.3)
 PLANE_SCALES = (1.0, 1.25, 1.5)
 SUPPORTER_BUDGET_Y = 0.05      # MASH issue: at most 0.05 of the label image per supporter
 CALIBRATION_TOLERANCE_MIOU = 0.001   # calibration: settings this close in full-image mIoU (0.1 point) are equal
@@ -291,6 +293,7 @@ def load_run(run_dir: str, calibrated: bool = True):
         model.geometry = chosen.get('geometry', 'none')
         if chosen.get('plane_weight') is not None:
             model.plane_weight = chosen['plane_weight']
+        model.plane_coefficients = chosen.get('plane_coefficients')
     return model, ckpt
 
 
@@ -360,15 +363,77 @@ def calibrate_mash_run(run_dir: str, data_dir: str, scales=SELF_CONFIDENCE_SCALE
 
 
 @torch.no_grad()
+def fit_plane_confidence(run_dir: str, data_dir: str, progress: bool = True, force: bool = False,
+                         max_batches: Optional[int] = None) -> dict:
+    """The ground plane's cell confidence of a run whose confidences estimate accuracy, fitted on the training
+    split of `data_dir`: a logistic model of runtime/homography.plane_cell_features against the share of each
+    target cell's labelled pixels that the supporter's patch at the plane's position gets right (the
+    matches' own accuracy target, Mash.accuracy_confidence_loss). Newton's method on the cross entropy.
+    Cached in <run>/plane_confidence_train.json -> {'coefficients' (None where no supporter agreed on a plane),
+    'features', 'cells', 'mean_accuracy'}."""
+    def compute() -> dict:
+        model, _ = load_run(run_dir, calibrated=False)
+        if not (isinstance(model, Mash) and model.cfg.accuracy_confidence and model.cfg.patch_sampling == 'pixels'):
+            raise ValueError(f'{run_dir}: the plane confidence is fitted for \'pixels\' MASH runs with accuracy '
+                             'confidences (train --accuracy-confidence)')
+        loader = ObstructionLoader(data_dir, SETTING, 'train', 8, shuffle=False)
+        settings = {k: v for k, v in model.plane_settings().items() if k != 'weight'}
+        cells = model.grid[0] * model.grid[1]
+        centres = model.cell_centre_uv.reshape(2, cells).T.double().numpy()
+        xs, ys = [], []
+        for i, batch in enumerate(tqdm(loader, desc='fit the plane confidence', disable=not progress, leave=False,
+                                       dynamic_ncols=True)):
+            if max_batches is not None and i >= max_batches:
+                break
+            state = model.handshake(batch)
+            b, s = state['volume'].shape[:2]
+            confidence, match, positions = model.subcell_matches(state['volume'].flatten(0, 1))
+            landing = state['supporter_confidence'].flatten(0, 1).double().numpy()
+            planes = [fit_plane(centres, confidence[n].double().numpy(), match[n].numpy(),
+                                positions[n].double().numpy(), cells, model.image_size, CELL_SIZE, **settings)
+                      for n in range(b * s)]
+            uv = torch.stack([torch.from_numpy(np.where(p.inside[:, None], p.uv, np.nan)).float() if p is not None
+                              else torch.full((cells, 2), float('nan')) for p in planes])
+            sampled, valid = sample_label_resolution(state['own_logits'][:, 1:].flatten(0, 1).softmax(1), uv,
+                                                     CELL_SIZE)
+            labels = batch['labels'][:, None].expand(b, s, *batch['labels'].shape[1:]).flatten(0, 1)
+            accuracy, labelled = cell_accuracy(patch_labels(sampled, valid[:, 0]), labels, 255)
+            for n, plane in enumerate(planes):
+                if plane is None:
+                    continue
+                use = plane.inside & labelled[n].numpy()
+                xs.append(plane_cell_features(plane, confidence[n].double().numpy(), landing[n])[use])
+                ys.append(accuracy[n].double().numpy()[use])
+        if not xs:       # no supporter agreed on a plane: the plane cells keep the landing confidence
+            return {'coefficients': None, 'features': list(PLANE_FEATURES), 'cells': 0, 'mean_accuracy': None}
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        coefficients = np.zeros(x.shape[1])
+        for _ in range(50):
+            p = 1 / (1 + np.exp(-x @ coefficients))
+            hessian = (x * (p * (1 - p))[:, None]).T @ x / len(y) + 1e-6 * np.eye(x.shape[1])
+            step = np.linalg.solve(hessian, x.T @ (p - y) / len(y))
+            coefficients -= step
+            if np.abs(step).max() < 1e-8:
+                break
+        return {'coefficients': [float(c) for c in coefficients], 'features': list(PLANE_FEATURES),
+                'cells': int(len(y)), 'mean_accuracy': float(y.mean())}
+    return cached_evaluation(run_dir, 'plane_confidence_train', compute, force, data=data_dir,
+                             max_batches=max_batches)
+
+
+@torch.no_grad()
 def calibrate_plane(run_dir: str, data_dir: str, first: dict, progress: bool = True, force: bool = False) -> dict:
     """calibrate_mash_run's second stage for a model whose confidences estimate accuracy: the ground plane
     (geometry 'homography') at the first stage's fusion, threshold and need map, every PLANE_WEIGHTS and
     PLANE_SCALES, on the validation split. Cached in <run>/calibration_plane_val.json."""
     setting = {k: first[k] for k in ('fusion', 'threshold', 'need')}
 
+    coefficients = fit_plane_confidence(run_dir, data_dir, progress, force)['coefficients']
+
     def compute() -> dict:
         model, _ = load_run(run_dir, calibrated=False)
         model.geometry, model.fusion_kind = 'homography', setting['fusion']
+        model.plane_coefficients = coefficients
         loader = ObstructionLoader(data_dir, SETTING, 'val', 16, shuffle=False)
         pixel_cell = CELL_SIZE if model.cfg.patch_sampling == 'pixels' else None
         request = query_bytes(loader.grid, model.cfg.query_size, model.query_dtype, setting['need'])
@@ -384,9 +449,10 @@ def calibrate_plane(run_dir: str, data_dir: str, first: dict, progress: bool = T
                                                             answers=answers),
                                                 batch, request, model.patch_dtype, pixel_cell, loader.grid)
         return {'sweep': [{**setting, 'self_confidence_scale': a, 'geometry': 'homography', 'plane_weight': wt,
-                           **v.summary(loader.image_size)} for (wt, a), v in scores.items()]}
+                           'plane_coefficients': coefficients, **v.summary(loader.image_size)}
+                          for (wt, a), v in scores.items()]}
     return cached_evaluation(run_dir, 'calibration_plane_val', compute, force, data=data_dir, first=setting,
-                             weights=list(PLANE_WEIGHTS), scales=list(PLANE_SCALES))
+                             weights=list(PLANE_WEIGHTS), scales=list(PLANE_SCALES), coefficients=coefficients)
 
 
 def choose_calibration(sweep: list[dict], budget_y: float, tolerance_miou: float) -> dict:
@@ -396,6 +462,7 @@ def choose_calibration(sweep: list[dict], budget_y: float, tolerance_miou: float
     best = max(r['miou'] for r in within)
     chosen = min((r for r in within if r['miou'] >= best - tolerance_miou), key=lambda r: (r['supporter_y'], -r['miou']))
     return {'geometry': chosen.get('geometry', 'none'), 'plane_weight': chosen.get('plane_weight'),
+            'plane_coefficients': chosen.get('plane_coefficients'),
             **{k: chosen[k] for k in ('fusion', 'self_confidence_scale', 'threshold', 'need', 'miou', 'region_miou',
                                       'supporter_y', 'target_x', 'sent_fraction')}}
 
@@ -421,7 +488,8 @@ def evaluate_mash_run(run_dir: str, data_dir: str, split: str = 'test', batch_si
     return cached_evaluation(run_dir, name, compute, force, thresholds=list(THRESHOLDS),
                              self_confidence_scale=chosen['self_confidence_scale'] if chosen else None,
                              fusions=[[f, n] for f, n in EVALUATED_FUSIONS],
-                             plane=[chosen.get('geometry', 'none'), chosen.get('plane_weight')] if chosen else None)
+                             plane=[chosen.get('geometry', 'none'), chosen.get('plane_weight'),
+                                    chosen.get('plane_coefficients')] if chosen else None)
 
 
 def _run_data(run_dir: str) -> str:

@@ -13,7 +13,8 @@ over confident matches of the MASH issue.
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -109,22 +110,30 @@ def ransac_homography(src: np.ndarray, dst: np.ndarray, threshold_px: float = 6.
     return h, inliers
 
 
-def plane_matches(centres: np.ndarray, confidence: np.ndarray, match: np.ndarray, positions: np.ndarray,
-                  no_match: int, image_size: tuple[int, int], cell_size: int, min_confidence: float,
-                  threshold_px: float, min_support: float, landing_confidence: Optional[np.ndarray] = None,
-                  weight: float = 1.0) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """One supporter's cell matches through the ground plane they agree on (MASH with a planar prior).
+@dataclass
+class Plane:
+    """The ground plane one supporter's matches agree on, per requester cell: where the plane puts it (uv
+    [C, 2] pixels, NaN where it maps to infinity), whether that is inside the supporter's view, the
+    supporter's cell under it (`landing`), whether the matcher's own match agrees with it (`agrees`), how far
+    the cell is from the nearest voter that agreed (`distance`, in cells) and the share of the C cells that
+    agreed (`support`)."""
+    uv: np.ndarray
+    inside: np.ndarray
+    landing: np.ndarray
+    agrees: np.ndarray
+    distance: np.ndarray
+    support: float
 
-    centres [C, 2] (the requester's cell centres, pixels), confidence [C], match [C] (source cell, `no_match`
-    for none) and positions [C, 2] (where each cell lands in the supporter, NaN for none), as the matcher gives
-    them. The matches from `min_confidence` on vote (RANSAC within `threshold_px`); a plane that at least
-    `min_support` of the C cells agree with gives every cell its position, the unmatched ones included, and a
-    cell the plane maps outside the supporter's view has no match. The confidence of the others: without
-    `landing_confidence`, the plane's support (the share of cells that agree); with it (the supporter's own
-    expected accuracy per cell of its grid, [C_supporter]), `weight` times its value at the cell the position
-    lands in (the patch is right where the plane is right and the supporter's own segmentation is), or the
-    matcher's own confidence where its match agrees with the plane and is surer. -> (confidence, match,
-    positions) like the inputs, or None when no plane has that support (keep the matcher's own)."""
+
+PLANE_FEATURES = ('landing log-odds', 'agrees', 'agrees x match log-odds', 'distance / 8 (at most 1)',
+                  'support', 'bias')
+
+
+def fit_plane(centres: np.ndarray, confidence: np.ndarray, match: np.ndarray, positions: np.ndarray,
+              no_match: int, image_size: tuple[int, int], cell_size: int, min_confidence: float,
+              threshold_px: float, min_support: float) -> Optional[Plane]:
+    """The plane a supporter's matches agree on (plane_matches' arguments), or None when no plane has
+    `min_support` of the cells agreeing."""
     cells = len(centres)
     voters = (match != no_match) & (confidence >= min_confidence) & np.isfinite(positions).all(-1)
     plane, inliers = ransac_homography(centres[voters], positions[voters], threshold_px,
@@ -136,16 +145,63 @@ def plane_matches(centres: np.ndarray, confidence: np.ndarray, match: np.ndarray
     with np.errstate(invalid='ignore'):
         inside = np.isfinite(uv).all(-1) & (uv[:, 0] >= -0.5) & (uv[:, 0] <= w - 0.5) & \
             (uv[:, 1] >= -0.5) & (uv[:, 1] <= h - 0.5)
+        agrees = (match != no_match) & (np.linalg.norm(positions - uv, axis=-1) < threshold_px)
     grid_w, grid_h = w // cell_size, h // cell_size
     col = np.clip(np.floor((np.nan_to_num(uv[:, 0]) + 0.5) / cell_size), 0, grid_w - 1)
     row = np.clip(np.floor((np.nan_to_num(uv[:, 1]) + 0.5) / cell_size), 0, grid_h - 1)
-    landing = (row * grid_w + col).astype(np.int64)
+    agreed = centres[voters][inliers]
+    distance = np.sqrt(((centres[:, None] - agreed[None]) ** 2).sum(-1)).min(1) / cell_size
+    return Plane(uv, inside, (row * grid_w + col).astype(np.int64), agrees, distance, inliers.sum() / cells)
+
+
+def _log_odds(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+def plane_cell_features(plane: Plane, confidence: np.ndarray, landing_confidence: np.ndarray) -> np.ndarray:
+    """What a plane cell's expected accuracy is estimated from, [C, len(PLANE_FEATURES)]: the supporter's own
+    expected accuracy where the cell lands, whether (and how surely) the matcher's own match agrees, how far
+    the nearest agreeing voter is and the plane's support."""
+    agrees = plane.agrees.astype(np.float64)
+    return np.stack([_log_odds(np.asarray(landing_confidence)[plane.landing]), agrees,
+                     agrees * _log_odds(confidence), np.minimum(plane.distance, 8.0) / 8.0,
+                     np.full(len(agrees), plane.support), np.ones(len(agrees))], 1)
+
+
+def plane_matches(centres: np.ndarray, confidence: np.ndarray, match: np.ndarray, positions: np.ndarray,
+                  no_match: int, image_size: tuple[int, int], cell_size: int, min_confidence: float,
+                  threshold_px: float, min_support: float, landing_confidence: Optional[np.ndarray] = None,
+                  weight: float = 1.0, coefficients: Optional[Sequence[float]] = None
+                  ) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """One supporter's cell matches through the ground plane they agree on (MASH with a planar prior).
+
+    centres [C, 2] (the requester's cell centres, pixels), confidence [C], match [C] (source cell, `no_match`
+    for none) and positions [C, 2] (where each cell lands in the supporter, NaN for none), as the matcher gives
+    them. The matches from `min_confidence` on vote (RANSAC within `threshold_px`); a plane that at least
+    `min_support` of the C cells agree with gives every cell its position, the unmatched ones included, and a
+    cell the plane maps outside the supporter's view has no match. The confidence of the others: without
+    `landing_confidence`, the plane's support (the share of cells that agree); with it (the supporter's own
+    expected accuracy per cell of its grid, [C_supporter]), `weight` times an expected accuracy of the plane's
+    patch there: with `coefficients` a logistic model of plane_cell_features (fitted on training frames,
+    learn/mash_eval.fit_plane_confidence), else the supporter's own expected accuracy where the cell lands (a
+    patch is right where the plane is right and the supporter's segmentation is); the matcher's own confidence
+    where its match agrees with the plane and is surer. -> (confidence, match, positions) like the inputs,
+    or None when no plane has that support (keep the matcher's own)."""
+    plane = fit_plane(centres, confidence, match, positions, no_match, image_size, cell_size, min_confidence,
+                      threshold_px, min_support)
+    if plane is None:
+        return None
     if landing_confidence is None:
-        plane_confidence = np.full(cells, inliers.sum() / cells)
+        plane_confidence = np.full(len(centres), plane.support)
     else:
-        plane_confidence = weight * np.asarray(landing_confidence, dtype=np.float64)[landing]
-        with np.errstate(invalid='ignore'):
-            agrees = (match != no_match) & (np.linalg.norm(positions - uv, axis=-1) < threshold_px)
-        plane_confidence = np.where(agrees, np.maximum(plane_confidence, confidence), plane_confidence)
-    return (np.where(inside, plane_confidence, 0.0), np.where(inside, landing, no_match).astype(np.int64),
-            np.where(inside[:, None], uv, np.nan))
+        if coefficients is None:
+            expected = np.asarray(landing_confidence, dtype=np.float64)[plane.landing]
+        else:
+            expected = 1 / (1 + np.exp(-plane_cell_features(plane, confidence, landing_confidence)
+                                       @ np.asarray(coefficients, dtype=np.float64)))
+        plane_confidence = np.minimum(weight * expected, 1.0)
+        plane_confidence = np.where(plane.agrees, np.maximum(plane_confidence, confidence), plane_confidence)
+    inside = plane.inside
+    return (np.where(inside, plane_confidence, 0.0), np.where(inside, plane.landing, no_match).astype(np.int64),
+            np.where(inside[:, None], plane.uv, np.nan))

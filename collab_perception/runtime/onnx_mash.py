@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .codec import UINT4, UINT4_MAX, UINT8, CodecError, TensorLimits, decode_tensor, encode_tensor
-from .homography import plane_matches
+from .homography import PLANE_FEATURES, plane_matches
 from .methods import EncoderOutput, register_method
 from .onnx_method import OnnxRoleMethod, read_roles_json
 from .wire import patches_size, pixel_labels_dtype
@@ -61,7 +61,8 @@ def sendable_cells(confidence: np.ndarray, match: np.ndarray, no_match: int, thr
     return np.flatnonzero(keep)
 
 
-PLANE_KEYS = ('min_confidence', 'threshold_px', 'min_support')     # roles.json `plane` (+ optional 'weight')
+PLANE_KEYS = ('min_confidence', 'threshold_px', 'min_support')     # roles.json `plane` (+ optional weight,
+                                                                  # coefficients)
 GEOMETRIES = ('none', 'homography')
 
 
@@ -77,14 +78,22 @@ def plane_settings(info: dict, model_dir: str = '') -> Optional[dict]:
     if not isinstance(plane, dict):
         raise ValueError(f'{model_dir}/roles.json: geometry \'homography\' needs a `plane` mapping of '
                          f'{", ".join(PLANE_KEYS)} (and weight)')
-    unknown = sorted(set(plane) - set(PLANE_KEYS) - {'weight'})
+    unknown = sorted(set(plane) - set(PLANE_KEYS) - {'weight', 'coefficients'})
     if unknown:
         raise ValueError(f'{model_dir}/roles.json: unknown plane setting(s) {", ".join(unknown)}')
     for key in PLANE_KEYS + (('weight',) if 'weight' in plane else ()):
         value = plane.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
             raise ValueError(f'{model_dir}/roles.json: plane.{key} must be a finite number >= 0, got {value!r}')
-    return {k: float(v) for k, v in plane.items()}
+    settings = {k: float(v) for k, v in plane.items() if k != 'coefficients'}
+    if 'coefficients' in plane:
+        c = plane['coefficients']
+        if not (isinstance(c, list) and len(c) == len(PLANE_FEATURES) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in c)):
+            raise ValueError(f'{model_dir}/roles.json: plane.coefficients must be {len(PLANE_FEATURES)} finite '
+                             f'numbers ({", ".join(PLANE_FEATURES)}), got {c!r}')
+        settings['coefficients'] = [float(v) for v in c]
+    return settings
 
 
 def supporter_matches(matcher: Any, sampler: Any, query: np.ndarray, image: np.ndarray, plane: Optional[dict],
