@@ -11,8 +11,11 @@ otherwise):
   requester   requester.onnx (backbone + query encoder + self-confidence) + fusion.onnx (with every supporter
               slot's patches filled: the most the fusion ever does)
   supporter   supporter.onnx (backbone + query-key transform, cost volume, smoothing, sampling)
+  plane fit   (models with roles.json geometry 'homography') the runtime's ground-plane fit on one reply's
+              matches (runtime/homography.plane_matches; planted: half the cells matched on a known plane
+              with 3 px of noise, as many voters as a typical reply) and sampler.onnx at the plane's positions
 
-The four are timed interleaved (t, requester, fusion, supporter, t, ...) in one process, so machine noise
+The networks are timed interleaved (t, requester, fusion, supporter, t, ...) in one process, so machine noise
 hits them alike; the report gives medians and the ratios to t. Results: docs/BENCHMARKS.md.
 """
 from __future__ import annotations
@@ -25,11 +28,17 @@ import sys
 import tempfile
 import time
 
-import numpy as np
+# as a drone node runs it (collab_perception/nodes/__init__.py): one BLAS thread, set before numpy loads
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
+from collab_perception.runtime.homography import plane_matches, project  # noqa: E402
+from collab_perception.runtime.onnx_mash import plane_settings  # noqa: E402
 from collab_perception.runtime.onnx_method import onnx_session, read_roles_json, resolve_model_dir  # noqa: E402
+from collab_perception.world.geometry import cell_centres  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -55,7 +64,8 @@ def main(argv=None) -> int:
         extract_model(os.path.join(model_dir, 'requester.onnx'), backbone_path, ['image'], ['own_probs'])
         onnx.checker.check_model(backbone_path)
         nets = {'backbone': onnx_session(backbone_path, providers, args.threads)}
-        for role in ('requester', 'supporter', 'fusion'):
+        plane = plane_settings(info, model_dir)
+        for role in ('requester', 'supporter', 'fusion') + (('sampler',) if plane else ()):
             nets[role] = onnx_session(os.path.join(model_dir, f'{role}.onnx'), providers, args.threads)
     rng = np.random.default_rng(0)
     image = rng.random((1, 3, h, w), dtype=np.float32)
@@ -73,11 +83,30 @@ def main(argv=None) -> int:
                    'patch_confidence': rng.random((1, s, hc * wc), dtype=np.float32)},
         'supporter': {'query': rng.random((1, hc, wc, q), dtype=np.float32), 'image': image},
     }
-    times: dict[str, list[float]] = {name: [] for name in nets}
+    runs = {name: (lambda sess=sess, feed=inputs.get(name): sess.run(None, feed)) for name, sess in nets.items()}
+    if plane:
+        centres = cell_centres(h, w, int(info['cell_size'])).astype(np.float64)
+        cells = len(centres)
+        truth = project(np.array([[1.0, 0.05, 6.0], [-0.03, 1.0, 4.0], [1e-4, 0.0, 1.0]]), centres)
+        matched = rng.random(cells) < 0.5
+        positions = np.where(matched[:, None], truth + rng.normal(0, 3, truth.shape), np.nan)
+        confidence = np.where(matched, 0.7, 0.3)
+        match = np.where(matched, np.arange(cells), cells)
+        landing = rng.random(cells)
+        fit = plane_matches(centres, confidence, match, positions, cells, (h, w), int(info['cell_size']),
+                            landing_confidence=landing if 'weight' in plane else None, **plane)
+        if fit is None:
+            raise RuntimeError('the planted matches found no plane: check roles.json plane settings')
+        inputs['sampler'] = {'own_probs': own_probs, 'positions': fit[2][None].astype(np.float32)}
+        runs['sampler'] = lambda: nets['sampler'].run(None, inputs['sampler'])
+        runs['plane'] = lambda: plane_matches(centres, confidence, match, positions, cells, (h, w),
+                                              int(info['cell_size']),
+                                              landing_confidence=landing if 'weight' in plane else None, **plane)
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for i in range(args.warmup + args.repeats):
-        for name, sess in nets.items():
+        for name, run in runs.items():
             t0 = time.perf_counter()
-            sess.run(None, inputs[name])
+            run()
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(v) * 1e3 for name, v in times.items()}
@@ -91,6 +120,10 @@ def main(argv=None) -> int:
         'fusion_t': round(med['fusion'] / t, 3),
         'supporter_t': round(med['supporter'] / t, 3),
     }
+    if plane:
+        result['plane_fit_t'] = round(med['plane'] / t, 3)
+        result['sampler_t'] = round(med['sampler'] / t, 3)
+        result['supporter_with_plane_t'] = round((med['supporter'] + med['plane'] + med['sampler']) / t, 3)
     print(f'MASH compute on {result["providers"][0]} ({args.threads} thread(s), {args.repeats} interleaved rounds, '
           f'{h}x{w}, {hc}x{wc} cells):')
     print(f'  t (backbone alone)   {t:8.2f} ms')
@@ -98,6 +131,10 @@ def main(argv=None) -> int:
           f'(query/own {result["requester_without_fusion_t"]:.2f} t + fusion {result["fusion_t"]:.2f} t)   '
           f'[MASH Table I: 1.09 t]')
     print(f'  supporter            {med["supporter"]:8.2f} ms = {result["supporter_t"]:.2f} t   [MASH Table I: 1.69 t]')
+    if plane:
+        total = med['supporter'] + med['plane'] + med['sampler']
+        print(f'  + the ground plane   {total:8.2f} ms = {result["supporter_with_plane_t"]:.2f} t  (plane fit '
+              f'{result["plane_fit_t"]:.2f} t + sampler.onnx {result["sampler_t"]:.2f} t)')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(result, f, indent=2)

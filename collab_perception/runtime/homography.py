@@ -20,6 +20,8 @@ import numpy as np
 
 MIN_POINTS = 4          # a homography's degrees of freedom / 2
 MIN_INLIERS = 8         # any four points fit some homography exactly: a plane needs more to agree
+RANSAC_BATCH = 50       # hypotheses scored at once
+RANSAC_CONFIDENCE = 0.999   # stop once an all-inlier sample was this likely among those tried
 
 
 def _normalizer(points: np.ndarray) -> np.ndarray:
@@ -75,7 +77,9 @@ def ransac_homography(src: np.ndarray, dst: np.ndarray, threshold_px: float = 6.
                       rng: Optional[np.random.Generator] = None, refinements: int = 2,
                       min_inliers: int = MIN_INLIERS) -> tuple[Optional[np.ndarray], np.ndarray]:
     """The homography most matches [n, 2] -> [n, 2] agree with (within `threshold_px`), RANSAC over minimal
-    four-point samples, refitted on its inliers `refinements` times. -> (H [3, 3], inliers [n] bool), or
+    four-point samples (in batches, at most `iterations`, stopping once the best inlier share found makes an
+    all-inlier sample RANSAC_CONFIDENCE likely among those tried), refitted on its inliers `refinements`
+    times. -> (H [3, 3], inliers [n] bool), or
     (None, all False) when no hypothesis has `min_inliers` matches agreeing (a minimal sample always fits its
     own four points). Deterministic for a given `rng` (default: seed 0), so a supporter answers the same
     request the same way."""
@@ -87,13 +91,22 @@ def ransac_homography(src: np.ndarray, dst: np.ndarray, threshold_px: float = 6.
     if n < needed:
         return None, none
     rng = np.random.default_rng(0) if rng is None else rng
-    samples = np.argsort(rng.random((iterations, n)), axis=1)[:, :MIN_POINTS]
-    hypotheses = fit_homography(src[samples], dst[samples])
-    with np.errstate(invalid='ignore'):
-        errors = np.linalg.norm(project(hypotheses, src) - dst[None], axis=-1)         # [iterations, n]
-        votes = np.nan_to_num(errors, nan=np.inf) < threshold_px
-    best = int(votes.sum(1).argmax())
-    h, inliers = hypotheses[best], votes[best]
+    h, inliers, tried = None, none, 0
+    while tried < iterations:
+        batch = min(RANSAC_BATCH, iterations - tried)
+        samples = np.argsort(rng.random((batch, n)), axis=1)[:, :MIN_POINTS]
+        hypotheses = fit_homography(src[samples], dst[samples])
+        with np.errstate(invalid='ignore'):
+            errors = np.linalg.norm(project(hypotheses, src) - dst[None], axis=-1)     # [batch, n]
+            votes = np.nan_to_num(errors, nan=np.inf) < threshold_px
+        best = int(votes.sum(1).argmax())
+        if h is None or votes[best].sum() > inliers.sum():
+            h, inliers = hypotheses[best], votes[best]
+        tried += batch
+        # enough samples that one of them was all inliers, at the best inlier share found so far
+        share = inliers.sum() / n
+        if share >= 1.0 or tried * -np.log1p(-share ** MIN_POINTS) >= -np.log(1.0 - RANSAC_CONFIDENCE):
+            break
     for _ in range(refinements):
         if inliers.sum() < needed:
             break
