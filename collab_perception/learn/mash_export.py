@@ -343,9 +343,13 @@ def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets',
     Runtime against torch on test frames (with `fp16`, the half-precision swarm pipeline against the fp32 one
     on the same frames), write roles.json and model_card.yaml. Returns the card."""
     from .mash_data import ObstructionLoader
-    from .mash_eval import evaluate_mash_run, load_run, train_command, variant_name
+    from .mash_eval import CALIBRATION, evaluate_mash_run, load_run, train_command, variant_name
 
     model, ckpt = load_run(run_dir)      # with the inference settings calibrated on the validation split
+    calibrated = None
+    if os.path.exists(os.path.join(run_dir, CALIBRATION)):
+        with open(os.path.join(run_dir, CALIBRATION)) as f:
+            calibrated = json.load(f)
     if fusion is not None:
         model.fusion_kind = fusion
     if threshold is not None:
@@ -373,6 +377,10 @@ def export_mash_run(run_dir: str, out_dir: str, datasets_root: str = 'datasets',
                          f'--threshold {model.confidence_threshold:g}' + (' --fp16' if fp16 else '')
                          + (f' --test-data {test_data}' if test_data else '')
                          + (f' --unseen-data {unseen_data}' if unseen_data else ''),
+        **({'calibrated_with': f'python scripts/evaluate_mash.py {run_dir} --data {calibrated["data"]} --split test '
+                               '--calibrate (the fusion, scale, threshold, need map and ground plane, chosen on the '
+                               'validation split; the plane-cell confidence fitted on the training split)'}
+           if calibrated else {}),
         'training': {'steps': ckpt['step'], 'minutes': round(ckpt['elapsed_s'] / 60, 1), 'model': c['model']},
         'dataset': {'path': trained_on, **_manifest_summary(trained_on)},
         **({'test_dataset': {'path': data, 'frames': loader.manifest['frames'], 'seed': loader.manifest['seed']}}
