@@ -26,8 +26,9 @@ def main() -> int:
     p.add_argument('--variants', nargs='*', default=None, metavar='FUSION@T', help='MASH variants to show')
     p.add_argument('--calibrate', action='store_true', help='calibrate MASH runs on the validation split first')
     p.add_argument('--tolerance', type=float, default=None, metavar='MIOU',
-                   help='with --calibrate: settings this close to the best validation mIoU (a fraction; default '
-                        '0.001, 0 for the strict best) count as equal, and the fewest bytes among them wins')
+                   help='with --calibrate: settings this close to the best validation mIoU (a fraction, e.g. '
+                        '0.001 for 0.1 point) count as equal, and the fewest bytes among them wins (default 0: '
+                        'the strict best within the byte budget)')
     p.add_argument('--scales', type=float, nargs='+', default=None, metavar='X',
                    help='with --calibrate: the self-confidence scales to try (default: learn/mash_eval.py '
                         'SELF_CONFIDENCE_SCALES, 2 to 0.08; fewer scales calibrate faster)')
