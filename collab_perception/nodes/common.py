@@ -538,9 +538,17 @@ def spin_nodes(factories: Sequence[Callable[[], Node]], args: Optional[list[str]
     rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     failure: list[BaseException] = []
+    signalled: list[int] = []
 
     def on_signal(signum, _frame):
-        stop.set()
+        # a handler runs in the main thread between bytecodes, possibly inside stop.wait() holding the lock
+        # that stop.set() takes: it only records the signal, and stopping() sets the event outside it
+        signalled.append(signum)
+
+    def stopping() -> bool:
+        if signalled and not stop.is_set():
+            stop.set()
+        return stop.is_set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     # SIGUSR1 prints every thread's Python stack to stderr, even while blocked in C: the launcher sends it
@@ -574,7 +582,7 @@ def spin_nodes(factories: Sequence[Callable[[], Node]], args: Optional[list[str]
         if len(nodes) == 1:
             # One node spins in the main thread: clients that bind an event loop to the thread that made
             # them (the AirSim msgpack-rpc client) keep working, and signals are handled between spins.
-            while not stop.is_set() and rclpy.ok() and not getattr(nodes[0], 'finished', False):
+            while not stopping() and rclpy.ok() and not getattr(nodes[0], 'finished', False):
                 try:
                     executors[0].spin_once(timeout_sec=0.1)
                 except ExternalShutdownException:
@@ -584,7 +592,7 @@ def spin_nodes(factories: Sequence[Callable[[], Node]], args: Optional[list[str]
                        for n, e in zip(nodes, executors)]
             for t in threads:
                 t.start()
-            while not stop.is_set():
+            while not stopping():
                 if any(getattr(n, 'finished', False) for n in nodes):
                     stop.set()
                 stop.wait(0.05)
