@@ -21,6 +21,7 @@ hits them alike; the report gives medians and the ratios to t. Results: docs/BEN
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -92,16 +93,14 @@ def main(argv=None) -> int:
         positions = np.where(matched[:, None], truth + rng.normal(0, 3, truth.shape), np.nan)
         confidence = np.where(matched, 0.7, 0.3)
         match = np.where(matched, np.arange(cells), cells)
-        landing = rng.random(cells)
-        fit = plane_matches(centres, confidence, match, positions, cells, (h, w), int(info['cell_size']),
-                            landing_confidence=landing if 'weight' in plane else None, **plane)
+        fit_plane = functools.partial(plane_matches, centres, confidence, match, positions, cells, (h, w),
+                                      int(info['cell_size']), landing_confidence=rng.random(cells), **plane)
+        fit = fit_plane()
         if fit is None:
             raise RuntimeError('the planted matches found no plane: check roles.json plane settings')
         inputs['sampler'] = {'own_probs': own_probs, 'positions': fit[2][None].astype(np.float32)}
         runs['sampler'] = lambda: nets['sampler'].run(None, inputs['sampler'])
-        runs['plane'] = lambda: plane_matches(centres, confidence, match, positions, cells, (h, w),
-                                              int(info['cell_size']),
-                                              landing_confidence=landing if 'weight' in plane else None, **plane)
+        runs['plane'] = fit_plane
     times: dict[str, list[float]] = {name: [] for name in runs}
     for i in range(args.warmup + args.repeats):
         for name, run in runs.items():

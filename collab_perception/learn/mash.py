@@ -73,7 +73,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..runtime.homography import plane_matches
+from ..runtime.homography import GEOMETRIES, plane_matches
 from ..runtime.onnx_mash import NO_LABEL
 from ..world.geometry import cell_centres
 from .backbone import Encoder, conv_block
@@ -90,8 +90,6 @@ QUERY_DTYPE = 'uint8'                # the query map on the wire (msg/Request.ms
 PATCH_DTYPE = 'uint8'                # confidences and class distributions on the wire (msg/PatchSegments.msg)
 DISTANCE_EPS = 1e-6                  # keeps sqrt differentiable at distance 0
 DISTANCE_SCALE = 4.0                 # initial inverse temperature of the distances (learned)
-GEOMETRIES = ('none', 'homography')  # inference: the supporter's matches as the matcher gives them, or through
-                                     # the ground plane they agree on (runtime/homography.py)
 PLANE_MIN_CONFIDENCE = 0.1           # matches that vote for the plane: from this confidence on
 PLANE_THRESHOLD_PX = 6.0             # a match agrees with a plane within this many pixels (3/4 of a cell)
 PLANE_MIN_SUPPORT = 0.15             # a plane needs this share of the target's cells to agree (chance agreement
@@ -802,7 +800,7 @@ class Mash(ObstructionModel):
         cells = self.grid[0] * self.grid[1]
         centres = self.cell_centre_uv.reshape(2, cells).T.double().numpy()
         settings = self.plane_settings()
-        if self.cfg.accuracy_confidence and landing_confidence is None:
+        if 'weight' in settings and landing_confidence is None:
             raise ValueError('planar_matches of an accuracy_confidence model needs the supporters\' own '
                              'confidences (landing_confidence)')
         conf, idx, pos = confidence.clone(), match.clone(), positions.clone()
@@ -1082,16 +1080,22 @@ class Mash(ObstructionModel):
         self_conf = out.extra['self_confidence'].flatten(1).clamp(1e-6, 1 - 1e-6)
         loss = F.binary_cross_entropy(self_conf[labelled], own_acc[labelled]) if labelled.any() else 0.0
         with torch.no_grad():
-            sampled, valid = sample_label_resolution(own[:, 1:].flatten(0, 1).softmax(1), refined.detach(),
-                                                     CELL_SIZE)
-            patch = patch_labels(sampled, valid[:, 0])            # as sent; outside the view (NO_LABEL): wrong
-            patch_acc, _ = cell_accuracy(patch, labels[:, None].expand(b, s, *labels.shape[1:]).flatten(0, 1),
-                                         ignore_index)
+            patch_acc, _ = patch_cell_accuracy(own[:, 1:].flatten(0, 1).softmax(1), refined.detach(),
+                                               labels[:, None].expand(b, s, *labels.shape[1:]).flatten(0, 1),
+                                               ignore_index)
             patch_acc = patch_acc * matched.to(patch_acc.dtype)
         cells = labelled[:, None].expand(b, s, hc * wc).flatten(0, 1)
         if cells.any():
             loss = loss + F.binary_cross_entropy_with_logits(logit[cells], patch_acc[cells])
         return loss
+
+
+def patch_cell_accuracy(probs: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor, ignore_index: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Supporters' class distributions [N, K, H, W] sampled at the sub-cell positions [N, C, 2] as sent (class
+    ids; a pixel outside the view counts as wrong) against the target's labels [N, H, W] -> cell_accuracy."""
+    sampled, valid = sample_label_resolution(probs, positions, CELL_SIZE)
+    return cell_accuracy(patch_labels(sampled, valid[:, 0]), labels, ignore_index)
 
 
 def cell_accuracy(prediction: torch.Tensor, labels: torch.Tensor, ignore_index: int

@@ -40,7 +40,7 @@ from ..runtime import wire
 from ..runtime.homography import PLANE_FEATURES, fit_plane, plane_cell_features
 from ..runtime.metrics import SegmentationScore
 from ..world.geometry import cell_centres
-from .mash import (CELL_SIZE, SUBCELL_KEY, Mash, bilinear_cell_targets, cell_accuracy, patch_labels, role_modules,
+from .mash import (CELL_SIZE, SUBCELL_KEY, Mash, bilinear_cell_targets, patch_cell_accuracy, role_modules,
                    sample_cells, sample_label_resolution, within_one_cell)
 from .evaluate import cached_evaluation
 from .mash_data import SETTING, ObstructionLoader
@@ -322,9 +322,10 @@ def calibrate_mash_run(run_dir: str, data_dir: str, scales=SELF_CONFIDENCE_SCALE
     confidences estimate accuracy (BayesFusion's premise), HardSelection alone otherwise. Cached in
     <run>/calibration_val.json, which load_run applies (so
     evaluation and export use the choice)."""
+    with open(os.path.join(run_dir, 'config.json')) as f:
+        model_cfg = json.load(f)['model']
     if fusions is None:
-        with open(os.path.join(run_dir, 'config.json')) as f:
-            fusions = CALIBRATED_FUSIONS if json.load(f)['model'].get('accuracy_confidence') else ('hard',)
+        fusions = CALIBRATED_FUSIONS if model_cfg.get('accuracy_confidence') else ('hard',)
 
     def compute() -> dict:
         model, _ = load_run(run_dir, calibrated=False)
@@ -347,8 +348,6 @@ def calibrate_mash_run(run_dir: str, data_dir: str, scales=SELF_CONFIDENCE_SCALE
     # the sweep is the expensive part: cached by what it scored; the choice is made again from it
     result = cached_evaluation(run_dir, CALIBRATION[:-5], compute, force, scales=list(scales),
                                thresholds=list(thresholds), data=data_dir, needs=list(needs), fusions=list(fusions))
-    with open(os.path.join(run_dir, 'config.json')) as f:
-        model_cfg = json.load(f)['model']
     plane_sweep = []
     if model_cfg.get('accuracy_confidence') and model_cfg.get('patch_sampling') == 'pixels' and planes:
         first = choose_calibration(result['sweep'], budget_y, tolerance_miou)
@@ -394,10 +393,9 @@ def fit_plane_confidence(run_dir: str, data_dir: str, progress: bool = True, for
                       for n in range(b * s)]
             uv = torch.stack([torch.from_numpy(np.where(p.inside[:, None], p.uv, np.nan)).float() if p is not None
                               else torch.full((cells, 2), float('nan')) for p in planes])
-            sampled, valid = sample_label_resolution(state['own_logits'][:, 1:].flatten(0, 1).softmax(1), uv,
-                                                     CELL_SIZE)
             labels = batch['labels'][:, None].expand(b, s, *batch['labels'].shape[1:]).flatten(0, 1)
-            accuracy, labelled = cell_accuracy(patch_labels(sampled, valid[:, 0]), labels, 255)
+            accuracy, labelled = patch_cell_accuracy(state['own_logits'][:, 1:].flatten(0, 1).softmax(1), uv,
+                                                     labels, 255)
             for n, plane in enumerate(planes):
                 if plane is None:
                     continue

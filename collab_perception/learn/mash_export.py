@@ -194,11 +194,11 @@ def run_swarm_onnx(sessions: dict, target: np.ndarray, supporters: np.ndarray, t
         patches = np.zeros((1, s, *spec.shape[2:]), np.float32)
     patch_conf = np.zeros((1, s, c), np.float32)
     replies = []
+    h, w = target.shape[-2:]
+    centres = cell_centres(h, w, CELL_SIZE).astype(np.float64) if plane else None
     for i in range(s):
-        h, w = target.shape[-2:]
         confidence, match, values = supporter_matches(sessions['supporter'], sessions.get('sampler'), sent_query,
-                                                      supporters[i:i + 1], plane, cell_centres(h, w, CELL_SIZE),
-                                                      (h, w), CELL_SIZE, c)
+                                                      supporters[i:i + 1], plane, centres, (h, w), CELL_SIZE, c)
         cells = sendable_cells(confidence[0], match[0], c, threshold, need)
         if cells.size:
             patch_conf[0, i, cells] = decode_tensor(encode_tensor(confidence[0, cells], patch_dtype))

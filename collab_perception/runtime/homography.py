@@ -20,6 +20,7 @@ import numpy as np
 
 MIN_POINTS = 4          # a homography's degrees of freedom / 2
 MIN_INLIERS = 8         # any four points fit some homography exactly: a plane needs more to agree
+GEOMETRIES = ('none', 'homography')   # a MASH supporter's matches as the matcher gives them, or through the plane
 RANSAC_BATCH = 50       # hypotheses scored at once
 RANSAC_CONFIDENCE = 0.999   # stop once an all-inlier sample was this likely among those tried
 
@@ -185,7 +186,7 @@ def plane_cell_features(plane: Plane, confidence: np.ndarray, landing_confidence
 def plane_matches(centres: np.ndarray, confidence: np.ndarray, match: np.ndarray, positions: np.ndarray,
                   no_match: int, image_size: tuple[int, int], cell_size: int, min_confidence: float,
                   threshold_px: float, min_support: float, landing_confidence: Optional[np.ndarray] = None,
-                  weight: float = 1.0, coefficients: Optional[Sequence[float]] = None
+                  weight: Optional[float] = None, coefficients: Optional[Sequence[float]] = None
                   ) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """One supporter's cell matches through the ground plane they agree on (MASH with a planar prior).
 
@@ -193,10 +194,10 @@ def plane_matches(centres: np.ndarray, confidence: np.ndarray, match: np.ndarray
     for none) and positions [C, 2] (where each cell lands in the supporter, NaN for none), as the matcher gives
     them. The matches from `min_confidence` on vote (RANSAC within `threshold_px`); a plane that at least
     `min_support` of the C cells agree with gives every cell its position, the unmatched ones included, and a
-    cell the plane maps outside the supporter's view has no match. The confidence of the others: without
-    `landing_confidence`, the plane's support (the share of cells that agree); with it (the supporter's own
-    expected accuracy per cell of its grid, [C_supporter]), `weight` times an expected accuracy of the plane's
-    patch there: with `coefficients` a logistic model of plane_cell_features (fitted on training frames,
+    cell the plane maps outside the supporter's view has no match. The confidence of the others: without a
+    `weight`, the plane's support (the share of cells that agree); with one (accuracy_confidence models, whose
+    `landing_confidence` is the supporter's own expected accuracy per cell of its grid, [C_supporter]),
+    `weight` times an expected accuracy of the plane's patch there: with `coefficients` a logistic model of plane_cell_features (fitted on training frames,
     learn/mash_eval.fit_plane_confidence), else the supporter's own expected accuracy where the cell lands (a
     patch is right where the plane is right and the supporter's segmentation is); the matcher's own confidence
     where its match agrees with the plane and is surer. -> (confidence, match, positions) like the inputs,
@@ -205,9 +206,11 @@ def plane_matches(centres: np.ndarray, confidence: np.ndarray, match: np.ndarray
                       threshold_px, min_support)
     if plane is None:
         return None
-    if landing_confidence is None:
+    if weight is None:
         plane_confidence = np.full(len(centres), plane.support)
     else:
+        if landing_confidence is None:
+            raise ValueError('plane_matches with a weight needs the supporter\'s landing_confidence')
         if coefficients is None:
             expected = np.asarray(landing_confidence, dtype=np.float64)[plane.landing]
         else:

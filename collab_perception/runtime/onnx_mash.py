@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .codec import UINT4, UINT4_MAX, UINT8, CodecError, TensorLimits, decode_tensor, encode_tensor
-from .homography import PLANE_FEATURES, plane_matches
+from .homography import GEOMETRIES, PLANE_FEATURES, plane_matches
 from .methods import EncoderOutput, register_method
 from .onnx_method import OnnxRoleMethod, read_roles_json
 from .wire import patches_size, pixel_labels_dtype
@@ -63,7 +63,6 @@ def sendable_cells(confidence: np.ndarray, match: np.ndarray, no_match: int, thr
 
 PLANE_KEYS = ('min_confidence', 'threshold_px', 'min_support')     # roles.json `plane` (+ optional weight,
                                                                   # coefficients)
-GEOMETRIES = ('none', 'homography')
 
 
 def plane_settings(info: dict, model_dir: str = '') -> Optional[dict]:
@@ -109,10 +108,8 @@ def supporter_matches(matcher: Any, sampler: Any, query: np.ndarray, image: np.n
     if plane is None:
         return confidence, match, values
     positions, landing, own_probs = outputs[3:6]
-    settings = dict(plane)
     planar = plane_matches(centres, confidence[0].astype(np.float64), match[0], positions[0].astype(np.float64),
-                           no_match, tuple(image_size), cell_size,
-                           landing_confidence=landing[0] if 'weight' in settings else None, **settings)
+                           no_match, tuple(image_size), cell_size, landing_confidence=landing[0], **plane)
     if planar is None:
         return confidence, match, values
     conf, match, positions = planar
@@ -203,11 +200,6 @@ class MashOnnx(OnnxRoleMethod):
     local_feature_dtype = 'uint8'
 
     def __init__(self, model_dir: str = '', roles: Sequence[str] = ('encoder', 'matcher', 'decoder'), **kwargs):
-        info = read_roles_json(model_dir) if model_dir else {}
-        # the ground-plane prior (roles.json geometry 'homography'): the matcher's role also samples
-        self.plane = plane_settings(info, model_dir)
-        if self.plane is not None and 'matcher' in roles:
-            roles = tuple(roles) + ('sampler',)
         super().__init__(model_dir, roles, **kwargs)
         self.grid = tuple(int(g) for g in self.info['grid'])
         self.cells = self.grid[0] * self.grid[1]
@@ -223,6 +215,14 @@ class MashOnnx(OnnxRoleMethod):
         self.self_confidence_scale = float(self.info.get('self_confidence_scale', 1.0))
         h, w = self.image_shape()
         self.centres = cell_centres(h, w, int(self.info['cell_size'])).astype(np.float64) if self.plane else None
+
+    def load(self, roles: Sequence[str]) -> None:
+        """OnnxRoleMethod.load; with the ground-plane prior (roles.json geometry 'homography') the matcher's
+        role also samples, so it brings sampler.onnx along."""
+        self.plane = plane_settings(self.info, self.model_dir)
+        if self.plane is not None and 'matcher' in roles and 'sampler' not in roles:
+            roles = (*roles, 'sampler')
+        super().load(roles)
 
     # ------------------------------------------------------------------ shapes
     def query_shape(self):
