@@ -204,6 +204,39 @@ def test_sighting_labels_say_who_has_seen_whose_goal(tiny_nav, tiny_runs):     #
 
 
 @pytest.mark.parametrize('variant', ['collavn', 'no_comm'])
+def test_goal_offsets_reach_the_policy_and_export(tiny_nav, tiny_runs, tmp_path, variant):
+    """With goal_offsets the context ends with the agent's cell, the own read is taught to decode the goal's
+    cell once the agent has seen it, and the exported roles play the episodes as torch does."""
+    from collab_perception.data.nav import NavDataset
+    dataset = NavDataset(tiny_nav)
+    encoder = collavn.load_or_pretrain_encoder(dataset, 0)
+    maps, feats = collavn.map_features(dataset, encoder, 'train')
+    episodes = [e for e in dataset.episodes('train') if e.team == 2][:6]
+    batch = collavn.EpisodeBatch(episodes, maps, feats, dataset.config)
+    torch.manual_seed(0)
+    cfg = collavn.AgentConfig(variant=variant, goal_offsets=True, feature_dim=feats[next(iter(feats))]['views'].shape[-1])
+    model = collavn.CollaVNAgent(cfg)
+    views, cells = batch.observe(batch.starts())
+    context = model.observe(views, batch.goals(), cells, torch.zeros(len(batch), 2, cfg.value_dim),
+                            torch.zeros(len(batch), 2, 1))[0]
+    assert context.shape[-1] == cfg.context_dim and torch.equal(context[..., -2:], cells)
+    sight_m = 3 * dataset.config.lattice_m
+    rollout = collavn.run_team(None, batch, policy='random', rng=np.random.default_rng(3), sight_m=sight_m,
+                               team_sight=cfg.communicates)
+    loss = collavn.imitation_loss(model, batch, rollout, 0.0, 1.0, sight_m)[0]
+    plain = collavn.imitation_loss(model, batch, rollout, 0.0, 0.0, sight_m)[0]
+    assert float(loss.detach()) > float(plain.detach())      # the goal-cell terms (own read, and answers)
+    loss.backward()
+    assert model.goal_cell.weight.grad.abs().sum() > 0
+    run = tmp_path / 'run'
+    run.mkdir()
+    torch.save({'agent': dataclasses.asdict(cfg), 'state_dict': model.state_dict(), 'round': 0,
+                'train': {}}, run / 'model.pt')
+    report = collavn.export_run(str(run), tiny_nav, str(tmp_path / 'model'), check=8)
+    assert report['episodes_checked'] == 8 and report['agree'], report
+
+
+@pytest.mark.parametrize('variant', ['collavn', 'no_comm'])
 def test_the_goal_belief_labels_are_what_the_expert_knew(tiny_nav, tiny_runs, variant):
     """goal_known_labels must say exactly when run_team's expert switched from exploring to the shortest path:
     wherever the two rules disagree, the recorded label is the one the known-flag picks."""

@@ -51,6 +51,7 @@ STOP_WEIGHT = 4.0           # the stop label's weight in the imitation loss: one
 MATCH_SCALE_INIT = 8.0      # a match logit starts as 8 (cos - 0.8): a clear yes or no from the first step
 MATCH_COSINE_INIT = 0.8
 SIGHTING_POS_WEIGHT = 4.0   # a memory entry near the requester's goal is rare (a few % of them): weighed up
+GOAL_OFFSET_SCALE = 8.0     # a goal offset of one eighth of the region (8 m of 64) enters as 1
 CONTEXT_EXTRA = 4 + 32 + 1  # the context beside the two panorama embeddings: view similarities, position, bumped
 
 
@@ -126,6 +127,9 @@ class AgentConfig:
     key_dim: int = 32                # k: never leaves the agent
     value_dim: int = 64              # v: sent by a supporter whose score passes the threshold
     threshold: float = 0.5           # select: send when score >= threshold
+    # the policy also reads where its goal lies from its cell, decoded (`goal_cell`) from what arrived and
+    # from its own read: walking to a goal it has been told of is then a function of two inputs
+    goal_offsets: bool = False
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -134,6 +138,11 @@ class AgentConfig:
     @property
     def communicates(self) -> bool:
         return self.variant != 'no_comm'
+
+    @property
+    def context_dim(self) -> int:
+        """Width of the context `observe` hands to `act` (the raw cell rides at its end with goal_offsets)."""
+        return 2 * self.embed + CONTEXT_EXTRA + 2 * self.goal_offsets
 
     @property
     def memory(self) -> bool:
@@ -160,7 +169,7 @@ class CollaVNAgent(nn.Module):
         self.match_scale = nn.Parameter(torch.tensor(math.log(MATCH_SCALE_INIT * math.sqrt(cfg.key_dim))))
         self.match_bias = nn.Parameter(torch.tensor(-MATCH_COSINE_INIT * MATCH_SCALE_INIT * math.sqrt(cfg.key_dim)))
         self.value = nn.Sequential(nn.Linear(E + 32, cfg.value_dim), nn.Tanh())
-        inputs = CONTEXT_EXTRA + 2 * E + NUM_ACTIONS + cfg.value_dim + 1 + cfg.value_dim
+        inputs = cfg.context_dim + NUM_ACTIONS + cfg.value_dim + 1 + cfg.value_dim + 4 * cfg.goal_offsets
         self.gru = nn.GRUCell(inputs, H)
         self.policy = nn.Sequential(nn.Linear(H, H), nn.ReLU(), nn.Linear(H, NUM_ACTIONS))
         # training only (no role exports it): where a matched value says the requester's goal is
@@ -190,14 +199,20 @@ class CollaVNAgent(nn.Module):
         k = F.normalize(self.key(obs), dim=-1)
         query = torch.cat([q * root, self.match_bias.expand(*q.shape[:-1], 1)], -1)
         key = torch.cat([k * root, torch.ones_like(k[..., :1])], -1)
-        context = torch.cat([obs, goal_emb, similarity, pos, bumped], -1)
+        context = torch.cat([obs, goal_emb, similarity, pos, bumped] + [cells] * self.cfg.goal_offsets, -1)
         return context, query, key, self.value(torch.cat([obs, pos], -1))
 
     def act(self, context: torch.Tensor, prev_action: torch.Tensor, received: torch.Tensor, got: torch.Tensor,
             own_read: torch.Tensor, hidden: torch.Tensor):
         """The `act` role: the step's context, the previous action (one-hot), what arrived (fused value and
         whether anything did), the own-memory read and the state -> (new state, action logits)."""
-        x = torch.cat([context, prev_action, received, got, own_read], -1)
+        parts = [context, prev_action, received, got, own_read]
+        if self.cfg.goal_offsets:
+            cells = context[..., -2:]
+            told = (self.goal_cell(received) - cells) * got * GOAL_OFFSET_SCALE
+            own = (self.goal_cell(own_read) - cells) * GOAL_OFFSET_SCALE
+            parts += [told, own]
+        x = torch.cat(parts, -1)
         new = self.gru(x.reshape(-1, x.shape[-1]), hidden.reshape(-1, hidden.shape[-1])).view(hidden.shape)
         return new, self.policy(new)
 
@@ -225,6 +240,7 @@ class StepOutput:
     mixed: Optional[torch.Tensor] = None     # (B, Ni, Nj, dv): what j would send to i (its attention read)
     entry_logits: Optional[torch.Tensor] = None  # (B, Ni, Nj, M): i's query against j's entries: current, then stored
     hidden: Optional[torch.Tensor] = None    # (B, N, H): the recurrent state the step's logits come from
+    own_read: Optional[torch.Tensor] = None  # (B, N, dv): the agent's read of its own entries
 
 
 def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor):
@@ -291,7 +307,7 @@ def team_step(model: CollaVNAgent, state: TeamState, views: torch.Tensor, goal: 
     hidden, logits = model.act(context, prev, received, got, own_read, state.hidden)
     state.hidden = torch.where(active[..., None], hidden, state.hidden)  # a stopped agent's state stays
     state.store(key, value)
-    return StepOutput(logits, sent, active.clone(), scores, mixed, pair_logits, hidden)
+    return StepOutput(logits, sent, active.clone(), scores, mixed, pair_logits, hidden, own_read)
 
 
 # ------------------------------------------------------------------------------------------ episodes
@@ -485,7 +501,7 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
                 _, _, key, value = model.observe(views, torch.zeros_like(goal), cells,
                                                  views.new_zeros(B, N, model.cfg.value_dim), views.new_zeros(B, N, 1))
                 state.store(key, value)
-    logits_seq, scores_seq, mixed_seq, entry_seq, hidden_seq = [], [], [], [], []
+    logits_seq, scores_seq, mixed_seq, entry_seq, hidden_seq, read_seq = [], [], [], [], [], []
     for t in range(T if teacher is None else teacher.active.shape[2]):
         if teacher is not None:
             active = teacher.active[:, :, t]
@@ -506,6 +522,7 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
             mixed_seq.append(out.mixed)
             entry_seq.append(out.entry_logits)
             hidden_seq.append(out.hidden)
+            read_seq.append(out.own_read)
             rec_sent.append(out.sent.detach().numpy())
             rec_req.append(out.requested.numpy())
             if teacher is None:
@@ -546,7 +563,7 @@ def run_team(model: Optional[CollaVNAgent], batch: EpisodeBatch, beta: float = 0
         active = active & (actions != STOP)
     if teacher is not None:
         return (logits_seq, scores_seq, mixed_seq, entry_seq, np.stack(rec_expert, -1), np.stack(rec_active, -1),
-                hidden_seq)
+                hidden_seq, read_seq)
     steps = len(rec_active)
     return Rollout(nodes=np.stack(rec_nodes, -1), active=np.stack(rec_active, -1), expert=np.stack(rec_expert, -1),
                    actions=np.stack(rec_actions, -1), sent=np.stack(rec_sent, 1)[:, :steps],
@@ -612,7 +629,8 @@ def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, s
     whether the expert knows the agent's goal at that step (binary cross-entropy) and, where it does, the
     goal's offset from the agent's cell (mean squared error). The expert acts on that knowledge from the step
     it gets it to the episode's end; a state that is not asked to keep it forgets it."""
-    logits_seq, scores_seq, mixed_seq, entry_seq, expert, active, hidden_seq = run_team(model, batch, teacher=rollout)
+    logits_seq, scores_seq, mixed_seq, entry_seq, expert, active, hidden_seq, read_seq = run_team(
+        model, batch, teacher=rollout)
     logits = torch.stack(logits_seq, 2)                                  # (B, N, T, 5)
     mask = torch.from_numpy(active)
     labels = torch.from_numpy(expert)
@@ -656,6 +674,15 @@ def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, s
                 mixed = torch.stack(mixed_seq, 1)                        # (B, T, Ni, Nj, dv)
                 target = goal_cells(batch)[:, None, :, None].expand(*scores.shape, 2)
                 loss = loss + sighting_weight * F.mse_loss(model.goal_cell(mixed[told]), target[told]) * 10
+    if model.cfg.goal_offsets and sighting_weight:
+        # the own read decodes to the goal's cell once the agent has seen its goal, as a supporter's answer does
+        own_seen = np.diagonal(sighting_labels(batch, rollout, sight_m, model.cfg.memory), axis1=2, axis2=3)
+        T = len(read_seq)
+        where = mask[:, :, :T] & torch.from_numpy(np.ascontiguousarray(own_seen)).transpose(1, 2)[:, :, :T]
+        if where.any():
+            reads = torch.stack(read_seq, 2)                                   # (B, N, T, dv)
+            target = goal_cells(batch)[:, :, None].expand(*reads.shape[:3], 2)
+            loss = loss + sighting_weight * F.mse_loss(model.goal_cell(reads[where]), target[where]) * 10
     if belief_weight:
         belief = model.goal_belief(torch.stack(hidden_seq, 2))                   # (B, N, T, 3)
         T = belief.shape[2]
@@ -754,6 +781,7 @@ class NavTrainConfig:
     sight_m: float = 8.0              # the expert knows a goal once it (or, with communication, a teammate) came this close
     comm_range_m: float = 0.0         # messages only between agents this close (0: unlimited, the paper's setting)
     patrol_steps: int = 0             # moves the team patrols, storing memories, before the goals are given
+    goal_offsets: bool = False        # AgentConfig.goal_offsets
     seed: int = 0
     encoder_steps: int = 1500
     threads: int = 0
@@ -862,7 +890,7 @@ def train_agent(dataset_dir: str, out_dir: str, cfg: NavTrainConfig, log=print) 
     val_batches = batches_of(val, maps, feats, nav, 32)
     train_keys = [k for k in maps if k[0] == 'train']
 
-    agent_cfg = AgentConfig(variant=cfg.variant, feature_dim=next(iter(feats.values()))['views'].shape[-1])
+    agent_cfg = AgentConfig(variant=cfg.variant, goal_offsets=cfg.goal_offsets, feature_dim=next(iter(feats.values()))['views'].shape[-1])
     model = CollaVNAgent(agent_cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     total_steps = cfg.rounds * cfg.steps_per_round
@@ -1196,7 +1224,7 @@ def export_agent(model: CollaVNAgent, encoder: Encoder, out_dir: str, image_size
     cfg = model.cfg
     model, encoder = model.eval(), encoder.eval()
     F_ = cfg.feature_dim
-    context_dim = 2 * cfg.embed + CONTEXT_EXTRA
+    context_dim = cfg.context_dim
     export_onnx(EncodeRole(encoder), (torch.rand(4, 3, image_size, image_size),), os.path.join(out_dir, 'encode.onnx'),
                 ['views'], ['descriptors'])
     export_onnx(ObserveRole(model), (torch.randn(1, 4, F_), torch.randn(1, 4, F_), torch.rand(1, 2),

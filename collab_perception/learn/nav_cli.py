@@ -65,6 +65,10 @@ def add_nav_learn_commands(sub) -> None:
                    help='every variant: weight of an auxiliary term that teaches the recurrent state what the '
                         'expert knows, whether it knows the agent\'s goal and where the goal lies from the '
                         'agent (default 0)')
+    t.add_argument('--goal-offsets', action='store_true',
+                   help='the policy also reads where its goal lies from its cell, decoded from what arrived '
+                        'and from its own memory read (taught, with --sighting-weight, to decode the goal\'s '
+                        'cell once it has been seen)')
     t.add_argument('--comm-range-m', type=float, default=0.0, metavar='M',
                    help='radio range: messages only get through between agents within M metres of each other, '
                         'and the expert learns a teammate\'s sighting only while it is in reach (default 0: '
@@ -129,7 +133,7 @@ def cmd_train(args) -> int:
                              rollouts_per_round=args.rollouts_per_round, steps_per_round=args.steps_per_round,
                              batch_size=args.batch_size, teams=tuple(args.teams), lr=args.lr, sight_m=args.sight_m,
                              sighting_weight=args.sighting_weight, read_weight=args.read_weight,
-                             belief_weight=args.belief_weight,
+                             belief_weight=args.belief_weight, goal_offsets=args.goal_offsets,
                              comm_range_m=args.comm_range_m, patrol_steps=args.patrol_steps,
                              encoder_steps=args.encoder_steps, seed=args.seed, threads=args.threads)
     except ValueError as e:
