@@ -625,6 +625,10 @@ def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, s
     supporter sends is the attention mix of Eq. 7, and a mix that puts a third of its mass on entries far from
     the goal no longer says where the goal is.
 
+    With goal offsets (AgentConfig.goal_offsets) and `sighting_weight`, the agent's own memory read is fitted
+    to its goal's cell wherever it has stood within `sight_m` of that goal (now or, with memory, earlier), as
+    a supporter's answer is: the policy reads the decoded cell.
+
     With `belief_weight` (every variant), the recurrent state is taught what the expert it imitates knows:
     whether the expert knows the agent's goal at that step (binary cross-entropy) and, where it does, the
     goal's offset from the agent's cell (mean squared error). The expert acts on that knowledge from the step
