@@ -234,6 +234,9 @@ def test_goal_offsets_reach_the_policy_and_export(tiny_nav, tiny_runs, tmp_path,
                 'train': {}}, run / 'model.pt')
     report = collavn.export_run(str(run), tiny_nav, str(tmp_path / 'model'), check=8)
     assert report['episodes_checked'] == 8 and report['agree'], report
+    command = collavn.train_command('runs/x', tiny_nav, {'variant': variant, 'goal_offsets': True})
+    assert command.endswith('--goal-offsets')
+    assert '--goal-offsets' not in collavn.train_command('runs/x', tiny_nav, {'variant': variant})
 
 
 @pytest.mark.parametrize('variant', ['collavn', 'no_comm'])

@@ -1295,6 +1295,8 @@ def train_command(run_dir: str, dataset_dir: str, cfg: dict) -> str:
     parts = ['collab-perception nav train', f'--data {dataset_dir}', f'--variant {cfg["variant"]}', f'--out {run_dir}']
     if not cfg.get('dagger', True):
         parts.append('--no-dagger')
+    if cfg.get('goal_offsets'):
+        parts.append('--goal-offsets')
     if list(cfg.get('teams', default['teams'])) != default['teams']:
         parts.append('--teams ' + ' '.join(str(t) for t in cfg['teams']))
     parts += [f'--{flag} {cfg[key]}' for key, flag in flags.items() if key in cfg and cfg[key] != default[key]]
