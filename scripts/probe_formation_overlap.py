@@ -12,20 +12,19 @@ supporter and CatAll the union, so best / union bounds what one selection can re
 from __future__ import annotations
 
 import argparse
-import glob
-import os
 import tempfile
 
 import numpy as np
 
 
 def coverage(dataset_dir: str) -> dict:
-    from collab_perception.data.shards import read_shard
+    from collab_perception.data.loader import iter_snapshots
+    from collab_perception.data.shards import SPLITS
+    keys = ['warped_valid', 'warped_labels', 'labels', 'target_index']
     best, second, union, counts, agree = [], [], [], [], []
-    for path in sorted(glob.glob(os.path.join(dataset_dir, '*', '*.npz'))):
-        shard = read_shard(path, ['warped_valid', 'warped_labels', 'labels', 'target_index'])
-        for k, target in enumerate(shard['target_index'].astype(int)):
-            valid = shard['warped_valid'][k]
+    for split in SPLITS:
+        for snap in iter_snapshots(dataset_dir, split, keys):
+            target, valid = int(snap['target_index']), snap['warped_valid']
             share = np.array([valid[i].mean() if i != target else -1.0 for i in range(len(valid))])
             order = np.argsort(-share)
             best.append(share[order[0]])
@@ -34,7 +33,7 @@ def coverage(dataset_dir: str) -> dict:
             counts.append(int((share > 0.2).sum()))
             b = valid[order[0]]
             if b.any():
-                agree.append(float((shard['warped_labels'][k][order[0]][b] == shard['labels'][k][target][b]).mean()))
+                agree.append(float((snap['warped_labels'][order[0]][b] == snap['labels'][target][b]).mean()))
     counts = np.array(counts)
     return {'frames': len(best), 'best': float(np.mean(best)), 'second': float(np.mean(second)),
             'union': float(np.mean(union)), 'best_over_union': float(np.mean(best) / np.mean(union)),

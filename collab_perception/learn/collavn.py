@@ -643,6 +643,10 @@ def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, s
     ce = F.cross_entropy(logits[mask], labels[mask], weight=weight)
     accuracy = float((logits[mask].argmax(-1) == labels[mask]).float().mean())
     loss = ce
+    # (B, T, Ni, Nj): who could tell whom where its goal is; the supporters' answers and, with goal offsets,
+    # the agent's own read (the diagonal) are fitted to the goal's cell there
+    seen = (sighting_labels(batch, rollout, sight_m, model.cfg.memory)
+            if sighting_weight and (model.cfg.communicates or model.cfg.goal_offsets) else None)
     if model.cfg.communicates:
         scores = torch.stack(scores_seq, 1)                              # (B, T, Ni, Nj)
         eligible = scores > 0                                            # zero: j could not send to i
@@ -672,15 +676,14 @@ def imitation_loss(model: CollaVNAgent, batch: EpisodeBatch, rollout: Rollout, s
                         read_loss = read_loss - mass.sum()
                         reads += int(has_near.sum())
             loss = loss + sighting_weight * entry_loss / max(entries, 1) + read_weight * read_loss / max(reads, 1)
-            seen = torch.from_numpy(sighting_labels(batch, rollout, sight_m, model.cfg.memory))
-            told = eligible & seen
+            told = eligible & torch.from_numpy(seen)
             if told.any():
                 mixed = torch.stack(mixed_seq, 1)                        # (B, T, Ni, Nj, dv)
                 target = goal_cells(batch)[:, None, :, None].expand(*scores.shape, 2)
                 loss = loss + sighting_weight * F.mse_loss(model.goal_cell(mixed[told]), target[told]) * 10
     if model.cfg.goal_offsets and sighting_weight:
         # the own read decodes to the goal's cell once the agent has seen its goal, as a supporter's answer does
-        own_seen = np.diagonal(sighting_labels(batch, rollout, sight_m, model.cfg.memory), axis1=2, axis2=3)
+        own_seen = np.diagonal(seen, axis1=2, axis2=3)
         T = len(read_seq)
         where = mask[:, :, :T] & torch.from_numpy(np.ascontiguousarray(own_seen)).transpose(1, 2)[:, :, :T]
         if where.any():
@@ -894,7 +897,8 @@ def train_agent(dataset_dir: str, out_dir: str, cfg: NavTrainConfig, log=print) 
     val_batches = batches_of(val, maps, feats, nav, 32)
     train_keys = [k for k in maps if k[0] == 'train']
 
-    agent_cfg = AgentConfig(variant=cfg.variant, goal_offsets=cfg.goal_offsets, feature_dim=next(iter(feats.values()))['views'].shape[-1])
+    agent_cfg = AgentConfig(variant=cfg.variant, goal_offsets=cfg.goal_offsets,
+                            feature_dim=next(iter(feats.values()))['views'].shape[-1])
     model = CollaVNAgent(agent_cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     total_steps = cfg.rounds * cfg.steps_per_round
