@@ -788,7 +788,7 @@ class NavTrainConfig:
     sight_m: float = 8.0              # the expert knows a goal once it (or, with communication, a teammate) came this close
     comm_range_m: float = 0.0         # messages only between agents this close (0: unlimited, the paper's setting)
     patrol_steps: int = 0             # moves the team patrols, storing memories, before the goals are given
-    goal_offsets: bool = False        # AgentConfig.goal_offsets
+    goal_offsets: bool = AgentConfig.goal_offsets   # the agent reads decoded goal offsets (AgentConfig)
     seed: int = 0
     encoder_steps: int = 1500
     threads: int = 0
